@@ -1,0 +1,132 @@
+"""Command line: parse and validate the one `Config`, set up logging, run, exit.
+
+Every flag may also come from `OBSBATCH_<FLAG>` (dashes as underscores, upper case), so a systemd
+EnvironmentFile can hold a whole job. A flag on the command line beats its environment variable.
+Only this module calls `sys.exit`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import typing
+from dataclasses import MISSING, fields
+from typing import Mapping, NoReturn, Optional, Sequence
+
+import argparse_dataclass
+import structlog
+
+from obsbatch import __version__, logs
+from obsbatch.config import Config
+from obsbatch.errors import ExitCode, ObsbatchError, UsageError
+
+ENV_PREFIX = "OBSBATCH_"
+_FIELDS = {f.name: f for f in fields(Config)}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+EPILOG = """\
+environment:
+  OBSBATCH_<FLAG>          any flag, e.g. OBSBATCH_MAX_CONCURRENT=6, OBSBATCH_DRY_RUN=1,
+                           OBSBATCH_EXCLUDE='*.tmp,*.part' (repeatable flags: comma-separated)
+  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE
+                           credentials, through the standard AWS chain; never logged
+
+exit codes:
+  0    every eligible file was uploaded (skipped and deferred files are not failures)
+  1    some upload failed, or part of the tree could not be read
+  2    usage, configuration or fatal error (missing source, no bucket, bad credentials)
+  130  stopped by SIGINT;  143  stopped by SIGTERM (uploads in flight were finished first)
+"""
+
+
+class _Parser(argparse_dataclass.ArgumentParser):
+    """argparse-dataclass, plus repeatable flags and errors raised instead of printed-and-exited."""
+
+    def add_argument(self, *args, **kwargs):
+        # argparse-dataclass has no 'append' action; fields marked append=True get one here.
+        name = args[0].lstrip("-").replace("-", "_") if args else ""
+        if name in _FIELDS and _FIELDS[name].metadata.get("append"):
+            kwargs.update(action="append", type=str, default=None)
+        return super().add_argument(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def build_parser() -> _Parser:
+    parser = _Parser(Config, prog="obsbatch", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                     description="Back up a directory tree to S3-compatible storage, never uploading a file "
+                                 "that is still being written.")
+    parser.add_argument("--version", action="version", version=f"obsbatch {__version__}")
+    return parser
+
+
+def _from_env(name: str, raw: str):
+    """Convert one OBSBATCH_* value with the same rules as its flag."""
+    f = _FIELDS[name]
+    env = ENV_PREFIX + name.upper()
+    try:
+        if f.type is bool:
+            low = raw.strip().lower()
+            if low not in _TRUE | _FALSE:
+                raise argparse.ArgumentTypeError(f"'{raw}' is not a boolean (1/0, true/false, yes/no)")
+            return low in _TRUE
+        if f.metadata.get("append"):
+            return tuple(p for p in raw.split(",") if p)
+        choices = typing.get_args(f.type) if typing.get_origin(f.type) is typing.Literal else ()
+        if choices:
+            if raw not in choices:
+                raise argparse.ArgumentTypeError(f"invalid choice '{raw}' (choose from {', '.join(choices)})")
+            return raw
+        convert = f.metadata.get("type", str)
+        return convert(raw)
+    except (argparse.ArgumentTypeError, ValueError) as exc:
+        raise UsageError(f"{env}: {exc}") from None
+
+
+def parse(argv: Optional[Sequence[str]], environ: Mapping[str, str]) -> Config:
+    """Parse flags, fill the gaps from OBSBATCH_* variables, validate, return the frozen Config."""
+    parser = build_parser()
+    # Parse to a namespace first: argparse-dataclass marks a flag not given with dataclasses.MISSING,
+    # which is how we know the environment may fill it.
+    namespace, extra = argparse.ArgumentParser.parse_known_args(parser, argv)
+    if extra:
+        raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
+    values = {}
+    for name in _FIELDS:
+        value = getattr(namespace, name, MISSING)
+        if value is MISSING or value is None:
+            raw = environ.get(ENV_PREFIX + name.upper())
+            if raw is not None:
+                value = _from_env(name, raw)
+        if value is not MISSING and value is not None:
+            values[name] = value
+    return Config(**values)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> NoReturn:
+    try:
+        config = parse(argv, os.environ)
+    except UsageError as exc:
+        print(f"obsbatch: {exc} (see obsbatch --help)", file=sys.stderr)
+        sys.exit(ExitCode.FATAL)
+
+    logs.configure(config.debug, config.log_format)
+    log = structlog.get_logger()
+    # Imported here so that `--help` and usage errors do not pay for boto3's import.
+    from obsbatch import pipeline
+
+    try:
+        summary = pipeline.run(config)
+    except ObsbatchError as exc:
+        log.error("run.fatal", error=str(exc), error_type=type(exc).__name__, exit_code=int(exc.exit_code))
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # a bug: say so in one line; the traceback only at debug level
+        log.error("run.crashed", error=f"{type(exc).__name__}: {exc}", exc_info=config.debug in ("debug", "trace"))
+        sys.exit(ExitCode.FATAL)
+    if config.summary == "json":
+        print(json.dumps(summary.as_dict(), sort_keys=True), flush=True)
+    sys.exit(summary.exit_code)

@@ -1,0 +1,164 @@
+"""The one frozen `Config`, its value parsers and its cross-field validation.
+
+`cli.py` builds the argument parser from this dataclass (argparse-dataclass), so a flag, its help text and
+its type live in one place. Each value parser raises `argparse.ArgumentTypeError` with a sentence that
+names the problem; argparse prefixes it with the flag.
+"""
+
+# No `from __future__ import annotations` here: argparse-dataclass reads the real types (bool, Literal).
+import argparse
+import re
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from obsbatch.errors import UsageError
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+# S3 limits (https://docs.aws.amazon.com/AmazonS3/latest/userguide/qfacts.html): a part is 5 MiB..5 GiB
+# (the last may be smaller), at most 10,000 parts, and a single PUT at most 5 GiB.
+MIN_PART_SIZE = 5 * MiB
+MAX_PART_SIZE = 5 * GiB
+MAX_PARTS = 10_000
+MAX_SINGLE_PUT = 5 * GiB
+
+# aws-cli's units: KB and KiB are both 1024 (awscli.customizations.s3.utils.human_readable_to_int), so a
+# value copied from an aws-cli config means the same here.
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": MiB, "mb": MiB, "mib": MiB,
+               "g": GiB, "gb": GiB, "gib": GiB, "t": 1024 * GiB, "tb": 1024 * GiB, "tib": 1024 * GiB}
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([a-zA-Z]*)\s*$")
+
+# botocore's own client-side check (botocore.handlers.VALID_BUCKET): the loosest name any S3 flavour
+# accepts; stricter DNS rules are the server's to enforce, and it says so clearly.
+_BUCKET_RE = re.compile(r"^[a-zA-Z0-9.\-_]{1,255}$")
+
+
+def parse_size(text: str) -> int:
+    """'64MiB' -> 67108864. Binary units, as aws-cli reads them."""
+    m = _SIZE_RE.match(str(text))
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size (examples: 16MiB, 64MB, 1048576)")
+    value = int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' must be more than zero bytes")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' must be 1 or more")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"'{text}' must be 0 or more")
+    return value
+
+
+def _seconds(text: str, minimum_exclusive: bool) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a finite number of seconds")
+    if value < 0 or (minimum_exclusive and value == 0):
+        raise argparse.ArgumentTypeError(f"'{text}' must be {'more than' if minimum_exclusive else 'at least'} 0 seconds")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    return _seconds(text, minimum_exclusive=True)
+
+
+def non_negative_seconds(text: str) -> float:
+    return _seconds(text, minimum_exclusive=False)
+
+
+def endpoint_url(text: str) -> str:
+    """An http(s) URL with a host and nothing after the authority but an optional '/'."""
+    try:
+        url = urllib.parse.urlsplit(text)
+        url.port  # raises ValueError on a bad port
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a valid URL") from None
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise argparse.ArgumentTypeError(f"'{text}' must be an http:// or https:// URL with a host")
+    if url.username or url.password:
+        # Credentials in a URL end up in logs and process listings; the AWS chain is the place for them.
+        raise argparse.ArgumentTypeError("the endpoint URL must not contain credentials; use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
+    if url.path not in ("", "/") or url.query or url.fragment:
+        raise argparse.ArgumentTypeError(f"'{text}' must be just scheme://host[:port]")
+    return text.rstrip("/")
+
+
+def bucket_name(text: str) -> str:
+    if not _BUCKET_RE.match(text):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a valid bucket name (letters, digits, '.', '-', '_')")
+    return text
+
+
+def _opt(help: str, **metadata) -> dict:
+    return dict(help=help, **metadata)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a run needs, validated once. Field names are the flags (`--max-concurrent`) and, upper-cased
+    with an `OBSBATCH_` prefix, the environment fallbacks (`OBSBATCH_MAX_CONCURRENT`)."""
+
+    source: Optional[str] = field(default=None, metadata=_opt("directory tree to back up (required)", metavar="DIR"))
+    bucket: Optional[str] = field(default=None, metadata=_opt("destination bucket (required)", metavar="NAME", type=bucket_name))
+    prefix: str = field(default="", metadata=_opt("key prefix; a missing trailing '/' is added, as `aws s3 sync` does", metavar="PREFIX"))
+    endpoint: Optional[str] = field(default=None, metadata=_opt("S3 endpoint URL (default: AWS)", metavar="URL", type=endpoint_url))
+    region: Optional[str] = field(default=None, metadata=_opt("signing region (default: the AWS chain, else us-east-1)", metavar="R"))
+    http_timeout: float = field(default=15.0, metadata=_opt("connect and read timeout per HTTP request, seconds (default 15)", metavar="S", type=positive_seconds))
+    max_concurrent: int = field(default=4, metadata=_opt("upload worker processes (default 4)", metavar="N", type=positive_int))
+    debug: Literal["error", "warn", "warning", "info", "debug", "trace"] = field(default="info", metadata=_opt("log level: error, warn, info (default), debug, trace", metavar="LEVEL"))
+    min_age: float = field(default=2.0, metadata=_opt("a file modified less than S seconds ago is deferred (default 2)", metavar="S", type=non_negative_seconds))
+    include: tuple = field(default=(), metadata=_opt("back up only files whose relative path matches GLOB (repeatable; `*` spans `/`)", metavar="GLOB", append=True))
+    exclude: tuple = field(default=(), metadata=_opt("leave out files whose relative path matches GLOB (repeatable; beats --include)", metavar="GLOB", append=True))
+    follow_symlinks: bool = field(default=False, metadata=_opt("follow symbolic links (loop-safe); default: skip them"))
+    dry_run: bool = field(default=False, metadata=_opt("walk and judge, upload nothing, contact no server"))
+    addressing_style: Literal["auto", "path", "virtual"] = field(default="auto", metadata=_opt("S3 addressing style (default auto)"))
+    checksum_mode: Literal["when_required", "when_supported"] = field(default="when_required", metadata=_opt(
+        "botocore's extra flexible checksums; when_required (default) works with Huawei OBS and Ceph (boto/boto3#4392). "
+        "Content-MD5 is sent either way"))
+    multipart_threshold: int = field(default=64 * MiB, metadata=_opt("files at least this big go multipart (default 64MiB)", metavar="SIZE", type=parse_size))
+    multipart_chunksize: int = field(default=16 * MiB, metadata=_opt("multipart part size (default 16MiB; min 5MiB; raised to fit 10,000 parts)", metavar="SIZE", type=parse_size))
+    retries: int = field(default=5, metadata=_opt("retries per request after the first attempt (default 5)", metavar="N", type=non_negative_int))
+    fd_check: Literal["best-effort", "strict"] = field(default="best-effort", metadata=_opt(
+        "strict: exit 2 if any process's open files cannot be inspected (default best-effort: warn once)"))
+    log_format: Literal["auto", "json", "console"] = field(default="auto", metadata=_opt("auto: console on a TTY, else JSON lines (default)"))
+    summary: Literal["none", "json"] = field(default="none", metadata=_opt("json: print the final summary as one JSON object on stdout"))
+
+    def __post_init__(self) -> None:
+        # argparse hands None for a repeatable flag never given; keep the field a tuple.
+        for name in ("include", "exclude"):
+            object.__setattr__(self, name, tuple(getattr(self, name) or ()))
+        if not self.source:
+            raise UsageError("--source is required (or OBSBATCH_SOURCE)")
+        if not self.bucket:
+            raise UsageError("--bucket is required (or OBSBATCH_BUCKET)")
+        prefix = self.prefix
+        if prefix.startswith("/"):
+            raise UsageError(f"--prefix '{prefix}' must not start with '/'")
+        if ".." in prefix.split("/"):
+            raise UsageError(f"--prefix '{prefix}' must not contain a '..' segment")
+        if prefix and not prefix.endswith("/"):
+            object.__setattr__(self, "prefix", prefix + "/")
+        if self.multipart_chunksize < MIN_PART_SIZE or self.multipart_chunksize > MAX_PART_SIZE:
+            raise UsageError("--multipart-chunksize must be between 5MiB and 5GiB (S3's part size limits)")
+        if self.multipart_threshold > MAX_SINGLE_PUT:
+            raise UsageError("--multipart-threshold must be at most 5GiB (S3's single PUT limit)")

@@ -1,0 +1,54 @@
+"""Exit codes and the typed errors that carry them (borg's pattern: the class knows its exit code).
+
+Only `cli.main` turns these into `sys.exit`; everything else raises or returns data.
+"""
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """Documented process exit codes (README "Exit codes")."""
+
+    OK = 0
+    #: At least one eligible file failed to upload, or part of the tree could not be read.
+    PARTIAL = 1
+    #: Usage, configuration or fatal pre-flight error: nothing was uploaded.
+    FATAL = 2
+    #: Stopped by SIGINT (128 + 2), after draining the uploads in flight.
+    INTERRUPTED = 130
+    #: Stopped by SIGTERM (128 + 15), after draining the uploads in flight.
+    TERMINATED = 143
+
+
+class ObsbatchError(Exception):
+    """An error that ends the run with one clear sentence (its str) and its exit code."""
+
+    exit_code = ExitCode.FATAL
+
+
+class UsageError(ObsbatchError):
+    """A flag or environment value is invalid."""
+
+
+class ConfigError(ObsbatchError):
+    """The configuration is valid on its own but cannot work here (missing source, ...)."""
+
+
+class PreflightError(ObsbatchError):
+    """The destination is unusable: no bucket, bad credentials, unreachable endpoint."""
+
+
+class FdCheckError(ObsbatchError):
+    """`--fd-check strict` and some processes' open files could not be inspected."""
+
+
+class StopRequested(BaseException):
+    """SIGINT/SIGTERM turned into an exception in the parent ("especially for systemd", as borg says).
+
+    A BaseException so that no `except Exception` on the way swallows it.
+    """
+
+    def __init__(self, signum: int, exit_code: ExitCode):
+        super().__init__(signum)
+        self.signum = signum
+        self.exit_code = exit_code

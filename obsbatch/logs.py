@@ -1,0 +1,47 @@
+"""structlog set-up, done once in the CLI and once in each worker's initializer.
+
+Logs go to stderr (stdout is for results: `--summary json`). On a TTY they are rendered for people; anywhere
+else (journald, a pipe, a file) as one JSON object per line, which journald and log shippers keep intact.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+          "warning": logging.WARNING, "error": logging.ERROR}
+
+# Field names whose values are never logged, whatever a caller passes. Credentials are never put into
+# events in the first place; this is the second lock on the door.
+_SECRET_FIELDS = frozenset({"aws_secret_access_key", "secret_key", "aws_session_token", "session_token",
+                            "password", "authorization", "token"})
+
+
+def _redact(_logger, _method, event_dict):
+    for name in _SECRET_FIELDS.intersection(event_dict):
+        event_dict[name] = "<redacted>"
+    return event_dict
+
+
+def configure(level: str = "info", fmt: str = "auto", stream=None) -> None:
+    """Configure structlog for this process. `fmt` is auto|json|console."""
+    stream = stream or sys.stderr
+    if fmt == "auto":
+        fmt = "console" if stream.isatty() else "json"
+    renderer = (structlog.dev.ConsoleRenderer(colors=stream.isatty()) if fmt == "console"
+                else structlog.processors.JSONRenderer(ensure_ascii=False))
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _redact,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=True,
+    )

@@ -1,0 +1,121 @@
+"""The records that flow through the pipeline.
+
+`WorkItem` (parent -> worker) and `Outcome` (worker -> parent) cross the process boundary, so they are
+plain frozen dataclasses of builtins: they pickle cheaply and never carry an exception object, a client or
+an open file. `Candidate` stays in the parent.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass, field
+
+
+def display(path: bytes) -> str:
+    """A path for logs and records: UTF-8 where it is, `\\xff` escapes where it is not.
+
+    Not `os.fsdecode`: its surrogate escapes cannot be written as UTF-8 and would crash a log line.
+    """
+    return path.decode("utf-8", "backslashreplace")
+
+
+class Kind(str, enum.Enum):
+    """What finally happened to one path. Exactly one Outcome per path the walk met."""
+
+    #: Stored and verified by the server (Content-MD5 / per-part MD5).
+    UPLOADED = "uploaded"
+    #: Left out for good in this configuration (excluded, not a regular file, symlink, vanished).
+    SKIPPED = "skipped"
+    #: Not stable yet (too new, open for writing, changed while read): the next run takes it.
+    DEFERRED = "deferred"
+    #: Would have been uploaded (`--dry-run`).
+    PLANNED = "planned"
+    #: Eligible but not stored: the run exits 1.
+    FAILED = "failed"
+    #: The walk could not read this directory or entry: the run exits 1 (files may be missing).
+    ERROR = "error"
+
+
+class Reason(str, enum.Enum):
+    """Why a path was skipped, deferred or errored. Stable strings: they appear in logs and summaries."""
+
+    EXCLUDED = "excluded"
+    NOT_REGULAR = "not_regular"
+    SYMLINK = "symlink"
+    SYMLINK_LOOP = "symlink_loop"
+    VANISHED = "vanished"
+    TOO_NEW = "too_new"
+    OPEN_FOR_WRITE = "open_for_write"
+    CHANGED = "changed"
+    UNREADABLE_DIR = "unreadable_dir"
+    UNREADABLE_ENTRY = "unreadable_entry"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A regular file found by the walk (parent only).
+
+    path: absolute path as bytes, exactly as the kernel returned it (names need not be UTF-8).
+    rel: path relative to the source root, bytes, `/`-separated.
+    stat: the `DirEntry.stat()` result (followed if `--follow-symlinks`).
+    """
+
+    path: bytes
+    rel: bytes
+    stat: os.stat_result
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One file to upload, as judged stable by the parent.
+
+    path: absolute path, bytes (the worker opens exactly this name).
+    display: the path for humans and logs (undecodable bytes as surrogate escapes removed: see plan.display).
+    key: destination object key (prefix applied, percent-escaped where not UTF-8).
+    size, mtime_ns, ctime_ns, dev, ino: the stat the gate judged; the worker refuses to upload
+        if the file it reads no longer matches (Outcome DEFERRED/changed).
+    """
+
+    path: bytes
+    display: str
+    key: str
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    dev: int
+    ino: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result for one path.
+
+    kind, reason: see Kind and Reason (reason is None for UPLOADED/PLANNED/FAILED).
+    path: display path; key: destination key when one was computed, else "".
+    size: bytes in the file (uploaded bytes for UPLOADED).
+    attempts: HTTP requests sent for this file, retries included (0 when none were sent).
+    retries: how many of those requests were re-sends of a failed one.
+    error_type: S3 error code ("AccessDenied", "SlowDown") or exception class name, FAILED/ERROR only.
+    message: one human sentence for FAILED/ERROR/DEFERRED-changed; never holds credentials.
+    holders: (pid, process name, user) of writers, for DEFERRED/open_for_write.
+    etag, sha256: what was stored, UPLOADED only.
+    multipart: whether the multipart API was used.
+    started, ended: wall-clock epoch seconds of the worker's work (0.0 when no worker ran).
+    """
+
+    kind: Kind
+    path: str
+    key: str = ""
+    reason: Reason | None = None
+    size: int = 0
+    attempts: int = 0
+    retries: int = 0
+    error_type: str = ""
+    message: str = ""
+    holders: tuple[tuple[int, str, str], ...] = field(default=())
+    etag: str = ""
+    sha256: str = ""
+    multipart: bool = False
+    started: float = 0.0
+    ended: float = 0.0

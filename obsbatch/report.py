@@ -1,0 +1,118 @@
+"""Stage 6: fold Outcomes into one Summary (aws-cli's ResultRecorder), log each decision, pick the exit code.
+
+The Summary is the single source for the final `run.summary` log event, `--summary json`, and (issue #3)
+the OpenTelemetry attributes and systemd STATUS=.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import structlog
+
+from obsbatch.errors import ExitCode
+from obsbatch.models import Kind, Outcome, Reason
+
+log = structlog.get_logger()
+
+# Skips that are the configuration working as intended are logged at debug, so a tree of a million
+# excluded files does not flood the journal; they are still counted.
+_QUIET_SKIPS = frozenset({Reason.EXCLUDED})
+
+
+@dataclass
+class Summary:
+    """Counts for one run. `scanned` is every path the walk reported (directories aside)."""
+
+    scanned: int = 0
+    uploaded: int = 0
+    bytes_uploaded: int = 0
+    planned: int = 0
+    bytes_planned: int = 0
+    failed: int = 0
+    errors: int = 0
+    attempts: int = 0
+    retries: int = 0
+    skipped: collections.Counter = field(default_factory=collections.Counter)
+    deferred: collections.Counter = field(default_factory=collections.Counter)
+    failed_by_type: collections.Counter = field(default_factory=collections.Counter)
+    stopped_by: Optional[ExitCode] = None
+    started: float = field(default_factory=time.time)
+    ended: float = 0.0
+
+    def add(self, outcome: Outcome) -> None:
+        """Count one Outcome and log it under its stable event name."""
+        self.scanned += 1
+        self.attempts += outcome.attempts
+        self.retries += outcome.retries
+        kind = outcome.kind
+        if kind is Kind.UPLOADED:
+            self.uploaded += 1
+            self.bytes_uploaded += outcome.size
+            log.debug("upload.ok", path=outcome.path, key=outcome.key, bytes=outcome.size, attempts=outcome.attempts,
+                      multipart=outcome.multipart, seconds=round(outcome.ended - outcome.started, 3))
+        elif kind is Kind.PLANNED:
+            self.planned += 1
+            self.bytes_planned += outcome.size
+            log.info("file.planned", path=outcome.path, key=outcome.key, bytes=outcome.size)
+        elif kind is Kind.SKIPPED:
+            self.skipped[outcome.reason.value] += 1
+            level = log.debug if outcome.reason in _QUIET_SKIPS else log.info
+            level("file.skipped", path=outcome.path, reason=outcome.reason.value, **_detail(outcome))
+        elif kind is Kind.DEFERRED:
+            self.deferred[outcome.reason.value] += 1
+            holders = [{"pid": pid, "name": name, "user": user} for pid, name, user in outcome.holders]
+            log.info("file.deferred", path=outcome.path, reason=outcome.reason.value,
+                     **({"holders": holders} if holders else {}), **_detail(outcome))
+        elif kind is Kind.FAILED:
+            self.failed += 1
+            self.failed_by_type[outcome.error_type] += 1
+            log.error("upload.failed", path=outcome.path, key=outcome.key, error_type=outcome.error_type,
+                      error=outcome.message, attempts=outcome.attempts)
+        elif kind is Kind.ERROR:
+            self.errors += 1
+            log.error("walk.error", path=outcome.path, reason=outcome.reason.value, error_type=outcome.error_type,
+                      error=outcome.message)
+
+    def finish(self, stopped_by: Optional[ExitCode] = None) -> None:
+        self.stopped_by = stopped_by
+        self.ended = time.time()
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """Severity merged: a stop beats a failure beats success (skips and deferrals are not failures)."""
+        if self.stopped_by is not None:
+            return self.stopped_by
+        if self.failed or self.errors:
+            return ExitCode.PARTIAL
+        return ExitCode.OK
+
+    def as_dict(self) -> dict:
+        return {
+            "scanned": self.scanned,
+            "uploaded": self.uploaded,
+            "bytes_uploaded": self.bytes_uploaded,
+            "planned": self.planned,
+            "bytes_planned": self.bytes_planned,
+            "skipped": dict(self.skipped),
+            "deferred": dict(self.deferred),
+            "failed": self.failed,
+            "failed_by_type": dict(self.failed_by_type),
+            "errors": self.errors,
+            "attempts": self.attempts,
+            "retries": self.retries,
+            "seconds": round((self.ended or time.time()) - self.started, 3),
+            "exit_code": int(self.exit_code),
+            "stopped_by_signal": self.stopped_by is not None,
+        }
+
+    def log_final(self) -> None:
+        event = log.warning if self.exit_code is not ExitCode.OK else log.info
+        event("run.summary", **self.as_dict())
+
+
+def _detail(outcome: Outcome) -> dict:
+    return {"detail": outcome.message} if outcome.message else {}

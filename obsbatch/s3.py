@@ -1,0 +1,65 @@
+"""The S3 client every process builds for itself, and how S3 errors are named.
+
+How retries combine (README "Retries"): botocore's *standard* retry mode owns transient per-request
+faults: HTTP 500/502/503/504, throttling codes (SlowDown, Throttling, 429), RequestTimeout, connection
+errors and resets, read/connect timeouts. It retries each request up to `--retries` more times with
+truncated exponential backoff and full jitter (t = rand(0,1) * min(base * 2**i, 20 s); base 50 ms, or 1 s
+when throttled), under its client-wide retry quota. `worker.upload_one` adds only what botocore does not
+cover, with the same formula and limit: a request whose body reached the server corrupted (BadDigest:
+Content-MD5 mismatch). Permanent errors (403, NoSuchBucket, NoSuchKey, SignatureDoesNotMatch) are retried by
+neither. So a request is sent at most (retries + 1) times for transient faults, and at most (retries + 1)
+times more for a corrupted body.
+"""
+
+from __future__ import annotations
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from obsbatch import __version__
+from obsbatch.config import Config
+
+#: Error codes retried by obsbatch itself, on top of botocore (see module docstring).
+BODY_CORRUPTED_CODES = frozenset({"BadDigest", "XAmzContentSHA256Mismatch"})
+
+
+def make_client(config: Config, pool_connections: int = 2):
+    """A fresh S3 client from plain settings; credentials come from the standard AWS chain."""
+    # A session of its own: boto3's default session is module state and clients are not fork/pickle safe.
+    session = boto3.session.Session()
+    botocore_config = botocore.config.Config(
+        region_name=config.region,
+        connect_timeout=config.http_timeout,
+        read_timeout=config.http_timeout,
+        retries={"mode": "standard", "total_max_attempts": config.retries + 1},
+        s3={"addressing_style": config.addressing_style},
+        # botocore >= 1.36 adds CRC checksums (and aws-chunked bodies) to every upload by default; Huawei
+        # OBS and Ceph RGW reject them (boto/boto3#4392). when_required turns that off; integrity still
+        # comes from the Content-MD5 obsbatch sends on every PUT and part.
+        request_checksum_calculation=config.checksum_mode,
+        response_checksum_validation=config.checksum_mode,
+        max_pool_connections=pool_connections,
+        user_agent_extra=f"obsbatch/{__version__}",
+    )
+    return session.client("s3", endpoint_url=config.endpoint, config=botocore_config)
+
+
+def error_code(exc: BaseException) -> str:
+    """The S3 error code of a ClientError ("AccessDenied", "SlowDown"), else the exception class name."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        err = exc.response.get("Error", {})
+        return str(err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "ClientError"))
+    return type(exc).__name__
+
+
+def http_status(exc: BaseException) -> int:
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    return 0
+
+
+def error_message(exc: BaseException, limit: int = 500) -> str:
+    """One line for logs. botocore's messages name the operation and endpoint, never credentials."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:limit]

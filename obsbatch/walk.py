@@ -1,0 +1,104 @@
+"""Stage 1: an iterative `os.scandir` walk. It finds regular files and reports everything else; it judges
+nothing about stability.
+
+Memory stays bounded by the shape of the tree, not its size: one directory is read at a time, files are
+yielded as they are read, and only the names of directories still to visit are kept.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as statmod
+from typing import Iterator, Optional, Tuple, Union
+
+import structlog
+
+from obsbatch.models import Candidate, Kind, Outcome, Reason, display
+
+log = structlog.get_logger()
+
+# A directory's identity and its parent's chain: a linked list, so each pending directory costs O(1)
+# memory however deep it lies, and a loop check walks only the ancestors.
+Chain = Optional[Tuple[Tuple[int, int], "Chain"]]
+
+_TYPE_NAMES = ((statmod.S_ISFIFO, "fifo"), (statmod.S_ISSOCK, "socket"), (statmod.S_ISCHR, "character device"),
+               (statmod.S_ISBLK, "block device"))
+
+
+def _is_ancestor(key: Tuple[int, int], chain: Chain) -> bool:
+    while chain is not None:
+        if chain[0] == key:
+            return True
+        chain = chain[1]
+    return False
+
+
+def _type_name(mode: int) -> str:
+    return next((name for test, name in _TYPE_NAMES if test(mode)), "special file")
+
+
+def _error(path: bytes, reason: Reason, exc: OSError) -> Outcome:
+    return Outcome(Kind.ERROR, display(path), reason=reason, error_type=type(exc).__name__,
+                   message=f"cannot read {display(path)}: {exc.strerror or exc}")
+
+
+def walk(root: bytes, follow_symlinks: bool = False) -> Iterator[Union[Candidate, Outcome]]:
+    """Yield a Candidate per regular file under `root` and an Outcome for every other entry.
+
+    Symlinks are skipped unless `follow_symlinks`; then a link back to a directory on the current path is
+    reported as a loop instead of followed, keyed by (st_dev, st_ino) so bind mounts loop-check too.
+    Special files (FIFO, socket, device) are never opened: opening a FIFO would block the run.
+    """
+    root_st = os.stat(root)
+    stack = [(root, b"", ((root_st.st_dev, root_st.st_ino), None))]
+    while stack:
+        dirpath, rel_dir, chain = stack.pop()
+        try:
+            entries = os.scandir(dirpath)
+        except OSError as exc:
+            yield _error(dirpath, Reason.UNREADABLE_DIR, exc)
+            continue
+        subdirs = []
+        with entries:
+            while True:
+                try:
+                    entry = next(entries)
+                except StopIteration:
+                    break
+                except OSError as exc:  # readdir failed part-way (EIO, the directory vanished)
+                    yield _error(dirpath, Reason.UNREADABLE_DIR, exc)
+                    break
+                rel = rel_dir + b"/" + entry.name if rel_dir else entry.name
+                item = _judge_entry(entry, rel, follow_symlinks, chain, subdirs)
+                if item is not None:
+                    yield item
+        # Reversed so that popping visits directories in the order readdir gave them.
+        stack.extend(reversed(subdirs))
+
+
+def _judge_entry(entry: os.DirEntry, rel: bytes, follow: bool, chain: Chain, subdirs: list):
+    path = entry.path
+    try:
+        is_link = entry.is_symlink()
+        if is_link and not follow:
+            return Outcome(Kind.SKIPPED, display(path), reason=Reason.SYMLINK)
+        st = entry.stat(follow_symlinks=follow)
+    except FileNotFoundError:
+        # Gone since readdir, or (following links) a dangling link: nothing to back up, not a failure.
+        return Outcome(Kind.SKIPPED, display(path), reason=Reason.VANISHED)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return Outcome(Kind.SKIPPED, display(path), reason=Reason.SYMLINK_LOOP, message=str(exc.strerror))
+        return _error(path, Reason.UNREADABLE_ENTRY, exc)
+    mode = st.st_mode
+    if statmod.S_ISDIR(mode):
+        key = (st.st_dev, st.st_ino)
+        if _is_ancestor(key, chain):
+            return Outcome(Kind.SKIPPED, display(path), reason=Reason.SYMLINK_LOOP,
+                           message="leads back to a directory above it")
+        subdirs.append((path, rel, (key, chain)))
+        return None
+    if statmod.S_ISREG(mode):
+        return Candidate(path=path, rel=rel, stat=st)
+    return Outcome(Kind.SKIPPED, display(path), reason=Reason.NOT_REGULAR, message=_type_name(mode))

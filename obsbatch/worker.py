@@ -1,0 +1,221 @@
+"""Stage 5, in the pool's worker processes: upload one WorkItem, return one Outcome.
+
+Each worker builds its own client in `init_worker` (clients do not pickle and must not be shared across
+fork). `upload_one` never raises: every path through it returns an Outcome of plain data.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import os
+import random
+import signal
+import time
+
+import botocore.exceptions
+import structlog
+
+from obsbatch import logs, s3
+from obsbatch.config import MAX_PARTS, MiB, Config
+from obsbatch.models import Kind, Outcome, Reason, WorkItem
+
+log = structlog.get_logger()
+
+_client = None
+_config: Config | None = None
+# HTTP requests sent and API calls made by this process; per file, their differences give
+# Outcome.attempts and Outcome.retries (botocore re-sends inside one call, upload_one re-calls).
+_sent = 0
+_calls = 0
+_recalls = 0  # calls that upload_one itself repeated (BadDigest): retries, not new operations
+
+READ_BLOCK = 1 * MiB
+
+
+class FileChanged(Exception):
+    """The file no longer matches the stat the parent judged (internal to this module)."""
+
+
+def init_worker(config: Config) -> None:
+    """Pool initializer: signals, logging, this process's own S3 client."""
+    global _client, _config
+    # The parent owns shutdown: Ctrl-C reaches the whole foreground process group, and only the parent
+    # should decide what happens next. SIGTERM (the parent's Pool.terminate) becomes SystemExit, so a
+    # multipart upload in progress is aborted on the way out rather than left behind.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_term)
+    logs.configure(config.debug, config.log_format)
+    _config = config
+    _client = s3.make_client(config)
+    _client.meta.events.register("before-send.s3", _count_send)
+    _client.meta.events.register("before-call.s3", _count_call)
+
+
+def _exit_on_term(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _count_send(**kwargs):
+    global _sent
+    _sent += 1  # returns None: botocore goes on to send the request itself
+
+
+def _count_call(**kwargs):
+    global _calls
+    _calls += 1
+
+
+def upload_one(item: WorkItem) -> Outcome:
+    """Upload one file, verified; DEFERRED/changed if it moved under us; FAILED with a reason otherwise."""
+    started = time.time()
+    sent_before, calls_before, recalls_before = _sent, _calls, _recalls
+    try:
+        fields = _upload(item)
+    except FileChanged as exc:
+        fields = dict(kind=Kind.DEFERRED, reason=Reason.CHANGED, message=str(exc))
+    except FileNotFoundError:
+        fields = dict(kind=Kind.SKIPPED, reason=Reason.VANISHED, message="deleted before it could be read")
+    except OSError as exc:
+        fields = dict(kind=Kind.FAILED, error_type=type(exc).__name__,
+                      message=f"cannot read {item.display}: {exc.strerror or exc}")
+    except Exception as exc:  # S3 errors after retries, and anything unforeseen: report, never raise
+        fields = dict(kind=Kind.FAILED, error_type=s3.error_code(exc), message=s3.error_message(exc))
+    fields.setdefault("size", item.size)
+    attempts = _sent - sent_before
+    retries = attempts - (_calls - calls_before) + (_recalls - recalls_before)
+    return Outcome(path=item.display, key=item.key, attempts=attempts, retries=max(retries, 0),
+                   started=started, ended=time.time(), **fields)
+
+
+_STAT_FIELDS = (("size", "st_size", "size"), ("mtime", "st_mtime_ns", "mtime_ns"),
+                ("ctime", "st_ctime_ns", "ctime_ns"), ("inode", "st_ino", "ino"), ("device", "st_dev", "dev"))
+
+
+def _check_same(item: WorkItem, st: os.stat_result, what: str) -> None:
+    for label, st_attr, item_attr in _STAT_FIELDS:
+        then, now = getattr(item, item_attr), getattr(st, st_attr)
+        if now != then:
+            raise FileChanged(f"{label} changed {what} ({then} -> {now}); deferred to the next run")
+
+
+def _check_unchanged(item: WorkItem, f, what: str) -> None:
+    """The open file and the name both still match the judged stat (borg's stat-before-and-after).
+
+    fstat catches writes to the file we hold; stat of the path catches the name now pointing at another
+    file (replaced by rename), whose new content we would otherwise label with the old name's stat.
+    """
+    _check_same(item, os.fstat(f.fileno()), what)
+    _check_same(item, os.stat(item.path), what)
+
+
+def _md5_b64(data) -> tuple[str, str]:
+    digest = hashlib.md5(data)
+    return base64.b64encode(digest.digest()).decode("ascii"), digest.hexdigest()
+
+
+def _backoff(attempt: int) -> float:
+    """Full jitter, the same shape as botocore's standard mode: rand(0,1) * min(0.05 * 2**attempt, 20)."""
+    return random.random() * min(0.05 * 2 ** attempt, 20.0)
+
+
+def _send(operation, **params):
+    """One S3 call, re-sent when the server says the body arrived corrupted (botocore does not retry that)."""
+    global _recalls
+    for attempt in range(_config.retries + 1):
+        if attempt:
+            _recalls += 1
+        try:
+            return operation(**params)
+        except botocore.exceptions.ClientError as exc:
+            if s3.error_code(exc) not in s3.BODY_CORRUPTED_CODES or attempt == _config.retries:
+                raise
+            log.warning("upload.retry", key=params.get("Key"), error_type=s3.error_code(exc), attempt=attempt + 1)
+            time.sleep(_backoff(attempt))
+    raise AssertionError("unreachable")
+
+
+def _upload(item: WorkItem) -> dict:
+    with open(item.path, "rb") as f:
+        _check_unchanged(item, f, "before reading")
+        if item.size >= _config.multipart_threshold:
+            return _put_multipart(item, f)
+        return _put_single(item, f)
+
+
+def _put_single(item: WorkItem, f) -> dict:
+    data = f.read(item.size + 1)  # one byte more than judged: a file that grew is caught here
+    if len(data) != item.size:
+        raise FileChanged(f"read {len(data)} bytes, expected {item.size}; deferred to the next run")
+    _check_unchanged(item, f, "while reading")
+    md5_b64, md5_hex = _md5_b64(data)
+    sha256 = hashlib.sha256(data).hexdigest()
+    # Content-MD5 makes the server verify the body and reject it (BadDigest) rather than store a torn copy.
+    resp = _send(_client.put_object, Bucket=_config.bucket, Key=item.key, Body=data, ContentMD5=md5_b64,
+                 Metadata={"sha256": sha256})
+    return dict(kind=Kind.UPLOADED, etag=resp.get("ETag", "").strip('"'), sha256=sha256)
+
+
+def part_size(size: int, chunksize: int) -> int:
+    """The configured part size, raised (in whole MiB) until the file fits in S3's 10,000 parts."""
+    if size <= chunksize * MAX_PARTS:
+        return chunksize
+    return math.ceil(size / MAX_PARTS / MiB) * MiB
+
+
+def _hash_file(item: WorkItem, f) -> str:
+    """SHA-256 of the whole file, needed up front: metadata is fixed at CreateMultipartUpload."""
+    sha = hashlib.sha256()
+    total = 0
+    for block in iter(lambda: f.read(READ_BLOCK), b""):
+        sha.update(block)
+        total += len(block)
+    if total != item.size:
+        raise FileChanged(f"read {total} bytes, expected {item.size}; deferred to the next run")
+    return sha.hexdigest()
+
+
+def _put_multipart(item: WorkItem, f) -> dict:
+    sha256 = _hash_file(item, f)
+    _check_unchanged(item, f, "while hashing")
+    chunk = part_size(item.size, _config.multipart_chunksize)
+    upload_id = _client.create_multipart_upload(Bucket=_config.bucket, Key=item.key,
+                                                Metadata={"sha256": sha256})["UploadId"]
+    try:
+        f.seek(0)
+        parts = []
+        total = 0
+        while True:
+            data = f.read(chunk)
+            if not data:
+                break
+            total += len(data)
+            if total > item.size:
+                raise FileChanged(f"grew past {item.size} bytes while uploading; deferred to the next run")
+            md5_b64, _ = _md5_b64(data)
+            number = len(parts) + 1
+            resp = _send(_client.upload_part, Bucket=_config.bucket, Key=item.key, UploadId=upload_id,
+                         PartNumber=number, Body=data, ContentMD5=md5_b64)
+            parts.append({"ETag": resp["ETag"], "PartNumber": number})
+        if total != item.size:
+            raise FileChanged(f"read {total} bytes, expected {item.size}; deferred to the next run")
+        # The last chance to refuse: nothing is visible under the key until Complete succeeds.
+        _check_unchanged(item, f, "while uploading")
+        resp = _client.complete_multipart_upload(Bucket=_config.bucket, Key=item.key, UploadId=upload_id,
+                                                 MultipartUpload={"Parts": parts})
+    except BaseException:
+        _abort(item, upload_id)
+        raise
+    return dict(kind=Kind.UPLOADED, etag=resp.get("ETag", "").strip('"'), sha256=sha256, multipart=True)
+
+
+def _abort(item: WorkItem, upload_id: str) -> None:
+    """AbortMultipartUpload, so no incomplete upload (and its billed parts) is left behind."""
+    try:
+        _client.abort_multipart_upload(Bucket=_config.bucket, Key=item.key, UploadId=upload_id)
+    except Exception as exc:
+        # Still reported: the file's Outcome is FAILED/DEFERRED anyway; a bucket lifecycle rule
+        # (AbortIncompleteMultipartUpload) is the backstop the README recommends.
+        log.warning("upload.abort_failed", key=item.key, upload_id=upload_id, error_type=s3.error_code(exc),
+                    error=s3.error_message(exc))

@@ -1,0 +1,131 @@
+"""Shared fixtures: a clean environment for every test, one real SeaweedFS per session, a fault proxy,
+and helpers to build trees and run obsbatch as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.support import faultproxy, seaweed
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    """No test sees the developer's or CI's AWS, obsbatch or OpenTelemetry settings."""
+    for name in list(os.environ):
+        if name.startswith(("AWS_", "OBSBATCH_", "OTEL_")):
+            monkeypatch.delenv(name)
+    # boto3 must not find ~/.aws of whoever runs the tests.
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture(scope="session")
+def s3server(tmp_path_factory):
+    server = seaweed.start("backups", str(tmp_path_factory.mktemp("weed")))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3server):
+    return s3server.client()
+
+
+@pytest.fixture
+def prefix():
+    """A fresh key prefix per test, so tests share the server but never each other's objects."""
+    return f"t-{uuid.uuid4().hex[:12]}/"
+
+
+@pytest.fixture
+def proxy(s3server):
+    with faultproxy.FaultProxy(s3server.endpoint) as p:
+        yield p
+
+
+def age(path, seconds: float = 3600) -> None:
+    """Backdate a file's mtime so the --min-age gate lets it through (the stable case)."""
+    old = time.time() - seconds
+    os.utime(path, (old, old))
+
+
+def make_tree(root: Path, files: dict, old: bool = True) -> dict:
+    """Create files {relative path: bytes}; return the same mapping."""
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        if old:
+            age(path)
+    return files
+
+
+def objects(s3, bucket: str, prefix: str) -> dict:
+    """{key without prefix: bytes} of everything under prefix."""
+    out = {}
+    paginator = s3.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            out[obj["Key"][len(prefix):]] = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+    return out
+
+
+class Result:
+    def __init__(self, proc: subprocess.CompletedProcess):
+        self.returncode = proc.returncode
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+        self.events = []
+        for line in proc.stderr.splitlines():
+            try:
+                self.events.append(json.loads(line))
+            except ValueError:
+                pass
+
+    @property
+    def summary(self) -> dict:
+        return json.loads(self.stdout.strip().splitlines()[-1])
+
+    def find(self, event: str, **match) -> list:
+        return [e for e in self.events if e.get("event") == event and all(e.get(k) == v for k, v in match.items())]
+
+    def __repr__(self):
+        return f"<exit {self.returncode}\nstdout: {self.stdout}\nstderr: {self.stderr[-4000:]}>"
+
+
+def obsbatch_cmd(*args) -> list:
+    return [sys.executable, "-m", "obsbatch", *map(str, args)]
+
+
+# Root without these capabilities meets the kernel's ordinary permission checks: a mode-000 directory is
+# unreadable and another user's /proc/<pid>/fd is hidden. (Dropping to another uid is not possible here:
+# the interpreter may live under a 0700 home, and the pool's fork server must exec it.)
+UNPRIVILEGED = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-sys_ptrace"]
+
+
+def run_obsbatch(*args, env: dict | None = None, timeout: float = 120, unprivileged: bool = False) -> Result:
+    """Run obsbatch as a real process (JSON logs on stderr, --summary json on stdout)."""
+    full_env = {k: v for k, v in os.environ.items()}
+    full_env.update(env or {})
+    full_env["PYTHONPATH"] = str(REPO)
+    cmd = obsbatch_cmd(*args, "--summary", "json", "--log-format", "json")
+    if unprivileged:
+        cmd = UNPRIVILEGED + cmd
+    proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout, cwd=str(REPO))
+    return Result(proc)
+
+
+def server_args(server, prefix: str, endpoint: str | None = None) -> list:
+    return ["--bucket", server.bucket, "--prefix", prefix, "--endpoint", endpoint or server.endpoint,
+            "--region", "us-east-1", "--addressing-style", "path"]

@@ -1,0 +1,126 @@
+"""upload_one in this process, against the real SeaweedFS: verification, change detection, multipart."""
+
+import base64
+import hashlib
+import os
+
+import pytest
+
+from obsbatch import worker
+from obsbatch.cli import parse
+from obsbatch.models import Kind, Reason
+from obsbatch.plan import work_item
+from obsbatch.models import Candidate
+from tests.support.faultproxy import Fault
+
+
+@pytest.fixture
+def setup_worker(s3server, monkeypatch):
+    def setup(prefix, endpoint=None, *extra):
+        for k, v in s3server.env().items():
+            monkeypatch.setenv(k, v)
+        config = parse(["--source", "/unused", "--bucket", s3server.bucket, "--prefix", prefix,
+                        "--endpoint", endpoint or s3server.endpoint, "--addressing-style", "path",
+                        "--multipart-threshold", "5MiB", "--multipart-chunksize", "5MiB", "--retries", "3",
+                        "--log-format", "json", *extra], {})
+        worker.init_worker(config)
+        return config
+    yield setup
+    # init_worker ignores SIGINT and installs a SIGTERM handler meant for pool processes; undo that here.
+    import signal
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def item_for(path, prefix):
+    st = os.stat(path)
+    return work_item(Candidate(path=os.fsencode(path), rel=os.fsencode(path.name), stat=st), prefix)
+
+
+def test_small_file_uploaded_with_sha256_metadata_and_md5_etag(tmp_path, s3, s3server, prefix, setup_worker):
+    setup_worker(prefix)
+    data = os.urandom(10_000)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    outcome = worker.upload_one(item_for(path, prefix))
+    assert outcome.kind is Kind.UPLOADED, outcome
+    assert outcome.etag == hashlib.md5(data).hexdigest() and outcome.attempts == 1 and not outcome.multipart
+    head = s3.head_object(Bucket=s3server.bucket, Key=prefix + "f.bin")
+    assert head["Metadata"]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert s3.get_object(Bucket=s3server.bucket, Key=prefix + "f.bin")["Body"].read() == data
+
+
+@pytest.mark.parametrize("change", ["append", "same_size_rewrite", "replace_by_rename", "delete"])
+def test_file_changed_after_judgement_is_not_uploaded(tmp_path, s3, s3server, prefix, setup_worker, change):
+    setup_worker(prefix)
+    path = tmp_path / "f.txt"
+    path.write_bytes(b"version one")
+    os.utime(path, ns=(10**18, 10**18))
+    item = item_for(path, prefix)
+    if change == "append":
+        with open(path, "ab") as f:
+            f.write(b"!")
+    elif change == "same_size_rewrite":
+        path.write_bytes(b"version two")  # same length; mtime and ctime move
+    elif change == "replace_by_rename":
+        (tmp_path / "new").write_bytes(b"version one")
+        os.utime(tmp_path / "new", ns=(10**18, 10**18))  # same size and mtime: only the inode tells
+        os.rename(tmp_path / "new", path)
+    else:
+        path.unlink()
+    outcome = worker.upload_one(item)
+    if change == "delete":
+        assert (outcome.kind, outcome.reason) == (Kind.SKIPPED, Reason.VANISHED)
+    else:
+        assert (outcome.kind, outcome.reason) == (Kind.DEFERRED, Reason.CHANGED), outcome
+    assert outcome.attempts == 0
+    assert "Contents" not in s3.list_objects_v2(Bucket=s3server.bucket, Prefix=prefix)
+
+
+def test_multipart_object_equals_file(tmp_path, s3, s3server, prefix, setup_worker):
+    setup_worker(prefix)
+    data = os.urandom(12 * 1024 * 1024 + 123)  # 3 parts of 5 MiB, the last short
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    outcome = worker.upload_one(item_for(path, prefix))
+    assert outcome.kind is Kind.UPLOADED and outcome.multipart, outcome
+    assert outcome.attempts == 5  # create + 3 parts + complete
+    assert outcome.etag.endswith("-3")
+    body = s3.get_object(Bucket=s3server.bucket, Key=prefix + "big.bin")["Body"].read()
+    assert hashlib.sha256(body).digest() == hashlib.sha256(data).digest()
+    head = s3.head_object(Bucket=s3server.bucket, Key=prefix + "big.bin")
+    assert head["Metadata"]["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_failed_multipart_is_aborted_and_leaves_nothing(tmp_path, s3, s3server, prefix, setup_worker, proxy):
+    setup_worker(prefix, proxy.endpoint)
+    proxy.add(Fault(method="PUT", path=r"partNumber=2", action="status", status=403, code="AccessDenied", times=None))
+    path = tmp_path / "big.bin"
+    path.write_bytes(os.urandom(11 * 1024 * 1024))
+    outcome = worker.upload_one(item_for(path, prefix))
+    assert outcome.kind is Kind.FAILED and outcome.error_type == "AccessDenied", outcome
+    assert proxy.count("PUT", r"partNumber=2") == 1  # permanent: not retried
+    assert proxy.count("DELETE", r"uploadId=") == 1  # AbortMultipartUpload sent
+    uploads = s3.list_multipart_uploads(Bucket=s3server.bucket, Prefix=prefix).get("Uploads", [])
+    assert uploads == []
+    assert "Contents" not in s3.list_objects_v2(Bucket=s3server.bucket, Prefix=prefix)
+
+
+def test_corrupted_body_is_resent(tmp_path, s3, s3server, prefix, setup_worker, proxy):
+    """BadDigest (Content-MD5 mismatch) is not retried by botocore; upload_one re-sends it."""
+    setup_worker(prefix, proxy.endpoint)
+    proxy.add(Fault(method="PUT", path=r"f\.bin", action="status", status=400, code="BadDigest", times=2))
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"payload")
+    outcome = worker.upload_one(item_for(path, prefix))
+    assert outcome.kind is Kind.UPLOADED, outcome
+    assert (outcome.attempts, outcome.retries) == (3, 2)
+
+
+def test_server_verifies_content_md5(s3, s3server, prefix):
+    """The guarantee the worker relies on: a body that does not match Content-MD5 is refused, not stored."""
+    wrong = base64.b64encode(hashlib.md5(b"other").digest()).decode()
+    with pytest.raises(Exception) as info:
+        s3.put_object(Bucket=s3server.bucket, Key=prefix + "x", Body=b"payload", ContentMD5=wrong)
+    assert "BadDigest" in str(info.value)
+    assert "Contents" not in s3.list_objects_v2(Bucket=s3server.bucket, Prefix=prefix)

@@ -1,0 +1,299 @@
+"""obsbatch as a real process: real pool, real SeaweedFS, real holders of open files, exit codes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import REPO, UNPRIVILEGED, age, make_tree, objects, obsbatch_cmd, run_obsbatch, server_args
+from tests.support.faultproxy import Fault
+
+
+def test_nested_tree_lands_byte_identical_under_prefix(tmp_path, s3, s3server, prefix):
+    files = make_tree(tmp_path, {
+        "top.txt": b"top",
+        "a/b/c/deep.bin": os.urandom(70_000),
+        "a/sibling.txt": b"sibling",
+        "empty.dat": b"",
+        "данные/файл.txt": "привет".encode(),
+        "sp ace/+plus.txt": b"plus",
+    })
+    result = run_obsbatch("--source", tmp_path, *server_args(s3server, prefix), "--max-concurrent", 2,
+                          env=s3server.env())
+    assert result.returncode == 0, result
+    assert objects(s3, s3server.bucket, prefix) == files
+    summary = result.summary
+    assert summary["uploaded"] == len(files) and summary["failed"] == 0
+    assert summary["bytes_uploaded"] == sum(map(len, files.values()))
+    assert result.find("run.summary")
+
+
+def test_non_utf8_name_backed_up_under_escaped_key(tmp_path, s3, s3server, prefix):
+    raw = os.path.join(os.fsencode(tmp_path), b"caf\xe9.txt")  # Latin-1 name, not UTF-8
+    with open(raw, "wb") as f:
+        f.write(b"latin")
+    age(raw)
+    result = run_obsbatch("--source", tmp_path, *server_args(s3server, prefix), env=s3server.env())
+    assert result.returncode == 0, result
+    assert objects(s3, s3server.bucket, prefix) == {"caf%E9.txt": b"latin"}
+
+
+HOLDER = ("import os,sys,time\n"
+          "fds=[os.open(p, int(f)) for p, f in zip(sys.argv[1::2], sys.argv[2::2])]\n"
+          "print('ready', flush=True)\n"
+          "time.sleep(120)\n")
+
+
+@pytest.fixture
+def holder():
+    procs = []
+
+    def start(*path_flags):
+        args = [str(x) for pf in path_flags for x in pf]
+        proc = subprocess.Popen([sys.executable, "-c", HOLDER, *args], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def test_files_open_for_writing_are_deferred_with_holder_and_readers_do_not_block(
+        tmp_path, s3, s3server, prefix, holder):
+    make_tree(tmp_path, {"wronly.log": b"1", "rdwr.db": b"2", "append.log": b"3", "linked.dat": b"4",
+                         "reader.txt": b"5", "idle.txt": b"6"})
+    os.link(tmp_path / "linked.dat", tmp_path / "other-name-outside-the-tree")
+    os.rename(tmp_path / "other-name-outside-the-tree", tmp_path.parent / f"{tmp_path.name}-hardlink")
+    writer = holder((tmp_path / "wronly.log", os.O_WRONLY), (tmp_path / "rdwr.db", os.O_RDWR),
+                    (tmp_path / "append.log", os.O_WRONLY | os.O_APPEND),
+                    # the writer holds the file only through a second hard-link name, outside the tree
+                    (tmp_path.parent / f"{tmp_path.name}-hardlink", os.O_WRONLY))
+    reader = holder((tmp_path / "reader.txt", os.O_RDONLY))
+    result = run_obsbatch("--source", tmp_path, *server_args(s3server, prefix), env=s3server.env())
+    assert result.returncode == 0, result  # deferred files are not failures
+    assert objects(s3, s3server.bucket, prefix) == {"reader.txt": b"5", "idle.txt": b"6"}
+    deferred = {os.path.basename(e["path"]): e for e in result.find("file.deferred", reason="open_for_write")}
+    assert set(deferred) == {"wronly.log", "rdwr.db", "append.log", "linked.dat"}
+    for event in deferred.values():
+        assert event["holders"][0]["pid"] == writer.pid
+        assert event["holders"][0]["name"].startswith("python") and event["holders"][0]["user"]
+    assert reader.pid not in [h["pid"] for e in deferred.values() for h in e["holders"]]
+    assert result.summary["deferred"] == {"open_for_write": 4}
+
+
+def test_recently_modified_file_is_deferred(tmp_path, s3, s3server, prefix):
+    make_tree(tmp_path, {"old.txt": b"old"})
+    (tmp_path / "fresh.txt").write_bytes(b"fresh")
+    result = run_obsbatch("--source", tmp_path, *server_args(s3server, prefix), "--min-age", 30, env=s3server.env())
+    assert result.returncode == 0, result
+    assert objects(s3, s3server.bucket, prefix) == {"old.txt": b"old"}
+    [event] = result.find("file.deferred", reason="too_new")
+    assert event["path"].endswith("fresh.txt")
+
+
+def test_fifo_and_symlinks(tmp_path, s3, s3server, prefix):
+    make_tree(tmp_path, {"real/file.txt": b"real"})
+    os.mkfifo(tmp_path / "pipe")  # a FIFO must never hang the run
+    os.symlink("real/file.txt", tmp_path / "filelink")
+    os.symlink("real", tmp_path / "dirlink")
+    result = run_obsbatch("--source", tmp_path, *server_args(s3server, prefix), env=s3server.env(), timeout=60)
+    assert result.returncode == 0, result
+    assert objects(s3, s3server.bucket, prefix) == {"real/file.txt": b"real"}
+    assert result.summary["skipped"] == {"not_regular": 1, "symlink": 2}
+
+    prefix2 = prefix + "follow/"
+    result = run_obsbatch("--source", tmp_path, *server_args(s3server, prefix2), "--follow-symlinks",
+                          env=s3server.env(), timeout=60)
+    assert result.returncode == 0, result
+    assert objects(s3, s3server.bucket, prefix2) == {"real/file.txt": b"real", "filelink": b"real",
+                                                     "dirlink/file.txt": b"real"}
+
+
+def test_multipart_upload_and_file_changed_while_uploading(tmp_path, s3, s3server, prefix, proxy):
+    stable = os.urandom(11 * 1024 * 1024)
+    make_tree(tmp_path, {"stable.bin": stable, "growing.bin": os.urandom(11 * 1024 * 1024)})
+    hold = proxy.add(Fault(method="PUT", path=r"growing\.bin\?.*partNumber=1\b", action="hold", delay=2.0))
+    env = dict(os.environ, **s3server.env(), PYTHONPATH=str(REPO))
+    cmd = obsbatch_cmd("--source", tmp_path, *server_args(s3server, prefix, proxy.endpoint),
+                       "--multipart-threshold", "5MiB", "--multipart-chunksize", "5MiB",
+                       "--summary", "json", "--log-format", "json")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert hold.arrived.wait(60), "the upload of growing.bin never started"
+        with open(tmp_path / "growing.bin", "ab") as f:  # a writer appends while part 1 is in flight
+            f.write(b"more")
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert objects(s3, s3server.bucket, prefix) == {"stable.bin": stable}
+    assert '"reason": "changed"' in err
+    assert s3.list_multipart_uploads(Bucket=s3server.bucket, Prefix=prefix).get("Uploads", []) == []
+    assert proxy.count("DELETE", r"growing\.bin\?uploadId=") == 1
+
+
+@pytest.mark.parametrize("fault", [
+    Fault(method="PUT", path=r"\.txt", action="status", status=500, code="InternalError", times=3),
+    Fault(method="PUT", path=r"\.txt", action="status", status=503, code="SlowDown", times=3),
+    Fault(method="PUT", path=r"\.txt", action="reset", times=3),
+    Fault(method="PUT", path=r"\.txt", action="reset_mid_body", times=3),
+], ids=["500", "503-SlowDown", "reset", "reset-mid-body"])
+def test_transient_faults_are_retried_to_success(tmp_path, s3, s3server, prefix, proxy, fault):
+    files = make_tree(tmp_path, {f"f{i}.txt": os.urandom(2000) for i in range(3)})
+    proxy.add(fault)
+    result = run_obsbatch("--source", tmp_path, *server_args(s3server, prefix, proxy.endpoint),
+                          "--max-concurrent", 2, env=s3server.env())
+    assert result.returncode == 0, result
+    assert objects(s3, s3server.bucket, prefix) == files
+    assert fault.hits == 3
+    assert result.summary["retries"] == 3 and result.summary["attempts"] == 6
+
+
+def test_permanent_error_fails_without_retry_and_exits_1(tmp_path, s3, s3server, prefix, proxy):
+    make_tree(tmp_path, {"ok.txt": b"ok", "denied.txt": b"no"})
+    proxy.add(Fault(method="PUT", path=r"denied\.txt", action="status", status=403, code="AccessDenied", times=None))
+    result = run_obsbatch("--source", tmp_path, *server_args(s3server, prefix, proxy.endpoint), env=s3server.env())
+    assert result.returncode == 1, result
+    assert objects(s3, s3server.bucket, prefix) == {"ok.txt": b"ok"}
+    [failed] = result.find("upload.failed")
+    assert failed["error_type"] == "AccessDenied" and failed["attempts"] == 1
+    assert proxy.count("PUT", r"denied\.txt") == 1
+    assert result.summary["failed_by_type"] == {"AccessDenied": 1}
+
+
+def test_retries_exhausted_exit_1(tmp_path, s3server, prefix, proxy):
+    make_tree(tmp_path, {"a.txt": b"a"})
+    proxy.add(Fault(method="PUT", path=r"a\.txt", action="status", status=503, code="SlowDown", times=None))
+    result = run_obsbatch("--source", tmp_path, *server_args(s3server, prefix, proxy.endpoint), "--retries", 2,
+                          env=s3server.env())
+    assert result.returncode == 1, result
+    assert result.summary["failed_by_type"] == {"SlowDown": 1}
+    assert proxy.count("PUT", r"a\.txt") == 3  # 1 + --retries 2
+
+
+@pytest.mark.parametrize("case", ["missing-source", "source-is-file", "no-bucket", "bad-secret", "no-credentials",
+                                  "unreachable"])
+def test_fatal_errors_exit_2_with_one_sentence(tmp_path, s3server, prefix, case):
+    make_tree(tmp_path, {"a.txt": b"a"})
+    env, source, args = dict(s3server.env()), tmp_path, server_args(s3server, prefix)
+    expected = {"missing-source": "does not exist", "source-is-file": "is not a directory",
+                "no-bucket": "bucket 'no-such-bucket' does not exist", "bad-secret": "credentials were rejected",
+                "no-credentials": "no AWS credentials found", "unreachable": "cannot reach the S3 endpoint"}[case]
+    if case == "missing-source":
+        source = tmp_path / "nope"
+    elif case == "source-is-file":
+        source = tmp_path / "a.txt"
+    elif case == "no-bucket":
+        args[1] = "no-such-bucket"
+    elif case == "bad-secret":
+        env["AWS_SECRET_ACCESS_KEY"] = "wrong-secret-value-123"
+    elif case == "no-credentials":
+        env = {"AWS_DEFAULT_REGION": "us-east-1"}
+    elif case == "unreachable":
+        import socket
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]  # closed again: nothing listens there
+        args[5] = f"http://127.0.0.1:{port}"
+    result = run_obsbatch("--source", source, *args, "--retries", 1, env=env, timeout=60)
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    [fatal] = result.find("run.fatal")
+    assert expected in fatal["error"]
+    assert "wrong-secret-value-123" not in result.stderr and s3server.secret_key not in result.stderr
+
+
+def test_dry_run_uploads_nothing_and_needs_no_server(tmp_path, prefix):
+    make_tree(tmp_path, {"a.txt": b"a", "b/c.txt": b"cc"})
+    result = run_obsbatch("--source", tmp_path, "--bucket", "any", "--prefix", prefix, "--endpoint",
+                          "http://127.0.0.1:9", "--dry-run")
+    assert result.returncode == 0, result
+    assert result.summary["planned"] == 2 and result.summary["bytes_planned"] == 3
+    assert sorted(e["key"] for e in result.find("file.planned")) == [prefix + "a.txt", prefix + "b/c.txt"]
+
+
+def _can_drop_privileges():
+    try:
+        return subprocess.run([*UNPRIVILEGED, "true"], capture_output=True).returncode == 0
+    except FileNotFoundError:
+        return False
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0 or not _can_drop_privileges(),
+                                reason="needs root and setpriv to run obsbatch without DAC/ptrace capabilities")
+
+
+@needs_root
+def test_unreadable_directory_is_reported_and_the_rest_uploaded(tmp_path, s3, s3server, prefix):
+    make_tree(tmp_path, {"readable/a.txt": b"a", "locked/secret.txt": b"s", "z.txt": b"z"})
+    os.chmod(tmp_path / "locked", 0o000)
+    try:
+        result = run_obsbatch("--source", tmp_path, *server_args(s3server, prefix), env=s3server.env(),
+                              unprivileged=True)
+    finally:
+        os.chmod(tmp_path / "locked", 0o755)
+    assert result.returncode == 1, result
+    assert objects(s3, s3server.bucket, prefix) == {"readable/a.txt": b"a", "z.txt": b"z"}
+    [error] = result.find("walk.error", reason="unreadable_dir")
+    assert error["path"].endswith("locked") and "Permission denied" in error["error"]
+    assert result.summary["errors"] == 1 and result.summary["uploaded"] == 2
+
+
+@pytest.fixture
+def foreign_process():
+    """A process of another user (uid 65534), whose fds an unprivileged obsbatch cannot read."""
+    proc = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sleep", "120"])
+    time.sleep(0.3)
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+@needs_root
+def test_fd_check_strict_refuses_to_run_blind(tmp_path, s3, s3server, prefix, foreign_process):
+    make_tree(tmp_path, {"a.txt": b"a"})
+    result = run_obsbatch("--source", tmp_path, *server_args(s3server, prefix), "--fd-check", "strict",
+                          env=s3server.env(), unprivileged=True)
+    assert result.returncode == 2, result
+    [fatal] = result.find("run.fatal")
+    assert "cannot be inspected" in fatal["error"]
+    assert objects(s3, s3server.bucket, prefix) == {}
+
+
+@needs_root
+def test_fd_check_best_effort_warns_once_and_uploads(tmp_path, s3, s3server, prefix, foreign_process):
+    make_tree(tmp_path, {f"f{i}.txt": b"x" for i in range(5)})
+    result = run_obsbatch("--source", tmp_path, *server_args(s3server, prefix), "--min-age", 0,
+                          env=s3server.env(), unprivileged=True)
+    assert result.returncode == 0, result
+    [warning] = result.find("fd_index.incomplete")
+    assert warning["unreadable_processes"] >= 1
+    assert len(objects(s3, s3server.bucket, prefix)) == 5
+
+
+def test_sigterm_finishes_uploads_in_flight_and_exits_143(tmp_path, s3, s3server, prefix, proxy):
+    make_tree(tmp_path, {f"d{i}/f{j}.txt": b"x" * 100 for i in range(5) for j in range(20)})
+    hold = proxy.add(Fault(method="PUT", path=r"\.txt", action="hold", delay=1.0, times=None))
+    env = dict(os.environ, **s3server.env(), PYTHONPATH=str(REPO))
+    cmd = obsbatch_cmd("--source", tmp_path, *server_args(s3server, prefix, proxy.endpoint), "--max-concurrent", 2,
+                       "--summary", "json", "--log-format", "json")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert hold.arrived.wait(60)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert '"event": "run.stopping"' in err
+    import json
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["stopped_by_signal"] is True and summary["exit_code"] == 143
+    assert 0 < summary["uploaded"] < 100 and summary["failed"] == 0  # in-flight ones finished, not torn
+    assert len(objects(s3, s3server.bucket, prefix)) == summary["uploaded"]

@@ -1,0 +1,177 @@
+"""A small HTTP/1.1 reverse proxy on loopback that injects faults in front of a real S3 server.
+
+Requests pass through unchanged (the Host header too, so SigV4 signatures still verify upstream) unless a
+`Fault` matches: then the proxy answers with an S3-style error, resets the connection (before or halfway
+through the body), or holds the request for a while before forwarding it.
+
+botocore sends `Expect: 100-continue` on uploads with file-like bodies and waits up to a second for the
+interim response; BaseHTTPRequestHandler answers it (handle_expect_100) because protocol_version is 1.1.
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+import socket
+import struct
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Optional
+
+_HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "expect", "te", "upgrade"}
+
+
+@dataclass
+class Fault:
+    """What to do to matching requests.
+
+    method: HTTP method to match, or None for any. path: regex searched in path+query.
+    action: "status" (answer `status` with S3 error `code`), "reset" (RST after reading the request),
+        "reset_mid_body" (RST after half the body), "hold" (set `arrived`, wait `delay` s, then forward).
+    times: how many matching requests to fault; None for all of them.
+    """
+
+    path: str = ""
+    method: Optional[str] = None
+    action: str = "status"
+    status: int = 503
+    code: str = "SlowDown"
+    times: Optional[int] = 1
+    delay: float = 0.0
+    hits: int = 0
+    arrived: threading.Event = field(default_factory=threading.Event)
+
+    def matches(self, method: str, path: str) -> bool:
+        return ((self.method is None or self.method == method) and re.search(self.path, path) is not None
+                and (self.times is None or self.hits < self.times))
+
+
+class FaultProxy:
+    def __init__(self, upstream: str):
+        url = urllib.parse.urlsplit(upstream)
+        self.upstream = (url.hostname, url.port)
+        self.faults: list[Fault] = []
+        self.seen: list[tuple[str, str, str]] = []  # (method, path, what happened)
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(_Handler):
+            owner = proxy
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def add(self, fault: Fault) -> Fault:
+        with self._lock:
+            self.faults.append(fault)
+        return fault
+
+    def take(self, method: str, path: str) -> Optional[Fault]:
+        with self._lock:
+            for fault in self.faults:
+                if fault.matches(method, path):
+                    fault.hits += 1
+                    return fault
+        return None
+
+    def record(self, method: str, path: str, what: str) -> None:
+        with self._lock:
+            self.seen.append((method, path, what))
+
+    def count(self, method: str, path_regex: str, what: Optional[str] = None) -> int:
+        with self._lock:
+            return sum(1 for m, p, w in self.seen
+                       if m == method and re.search(path_regex, p) and (what is None or w == what))
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    owner: FaultProxy
+
+    def log_message(self, *args):  # quiet: the test's own assertions say what matters
+        pass
+
+    def _reset(self) -> None:
+        # SO_LINGER with a zero timeout makes close() send RST instead of FIN: a "connection reset by peer".
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+        self.connection.close()
+
+    def finish(self):
+        try:
+            super().finish()
+        except (OSError, ValueError):  # the socket was reset on purpose
+            pass
+
+    def _any(self):
+        method, path = self.command, self.path
+        length = int(self.headers.get("Content-Length") or 0)
+        fault = self.owner.take(method, path)
+        if fault is not None and fault.action == "reset_mid_body":
+            self.rfile.read(length // 2)
+            self.owner.record(method, path, "reset_mid_body")
+            self._reset()
+            return
+        body = self.rfile.read(length) if length else b""
+        if fault is not None:
+            if fault.action == "reset":
+                self.owner.record(method, path, "reset")
+                self._reset()
+                return
+            if fault.action == "status":
+                self.owner.record(method, path, f"status {fault.status}")
+                self._error(fault.status, fault.code)
+                return
+            if fault.action == "hold":
+                fault.arrived.set()
+                time.sleep(fault.delay)
+        self.owner.record(method, path, "forwarded")
+        self._forward(body)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
+
+    def _error(self, status: int, code: str) -> None:
+        payload = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+                   f"<Message>injected by the test fault proxy</Message></Error>").encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    def _forward(self, body: bytes) -> None:
+        conn = http.client.HTTPConnection(*self.owner.upstream, timeout=120)
+        try:
+            conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+            for name, value in self.headers.items():
+                if name.lower() not in _HOP_BY_HOP:
+                    conn.putheader(name, value)
+            conn.endheaders(body if body else None)
+            resp = conn.getresponse()
+            data = resp.read()
+            self.send_response(resp.status, resp.reason)
+            for name, value in resp.getheaders():
+                if name.lower() in _HOP_BY_HOP or (name.lower() == "content-length" and self.command != "HEAD"):
+                    continue
+                self.send_header(name, value)
+            if self.command != "HEAD":
+                self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+        finally:
+            conn.close()

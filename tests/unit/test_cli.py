@@ -1,0 +1,122 @@
+import subprocess
+import sys
+
+import pytest
+
+from obsbatch.cli import parse
+from obsbatch.config import MiB, parse_size
+from obsbatch.errors import UsageError
+
+ORIGINAL = ("--source /sftp/export --bucket my-backups --prefix daily/ --endpoint "
+            "https://obs.ru-moscow-1.hc.sbercloud.ru --region ru-moscow-1 --http-timeout 15 --max-concurrent 6 "
+            "--debug info").split()
+
+
+def test_original_command_line_verbatim():
+    config = parse(ORIGINAL, {})
+    assert config.source == "/sftp/export"
+    assert config.bucket == "my-backups"
+    assert config.prefix == "daily/"
+    assert config.endpoint == "https://obs.ru-moscow-1.hc.sbercloud.ru"
+    assert config.region == "ru-moscow-1"
+    assert config.http_timeout == 15.0
+    assert config.max_concurrent == 6
+    assert config.debug == "info"
+
+
+def test_defaults():
+    config = parse(["--source", "/s", "--bucket", "b"], {})
+    assert (config.min_age, config.retries, config.checksum_mode) == (2.0, 5, "when_required")
+    assert (config.multipart_threshold, config.multipart_chunksize) == (64 * MiB, 16 * MiB)
+    assert config.include == () and config.exclude == () and config.dry_run is False
+
+
+def test_every_flag_falls_back_to_environment():
+    env = {"OBSBATCH_SOURCE": "/env/src", "OBSBATCH_BUCKET": "envbucket", "OBSBATCH_MAX_CONCURRENT": "3",
+           "OBSBATCH_DRY_RUN": "yes", "OBSBATCH_FOLLOW_SYMLINKS": "0", "OBSBATCH_EXCLUDE": "*.tmp,*.part",
+           "OBSBATCH_MULTIPART_THRESHOLD": "8MiB", "OBSBATCH_FD_CHECK": "strict", "OBSBATCH_MIN_AGE": "0.5"}
+    config = parse([], env)
+    assert config.source == "/env/src" and config.bucket == "envbucket"
+    assert config.max_concurrent == 3 and config.dry_run is True and config.follow_symlinks is False
+    assert config.exclude == ("*.tmp", "*.part")
+    assert config.multipart_threshold == 8 * MiB
+    assert config.fd_check == "strict" and config.min_age == 0.5
+
+
+def test_command_line_beats_environment():
+    env = {"OBSBATCH_SOURCE": "/env", "OBSBATCH_BUCKET": "envbucket", "OBSBATCH_EXCLUDE": "*.tmp",
+           "OBSBATCH_MAX_CONCURRENT": "3"}
+    config = parse(["--bucket", "clibucket", "--exclude", "*.log", "--max-concurrent", "9"], env)
+    assert config.bucket == "clibucket" and config.exclude == ("*.log",) and config.max_concurrent == 9
+    assert config.source == "/env"
+
+
+def test_repeatable_flags():
+    config = parse(["--source", "/s", "--bucket", "b", "--include", "*.db", "--include", "*.wal"], {})
+    assert config.include == ("*.db", "*.wal")
+
+
+@pytest.mark.parametrize("prefix,expected", [("daily", "daily/"), ("daily/", "daily/"), ("", ""), ("a/b", "a/b/")])
+def test_prefix_gets_trailing_slash_like_aws_s3_sync(prefix, expected):
+    assert parse(["--source", "/s", "--bucket", "b", "--prefix", prefix], {}).prefix == expected
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--max-concurrent", "-1"], "--max-concurrent: '-1' must be 1 or more"),
+    (["--max-concurrent", "two"], "is not a whole number"),
+    (["--multipart-chunksize", "12XB"], "'12XB' is not a size"),
+    (["--multipart-chunksize", "1MiB"], "between 5MiB and 5GiB"),
+    (["--multipart-threshold", "6GiB"], "at most 5GiB"),
+    (["--endpoint", "ftp://host"], "must be an http:// or https:// URL"),
+    (["--endpoint", "https://user:pw@host"], "must not contain credentials"),
+    (["--endpoint", "https://host:99999"], "is not a valid URL"),
+    (["--http-timeout", "0"], "must be more than 0 seconds"),
+    (["--min-age", "-3"], "must be at least 0 seconds"),
+    (["--min-age", "nan"], "finite"),
+    (["--debug", "loud"], "invalid choice"),
+    (["--checksum-mode", "always"], "invalid choice"),
+    (["--prefix", "/abs"], "must not start with '/'"),
+    (["--prefix", "a/../b"], "'..' segment"),
+    (["--bucket", "bad bucket!"], "is not a valid bucket name"),
+    (["--frobnicate"], "unrecognized arguments: --frobnicate"),
+])
+def test_invalid_values_rejected_with_clear_message(args, message):
+    base = {"--source": "/s", "--bucket": "b"}
+    argv = [x for k, v in base.items() if k not in args for x in (k, v)] + args
+    with pytest.raises(UsageError) as info:
+        parse(argv, {})
+    assert message in str(info.value)
+
+
+def test_missing_required_names_flag_and_variable():
+    with pytest.raises(UsageError, match=r"--bucket is required \(or OBSBATCH_BUCKET\)"):
+        parse(["--source", "/s"], {})
+
+
+def test_invalid_environment_value_names_the_variable():
+    with pytest.raises(UsageError, match="OBSBATCH_RETRIES: 'many' is not a whole number"):
+        parse(["--source", "/s", "--bucket", "b"], {"OBSBATCH_RETRIES": "many"})
+    with pytest.raises(UsageError, match="OBSBATCH_DRY_RUN: 'perhaps' is not a boolean"):
+        parse(["--source", "/s", "--bucket", "b"], {"OBSBATCH_DRY_RUN": "perhaps"})
+    with pytest.raises(UsageError, match="OBSBATCH_LOG_FORMAT: invalid choice 'xml'"):
+        parse(["--source", "/s", "--bucket", "b"], {"OBSBATCH_LOG_FORMAT": "xml"})
+
+
+@pytest.mark.parametrize("text,value", [("64MiB", 64 * MiB), ("64MB", 64 * MiB), ("1048576", MiB), ("8m", 8 * MiB),
+                                        ("1GiB", 1024 * MiB), ("5 KiB", 5 * 1024)])
+def test_parse_size(text, value):
+    assert parse_size(text) == value
+
+
+def test_usage_error_is_one_line_exit_2_no_traceback():
+    proc = subprocess.run([sys.executable, "-m", "obsbatch", "--source", "/s", "--bucket", "b", "--retries", "-2"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "--retries: '-2' must be 0 or more" in proc.stderr
+
+
+def test_help_lists_exit_codes_and_environment():
+    proc = subprocess.run([sys.executable, "-m", "obsbatch", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    assert "OBSBATCH_<FLAG>" in proc.stdout and "143" in proc.stdout and "--fd-check" in proc.stdout
