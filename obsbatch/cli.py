@@ -121,6 +121,9 @@ def main(argv: Optional[Sequence[str]] = None) -> NoReturn:
 
     try:
         summary = pipeline.run(config)
+    except KeyboardInterrupt:  # Ctrl-C before the upload loop took over the signal
+        log.warning("run.interrupted", detail="stopped before any upload")
+        sys.exit(ExitCode.INTERRUPTED)
     except ObsbatchError as exc:
         log.error("run.fatal", error=str(exc), error_type=type(exc).__name__, exit_code=int(exc.exit_code))
         sys.exit(exc.exit_code)

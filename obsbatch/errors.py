@@ -43,7 +43,8 @@ class FdCheckError(ObsbatchError):
 
 
 class StopRequested(BaseException):
-    """SIGINT/SIGTERM turned into an exception in the parent ("especially for systemd", as borg says).
+    """SIGINT/SIGTERM turned into an exception in the parent ("especially for systemd", as borg says),
+    raised at the main loop's checkpoints (pipeline.StopFlag).
 
     A BaseException so that no `except Exception` on the way swallows it.
     """

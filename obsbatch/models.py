@@ -27,7 +27,8 @@ class Kind(str, enum.Enum):
     UPLOADED = "uploaded"
     #: Left out for good in this configuration (excluded, not a regular file, symlink, vanished).
     SKIPPED = "skipped"
-    #: Not stable yet (too new, open for writing, changed while read): the next run takes it.
+    #: Not stable yet (too new, open for writing, changed while read), or cut short by a second stop
+    #: signal: the next run takes it.
     DEFERRED = "deferred"
     #: Would have been uploaded (`--dry-run`).
     PLANNED = "planned"
@@ -48,6 +49,7 @@ class Reason(str, enum.Enum):
     TOO_NEW = "too_new"
     OPEN_FOR_WRITE = "open_for_write"
     CHANGED = "changed"
+    INTERRUPTED = "interrupted"
     UNREADABLE_DIR = "unreadable_dir"
     UNREADABLE_ENTRY = "unreadable_entry"
 

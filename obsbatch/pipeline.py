@@ -14,7 +14,8 @@ import os
 import queue
 import signal
 import stat as statmod
-from typing import Iterable, Union
+import threading
+from typing import Dict, Iterable, Union
 
 import botocore.exceptions
 import structlog
@@ -23,7 +24,7 @@ from obsbatch import s3, worker
 from obsbatch.config import Config
 from obsbatch.errors import ConfigError, ExitCode, PreflightError, StopRequested
 from obsbatch.filters import select
-from obsbatch.models import Kind, Outcome, WorkItem
+from obsbatch.models import Kind, Outcome, Reason, WorkItem
 from obsbatch.plan import plan
 from obsbatch.report import Summary
 from obsbatch.stability import Gate
@@ -51,17 +52,19 @@ def run(config: Config) -> Summary:
     summary = Summary()
     stages = plan(gate.filter(select(walk(source, config.follow_symlinks), config.include, config.exclude)),
                   config.prefix)
-    stopped_by = None
-    with _signals_raise():
+    stop = StopFlag()
+    with stop.installed():
         try:
             if config.dry_run:
                 for item in stages:
+                    stop.check()
                     summary.add(_planned(item) if isinstance(item, WorkItem) else item)
             else:
-                upload_all(stages, config, summary)
-        except StopRequested as stop:
-            stopped_by = stop.exit_code
-    summary.finish(stopped_by)
+                upload_all(stages, config, summary, stop)
+        except StopRequested as stopped:
+            summary.finish(stopped.exit_code)
+        else:
+            summary.finish()
     summary.log_final()
     return summary
 
@@ -130,18 +133,25 @@ def _planned(item: WorkItem) -> Outcome:
     return Outcome(Kind.PLANNED, item.display, key=item.key, size=item.size)
 
 
-def _crashed(item: WorkItem, put, exc: BaseException) -> None:
+def _crashed(seq: int, item: WorkItem, put, exc: BaseException) -> None:
     """Pool error_callback: upload_one never raises, so this is a pickling or pool failure. Still one Outcome."""
-    put(Outcome(Kind.FAILED, item.display, key=item.key, size=item.size, error_type=type(exc).__name__,
-                message=s3.error_message(exc)))
+    put((seq, Outcome(Kind.FAILED, item.display, key=item.key, size=item.size, error_type=type(exc).__name__,
+                      message=s3.error_message(exc))))
 
 
-def upload_all(items: Iterable[Union[WorkItem, Outcome]], config: Config, summary: Summary) -> None:
+def _tagged(seq: int, put, outcome: Outcome) -> None:
+    put((seq, outcome))
+
+
+def upload_all(items: Iterable[Union[WorkItem, Outcome]], config: Config, summary: Summary,
+               stop: "StopFlag") -> None:
     """Feed WorkItems to a pool of `max_concurrent` workers with at most 2x that many in flight.
 
     `Pool.imap*` would drain the whole walk into its task queue at once; submitting one apply_async at a
     time against a bound keeps memory flat however big the tree. Outcomes come back through the pool's
-    result thread into a queue that only this (main) thread reads, so Summary needs no lock.
+    result thread into a queue that only this (main) thread reads, so Summary needs no lock. Each task is
+    tagged with a sequence number, so the parent always knows which files are still out: none is lost
+    even when the pool is torn down.
     """
     # forkserver, not fork: the parent runs threads (the pool's own, later OTEL and watchdog), and forking a
     # threaded process can deadlock on a lock some thread held. Preloading the worker module pays for
@@ -150,52 +160,119 @@ def upload_all(items: Iterable[Union[WorkItem, Outcome]], config: Config, summar
     ctx.set_forkserver_preload(["obsbatch.worker"])
     limit = 2 * config.max_concurrent
     results: queue.SimpleQueue = queue.SimpleQueue()
-    in_flight = 0
+    outstanding: Dict[int, WorkItem] = {}
     pool = ctx.Pool(config.max_concurrent, initializer=worker.init_worker, initargs=(config,))
     try:
         try:
-            for item in items:
+            for seq, item in enumerate(items):
+                stop.check()
                 if isinstance(item, Outcome):
                     summary.add(item)
                     continue
-                while in_flight >= limit:
-                    summary.add(results.get())
-                    in_flight -= 1
-                pool.apply_async(worker.upload_one, (item,), callback=results.put,
-                                 error_callback=functools.partial(_crashed, item, results.put))
-                in_flight += 1
-        except StopRequested as stop:
-            log.warning("run.stopping", signal=signal.Signals(stop.signum).name, in_flight=in_flight,
+                while len(outstanding) >= limit:
+                    _collect(results, outstanding, summary, stop.check)
+                outstanding[seq] = item
+                pool.apply_async(worker.upload_one, (item,), callback=functools.partial(_tagged, seq, results.put),
+                                 error_callback=functools.partial(_crashed, seq, item, results.put))
+        except StopRequested as stopped:
+            log.warning("run.stopping", signal=signal.Signals(stopped.signum).name, in_flight=len(outstanding),
                         detail="not starting new files; finishing the uploads in flight (signal again to abort them)")
-            _drain(results, in_flight, summary)
-            raise
-        _drain(results, in_flight, summary)
+        # Walk done or stopped: let what was handed out finish. Only a second signal cuts this short.
+        while outstanding:
+            _collect(results, outstanding, summary, stop.check_again)
+        # close+join, not terminate: workers leave on the pool's own sentinels, no signal involved.
         pool.close()
         pool.join()
     except BaseException:
-        # A second signal while draining, or a bug: workers turn SIGTERM into SystemExit and abort any
-        # multipart upload on their way out.
+        # A second signal while draining, or a bug.
+        _terminate(pool, grace=config.http_timeout + 5)
+        _account_for_the_rest(results, outstanding, summary)
+        raise
+    stop.check()  # a stop signal ends the run with 130/143, even if nothing was left in flight
+
+
+def _account_for_the_rest(results: queue.SimpleQueue, outstanding: Dict[int, WorkItem], summary: Summary) -> None:
+    """After a teardown: count what did come back, and report every other file handed out as interrupted."""
+    while outstanding:
+        try:
+            seq, outcome = results.get_nowait()
+        except queue.Empty:
+            break
+        outstanding.pop(seq, None)
+        summary.add(outcome)
+    for item in outstanding.values():
+        summary.add(Outcome(Kind.DEFERRED, item.display, key=item.key, size=item.size, reason=Reason.INTERRUPTED,
+                            message="upload aborted by a second stop signal; the next run takes it"))
+    outstanding.clear()
+
+
+def _terminate(pool, grace: float) -> None:
+    """Pool.terminate, plus SIGKILL for any worker still alive after `grace` seconds.
+
+    terminate() SIGTERMs the workers (which turn it into SystemExit and abort their multipart uploads on
+    the way out) and then joins them. A SIGTERM that lands just as an idle worker enters sem_wait() on the
+    task queue's lock is noted by the C handler but never acted on (a lost wakeup: seen once in ~40
+    stops in tests/integration), and the join would then wait forever.
+    """
+    pids = [p.pid for p in multiprocessing.active_children()]  # the pool's workers, before terminate()
+
+    def kill_stragglers():
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+    timer = threading.Timer(grace, kill_stragglers)
+    timer.daemon = True
+    timer.start()
+    try:
         pool.terminate()
         pool.join()
-        raise
-
-
-def _drain(results: queue.SimpleQueue, in_flight: int, summary: Summary) -> None:
-    while in_flight:
-        summary.add(results.get())
-        in_flight -= 1
-
-
-@contextlib.contextmanager
-def _signals_raise():
-    """SIGINT/SIGTERM raise StopRequested in the main thread for the duration of the run."""
-
-    def handler(signum, frame):
-        raise StopRequested(signum, _SIGNAL_EXIT[signum])
-
-    previous = {sig: signal.signal(sig, handler) for sig in _SIGNAL_EXIT}
-    try:
-        yield
     finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+        timer.cancel()
+
+
+def _collect(results: queue.SimpleQueue, outstanding: Dict[int, WorkItem], summary: Summary, check) -> None:
+    """Wait a little for one Outcome and count it; if none comes, let `check()` have its say."""
+    try:
+        seq, outcome = results.get(timeout=0.2)
+    except queue.Empty:
+        check()
+        return
+    del outstanding[seq]
+    summary.add(outcome)
+
+
+class StopFlag:
+    """SIGINT/SIGTERM, recorded by the handler and acted on only where the main loop checks.
+
+    Raising straight from the handler (borg's way) would land at an arbitrary bytecode: between taking
+    an Outcome off the queue and counting it, or inside the pool's own locking. Either loses an Outcome
+    or hangs the drain, so the handler only notes the signal.
+    """
+
+    def __init__(self):
+        self.signum = 0
+        self.count = 0
+
+    def _handler(self, signum, frame):
+        self.signum = self.signum or signum
+        self.count += 1
+
+    def check(self) -> None:
+        """Raise StopRequested once any stop signal has arrived."""
+        if self.count:
+            raise StopRequested(self.signum, _SIGNAL_EXIT[self.signum])
+
+    def check_again(self) -> None:
+        """While draining after a first signal: raise on a second one."""
+        if self.count > 1:
+            raise StopRequested(self.signum, _SIGNAL_EXIT[self.signum])
+
+    @contextlib.contextmanager
+    def installed(self):
+        previous = {sig: signal.signal(sig, self._handler) for sig in _SIGNAL_EXIT}
+        try:
+            yield self
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)

@@ -277,7 +277,9 @@ def test_fd_check_best_effort_warns_once_and_uploads(tmp_path, s3, s3server, pre
     assert len(objects(s3, s3server.bucket, prefix)) == 5
 
 
-def test_sigterm_finishes_uploads_in_flight_and_exits_143(tmp_path, s3, s3server, prefix, proxy):
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_signal_finishes_uploads_in_flight_and_exits_128_plus_signal(tmp_path, s3, s3server, prefix, proxy,
+                                                                    signum, code):
     make_tree(tmp_path, {f"d{i}/f{j}.txt": b"x" * 100 for i in range(5) for j in range(20)})
     hold = proxy.add(Fault(method="PUT", path=r"\.txt", action="hold", delay=1.0, times=None))
     env = dict(os.environ, **s3server.env(), PYTHONPATH=str(REPO))
@@ -286,14 +288,42 @@ def test_sigterm_finishes_uploads_in_flight_and_exits_143(tmp_path, s3, s3server
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert hold.arrived.wait(60)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 143, err
+    assert proc.returncode == code, err
     assert '"event": "run.stopping"' in err
     import json
     summary = json.loads(out.strip().splitlines()[-1])
-    assert summary["stopped_by_signal"] is True and summary["exit_code"] == 143
+    assert summary["stopped_by_signal"] is True and summary["exit_code"] == code
     assert 0 < summary["uploaded"] < 100 and summary["failed"] == 0  # in-flight ones finished, not torn
     assert len(objects(s3, s3server.bucket, prefix)) == summary["uploaded"]
+
+
+def test_second_signal_aborts_in_flight_multipart_and_leaves_nothing(tmp_path, s3, s3server, prefix, proxy):
+    make_tree(tmp_path, {"big.bin": os.urandom(11 * 1024 * 1024)})
+    hold = proxy.add(Fault(method="PUT", path=r"big\.bin\?.*partNumber=1\b", action="hold", delay=8.0))
+    env = dict(os.environ, **s3server.env(), PYTHONPATH=str(REPO))
+    cmd = obsbatch_cmd("--source", tmp_path, *server_args(s3server, prefix, proxy.endpoint),
+                       "--multipart-threshold", "5MiB", "--multipart-chunksize", "5MiB",
+                       "--summary", "json", "--log-format", "json")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert hold.arrived.wait(60)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        out, err = proc.communicate(timeout=60)
+        waited = time.monotonic() - started
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert waited < 7, "the second signal did not cut the held upload short"
+    import json
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["deferred"] == {"interrupted": 1} and summary["uploaded"] == 0  # reported, not lost
+    assert proxy.count("DELETE", r"big\.bin\?uploadId=") == 1  # the worker aborted on its way out
+    assert s3.list_multipart_uploads(Bucket=s3server.bucket, Prefix=prefix).get("Uploads", []) == []
+    assert objects(s3, s3server.bucket, prefix) == {}
