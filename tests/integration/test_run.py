@@ -301,6 +301,19 @@ def test_signal_finishes_uploads_in_flight_and_exits_128_plus_signal(tmp_path, s
     assert len(objects(s3, s3server.bucket, prefix)) == summary["uploaded"]
 
 
+def test_write_only_credentials_are_enough(tmp_path, s3, s3server, prefix):
+    """Least-privilege backup keys cannot HeadBucket (needs s3:ListBucket); the run must still go ahead."""
+    from tests.support import seaweed
+
+    files = make_tree(tmp_path, {"a.txt": b"a", "b/c.txt": b"c"})
+    env = {"AWS_ACCESS_KEY_ID": seaweed.WRITE_ONLY_KEY, "AWS_SECRET_ACCESS_KEY": seaweed.WRITE_ONLY_SECRET}
+    result = run_obsbatch("--source", tmp_path, *server_args(s3server, prefix), env=env)
+    assert result.returncode == 0, result
+    [warning] = result.find("preflight.unverified")
+    assert warning["error_type"] == "AccessDenied"
+    assert objects(s3, s3server.bucket, prefix) == files
+
+
 def test_second_signal_aborts_in_flight_multipart_and_leaves_nothing(tmp_path, s3, s3server, prefix, proxy):
     make_tree(tmp_path, {"big.bin": os.urandom(11 * 1024 * 1024)})
     hold = proxy.add(Fault(method="PUT", path=r"big\.bin\?.*partNumber=1\b", action="hold", delay=8.0))

@@ -20,6 +20,9 @@ from pathlib import Path
 # Test credentials for a throwaway local server; they protect nothing.
 ACCESS_KEY = "OBSBATCHTESTKEY0001"
 SECRET_KEY = "obsbatch-test-secret-9f8e7d6c5b4a"
+# A second identity that may only write: the least privilege a backup key should have.
+WRITE_ONLY_KEY = "OBSBATCHWRITEONLY01"
+WRITE_ONLY_SECRET = "obsbatch-write-only-secret-1a2b3c"
 
 
 def weed_binary() -> str:
@@ -96,9 +99,11 @@ def start(bucket: str = "backups", workdir: str | None = None, timeout: float = 
     data = workdir_path / "data"
     data.mkdir(parents=True, exist_ok=True)
     identities = workdir_path / "identities.json"
-    identities.write_text(json.dumps({"identities": [{
-        "name": "obsbatch", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+    identities.write_text(json.dumps({"identities": [
+        {"name": "obsbatch", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+         "actions": ["Admin", "Read", "Write", "List", "Tagging"]},
+        {"name": "writer", "credentials": [{"accessKey": WRITE_ONLY_KEY, "secretKey": WRITE_ONLY_SECRET}],
+         "actions": ["Write"]}]}))
     master, volume, filer, s3port, admin, iceberg, lance = free_ports(7)
     args = [weed_binary(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
