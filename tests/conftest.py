@@ -82,12 +82,14 @@ def objects(s3, bucket: str, prefix: str) -> dict:
 
 
 class Result:
-    def __init__(self, proc: subprocess.CompletedProcess):
-        self.returncode = proc.returncode
-        self.stdout = proc.stdout
-        self.stderr = proc.stderr
+    """A finished obsbatch run: exit code, --summary json from stdout, JSON log events from stderr."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
         self.events = []
-        for line in proc.stderr.splitlines():
+        for line in stderr.splitlines():
             try:
                 self.events.append(json.loads(line))
             except ValueError:
@@ -114,16 +116,34 @@ def obsbatch_cmd(*args) -> list:
 UNPRIVILEGED = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-sys_ptrace"]
 
 
-def run_obsbatch(*args, env: dict | None = None, timeout: float = 120, unprivileged: bool = False) -> Result:
-    """Run obsbatch as a real process (JSON logs on stderr, --summary json on stdout)."""
-    full_env = {k: v for k, v in os.environ.items()}
+def _command(args, env: dict | None, unprivileged: bool) -> tuple[list, dict]:
+    full_env = dict(os.environ)
     full_env.update(env or {})
     full_env["PYTHONPATH"] = str(REPO)
     cmd = obsbatch_cmd(*args, "--summary", "json", "--log-format", "json")
-    if unprivileged:
-        cmd = UNPRIVILEGED + cmd
+    return (UNPRIVILEGED + cmd if unprivileged else cmd), full_env
+
+
+def start_obsbatch(*args, env: dict | None = None) -> subprocess.Popen:
+    """Start obsbatch and return at once, for tests that act while it runs (signals, writers)."""
+    cmd, full_env = _command(args, env, unprivileged=False)
+    return subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=str(REPO))
+
+
+def finish(proc: subprocess.Popen, timeout: float = 60) -> Result:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        proc.kill()
+    return Result(proc.returncode, out, err)
+
+
+def run_obsbatch(*args, env: dict | None = None, timeout: float = 120, unprivileged: bool = False) -> Result:
+    """Run obsbatch as a real process (JSON logs on stderr, --summary json on stdout)."""
+    cmd, full_env = _command(args, env, unprivileged)
     proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout, cwd=str(REPO))
-    return Result(proc)
+    return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
 def server_args(server, prefix: str, endpoint: str | None = None) -> list:

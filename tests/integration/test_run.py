@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, UNPRIVILEGED, age, make_tree, objects, obsbatch_cmd, run_obsbatch, server_args
+from tests.conftest import (UNPRIVILEGED, age, finish, make_tree, objects, run_obsbatch, server_args,
+                            start_obsbatch)
 from tests.support.faultproxy import Fault
 
 
@@ -119,21 +120,15 @@ def test_multipart_upload_and_file_changed_while_uploading(tmp_path, s3, s3serve
     stable = os.urandom(11 * 1024 * 1024)
     make_tree(tmp_path, {"stable.bin": stable, "growing.bin": os.urandom(11 * 1024 * 1024)})
     hold = proxy.add(Fault(method="PUT", path=r"growing\.bin\?.*partNumber=1\b", action="hold", delay=2.0))
-    env = dict(os.environ, **s3server.env(), PYTHONPATH=str(REPO))
-    cmd = obsbatch_cmd("--source", tmp_path, *server_args(s3server, prefix, proxy.endpoint),
-                       "--multipart-threshold", "5MiB", "--multipart-chunksize", "5MiB",
-                       "--summary", "json", "--log-format", "json")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert hold.arrived.wait(60), "the upload of growing.bin never started"
-        with open(tmp_path / "growing.bin", "ab") as f:  # a writer appends while part 1 is in flight
-            f.write(b"more")
-        out, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, err
+    proc = start_obsbatch("--source", tmp_path, *server_args(s3server, prefix, proxy.endpoint),
+                          "--multipart-threshold", "5MiB", "--multipart-chunksize", "5MiB", env=s3server.env())
+    assert hold.arrived.wait(60), "the upload of growing.bin never started"
+    with open(tmp_path / "growing.bin", "ab") as f:  # a writer appends while part 1 is in flight
+        f.write(b"more")
+    result = finish(proc)
+    assert result.returncode == 0, result
     assert objects(s3, s3server.bucket, prefix) == {"stable.bin": stable}
-    assert '"reason": "changed"' in err
+    assert [os.path.basename(e["path"]) for e in result.find("file.deferred", reason="changed")] == ["growing.bin"]
     assert s3.list_multipart_uploads(Bucket=s3server.bucket, Prefix=prefix).get("Uploads", []) == []
     assert proxy.count("DELETE", r"growing\.bin\?uploadId=") == 1
 
@@ -282,20 +277,14 @@ def test_signal_finishes_uploads_in_flight_and_exits_128_plus_signal(tmp_path, s
                                                                     signum, code):
     make_tree(tmp_path, {f"d{i}/f{j}.txt": b"x" * 100 for i in range(5) for j in range(20)})
     hold = proxy.add(Fault(method="PUT", path=r"\.txt", action="hold", delay=1.0, times=None))
-    env = dict(os.environ, **s3server.env(), PYTHONPATH=str(REPO))
-    cmd = obsbatch_cmd("--source", tmp_path, *server_args(s3server, prefix, proxy.endpoint), "--max-concurrent", 2,
-                       "--summary", "json", "--log-format", "json")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert hold.arrived.wait(60)
-        proc.send_signal(signum)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == code, err
-    assert '"event": "run.stopping"' in err
-    import json
-    summary = json.loads(out.strip().splitlines()[-1])
+    proc = start_obsbatch("--source", tmp_path, *server_args(s3server, prefix, proxy.endpoint), "--max-concurrent", 2,
+                          env=s3server.env())
+    assert hold.arrived.wait(60)
+    proc.send_signal(signum)
+    result = finish(proc)
+    assert result.returncode == code, result
+    assert result.find("run.stopping")
+    summary = result.summary
     assert summary["stopped_by_signal"] is True and summary["exit_code"] == code
     assert 0 < summary["uploaded"] < 100 and summary["failed"] == 0  # in-flight ones finished, not torn
     assert len(objects(s3, s3server.bucket, prefix)) == summary["uploaded"]
@@ -317,26 +306,18 @@ def test_write_only_credentials_are_enough(tmp_path, s3, s3server, prefix):
 def test_second_signal_aborts_in_flight_multipart_and_leaves_nothing(tmp_path, s3, s3server, prefix, proxy):
     make_tree(tmp_path, {"big.bin": os.urandom(11 * 1024 * 1024)})
     hold = proxy.add(Fault(method="PUT", path=r"big\.bin\?.*partNumber=1\b", action="hold", delay=8.0))
-    env = dict(os.environ, **s3server.env(), PYTHONPATH=str(REPO))
-    cmd = obsbatch_cmd("--source", tmp_path, *server_args(s3server, prefix, proxy.endpoint),
-                       "--multipart-threshold", "5MiB", "--multipart-chunksize", "5MiB",
-                       "--summary", "json", "--log-format", "json")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert hold.arrived.wait(60)
-        proc.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGTERM)
-        started = time.monotonic()
-        out, err = proc.communicate(timeout=60)
-        waited = time.monotonic() - started
-    finally:
-        proc.kill()
-    assert proc.returncode == 143, err
-    assert waited < 7, "the second signal did not cut the held upload short"
-    import json
-    summary = json.loads(out.strip().splitlines()[-1])
-    assert summary["deferred"] == {"interrupted": 1} and summary["uploaded"] == 0  # reported, not lost
+    proc = start_obsbatch("--source", tmp_path, *server_args(s3server, prefix, proxy.endpoint),
+                          "--multipart-threshold", "5MiB", "--multipart-chunksize", "5MiB", env=s3server.env())
+    assert hold.arrived.wait(60)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    result = finish(proc)
+    assert result.returncode == 143, result
+    assert time.monotonic() - started < 7, "the second signal did not cut the held upload short"
+    # reported, not lost:
+    assert result.summary["deferred"] == {"interrupted": 1} and result.summary["uploaded"] == 0
     assert proxy.count("DELETE", r"big\.bin\?uploadId=") == 1  # the worker aborted on its way out
     assert s3.list_multipart_uploads(Bucket=s3server.bucket, Prefix=prefix).get("Uploads", []) == []
     assert objects(s3, s3server.bucket, prefix) == {}
