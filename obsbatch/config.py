@@ -108,6 +108,16 @@ def bucket_name(text: str) -> str:
     return text
 
 
+# botocore's own check (botocore.utils.validate_region_name), done at parse time rather than in every worker.
+_REGION_RE = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?$")
+
+
+def region_name(text: str) -> str:
+    if not _REGION_RE.match(text):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a valid region name (letters, digits and '-')")
+    return text
+
+
 def _opt(help: str, **metadata) -> dict:
     return dict(help=help, **metadata)
 
@@ -121,7 +131,7 @@ class Config:
     bucket: Optional[str] = field(default=None, metadata=_opt("destination bucket (required)", metavar="NAME", type=bucket_name))
     prefix: str = field(default="", metadata=_opt("key prefix; a missing trailing '/' is added, as `aws s3 sync` does", metavar="PREFIX"))
     endpoint: Optional[str] = field(default=None, metadata=_opt("S3 endpoint URL (default: AWS)", metavar="URL", type=endpoint_url))
-    region: Optional[str] = field(default=None, metadata=_opt("signing region (default: the AWS chain, else us-east-1)", metavar="R"))
+    region: Optional[str] = field(default=None, metadata=_opt("signing region (default: the AWS chain, else us-east-1)", metavar="R", type=region_name))
     http_timeout: float = field(default=15.0, metadata=_opt("connect and read timeout per HTTP request, seconds (default 15)", metavar="S", type=positive_seconds))
     max_concurrent: int = field(default=4, metadata=_opt("upload worker processes (default 4)", metavar="N", type=positive_int))
     debug: Literal["error", "warn", "warning", "info", "debug", "trace"] = field(default="info", metadata=_opt("log level: error, warn, info (default), debug, trace", metavar="LEVEL"))

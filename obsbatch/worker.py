@@ -7,6 +7,7 @@ fork). `upload_one` never raises: every path through it returns an Outcome of pl
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import math
 import os
@@ -25,6 +26,7 @@ log = structlog.get_logger()
 
 _client = None
 _config: Config | None = None
+_init_error = ""
 # HTTP requests sent and API calls made by this process; per file, their differences give
 # Outcome.attempts and Outcome.retries (botocore re-sends inside one call, upload_one re-calls).
 _sent = 0
@@ -48,7 +50,14 @@ def init_worker(config: Config) -> None:
     signal.signal(signal.SIGTERM, _exit_on_term)
     logs.configure(config.debug, config.log_format)
     _config = config
-    _client = s3.make_client(config)
+    try:
+        _client = s3.make_client(config)
+    except Exception as exc:
+        # An initializer that raises makes Pool respawn the worker forever and the run hang; instead every
+        # upload of this worker reports the reason (the parent's pre-flight makes this unlikely).
+        global _init_error
+        _init_error = f"{type(exc).__name__}: {s3.error_message(exc)}"
+        return
     _client.meta.events.register("before-send.s3", _count_send)
     _client.meta.events.register("before-call.s3", _count_call)
 
@@ -72,6 +81,8 @@ def upload_one(item: WorkItem) -> Outcome:
     started = time.time()
     sent_before, calls_before, recalls_before = _sent, _calls, _recalls
     try:
+        if _init_error:
+            raise RuntimeError(f"the worker could not create its S3 client: {_init_error}")
         fields = _upload(item)
     except FileChanged as exc:
         fields = dict(kind=Kind.DEFERRED, reason=Reason.CHANGED, message=str(exc))
@@ -136,8 +147,30 @@ def _send(operation, **params):
     raise AssertionError("unreachable")
 
 
+def _open(item: WorkItem):
+    """Open the judged file for reading, safely even if its name now points at something else.
+
+    O_NONBLOCK: if the name was replaced by a FIFO since the walk, open() returns instead of waiting for a
+    writer forever (the inode check then reports the change); it does nothing to reads of regular files.
+    O_NOFOLLOW (unless --follow-symlinks): a name replaced by a symlink is not followed.
+    O_NOATIME: a backup should not touch access times (tar --atime-preserve, borg); the kernel allows it
+    only to the file's owner or CAP_FOWNER (EPERM otherwise), so it is dropped when refused.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if _config.follow_symlinks else os.O_NOFOLLOW)
+    try:
+        try:
+            fd = os.open(item.path, flags | os.O_NOATIME)
+        except PermissionError:
+            fd = os.open(item.path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise FileChanged("replaced by a symbolic link since the walk; deferred to the next run") from None
+        raise
+    return os.fdopen(fd, "rb")
+
+
 def _upload(item: WorkItem) -> dict:
-    with open(item.path, "rb") as f:
+    with _open(item) as f:
         _check_unchanged(item, f, "before reading")
         if item.size >= _config.multipart_threshold:
             return _put_multipart(item, f)

@@ -30,6 +30,7 @@ def setup_worker(s3server, monkeypatch):
     import signal
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    worker._init_error = ""
 
 
 def item_for(path, prefix):
@@ -50,7 +51,8 @@ def test_small_file_uploaded_with_sha256_metadata_and_md5_etag(tmp_path, s3, s3s
     assert s3.get_object(Bucket=s3server.bucket, Key=prefix + "f.bin")["Body"].read() == data
 
 
-@pytest.mark.parametrize("change", ["append", "same_size_rewrite", "replace_by_rename", "delete"])
+@pytest.mark.parametrize("change", ["append", "same_size_rewrite", "replace_by_rename", "delete", "replace_by_fifo",
+                                    "replace_by_symlink"])
 def test_file_changed_after_judgement_is_not_uploaded(tmp_path, s3, s3server, prefix, setup_worker, change):
     setup_worker(prefix)
     path = tmp_path / "f.txt"
@@ -66,6 +68,13 @@ def test_file_changed_after_judgement_is_not_uploaded(tmp_path, s3, s3server, pr
         (tmp_path / "new").write_bytes(b"version one")
         os.utime(tmp_path / "new", ns=(10**18, 10**18))  # same size and mtime: only the inode tells
         os.rename(tmp_path / "new", path)
+    elif change == "replace_by_fifo":
+        path.unlink()
+        os.mkfifo(path)  # a blocking open() would wait for a writer forever
+    elif change == "replace_by_symlink":
+        (tmp_path / "elsewhere").write_bytes(b"version one")
+        path.unlink()
+        os.symlink(tmp_path / "elsewhere", path)
     else:
         path.unlink()
     outcome = worker.upload_one(item)
@@ -124,3 +133,17 @@ def test_server_verifies_content_md5(s3, s3server, prefix):
         s3.put_object(Bucket=s3server.bucket, Key=prefix + "x", Body=b"payload", ContentMD5=wrong)
     assert "BadDigest" in str(info.value)
     assert "Contents" not in s3.list_objects_v2(Bucket=s3server.bucket, Prefix=prefix)
+
+
+def test_worker_whose_client_cannot_be_built_reports_instead_of_crashing(tmp_path, setup_worker):
+    """A raising Pool initializer would be respawned forever; the worker must report per file instead."""
+    from obsbatch.config import Config
+
+    setup_worker("unused/")  # installs the signal handlers the fixture restores
+    # Built directly, skipping the parser's region check, to get a region botocore refuses.
+    worker.init_worker(Config(source="/unused", bucket="b", region="not a region!"))
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
+    outcome = worker.upload_one(item_for(path, "p/"))
+    assert outcome.kind is Kind.FAILED and outcome.error_type == "RuntimeError"
+    assert "could not create its S3 client" in outcome.message and "InvalidRegion" in outcome.message

@@ -78,6 +78,7 @@ def test_prefix_gets_trailing_slash_like_aws_s3_sync(prefix, expected):
     (["--prefix", "/abs"], "must not start with '/'"),
     (["--prefix", "a/../b"], "'..' segment"),
     (["--bucket", "bad bucket!"], "is not a valid bucket name"),
+    (["--region", "ru moscow"], "is not a valid region name"),
     (["--frobnicate"], "unrecognized arguments: --frobnicate"),
 ])
 def test_invalid_values_rejected_with_clear_message(args, message):
