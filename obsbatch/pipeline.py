@@ -161,7 +161,23 @@ def upload_all(items: Iterable[Union[WorkItem, Outcome]], config: Config, summar
     limit = 2 * config.max_concurrent
     results: queue.SimpleQueue = queue.SimpleQueue()
     outstanding: Dict[int, WorkItem] = {}
-    pool = ctx.Pool(config.max_concurrent, initializer=worker.init_worker, initargs=(config,))
+    starts = ctx.Value("i", 0)
+    pool = ctx.Pool(config.max_concurrent, initializer=worker.init_worker, initargs=(config, starts))
+
+    def check_workers():
+        # Pool starts a worker beyond the first N only to replace one that died (no maxtasksperchild).
+        # Read without the lock: a worker killed while holding it must not block the parent too.
+        if starts.get_obj().value > config.max_concurrent:
+            raise WorkerDied()
+
+    def idle_check():
+        check_workers()
+        stop.check()
+
+    def idle_check_draining():
+        check_workers()
+        stop.check_again()
+
     try:
         try:
             for seq, item in enumerate(items):
@@ -170,7 +186,7 @@ def upload_all(items: Iterable[Union[WorkItem, Outcome]], config: Config, summar
                     summary.add(item)
                     continue
                 while len(outstanding) >= limit:
-                    _collect(results, outstanding, summary, stop.check)
+                    _collect(results, outstanding, summary, idle_check)
                 outstanding[seq] = item
                 pool.apply_async(worker.upload_one, (item,), callback=functools.partial(_tagged, seq, results.put),
                                  error_callback=functools.partial(_crashed, seq, item, results.put))
@@ -179,20 +195,45 @@ def upload_all(items: Iterable[Union[WorkItem, Outcome]], config: Config, summar
                         detail="not starting new files; finishing the uploads in flight (signal again to abort them)")
         # Walk done or stopped: let what was handed out finish. Only a second signal cuts this short.
         while outstanding:
-            _collect(results, outstanding, summary, stop.check_again)
+            _collect(results, outstanding, summary, idle_check_draining)
         # close+join, not terminate: workers leave on the pool's own sentinels, no signal involved.
         pool.close()
         pool.join()
+    except WorkerDied:
+        # Killed from outside (the OOM killer, kill -9): its file never comes back, and if it held the task
+        # queue's lock no other worker can take work either. Stop here, say so, and fail what was out; the
+        # next run carries on.
+        log.error("worker.died", in_flight=len(outstanding),
+                  detail="an upload worker process was killed (out of memory?); stopping the run")
+        _terminate(pool, grace=config.http_timeout + 5)
+        _account_for_the_rest(results, outstanding, summary, _worker_died)
+        summary.aborted = "an upload worker process died"
+        return
     except BaseException:
         # A second signal while draining, or a bug.
         _terminate(pool, grace=config.http_timeout + 5)
-        _account_for_the_rest(results, outstanding, summary)
+        _account_for_the_rest(results, outstanding, summary, _interrupted)
         raise
     stop.check()  # a stop signal ends the run with 130/143, even if nothing was left in flight
 
 
-def _account_for_the_rest(results: queue.SimpleQueue, outstanding: Dict[int, WorkItem], summary: Summary) -> None:
-    """After a teardown: count what did come back, and report every other file handed out as interrupted."""
+class WorkerDied(Exception):
+    """A pool worker was replaced, i.e. one died (internal to this module)."""
+
+
+def _interrupted(item: WorkItem) -> Outcome:
+    return Outcome(Kind.DEFERRED, item.display, key=item.key, size=item.size, reason=Reason.INTERRUPTED,
+                   message="upload aborted by a second stop signal; the next run takes it")
+
+
+def _worker_died(item: WorkItem) -> Outcome:
+    return Outcome(Kind.FAILED, item.display, key=item.key, size=item.size, error_type="WorkerDied",
+                   message="its upload worker process died before reporting; not known to be stored")
+
+
+def _account_for_the_rest(results: queue.SimpleQueue, outstanding: Dict[int, WorkItem], summary: Summary,
+                          leftover) -> None:
+    """After a teardown: count what did come back, and report every other file handed out as `leftover(item)`."""
     while outstanding:
         try:
             seq, outcome = results.get_nowait()
@@ -201,8 +242,7 @@ def _account_for_the_rest(results: queue.SimpleQueue, outstanding: Dict[int, Wor
         outstanding.pop(seq, None)
         summary.add(outcome)
     for item in outstanding.values():
-        summary.add(Outcome(Kind.DEFERRED, item.display, key=item.key, size=item.size, reason=Reason.INTERRUPTED,
-                            message="upload aborted by a second stop signal; the next run takes it"))
+        summary.add(leftover(item))
     outstanding.clear()
 
 

@@ -40,6 +40,9 @@ class Summary:
     deferred: collections.Counter = field(default_factory=collections.Counter)
     failed_by_type: collections.Counter = field(default_factory=collections.Counter)
     stopped_by: Optional[ExitCode] = None
+    #: Why the run stopped before the walk ended, other than a signal (then the files not reached are
+    #: simply left for the next run).
+    aborted: str = ""
     started: float = field(default_factory=time.time)
     ended: float = 0.0
 
@@ -86,7 +89,7 @@ class Summary:
         """Severity merged: a stop beats a failure beats success (skips and deferrals are not failures)."""
         if self.stopped_by is not None:
             return self.stopped_by
-        if self.failed or self.errors:
+        if self.failed or self.errors or self.aborted:
             return ExitCode.PARTIAL
         return ExitCode.OK
 
@@ -107,6 +110,7 @@ class Summary:
             "seconds": round((self.ended or time.time()) - self.started, 3),
             "exit_code": int(self.exit_code),
             "stopped_by_signal": self.stopped_by is not None,
+            "aborted": self.aborted or None,
         }
 
     def log_final(self) -> None:

@@ -40,9 +40,15 @@ class FileChanged(Exception):
     """The file no longer matches the stat the parent judged (internal to this module)."""
 
 
-def init_worker(config: Config) -> None:
-    """Pool initializer: signals, logging, this process's own S3 client."""
+def init_worker(config: Config, starts=None) -> None:
+    """Pool initializer: signals, logging, this process's own S3 client.
+
+    starts: a shared counter of worker starts; the parent reads a start beyond the first N as a death.
+    """
     global _client, _config
+    if starts is not None:
+        with starts.get_lock():
+            starts.value += 1
     # The parent owns shutdown: Ctrl-C reaches the whole foreground process group, and only the parent
     # should decide what happens next. SIGTERM (the parent's Pool.terminate) becomes SystemExit, so a
     # multipart upload in progress is aborted on the way out rather than left behind.

@@ -321,3 +321,24 @@ def test_second_signal_aborts_in_flight_multipart_and_leaves_nothing(tmp_path, s
     assert proxy.count("DELETE", r"big\.bin\?uploadId=") == 1  # the worker aborted on its way out
     assert s3.list_multipart_uploads(Bucket=s3server.bucket, Prefix=prefix).get("Uploads", []) == []
     assert objects(s3, s3server.bucket, prefix) == {}
+
+
+def test_killed_worker_fails_its_files_and_ends_the_run_instead_of_hanging(tmp_path, s3server, prefix, proxy):
+    """multiprocessing.Pool silently replaces a killed worker and its task never returns: detect, report, exit 1."""
+    import psutil
+
+    make_tree(tmp_path, {f"f{i}.txt": b"x" for i in range(10)})
+    hold = proxy.add(Fault(method="PUT", path=r"\.txt", action="hold", delay=1.0, times=None))
+    proc = start_obsbatch("--source", tmp_path, *server_args(s3server, prefix, proxy.endpoint), "--max-concurrent", 2,
+                          env=s3server.env())
+    assert hold.arrived.wait(60)
+    forkserver = [p for p in psutil.Process(proc.pid).children() if "forkserver" in " ".join(p.cmdline())]
+    workers = forkserver[0].children()
+    assert len(workers) == 2
+    workers[0].kill()  # as the OOM killer would
+    result = finish(proc, timeout=60)
+    assert result.returncode == 1, result
+    assert result.find("worker.died")
+    summary = result.summary
+    assert summary["aborted"] == "an upload worker process died"
+    assert set(summary["failed_by_type"]) == {"WorkerDied"} and summary["failed"] >= 1
