@@ -57,6 +57,15 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM weed if whoever started it dies (a killed pytest leaves no server)."""
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 @dataclass
 class Server:
     endpoint: str
@@ -115,7 +124,7 @@ def start(bucket: str = "backups", workdir: str | None = None, timeout: float = 
     log_path = workdir_path / "weed.log"
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   cwd=workdir_path, start_new_session=True)
+                                   cwd=workdir_path, start_new_session=True, preexec_fn=_die_with_parent)
     server = Server(f"http://127.0.0.1:{s3port}", bucket, ACCESS_KEY, SECRET_KEY, process, workdir_path, log_path)
     deadline = time.monotonic() + timeout
     client = server.client()
