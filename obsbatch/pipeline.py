@@ -24,7 +24,7 @@ from obsbatch import s3, worker
 from obsbatch.config import Config
 from obsbatch.errors import ConfigError, ExitCode, PreflightError, StopRequested
 from obsbatch.filters import select
-from obsbatch.models import Kind, Outcome, Reason, WorkItem
+from obsbatch.models import Kind, Outcome, Reason, WorkItem, display
 from obsbatch.plan import plan
 from obsbatch.report import Summary
 from obsbatch.stability import Gate
@@ -46,7 +46,7 @@ def run(config: Config) -> Summary:
     gate.current_index()  # the first /proc scan, now: --fd-check strict fails here, before any upload
     if not config.dry_run:
         preflight(config)
-    log.info("run.start", source=os.fsdecode(source), bucket=config.bucket, prefix=config.prefix,
+    log.info("run.start", source=display(source), bucket=config.bucket, prefix=config.prefix,
              endpoint=config.endpoint or "aws", workers=config.max_concurrent, min_age=config.min_age,
              dry_run=config.dry_run)
     summary = Summary()

@@ -342,3 +342,14 @@ def test_killed_worker_fails_its_files_and_ends_the_run_instead_of_hanging(tmp_p
     summary = result.summary
     assert summary["aborted"] == "an upload worker process died"
     assert set(summary["failed_by_type"]) == {"WorkerDied"} and summary["failed"] >= 1
+
+
+def test_source_path_that_is_not_utf8(tmp_path, s3, s3server, prefix):
+    source = os.path.join(os.fsencode(tmp_path), b"export\xff")
+    os.mkdir(source)
+    make_tree(tmp_path / os.fsdecode(b"export\xff"), {"a.txt": b"a"})
+    result = run_obsbatch("--source", os.fsdecode(source), *server_args(s3server, prefix), env=s3server.env())
+    assert result.returncode == 0, result
+    [start] = result.find("run.start")
+    assert start["source"].endswith("export\\xff")
+    assert objects(s3, s3server.bucket, prefix) == {"a.txt": b"a"}
