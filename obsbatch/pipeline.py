@@ -72,6 +72,7 @@ def run(config: Config) -> Summary:
 def check_source(source: str) -> bytes:
     """The source as absolute bytes, or ConfigError with one sentence."""
     path = os.fsencode(os.path.abspath(source))
+    source = display(os.fsencode(source))  # argv holds surrogate escapes for non-UTF-8 bytes; logs cannot
     try:
         st = os.stat(path)
     except FileNotFoundError:

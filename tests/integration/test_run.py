@@ -353,3 +353,9 @@ def test_source_path_that_is_not_utf8(tmp_path, s3, s3server, prefix):
     [start] = result.find("run.start")
     assert start["source"].endswith("export\\xff")
     assert objects(s3, s3server.bucket, prefix) == {"a.txt": b"a"}
+
+    missing = run_obsbatch("--source", os.fsdecode(source + b"-missing"), *server_args(s3server, prefix),
+                           env=s3server.env())
+    assert missing.returncode == 2, missing
+    [fatal] = missing.find("run.fatal")
+    assert fatal["error"].endswith("export\\xff-missing does not exist")
