@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 def display(path: bytes) -> str:
     """A path for logs and records: UTF-8 where it is, `\\xff` escapes where it is not.
 
-    Not `os.fsdecode`: its surrogate escapes cannot be written as UTF-8 and would crash a log line.
+    Not `os.fsdecode`: its surrogate escapes are not UTF-8; stderr's backslashreplace would write them as
+    `\\udcff`, which a JSON reader decodes as the character U+DCFF instead of the byte the name holds.
     """
     return path.decode("utf-8", "backslashreplace")
 
