@@ -45,7 +45,8 @@ def init_worker(config: Config, starts=None) -> None:
 
     starts: a shared counter of worker starts; the parent reads a start beyond the first N as a death.
     """
-    global _client, _config
+    global _client, _config, _init_error
+    _init_error = ""
     if starts is not None:
         with starts.get_lock():
             starts.value += 1
@@ -61,7 +62,6 @@ def init_worker(config: Config, starts=None) -> None:
     except Exception as exc:
         # An initializer that raises makes Pool respawn the worker forever and the run hang; instead every
         # upload of this worker reports the reason (the parent's pre-flight makes this unlikely).
-        global _init_error
         _init_error = f"{type(exc).__name__}: {s3.error_message(exc)}"
         return
     _client.meta.events.register("before-send.s3", _count_send)
@@ -92,12 +92,16 @@ def upload_one(item: WorkItem) -> Outcome:
         fields = _upload(item)
     except FileChanged as exc:
         fields = dict(kind=Kind.DEFERRED, reason=Reason.CHANGED, message=str(exc))
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        # Before OSError: botocore's ReadTimeoutError and ConnectTimeoutError are OSErrors too (through
+        # requests' exception classes) and are not failures to read the file.
+        fields = dict(kind=Kind.FAILED, error_type=s3.error_code(exc), message=s3.error_message(exc))
     except FileNotFoundError:
         fields = dict(kind=Kind.SKIPPED, reason=Reason.VANISHED, message="deleted before it could be read")
     except OSError as exc:
         fields = dict(kind=Kind.FAILED, error_type=type(exc).__name__,
                       message=f"cannot read {item.display}: {exc.strerror or exc}")
-    except Exception as exc:  # S3 errors after retries, and anything unforeseen: report, never raise
+    except Exception as exc:  # anything unforeseen: report, never raise
         fields = dict(kind=Kind.FAILED, error_type=s3.error_code(exc), message=s3.error_message(exc))
     fields.setdefault("size", item.size)
     attempts = _sent - sent_before
@@ -124,7 +128,7 @@ def _check_unchanged(item: WorkItem, f, what: str) -> None:
     file (replaced by rename), whose new content we would otherwise label with the old name's stat.
     """
     _check_same(item, os.fstat(f.fileno()), what)
-    _check_same(item, os.stat(item.path), what)
+    _check_same(item, os.stat(item.path, follow_symlinks=_config.follow_symlinks), what)
 
 
 def _md5_b64(data) -> tuple[str, str]:

@@ -147,3 +147,15 @@ def test_worker_whose_client_cannot_be_built_reports_instead_of_crashing(tmp_pat
     outcome = worker.upload_one(item_for(path, "p/"))
     assert outcome.kind is Kind.FAILED and outcome.error_type == "RuntimeError"
     assert "could not create its S3 client" in outcome.message and "InvalidRegion" in outcome.message
+
+
+def test_server_that_hangs_past_http_timeout_is_an_s3_failure_not_a_read_error(tmp_path, s3server, prefix,
+                                                                             setup_worker, proxy):
+    setup_worker(prefix, proxy.endpoint, "--http-timeout", "1", "--retries", "1")
+    proxy.add(Fault(method="PUT", path=r"slow\.bin", action="hold", delay=3.0, times=None))
+    path = tmp_path / "slow.bin"
+    path.write_bytes(b"payload")
+    outcome = worker.upload_one(item_for(path, prefix))
+    assert outcome.kind is Kind.FAILED, outcome
+    assert outcome.error_type == "ReadTimeoutError" and "cannot read" not in outcome.message
+    assert (outcome.attempts, outcome.retries) == (2, 1)  # --retries 1: botocore sent it twice
