@@ -15,7 +15,7 @@ import queue
 import signal
 import stat as statmod
 import threading
-from typing import Dict, Iterable, Union
+from typing import Dict, Iterable, Optional, Union
 
 import botocore.exceptions
 import structlog
@@ -28,6 +28,7 @@ from obsbatch.models import Kind, Outcome, Reason, WorkItem, display
 from obsbatch.plan import plan
 from obsbatch.report import Summary
 from obsbatch.stability import Gate
+from obsbatch.systemd import Heartbeat, Notifier
 from obsbatch.walk import walk
 
 log = structlog.get_logger()
@@ -39,9 +40,28 @@ _BAD_CREDENTIAL_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch"
                                    "TokenRefreshRequired", "InvalidClientTokenId"})
 
 
-def run(config: Config) -> Summary:
+class Progress:
+    """A number that grows whenever the run does something: the systemd watchdog's notion of progress.
+
+    parent: walk entries judged and Outcomes counted, bumped by the main thread.
+    workers: HTTP requests started or answered, bumped by every worker in shared memory.
+    """
+
+    def __init__(self, ctx):
+        self.parent = 0
+        self.workers = ctx.Value("Q", 0)
+
+    def __call__(self) -> int:
+        # Read without the lock: a worker killed while holding it must not stall the heartbeat too.
+        return self.parent + self.workers.get_obj().value
+
+
+def run(config: Config, notifier: Optional[Notifier] = None) -> Summary:
     """One backup pass. Raises ObsbatchError (exit 2) for what makes the run impossible; else a Summary."""
+    notifier = notifier or Notifier(enabled=False, watchdog_seconds=None)
     source = check_source(config.source)
+    # The first /proc scan and the pre-flight may outlast TimeoutStartSec= on a big host or a slow endpoint.
+    notifier.extend_timeout(_start_budget(config), "scanning open files and checking the destination")
     gate = Gate(config.min_age, strict=config.fd_check == "strict")
     gate.current_index()  # the first /proc scan, now: --fd-check strict fails here, before any upload
     if not config.dry_run:
@@ -50,23 +70,42 @@ def run(config: Config) -> Summary:
              endpoint=config.endpoint or "aws", workers=config.max_concurrent, min_age=config.min_age,
              dry_run=config.dry_run)
     summary = Summary()
+    ctx = _context()
+    progress = Progress(ctx)
     stages = plan(gate.filter(select(walk(source, config.follow_symlinks), config.include, config.exclude)),
                   config.prefix)
     stop = StopFlag()
-    with stop.installed():
+    notifier.ready(f"backing up {display(source)} to s3://{config.bucket}/{config.prefix}")
+    with stop.installed(), Heartbeat(notifier, progress, summary.status_line) as heartbeat:
         try:
             if config.dry_run:
                 for item in stages:
                     stop.check()
+                    progress.parent += 1
                     summary.add(_planned(item) if isinstance(item, WorkItem) else item)
             else:
-                upload_all(stages, config, summary, stop)
+                upload_all(stages, config, summary, stop, ctx, progress, heartbeat)
         except StopRequested as stopped:
             summary.finish(stopped.exit_code)
         else:
             summary.finish()
     summary.log_final()
+    notifier.stopping(summary.status_line())
     return summary
+
+
+def _start_budget(config: Config) -> float:
+    """Seconds the start may take: a /proc scan plus two pre-flight requests with all their retries."""
+    return 60 + 2 * config.http_timeout * (config.retries + 1)
+
+
+def _context():
+    # forkserver, not fork: the parent runs threads (the pool's own, the heartbeat, later OTEL), and forking
+    # a threaded process can deadlock on a lock some thread held. Preloading the worker module pays for
+    # boto3's import once, in the fork server, instead of once per worker.
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["obsbatch.worker"])
+    return ctx
 
 
 def check_source(source: str) -> bytes:
@@ -145,7 +184,7 @@ def _tagged(seq: int, put, outcome: Outcome) -> None:
 
 
 def upload_all(items: Iterable[Union[WorkItem, Outcome]], config: Config, summary: Summary,
-               stop: "StopFlag") -> None:
+               stop: "StopFlag", ctx, progress: Progress, heartbeat: Heartbeat) -> None:
     """Feed WorkItems to a pool of `max_concurrent` workers with at most 2x that many in flight.
 
     `Pool.imap*` would drain the whole walk into its task queue at once; submitting one apply_async at a
@@ -154,16 +193,12 @@ def upload_all(items: Iterable[Union[WorkItem, Outcome]], config: Config, summar
     tagged with a sequence number, so the parent always knows which files are still out: none is lost
     even when the pool is torn down.
     """
-    # forkserver, not fork: the parent runs threads (the pool's own, later OTEL and watchdog), and forking a
-    # threaded process can deadlock on a lock some thread held. Preloading the worker module pays for
-    # boto3's import once, in the fork server, instead of once per worker.
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["obsbatch.worker"])
     limit = 2 * config.max_concurrent
     results: queue.SimpleQueue = queue.SimpleQueue()
     outstanding: Dict[int, WorkItem] = {}
     starts = ctx.Value("i", 0)
-    pool = ctx.Pool(config.max_concurrent, initializer=worker.init_worker, initargs=(config, starts))
+    pool = ctx.Pool(config.max_concurrent, initializer=worker.init_worker,
+                    initargs=(config, starts, progress.workers))
 
     def check_workers():
         # Pool starts a worker beyond the first N only to replace one that died (no maxtasksperchild).
@@ -183,20 +218,23 @@ def upload_all(items: Iterable[Union[WorkItem, Outcome]], config: Config, summar
         try:
             for seq, item in enumerate(items):
                 stop.check()
+                progress.parent += 1
                 if isinstance(item, Outcome):
                     summary.add(item)
                     continue
                 while len(outstanding) >= limit:
-                    _collect(results, outstanding, summary, idle_check)
+                    _collect(results, outstanding, summary, idle_check, progress)
                 outstanding[seq] = item
                 pool.apply_async(worker.upload_one, (item,), callback=functools.partial(_tagged, seq, results.put),
                                  error_callback=functools.partial(_crashed, seq, item, results.put))
         except StopRequested as stopped:
+            heartbeat.draining = True
+            heartbeat.notifier.extend_timeout(heartbeat.DRAIN_EXTEND, f"stopping: finishing {len(outstanding)} uploads")
             log.warning("run.stopping", signal=signal.Signals(stopped.signum).name, in_flight=len(outstanding),
                         detail="not starting new files; finishing the uploads in flight (signal again to abort them)")
         # Walk done or stopped: let what was handed out finish. Only a second signal cuts this short.
         while outstanding:
-            _collect(results, outstanding, summary, idle_check_draining)
+            _collect(results, outstanding, summary, idle_check_draining, progress)
         # close+join, not terminate: workers leave on the pool's own sentinels, no signal involved.
         pool.close()
         pool.join()
@@ -272,7 +310,8 @@ def _terminate(pool, grace: float) -> None:
         timer.cancel()
 
 
-def _collect(results: queue.SimpleQueue, outstanding: Dict[int, WorkItem], summary: Summary, check) -> None:
+def _collect(results: queue.SimpleQueue, outstanding: Dict[int, WorkItem], summary: Summary, check,
+             progress: Progress) -> None:
     """Wait a little for one Outcome and count it; if none comes, let `check()` have its say."""
     try:
         seq, outcome = results.get(timeout=0.2)
@@ -280,6 +319,7 @@ def _collect(results: queue.SimpleQueue, outstanding: Dict[int, WorkItem], summa
         check()
         return
     del outstanding[seq]
+    progress.parent += 1
     summary.add(outcome)
 
 

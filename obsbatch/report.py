@@ -113,9 +113,25 @@ class Summary:
             "aborted": self.aborted or None,
         }
 
+    def status_line(self) -> str:
+        """One line for systemd's STATUS= (`systemctl status` shows it)."""
+        skipped, deferred = sum(self.skipped.values()), sum(self.deferred.values())
+        done = f"{self.planned} planned" if self.planned else f"{self.uploaded} uploaded ({_human(self.bytes_uploaded)})"
+        return (f"{self.scanned} scanned, {done}, {skipped} skipped, {deferred} deferred, {self.failed} failed"
+                + (f", {self.errors} unreadable" if self.errors else ""))
+
     def log_final(self) -> None:
         event = log.warning if self.exit_code is not ExitCode.OK else log.info
         event("run.summary", **self.as_dict())
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
 
 
 def _detail(outcome: Outcome) -> dict:

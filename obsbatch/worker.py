@@ -27,6 +27,7 @@ log = structlog.get_logger()
 _client = None
 _config: Config | None = None
 _init_error = ""
+_ticks = None
 # HTTP requests sent and API calls made by this process; per file, their differences give
 # Outcome.attempts and Outcome.retries (botocore re-sends inside one call, upload_one re-calls).
 _sent = 0
@@ -40,12 +41,15 @@ class FileChanged(Exception):
     """The file no longer matches the stat the parent judged (internal to this module)."""
 
 
-def init_worker(config: Config, starts=None) -> None:
+def init_worker(config: Config, starts=None, ticks=None) -> None:
     """Pool initializer: signals, logging, this process's own S3 client.
 
     starts: a shared counter of worker starts; the parent reads a start beyond the first N as a death.
+    ticks: a shared counter bumped on every HTTP request sent and answered: progress for the parent's
+        systemd watchdog, which cannot otherwise see inside a long upload.
     """
-    global _client, _config, _init_error
+    global _client, _config, _init_error, _ticks
+    _ticks = ticks
     _init_error = ""
     if starts is not None:
         with starts.get_lock():
@@ -66,15 +70,23 @@ def init_worker(config: Config, starts=None) -> None:
         return
     _client.meta.events.register("before-send.s3", _count_send)
     _client.meta.events.register("before-call.s3", _count_call)
+    _client.meta.events.register("response-received.s3", _tick)
 
 
 def _exit_on_term(signum, frame):
     raise SystemExit(128 + signum)
 
 
+def _tick(**kwargs):
+    if _ticks is not None:
+        with _ticks.get_lock():
+            _ticks.value += 1
+
+
 def _count_send(**kwargs):
     global _sent
     _sent += 1  # returns None: botocore goes on to send the request itself
+    _tick()
 
 
 def _count_call(**kwargs):

@@ -54,7 +54,7 @@ class FaultProxy:
         url = urllib.parse.urlsplit(upstream)
         self.upstream = (url.hostname, url.port)
         self.faults: list[Fault] = []
-        self.seen: list[tuple[str, str, str]] = []  # (method, path, what happened)
+        self.seen: list[tuple[str, str, str, float]] = []  # (method, path, what happened, time.monotonic())
         self._lock = threading.Lock()
         proxy = self
 
@@ -89,12 +89,22 @@ class FaultProxy:
 
     def record(self, method: str, path: str, what: str) -> None:
         with self._lock:
-            self.seen.append((method, path, what))
+            self.seen.append((method, path, what, time.monotonic()))
 
     def count(self, method: str, path_regex: str, what: Optional[str] = None) -> int:
         with self._lock:
-            return sum(1 for m, p, w in self.seen
-                       if m == method and re.search(path_regex, p) and (what is None or w == what))
+            return len(self._matching(method, path_regex, what))
+
+    def first_time(self, method: str, path_regex: str) -> Optional[float]:
+        """time.monotonic() when the first matching request arrived, or None."""
+        with self._lock:
+            times = self._matching(method, path_regex, None)
+        return min(times) if times else None
+
+    def _matching(self, method: str, path_regex: str, what: Optional[str]) -> list:
+        """Arrival times of matching requests (one record per request)."""
+        return [t for m, p, w, t in self.seen
+                if m == method and re.search(path_regex, p) and (what is None or w == what)]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -136,8 +146,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._error(fault.status, fault.code)
                 return
             if fault.action == "hold":
+                self.owner.record(method, path, "held")  # one record per request, at its arrival
                 fault.arrived.set()
                 time.sleep(fault.delay)
+                self._forward(body)
+                return
         self.owner.record(method, path, "forwarded")
         self._forward(body)
 
