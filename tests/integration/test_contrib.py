@@ -1,0 +1,52 @@
+"""The shipped systemd units and environment file."""
+
+import re
+import shutil
+import subprocess
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from obsbatch.cli import ENV_PREFIX
+from obsbatch.config import Config
+
+CONTRIB = Path(__file__).resolve().parents[2] / "contrib"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze (Debian package systemd) missing")
+def test_units_pass_systemd_analyze_verify(tmp_path):
+    # verify checks that ExecStart= exists; point it at this checkout's obsbatch, everything else as shipped.
+    obsbatch = shutil.which("obsbatch") or str(Path(__import__("sys").executable).parent / "obsbatch")
+    for name in ("obsbatch.service", "obsbatch.timer"):
+        text = (CONTRIB / name).read_text()
+        text = re.sub(r"^ExecStart=.*$", f"ExecStart={obsbatch}", text, flags=re.M)
+        text = re.sub(r"^EnvironmentFile=.*$", f"EnvironmentFile={CONTRIB / 'obsbatch.env.example'}", text, flags=re.M)
+        (tmp_path / name).write_text(text)
+    proc = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "obsbatch.service"),
+                           str(tmp_path / "obsbatch.timer")], capture_output=True, text=True)
+    # Unknown or misspelt directives are only warnings (exit 0), so any output at all is a failure.
+    assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == "", proc.stderr
+
+
+def test_service_keeps_what_obsbatch_relies_on():
+    unit = (CONTRIB / "obsbatch.service").read_text()
+    for line in ("Type=notify", "KillMode=mixed", "StateDirectory=obsbatch", "NoNewPrivileges=yes",
+                 "AmbientCapabilities=CAP_SYS_PTRACE CAP_DAC_READ_SEARCH", "ProtectSystem=strict"):
+        assert re.search(rf"^{re.escape(line)}$", unit, re.M), line
+    assert not re.search(r"^(ProtectProc=invisible|ProcSubset=pid)", unit, re.M)  # would blind the fd check
+
+
+def test_env_example_names_every_option():
+    text = (CONTRIB / "obsbatch.env.example").read_text()
+    missing = [f.name for f in fields(Config) if not re.search(rf"^#?{ENV_PREFIX}{f.name.upper()}=", text, re.M)]
+    assert missing == []
+
+
+def test_env_example_parses_into_a_valid_config():
+    from obsbatch.cli import parse
+
+    env = dict(line.split("=", 1) for line in (CONTRIB / "obsbatch.env.example").read_text().splitlines()
+               if line and not line.startswith("#"))
+    config = parse([], env)
+    assert config.bucket == "my-backups" and config.max_concurrent == 6 and config.exclude == ("*.tmp", "*.part")
