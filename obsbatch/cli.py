@@ -117,24 +117,32 @@ def main(argv: Optional[Sequence[str]] = None) -> NoReturn:
     logs.configure(config.debug, config.log_format)
     log = structlog.get_logger()
     # Imported here so that `--help` and usage errors do not pay for boto3's import.
-    from obsbatch import pipeline, systemd
+    from obsbatch import pipeline, systemd, telemetry
 
-    # systemd's own variables, read once here like everything else from the environment.
+    # systemd's and OpenTelemetry's own variables, read once here like everything else from the environment.
     notifier = systemd.Notifier.from_environ(os.environ, os.getpid())
+    tel = telemetry.Telemetry.from_config(config, os.environ)
     try:
-        summary = pipeline.run(config, notifier)
-    except KeyboardInterrupt:  # Ctrl-C before the upload loop took over the signal
+        summary = pipeline.run(config, notifier, tel)
+    except KeyboardInterrupt as exc:  # Ctrl-C before the upload loop took over the signal
         log.warning("run.interrupted", detail="stopped before any upload")
-        notifier.stopping("interrupted before any upload")
+        _fail(notifier, tel, exc, "interrupted before any upload")
         sys.exit(ExitCode.INTERRUPTED)
     except ObsbatchError as exc:
         log.error("run.fatal", error=str(exc), error_type=type(exc).__name__, exit_code=int(exc.exit_code))
-        notifier.stopping(f"failed: {exc}")
+        _fail(notifier, tel, exc, f"failed: {exc}")
         sys.exit(exc.exit_code)
     except Exception as exc:  # a bug: say so in one line; the traceback only at debug level
         log.error("run.crashed", error=f"{type(exc).__name__}: {exc}", exc_info=config.debug in ("debug", "trace"))
-        notifier.stopping(f"crashed: {type(exc).__name__}")
+        _fail(notifier, tel, exc, f"crashed: {type(exc).__name__}")
         sys.exit(ExitCode.FATAL)
+    tel.shutdown()
     if config.summary == "json":
         print(json.dumps(summary.as_dict(), sort_keys=True), flush=True)
     sys.exit(summary.exit_code)
+
+
+def _fail(notifier, tel, exc: BaseException, status: str) -> None:
+    tel.end_run(error=exc)
+    tel.shutdown()
+    notifier.stopping(status)

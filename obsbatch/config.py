@@ -102,6 +102,18 @@ def endpoint_url(text: str) -> str:
     return text.rstrip("/")
 
 
+def http_url(text: str) -> str:
+    """An http(s) URL with a host; a path is allowed (OTLP receivers may sit under one)."""
+    try:
+        url = urllib.parse.urlsplit(text)
+        url.port
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a valid URL") from None
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise argparse.ArgumentTypeError(f"'{text}' must be an http:// or https:// URL with a host")
+    return text
+
+
 def bucket_name(text: str) -> str:
     if not _BUCKET_RE.match(text):
         raise argparse.ArgumentTypeError(f"'{text}' is not a valid bucket name (letters, digits, '.', '-', '_')")
@@ -150,6 +162,10 @@ class Config:
     fd_check: Literal["best-effort", "strict"] = field(default="best-effort", metadata=_opt(
         "strict: exit 2 if any process's open files cannot be inspected (default best-effort: warn once)"))
     log_format: Literal["auto", "json", "console"] = field(default="auto", metadata=_opt("auto: console on a TTY, else JSON lines (default)"))
+    otel_endpoint: Optional[str] = field(default=None, metadata=_opt(
+        "OTLP/HTTP receiver base URL (traces to /v1/traces, metrics to /v1/metrics); default: the OTEL_EXPORTER_OTLP_* "
+        "variables, else no telemetry", metavar="URL", type=http_url))
+    no_telemetry: bool = field(default=False, metadata=_opt("export no traces or metrics, whatever OTEL_* says"))
     summary: Literal["none", "json"] = field(default="none", metadata=_opt("json: print the final summary as one JSON object on stdout"))
 
     def __post_init__(self) -> None:

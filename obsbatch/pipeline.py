@@ -29,6 +29,7 @@ from obsbatch.plan import plan
 from obsbatch.report import Summary
 from obsbatch.stability import Gate
 from obsbatch.systemd import Heartbeat, Notifier
+from obsbatch.telemetry import Telemetry
 from obsbatch.walk import walk
 
 log = structlog.get_logger()
@@ -56,9 +57,14 @@ class Progress:
         return self.parent + self.workers.get_obj().value
 
 
-def run(config: Config, notifier: Optional[Notifier] = None) -> Summary:
-    """One backup pass. Raises ObsbatchError (exit 2) for what makes the run impossible; else a Summary."""
+def run(config: Config, notifier: Optional[Notifier] = None, telemetry: Optional[Telemetry] = None) -> Summary:
+    """One backup pass. Raises ObsbatchError (exit 2) for what makes the run impossible; else a Summary.
+
+    The caller owns `telemetry`: it ends the root span itself when this raises, and shuts telemetry down.
+    """
     notifier = notifier or Notifier(enabled=False, watchdog_seconds=None)
+    telemetry = telemetry or Telemetry.disabled()
+    telemetry.start_run(display(os.fsencode(os.path.abspath(config.source))), config)
     source = check_source(config.source)
     # The first /proc scan and the pre-flight may outlast TimeoutStartSec= on a big host or a slow endpoint.
     notifier.extend_timeout(_start_budget(config), "scanning open files and checking the destination")
@@ -69,7 +75,7 @@ def run(config: Config, notifier: Optional[Notifier] = None) -> Summary:
     log.info("run.start", source=display(source), bucket=config.bucket, prefix=config.prefix,
              endpoint=config.endpoint or "aws", workers=config.max_concurrent, min_age=config.min_age,
              dry_run=config.dry_run)
-    summary = Summary()
+    summary = Summary(observers=[telemetry.record])
     ctx = _context()
     progress = Progress(ctx)
     stages = plan(gate.filter(select(walk(source, config.follow_symlinks), config.include, config.exclude)),
@@ -90,6 +96,7 @@ def run(config: Config, notifier: Optional[Notifier] = None) -> Summary:
         else:
             summary.finish()
     summary.log_final()
+    telemetry.end_run(summary)
     notifier.stopping(summary.status_line())
     return summary
 

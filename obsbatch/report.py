@@ -45,6 +45,8 @@ class Summary:
     aborted: str = ""
     started: float = field(default_factory=time.time)
     ended: float = 0.0
+    #: Called with every Outcome after it is counted (telemetry); not part of the summary itself.
+    observers: list = field(default_factory=list, repr=False, compare=False)
 
     def add(self, outcome: Outcome) -> None:
         """Count one Outcome and log it under its stable event name."""
@@ -79,6 +81,8 @@ class Summary:
             self.errors += 1
             log.error("walk.error", path=outcome.path, reason=outcome.reason.value, error_type=outcome.error_type,
                       error=outcome.message)
+        for observe in self.observers:
+            observe(outcome)
 
     def finish(self, stopped_by: Optional[ExitCode] = None) -> None:
         self.stopped_by = stopped_by
