@@ -26,9 +26,46 @@ def _redact(_logger, _method, event_dict):
     return event_dict
 
 
+class _LineSink:
+    """The stream structlog prints to. Normally it writes straight through; while a progress bar is on the
+    terminal (progress.Display), whole lines go to `route` instead (tqdm.write), which prints them above
+    the bar rather than through it."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.route = None
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        if self.route is None:
+            return self.stream.write(text)
+        self._partial += text
+        while "\n" in self._partial:
+            line, self._partial = self._partial.split("\n", 1)
+            self.route(line)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+
+_sink: _LineSink | None = None
+
+
+def route_lines(route) -> None:
+    """Send each finished log line to `route(line)` from now on; None restores direct writes."""
+    if _sink is not None:
+        _sink.route = route
+
+
 def configure(level: str = "info", fmt: str = "auto", stream=None) -> None:
     """Configure structlog for this process. `fmt` is auto|json|console."""
+    global _sink
     stream = stream or sys.stderr
+    _sink = _LineSink(stream)
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
     renderer = (structlog.dev.ConsoleRenderer(colors=stream.isatty()) if fmt == "console"
@@ -42,6 +79,6 @@ def configure(level: str = "info", fmt: str = "auto", stream=None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=structlog.PrintLoggerFactory(_sink),
         cache_logger_on_first_use=True,
     )

@@ -26,6 +26,7 @@ from obsbatch.errors import ConfigError, ExitCode, PreflightError, StopRequested
 from obsbatch.filters import select
 from obsbatch.models import Kind, Outcome, Reason, WorkItem, display
 from obsbatch.plan import plan
+from obsbatch.progress import Display
 from obsbatch.report import Summary
 from obsbatch.stability import Gate
 from obsbatch.systemd import Heartbeat, Notifier
@@ -82,12 +83,13 @@ def run(config: Config, notifier: Optional[Notifier] = None, telemetry: Optional
                   config.prefix)
     stop = StopFlag()
     notifier.ready(f"backing up {display(source)} to s3://{config.bucket}/{config.prefix}")
-    with stop.installed(), Heartbeat(notifier, progress, summary.status_line) as heartbeat:
+    with stop.installed(), Heartbeat(notifier, progress, summary.status_line) as heartbeat, \
+            Display.for_terminal(summary) as screen:
+        stages = _counted(stages, progress, screen.walk_done)
         try:
             if config.dry_run:
                 for item in stages:
                     stop.check()
-                    progress.parent += 1
                     summary.add(_planned(item) if isinstance(item, WorkItem) else item)
             else:
                 upload_all(stages, config, summary, stop, ctx, progress, heartbeat)
@@ -99,6 +101,16 @@ def run(config: Config, notifier: Optional[Notifier] = None, telemetry: Optional
     telemetry.end_run(summary)
     notifier.stopping(summary.status_line())
     return summary
+
+
+def _counted(items, progress: Progress, walk_done):
+    """Pass the stages' items through, counting each as progress, and report the total when the walk ends."""
+    total = 0
+    for item in items:
+        total += 1
+        progress.parent += 1
+        yield item
+    walk_done(total)
 
 
 def _start_budget(config: Config) -> float:
@@ -225,7 +237,6 @@ def upload_all(items: Iterable[Union[WorkItem, Outcome]], config: Config, summar
         try:
             for seq, item in enumerate(items):
                 stop.check()
-                progress.parent += 1
                 if isinstance(item, Outcome):
                     summary.add(item)
                     continue

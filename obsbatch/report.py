@@ -120,7 +120,7 @@ class Summary:
     def status_line(self) -> str:
         """One line for systemd's STATUS= (`systemctl status` shows it)."""
         skipped, deferred = sum(self.skipped.values()), sum(self.deferred.values())
-        done = f"{self.planned} planned" if self.planned else f"{self.uploaded} uploaded ({_human(self.bytes_uploaded)})"
+        done = f"{self.planned} planned" if self.planned else f"{self.uploaded} uploaded ({human_size(self.bytes_uploaded)})"
         return (f"{self.scanned} scanned, {done}, {skipped} skipped, {deferred} deferred, {self.failed} failed"
                 + (f", {self.errors} unreadable" if self.errors else ""))
 
@@ -129,7 +129,7 @@ class Summary:
         event("run.summary", **self.as_dict())
 
 
-def _human(size: int) -> str:
+def human_size(size: int) -> str:
     value = float(size)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if value < 1024 or unit == "TiB":

@@ -1,0 +1,56 @@
+"""The live progress line, on a real pseudo-terminal, and its absence anywhere else."""
+
+import fcntl
+import os
+import pty
+import struct
+import termios
+import re
+import subprocess
+import time
+
+from tests.conftest import REPO, make_tree, obsbatch_cmd, run_obsbatch, server_args
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def run_on_terminal(args, env) -> tuple[int, str]:
+    master, slave = pty.openpty()
+    # A fresh pty is 0x0; a terminal emulator sets its size, and tqdm sizes the bar from it.
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    full_env = dict(os.environ, **env, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(obsbatch_cmd(*args), stdin=slave, stdout=slave, stderr=slave, env=full_env, cwd=str(REPO))
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the other side closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    return proc.wait(timeout=60), ANSI.sub("", b"".join(chunks).decode(errors="replace"))
+
+
+def test_progress_bar_on_a_terminal_keeps_log_lines_whole(tmp_path, s3server, prefix):
+    src = tmp_path / "src"
+    make_tree(src, {f"d{i}/f{j}.txt": b"x" * 1000 for i in range(3) for j in range(10)})
+    (src / "fresh.txt").write_bytes(b"just written")  # deferred: one log line while the bar is up
+    code, screen = run_on_terminal(["--source", src, *server_args(s3server, prefix)], s3server.env())
+    assert code == 0, screen
+    assert "31/31" in screen and "100%" in screen  # the total became known when the walk ended
+    assert "file/s" in screen
+    lines = [line.rstrip("\r").split("\r")[-1] for line in screen.split("\n")]
+    [deferred] = [line for line in lines if "file.deferred" in line]
+    assert re.match(r"^\d{4}-\d\d-\d\dT", deferred), repr(deferred)  # whole: not glued to a bar fragment
+    assert "30 up" in screen
+
+
+def test_no_progress_output_when_not_a_terminal(tmp_path, s3server, prefix):
+    make_tree(tmp_path, {"a.txt": b"a"})
+    result = run_obsbatch("--source", tmp_path, *server_args(s3server, prefix), env=s3server.env())
+    assert result.returncode == 0, result
+    assert "file/s" not in result.stderr and "\r" not in result.stderr
+    assert all(line.startswith("{") for line in result.stderr.splitlines())
