@@ -8,6 +8,7 @@ Only this module calls `sys.exit`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -38,6 +39,7 @@ exit codes:
   0    every eligible file was uploaded (skipped and deferred files are not failures)
   1    some upload failed, or part of the tree could not be read
   2    usage, configuration or fatal error (missing source, no bucket, bad credentials)
+  75   another run holds the lock for the same state file and source (try again later)
   130  stopped by SIGINT;  143  stopped by SIGTERM (uploads in flight were finished first)
 """
 
@@ -104,7 +106,14 @@ def parse(argv: Optional[Sequence[str]], environ: Mapping[str, str]) -> Config:
                 value = _from_env(name, raw)
         if value is not MISSING and value is not None:
             values[name] = value
-    return Config(**values)
+    config = Config(**values)
+    if config.state is None and not config.no_state:
+        # The default location depends on the environment (systemd's StateDirectory=, XDG); resolve it here,
+        # once, so nothing later reads the environment.
+        from obsbatch.journal import default_path
+
+        config = dataclasses.replace(config, state=default_path(environ))
+    return config
 
 
 def main(argv: Optional[Sequence[str]] = None) -> NoReturn:

@@ -162,6 +162,10 @@ class Config:
     fd_check: Literal["best-effort", "strict"] = field(default="best-effort", metadata=_opt(
         "strict: exit 2 if any process's open files cannot be inspected (default best-effort: warn once)"))
     log_format: Literal["auto", "json", "console"] = field(default="auto", metadata=_opt("auto: console on a TTY, else JSON lines (default)"))
+    state: Optional[str] = field(default=None, metadata=_opt(
+        "state journal (sqlite); default $STATE_DIRECTORY/obsbatch.db under systemd, else "
+        "$XDG_STATE_HOME/obsbatch/obsbatch.db", metavar="PATH"))
+    no_state: bool = field(default=False, metadata=_opt("keep no journal: compare nothing, upload every stable file"))
     otel_endpoint: Optional[str] = field(default=None, metadata=_opt(
         "OTLP/HTTP receiver base URL (traces to /v1/traces, metrics to /v1/metrics); default: the OTEL_EXPORTER_OTLP_* "
         "variables, else no telemetry", metavar="URL", type=http_url))

@@ -14,6 +14,8 @@ class ExitCode(enum.IntEnum):
     PARTIAL = 1
     #: Usage, configuration or fatal pre-flight error: nothing was uploaded.
     FATAL = 2
+    #: Another run holds the lock for the same state file and source (EX_TEMPFAIL: try again later).
+    ALREADY_RUNNING = 75
     #: Stopped by SIGINT (128 + 2), after draining the uploads in flight.
     INTERRUPTED = 130
     #: Stopped by SIGTERM (128 + 15), after draining the uploads in flight.
@@ -40,6 +42,12 @@ class PreflightError(ObsbatchError):
 
 class FdCheckError(ObsbatchError):
     """`--fd-check strict` and some processes' open files could not be inspected."""
+
+
+class AlreadyRunning(ObsbatchError):
+    """Another obsbatch run holds the lock for this state file and source."""
+
+    exit_code = ExitCode.ALREADY_RUNNING
 
 
 class StopRequested(BaseException):

@@ -26,7 +26,8 @@ class Kind(str, enum.Enum):
 
     #: Stored and verified by the server (Content-MD5 / per-part MD5).
     UPLOADED = "uploaded"
-    #: Left out for good in this configuration (excluded, not a regular file, symlink, vanished).
+    #: Left out for good in this configuration (excluded, not a regular file, symlink, vanished), or
+    #: unchanged since its last verified upload (the journal says so).
     SKIPPED = "skipped"
     #: Not stable yet (too new, open for writing, changed while read), or cut short by a second stop
     #: signal: the next run takes it.
@@ -43,6 +44,7 @@ class Reason(str, enum.Enum):
     """Why a path was skipped, deferred or errored. Stable strings: they appear in logs and summaries."""
 
     EXCLUDED = "excluded"
+    UNCHANGED = "unchanged"
     NOT_REGULAR = "not_regular"
     SYMLINK = "symlink"
     SYMLINK_LOOP = "symlink_loop"

@@ -20,12 +20,12 @@ from typing import Dict, Iterable, Optional, Union
 import botocore.exceptions
 import structlog
 
-from obsbatch import s3, worker
+from obsbatch import journal, s3, worker
 from obsbatch.config import Config
 from obsbatch.errors import ConfigError, ExitCode, PreflightError, StopRequested
 from obsbatch.filters import select
 from obsbatch.models import Kind, Outcome, Reason, WorkItem, display
-from obsbatch.plan import plan
+from obsbatch.plan import object_key, plan
 from obsbatch.progress import Display
 from obsbatch.report import Summary
 from obsbatch.stability import Gate
@@ -67,6 +67,17 @@ def run(config: Config, notifier: Optional[Notifier] = None, telemetry: Optional
     telemetry = telemetry or Telemetry.disabled()
     telemetry.start_run(display(os.fsencode(os.path.abspath(config.source))), config)
     source = check_source(config.source)
+    with journal.lock_run(config.state, source):
+        journal_ = journal.open_journal(config.state, config.endpoint or "aws", config.bucket) if config.state else None
+        try:
+            return _run_locked(config, source, notifier, telemetry, journal_)
+        finally:
+            if journal_ is not None:
+                journal_.close()  # commits what is pending, on every way out (signals included)
+
+
+def _run_locked(config: Config, source: bytes, notifier: Notifier, telemetry: Telemetry,
+                journal_: Optional[journal.Journal]) -> Summary:
     # The first /proc scan and the pre-flight may outlast TimeoutStartSec= on a big host or a slow endpoint.
     notifier.extend_timeout(_start_budget(config), "scanning open files and checking the destination")
     gate = Gate(config.min_age, strict=config.fd_check == "strict")
@@ -79,8 +90,13 @@ def run(config: Config, notifier: Optional[Notifier] = None, telemetry: Optional
     summary = Summary(observers=[telemetry.record])
     ctx = _context()
     progress = Progress(ctx)
-    stages = plan(gate.filter(select(walk(source, config.follow_symlinks), config.include, config.exclude)),
-                  config.prefix)
+    # The journal's comparison comes before the stability gate (STYLE.md lists it in `plan`): a file that is
+    # unchanged since its verified upload is backed up already, even if a process holds it open right now,
+    # and must not be reported as deferred run after run.
+    stages = select(walk(source, config.follow_symlinks), config.include, config.exclude)
+    if journal_ is not None:
+        stages = journal_.filter(stages, functools.partial(object_key, config.prefix))
+    stages = plan(gate.filter(stages), config.prefix)
     stop = StopFlag()
     notifier.ready(f"backing up {display(source)} to s3://{config.bucket}/{config.prefix}")
     with stop.installed(), Heartbeat(notifier, progress, summary.status_line) as heartbeat, \
@@ -92,7 +108,8 @@ def run(config: Config, notifier: Optional[Notifier] = None, telemetry: Optional
                     stop.check()
                     summary.add(_planned(item) if isinstance(item, WorkItem) else item)
             else:
-                upload_all(stages, config, summary, stop, ctx, progress, heartbeat)
+                upload_all(stages, config, summary, stop, ctx, progress, heartbeat,
+                           journal_.record if journal_ is not None else _ignore)
         except StopRequested as stopped:
             summary.finish(stopped.exit_code)
         else:
@@ -101,6 +118,10 @@ def run(config: Config, notifier: Optional[Notifier] = None, telemetry: Optional
     telemetry.end_run(summary)
     notifier.stopping(summary.status_line())
     return summary
+
+
+def _ignore(item: WorkItem, outcome: Outcome) -> None:
+    pass
 
 
 def _counted(items, progress: Progress, walk_done):
@@ -203,14 +224,15 @@ def _tagged(seq: int, put, outcome: Outcome) -> None:
 
 
 def upload_all(items: Iterable[Union[WorkItem, Outcome]], config: Config, summary: Summary,
-               stop: "StopFlag", ctx, progress: Progress, heartbeat: Heartbeat) -> None:
+               stop: "StopFlag", ctx, progress: Progress, heartbeat: Heartbeat, done) -> None:
     """Feed WorkItems to a pool of `max_concurrent` workers with at most 2x that many in flight.
 
     `Pool.imap*` would drain the whole walk into its task queue at once; submitting one apply_async at a
     time against a bound keeps memory flat however big the tree. Outcomes come back through the pool's
     result thread into a queue that only this (main) thread reads, so Summary needs no lock. Each task is
     tagged with a sequence number, so the parent always knows which files are still out: none is lost
-    even when the pool is torn down.
+    even when the pool is torn down. `done(item, outcome)` is called for every Outcome a worker returns
+    (the journal records the verified uploads).
     """
     limit = 2 * config.max_concurrent
     results: queue.SimpleQueue = queue.SimpleQueue()
@@ -241,7 +263,7 @@ def upload_all(items: Iterable[Union[WorkItem, Outcome]], config: Config, summar
                     summary.add(item)
                     continue
                 while len(outstanding) >= limit:
-                    _collect(results, outstanding, summary, idle_check, progress)
+                    _collect(results, outstanding, summary, idle_check, progress, done)
                 outstanding[seq] = item
                 pool.apply_async(worker.upload_one, (item,), callback=functools.partial(_tagged, seq, results.put),
                                  error_callback=functools.partial(_crashed, seq, item, results.put))
@@ -252,7 +274,7 @@ def upload_all(items: Iterable[Union[WorkItem, Outcome]], config: Config, summar
                         detail="not starting new files; finishing the uploads in flight (signal again to abort them)")
         # Walk done or stopped: let what was handed out finish. Only a second signal cuts this short.
         while outstanding:
-            _collect(results, outstanding, summary, idle_check_draining, progress)
+            _collect(results, outstanding, summary, idle_check_draining, progress, done)
         # close+join, not terminate: workers leave on the pool's own sentinels, no signal involved.
         pool.close()
         pool.join()
@@ -263,13 +285,13 @@ def upload_all(items: Iterable[Union[WorkItem, Outcome]], config: Config, summar
         log.error("worker.died", in_flight=len(outstanding),
                   detail="an upload worker process was killed (out of memory?); stopping the run")
         _terminate(pool, grace=config.http_timeout + 5)
-        _account_for_the_rest(results, outstanding, summary, _worker_died)
+        _account_for_the_rest(results, outstanding, summary, _worker_died, done)
         summary.aborted = "an upload worker process died"
         return
     except BaseException:
         # A second signal while draining, or a bug.
         _terminate(pool, grace=config.http_timeout + 5)
-        _account_for_the_rest(results, outstanding, summary, _interrupted)
+        _account_for_the_rest(results, outstanding, summary, _interrupted, done)
         raise
     stop.check()  # a stop signal ends the run with 130/143, even if nothing was left in flight
 
@@ -289,14 +311,16 @@ def _worker_died(item: WorkItem) -> Outcome:
 
 
 def _account_for_the_rest(results: queue.SimpleQueue, outstanding: Dict[int, WorkItem], summary: Summary,
-                          leftover) -> None:
+                          leftover, done) -> None:
     """After a teardown: count what did come back, and report every other file handed out as `leftover(item)`."""
     while outstanding:
         try:
             seq, outcome = results.get_nowait()
         except queue.Empty:
             break
-        outstanding.pop(seq, None)
+        item = outstanding.pop(seq, None)
+        if item is not None:
+            done(item, outcome)
         summary.add(outcome)
     for item in outstanding.values():
         summary.add(leftover(item))
@@ -329,14 +353,14 @@ def _terminate(pool, grace: float) -> None:
 
 
 def _collect(results: queue.SimpleQueue, outstanding: Dict[int, WorkItem], summary: Summary, check,
-             progress: Progress) -> None:
+             progress: Progress, done) -> None:
     """Wait a little for one Outcome and count it; if none comes, let `check()` have its say."""
     try:
         seq, outcome = results.get(timeout=0.2)
     except queue.Empty:
         check()
         return
-    del outstanding[seq]
+    done(outstanding.pop(seq), outcome)
     progress.parent += 1
     summary.add(outcome)
 

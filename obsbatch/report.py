@@ -18,9 +18,9 @@ from obsbatch.models import Kind, Outcome, Reason
 
 log = structlog.get_logger()
 
-# Skips that are the configuration working as intended are logged at debug, so a tree of a million
-# excluded files does not flood the journal; they are still counted.
-_QUIET_SKIPS = frozenset({Reason.EXCLUDED})
+# Skips that are the configuration (or the state journal) working as intended are logged at debug, so a
+# tree of a million excluded or unchanged files does not flood the log; they are still counted.
+_QUIET_SKIPS = frozenset({Reason.EXCLUDED, Reason.UNCHANGED})
 
 
 @dataclass

@@ -19,11 +19,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    """No test sees the developer's or CI's AWS, obsbatch or OpenTelemetry settings."""
+def clean_env(monkeypatch, tmp_path_factory):
+    """No test sees the developer's or CI's AWS, obsbatch or OpenTelemetry settings, nor their state."""
     for name in list(os.environ):
-        if name.startswith(("AWS_", "OBSBATCH_", "OTEL_")):
+        if name.startswith(("AWS_", "OBSBATCH_", "OTEL_")) or name in ("STATE_DIRECTORY", "NOTIFY_SOCKET",
+                                                                      "WATCHDOG_USEC", "WATCHDOG_PID"):
             monkeypatch.delenv(name)
+    # The default state journal lives under XDG_STATE_HOME: a fresh one per test, never ~/.local/state.
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
     # boto3 must not find ~/.aws of whoever runs the tests.
     monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
@@ -124,11 +127,14 @@ def _command(args, env: dict | None, unprivileged: bool) -> tuple[list, dict]:
     return (UNPRIVILEGED + cmd if unprivileged else cmd), full_env
 
 
-def start_obsbatch(*args, env: dict | None = None) -> subprocess.Popen:
-    """Start obsbatch and return at once, for tests that act while it runs (signals, writers)."""
+def start_obsbatch(*args, env: dict | None = None, new_session: bool = False) -> subprocess.Popen:
+    """Start obsbatch and return at once, for tests that act while it runs (signals, writers, kill -9).
+
+    new_session: its own process group, so a test can kill it with its workers and fork server at once.
+    """
     cmd, full_env = _command(args, env, unprivileged=False)
     return subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=str(REPO))
+                            cwd=str(REPO), start_new_session=new_session)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 60) -> Result:

@@ -1,0 +1,152 @@
+"""The state journal: what was uploaded, verified, with which fingerprint (sqlite3, WAL).
+
+A file whose fingerprint (size, mtime_ns, ctime_ns, dev, ino) equals the one recorded for its destination
+(endpoint, bucket, key) at its last verified upload is skipped without any request to the server. ctime is
+part of it because it moves on every content change even when size and mtime are put back (`touch -r`,
+`rsync --times`), which a size+mtime comparison would miss.
+
+Crash safety: a row is written only for an UPLOADED Outcome (the server verified the body), in batched
+transactions. A crash loses at most the last uncommitted batch, and those files are simply uploaded again:
+a file that was not uploaded is never recorded as uploaded. WAL mode keeps readers and the one writer apart
+and makes each commit atomic.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from typing import Iterable, Iterator, Optional, Union
+
+import structlog
+
+from obsbatch.models import Candidate, Kind, Outcome, Reason, WorkItem, display
+
+log = structlog.get_logger()
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS uploads (
+    endpoint TEXT NOT NULL,
+    bucket TEXT NOT NULL,
+    key TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    dev INTEGER NOT NULL,
+    ino INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    etag TEXT NOT NULL,
+    uploaded_at REAL NOT NULL,
+    PRIMARY KEY (endpoint, bucket, key)
+) WITHOUT ROWID
+"""
+
+#: Rows per transaction, and the longest a verified upload waits to be committed.
+BATCH_ROWS = 500
+BATCH_SECONDS = 2.0
+
+
+def default_path(environ) -> str:
+    """$STATE_DIRECTORY/obsbatch.db under systemd (StateDirectory=), else $XDG_STATE_HOME/obsbatch/obsbatch.db."""
+    state_dir = environ.get("STATE_DIRECTORY", "").split(":")[0]  # systemd joins several with ':'
+    if state_dir:
+        return os.path.join(state_dir, "obsbatch.db")
+    xdg = environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(xdg, "obsbatch", "obsbatch.db")
+
+
+class Journal:
+    """One run's view of the state file. Only the parent process opens it."""
+
+    def __init__(self, path: str, endpoint: str, bucket: str):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.path = path
+        self.endpoint = endpoint
+        self.bucket = bucket
+        self.db = sqlite3.connect(path, isolation_level=None)  # explicit transactions below
+        self.db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL is durable across application crashes (kill -9) in WAL mode; only a power loss can drop
+        # the last commits, and then those files are uploaded again.
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute(_SCHEMA)
+        self._pending: list = []
+        self._last_commit = time.monotonic()
+        self.skipped = 0
+
+    def unchanged(self, key: str, st: os.stat_result) -> bool:
+        row = self.db.execute(
+            "SELECT size, mtime_ns, ctime_ns, dev, ino FROM uploads WHERE endpoint=? AND bucket=? AND key=?",
+            (self.endpoint, self.bucket, key)).fetchone()
+        return row == (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino)
+
+    def filter(self, items: Iterable[Union[Candidate, Outcome]], key_of) -> Iterator[Union[Candidate, Outcome]]:
+        """Turn Candidates whose fingerprint matches their last verified upload into SKIPPED/unchanged."""
+        for item in items:
+            if isinstance(item, Candidate) and self.unchanged(key_of(item.rel), item.stat):
+                yield Outcome(Kind.SKIPPED, display(item.path), key=key_of(item.rel), reason=Reason.UNCHANGED,
+                              size=item.stat.st_size)
+                continue
+            yield item
+
+    def record(self, item: WorkItem, outcome: Outcome) -> None:
+        """Note a verified upload; committed in batches (see the module docstring)."""
+        if outcome.kind is not Kind.UPLOADED:
+            return
+        self._pending.append((self.endpoint, self.bucket, item.key, item.size, item.mtime_ns, item.ctime_ns,
+                              item.dev, item.ino, outcome.sha256, outcome.etag, outcome.ended))
+        if len(self._pending) >= BATCH_ROWS or time.monotonic() - self._last_commit >= BATCH_SECONDS:
+            self.commit()
+
+    def commit(self) -> None:
+        if self._pending:
+            with self.db:  # BEGIN ... COMMIT, or ROLLBACK on error
+                self.db.execute("BEGIN")
+                self.db.executemany("INSERT OR REPLACE INTO uploads VALUES (?,?,?,?,?,?,?,?,?,?,?)", self._pending)
+            self._pending.clear()
+        self._last_commit = time.monotonic()
+
+    def close(self) -> None:
+        try:
+            self.commit()
+        finally:
+            self.db.close()
+
+
+def lock_run(state: Optional[str], source: bytes):
+    """Hold an exclusive flock for (state file, source) for the life of the returned file; AlreadyRunning if taken.
+
+    The lock file sits beside the state file (the temporary directory with --no-state). flock locks belong to
+    the open file, so the kernel drops this one when the process exits in any way, kill -9 included: a
+    crashed run never leaves a stale lock behind.
+    """
+    import fcntl
+    import hashlib
+    import tempfile
+
+    from obsbatch.errors import AlreadyRunning, ConfigError
+
+    directory = os.path.dirname(os.path.abspath(state)) if state else tempfile.gettempdir()
+    name = hashlib.sha256((state or "").encode() + b"\0" + source).hexdigest()[:16]
+    path = os.path.join(directory, f"obsbatch-{name}.lock")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        handle = open(path, "a+")
+    except OSError as exc:
+        raise ConfigError(f"cannot create the lock file {path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise AlreadyRunning(f"another obsbatch run is already backing up {display(source)} with this state file "
+                             f"(lock {path}); this run did nothing") from None
+    return handle
+
+
+def open_journal(state: str, endpoint: str, bucket: str) -> Journal:
+    """The Journal, or ConfigError with one sentence (an unwritable directory, a file that is not sqlite)."""
+    from obsbatch.errors import ConfigError
+
+    try:
+        return Journal(state, endpoint, bucket)
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(f"cannot open the state journal {state}: {exc}") from None

@@ -1,0 +1,97 @@
+"""The state journal and the run lock, counting requests through the fault proxy."""
+
+import os
+import signal
+import sqlite3
+import time
+
+from tests.conftest import finish, make_tree, objects, run_obsbatch, server_args, start_obsbatch
+from tests.support.faultproxy import Fault
+
+
+def test_no_change_rerun_sends_no_upload_and_edits_are_uploaded(tmp_path, s3, s3server, prefix, proxy):
+    src, state = tmp_path / "src", tmp_path / "state.db"
+    files = make_tree(src, {f"d{i}/f{j}.txt": os.urandom(100) for i in range(3) for j in range(5)})
+    args = ["--source", src, *server_args(s3server, prefix, proxy.endpoint), "--state", state]
+    first = run_obsbatch(*args, env=s3server.env())
+    assert first.returncode == 0 and first.summary["uploaded"] == 15, first
+    puts = proxy.count("PUT", ".")
+
+    again = run_obsbatch(*args, env=s3server.env())
+    assert again.returncode == 0, again
+    assert proxy.count("PUT", ".") == puts  # no upload request at all
+    assert again.summary["skipped"] == {"unchanged": 15} and again.summary["uploaded"] == 0
+
+    # Three edits: an append, a new file, and a same-size rewrite with the mtime put back (only ctime moves).
+    with open(src / "d0/f0.txt", "ab") as f:
+        f.write(b"+")
+    (src / "d1/new.txt").write_bytes(b"new")
+    target = src / "d2/f4.txt"
+    before = os.stat(target)
+    target.write_bytes(os.urandom(100))
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    for p in (src / "d0/f0.txt", src / "d1/new.txt"):
+        old = time.time() - 3600
+        os.utime(p, (old, old))
+    third = run_obsbatch(*args, env=s3server.env())
+    assert third.returncode == 0, third
+    assert proxy.count("PUT", ".") == puts + 3
+    assert third.summary["uploaded"] == 3 and third.summary["skipped"] == {"unchanged": 13}
+    stored = objects(s3, s3server.bucket, prefix)
+    assert stored["d2/f4.txt"] == target.read_bytes() and stored["d0/f0.txt"] == files["d0/f0.txt"] + b"+"
+
+
+def _journal_rows(state):
+    db = sqlite3.connect(str(state))
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        return dict(db.execute("SELECT key, size FROM uploads").fetchall())
+    finally:
+        db.close()
+
+
+def test_kill_9_mid_run_then_rerun_loses_nothing(tmp_path, s3, s3server, prefix, proxy):
+    src, state = tmp_path / "src", tmp_path / "state.db"
+    files = make_tree(src, {f"f{i:02}.txt": os.urandom(50 + i) for i in range(30)})
+    proxy.add(Fault(method="PUT", path=r"\.txt", action="hold", delay=0.25, times=None))
+    args = ["--source", src, *server_args(s3server, prefix, proxy.endpoint), "--state", state, "--max-concurrent", 2]
+    proc = start_obsbatch(*args, env=s3server.env(), new_session=True)
+    deadline = time.monotonic() + 60
+    while proxy.count("PUT", ".") < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(2.5)  # past a journal commit (every 2 s)
+    os.killpg(proc.pid, signal.SIGKILL)  # the parent, its workers and its fork server, mid-upload
+    finish(proc)
+    rows = _journal_rows(state)
+    stored = objects(s3, s3server.bucket, prefix)
+    assert 0 < len(rows) < 30, rows  # some were committed before the kill, not all
+    for key, size in rows.items():  # every journaled file really is stored, with its size
+        assert len(stored[key[len(prefix):]]) == size
+
+    proxy.faults.clear()
+    again = run_obsbatch(*args, env=s3server.env())
+    assert again.returncode == 0, again
+    assert objects(s3, s3server.bucket, prefix) == files
+    assert len(_journal_rows(state)) == 30
+    assert again.summary["skipped"].get("unchanged", 0) == len(rows)
+
+
+def test_overlapping_run_exits_75_and_sigterm_flushes_the_journal(tmp_path, s3, s3server, prefix, proxy):
+    src, state = tmp_path / "src", tmp_path / "state.db"
+    make_tree(src, {f"f{i}.txt": b"x" for i in range(40)})
+    hold = proxy.add(Fault(method="PUT", path=r"\.txt", action="hold", delay=0.3, times=None))
+    args = ["--source", src, *server_args(s3server, prefix, proxy.endpoint), "--state", state, "--max-concurrent", 2]
+    first = start_obsbatch(*args, env=s3server.env())
+    assert hold.arrived.wait(60)
+    second = run_obsbatch(*args, env=s3server.env(), timeout=30)
+    assert second.returncode == 75, second
+    [fatal] = second.find("run.fatal")
+    assert "another obsbatch run is already backing up" in fatal["error"]
+
+    time.sleep(1)
+    first.send_signal(signal.SIGTERM)
+    result = finish(first)
+    assert result.returncode == 143, result
+    uploaded = result.summary["uploaded"]
+    assert 0 < uploaded < 40
+    assert len(_journal_rows(state)) == uploaded  # flushed on the way out, not lost with the batch
