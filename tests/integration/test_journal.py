@@ -95,3 +95,53 @@ def test_overlapping_run_exits_75_and_sigterm_flushes_the_journal(tmp_path, s3, 
     uploaded = result.summary["uploaded"]
     assert 0 < uploaded < 40
     assert len(_journal_rows(state)) == uploaded  # flushed on the way out, not lost with the batch
+
+
+
+def test_file_rewritten_in_place_during_slow_multipart_is_never_committed_torn(tmp_path, s3, s3server, prefix,
+                                                                              proxy):
+    import threading
+
+    src = tmp_path / "src"
+    size = 11 * 1024 * 1024  # three 5 MiB parts
+    path = src / "big.bin"
+    make_tree(src, {"big.bin": bytes([0]) * size})
+    args = ["--source", src, *server_args(s3server, prefix, proxy.endpoint), "--no-state", "--min-age", 0,
+            "--multipart-threshold", "5MiB", "--multipart-chunksize", "5MiB"]
+
+    def rewrite_while(running: threading.Event, started: threading.Event, counter: list):
+        """Open-write-close the whole file in place again and again, putting the mtime back each time."""
+        st = os.stat(path)
+        started.wait(60)
+        while running.is_set():
+            counter[0] += 1
+            with open(path, "r+b") as f:
+                f.write(bytes([counter[0] % 251]) * size)
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+            time.sleep(0.05)
+
+    for _ in range(3):
+        # Part 1 is held; the rewriting starts the moment it arrives, so parts 2 and 3 are read from newer
+        # versions than part 1: exactly the torn object that must never be committed.
+        hold = proxy.add(Fault(method="PUT", path=r"big\.bin\?.*partNumber=1\b", action="hold", delay=0.6))
+        running, counter = threading.Event(), [0]
+        running.set()
+        writer = threading.Thread(target=rewrite_while, args=(running, hold.arrived, counter))
+        writer.start()
+        try:
+            result = run_obsbatch(*args, env=s3server.env())
+        finally:
+            running.clear()
+            hold.arrived.set()
+            writer.join()
+        assert result.returncode == 0, result
+        assert counter[0] >= 3, "the file was not rewritten during the upload"
+        assert result.summary["uploaded"] == 0 and result.summary["deferred"] == {"changed": 1}, result.summary
+        assert objects(s3, s3server.bucket, prefix) == {}  # nothing torn was committed
+        assert s3.list_multipart_uploads(Bucket=s3server.bucket, Prefix=prefix).get("Uploads", []) == []
+
+    # Once the writer has stopped, one consistent version lands.
+    final = run_obsbatch(*args, env=s3server.env())
+    assert final.returncode == 0 and final.summary["uploaded"] == 1, final
+    body = objects(s3, s3server.bucket, prefix)["big.bin"]
+    assert body == path.read_bytes() and len(set(body)) == 1  # one byte pattern: one version
