@@ -40,7 +40,7 @@ exit codes:
   1    some upload failed, or part of the tree could not be read
   2    usage, configuration or fatal error (missing source, no bucket, bad credentials)
   75   another run holds the lock for the same state file and source (try again later)
-  130  stopped by SIGINT;  143  stopped by SIGTERM (uploads in flight were finished first)
+  129/130/143  stopped by SIGHUP/SIGINT/SIGTERM (uploads in flight finished first, within --stop-timeout)
 """
 
 

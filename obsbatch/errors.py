@@ -16,6 +16,8 @@ class ExitCode(enum.IntEnum):
     FATAL = 2
     #: Another run holds the lock for the same state file and source (EX_TEMPFAIL: try again later).
     ALREADY_RUNNING = 75
+    #: Stopped by SIGHUP (128 + 1), after draining the uploads in flight (the terminal went away).
+    HANGUP = 129
     #: Stopped by SIGINT (128 + 2), after draining the uploads in flight.
     INTERRUPTED = 130
     #: Stopped by SIGTERM (128 + 15), after draining the uploads in flight.

@@ -15,6 +15,7 @@ import queue
 import signal
 import stat as statmod
 import threading
+import time
 from typing import Dict, Iterable, Optional, Union
 
 import botocore.exceptions
@@ -35,7 +36,8 @@ from obsbatch.walk import walk
 
 log = structlog.get_logger()
 
-_SIGNAL_EXIT = {signal.SIGINT: ExitCode.INTERRUPTED, signal.SIGTERM: ExitCode.TERMINATED}
+_SIGNAL_EXIT = {signal.SIGINT: ExitCode.INTERRUPTED, signal.SIGTERM: ExitCode.TERMINATED,
+                signal.SIGHUP: ExitCode.HANGUP}
 
 # Error codes that prove the credentials themselves are wrong, whatever the key may do.
 _BAD_CREDENTIAL_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
@@ -97,7 +99,7 @@ def _run_locked(config: Config, source: bytes, notifier: Notifier, telemetry: Te
     if journal_ is not None:
         stages = journal_.filter(stages, functools.partial(object_key, config.prefix))
     stages = plan(gate.filter(stages), config.prefix)
-    stop = StopFlag()
+    stop = StopFlag(config.stop_timeout)
     notifier.ready(f"backing up {display(source)} to s3://{config.bucket}/{config.prefix}")
     with stop.installed(), Heartbeat(notifier, progress, summary.status_line) as heartbeat, \
             Display.for_terminal(summary) as screen:
@@ -251,7 +253,20 @@ def upload_all(items: Iterable[Union[WorkItem, Outcome]], config: Config, summar
         check_workers()
         stop.check()
 
+    announced = []
+
+    def announce_stop():
+        """Once, wherever the first signal is noticed: say so, and keep systemd's stop timeout moving."""
+        if stop.count and not announced:
+            announced.append(True)
+            heartbeat.draining = True
+            heartbeat.notifier.extend_timeout(heartbeat.DRAIN_EXTEND, f"stopping: finishing {len(outstanding)} uploads")
+            log.warning("run.stopping", signal=signal.Signals(stop.signum).name, in_flight=len(outstanding),
+                        stop_timeout=config.stop_timeout,
+                        detail="not starting new files; finishing the uploads in flight (signal again to abort them)")
+
     def idle_check_draining():
+        announce_stop()
         check_workers()
         stop.check_again()
 
@@ -267,11 +282,8 @@ def upload_all(items: Iterable[Union[WorkItem, Outcome]], config: Config, summar
                 outstanding[seq] = item
                 pool.apply_async(worker.upload_one, (item,), callback=functools.partial(_tagged, seq, results.put),
                                  error_callback=functools.partial(_crashed, seq, item, results.put))
-        except StopRequested as stopped:
-            heartbeat.draining = True
-            heartbeat.notifier.extend_timeout(heartbeat.DRAIN_EXTEND, f"stopping: finishing {len(outstanding)} uploads")
-            log.warning("run.stopping", signal=signal.Signals(stopped.signum).name, in_flight=len(outstanding),
-                        detail="not starting new files; finishing the uploads in flight (signal again to abort them)")
+        except StopRequested:
+            announce_stop()
         # Walk done or stopped: let what was handed out finish. Only a second signal cuts this short.
         while outstanding:
             _collect(results, outstanding, summary, idle_check_draining, progress, done)
@@ -373,12 +385,16 @@ class StopFlag:
     or hangs the drain, so the handler only notes the signal.
     """
 
-    def __init__(self):
+    def __init__(self, stop_timeout: float = float("inf")):
         self.signum = 0
         self.count = 0
+        self.stop_timeout = stop_timeout
+        self.drain_until = float("inf")  # the first signal starts the drain's clock (--stop-timeout)
 
     def _handler(self, signum, frame):
-        self.signum = self.signum or signum
+        if not self.count:
+            self.signum = signum
+            self.drain_until = time.monotonic() + self.stop_timeout
         self.count += 1
 
     def check(self) -> None:
@@ -387,8 +403,8 @@ class StopFlag:
             raise StopRequested(self.signum, _SIGNAL_EXIT[self.signum])
 
     def check_again(self) -> None:
-        """While draining after a first signal: raise on a second one."""
-        if self.count > 1:
+        """While draining after a first signal: raise on a second one, or once --stop-timeout has passed."""
+        if self.count > 1 or (self.count and time.monotonic() > self.drain_until):
             raise StopRequested(self.signum, _SIGNAL_EXIT[self.signum])
 
     @contextlib.contextmanager

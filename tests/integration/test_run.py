@@ -272,7 +272,8 @@ def test_fd_check_best_effort_warns_once_and_uploads(tmp_path, s3, s3server, pre
     assert len(objects(s3, s3server.bucket, prefix)) == 5
 
 
-@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)],
+                         ids=["SIGTERM", "SIGINT", "SIGHUP"])
 def test_signal_finishes_uploads_in_flight_and_exits_128_plus_signal(tmp_path, s3, s3server, prefix, proxy,
                                                                     signum, code):
     make_tree(tmp_path, {f"d{i}/f{j}.txt": b"x" * 100 for i in range(5) for j in range(20)})
@@ -303,15 +304,19 @@ def test_write_only_credentials_are_enough(tmp_path, s3, s3server, prefix):
     assert objects(s3, s3server.bucket, prefix) == files
 
 
-def test_second_signal_aborts_in_flight_multipart_and_leaves_nothing(tmp_path, s3, s3server, prefix, proxy):
+@pytest.mark.parametrize("how", ["second-signal", "stop-timeout"])
+def test_second_signal_or_stop_timeout_aborts_in_flight_multipart_and_leaves_nothing(tmp_path, s3, s3server, prefix,
+                                                                                    proxy, how):
     make_tree(tmp_path, {"big.bin": os.urandom(11 * 1024 * 1024)})
     hold = proxy.add(Fault(method="PUT", path=r"big\.bin\?.*partNumber=1\b", action="hold", delay=8.0))
     proc = start_obsbatch("--source", tmp_path, *server_args(s3server, prefix, proxy.endpoint),
-                          "--multipart-threshold", "5MiB", "--multipart-chunksize", "5MiB", env=s3server.env())
+                          "--multipart-threshold", "5MiB", "--multipart-chunksize", "5MiB",
+                          *(["--stop-timeout", "1"] if how == "stop-timeout" else []), env=s3server.env())
     assert hold.arrived.wait(60)
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
+    if how == "second-signal":
+        proc.send_signal(signal.SIGTERM)
     started = time.monotonic()
     result = finish(proc)
     assert result.returncode == 143, result
