@@ -162,6 +162,8 @@ class Config:
     fd_check: Literal["best-effort", "strict"] = field(default="best-effort", metadata=_opt(
         "strict: exit 2 if any process's open files cannot be inspected (default best-effort: warn once)"))
     log_format: Literal["auto", "json", "console"] = field(default="auto", metadata=_opt("auto: console on a TTY, else JSON lines (default)"))
+    verify_after_upload: bool = field(default=False, metadata=_opt(
+        "read each object back (HEAD) after uploading it and compare length, ETag and sha256 metadata"))
     stop_timeout: float = field(default=60.0, metadata=_opt(
         "after SIGTERM/SIGINT/SIGHUP, let uploads in flight finish for at most S seconds, then abort them (default 60)",
         metavar="S", type=non_negative_seconds))

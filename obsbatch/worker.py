@@ -12,6 +12,7 @@ import hashlib
 import math
 import os
 import random
+import re
 import signal
 import time
 
@@ -104,6 +105,8 @@ def upload_one(item: WorkItem) -> Outcome:
         fields = _upload(item)
     except FileChanged as exc:
         fields = dict(kind=Kind.DEFERRED, reason=Reason.CHANGED, message=str(exc))
+    except NotVerified as exc:
+        fields = dict(kind=Kind.FAILED, error_type="NotVerified", message=str(exc))
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         # Before OSError: botocore's ReadTimeoutError and ConnectTimeoutError are OSErrors too (through
         # requests' exception classes) and are not failures to read the file.
@@ -146,6 +149,33 @@ def _check_unchanged(item: WorkItem, f, what: str) -> None:
 def _md5_b64(data) -> tuple[str, str]:
     digest = hashlib.md5(data)
     return base64.b64encode(digest.digest()).decode("ascii"), digest.hexdigest()
+
+
+class NotVerified(Exception):
+    """What the server reports storing is not what was sent (internal to this module)."""
+
+
+_MD5_ETAG = re.compile(r"^[0-9a-f]{32}(-\d+)?$")
+
+
+def _check_etag(item: WorkItem, etag: str, expected: str) -> None:
+    """The stored object's ETag must be the one S3 computes for the bytes we sent.
+
+    Single part: the body's MD5. Multipart: the MD5 of the parts' binary MD5s, then '-' and the part count.
+    An ETag that is not of that form at all (SSE-KMS, SSE-C, some gateways) proves nothing either way; the
+    server has already checked Content-MD5 on every request, so it is accepted.
+    """
+    if _MD5_ETAG.match(etag) and etag != expected:
+        raise NotVerified(f"the server reports ETag {etag} for {item.key}, but the bytes sent have {expected}")
+
+
+def _verify_after_upload(item: WorkItem, etag: str, sha256: str) -> None:
+    """--verify-after-upload: read back what is stored under the key (HEAD) and compare."""
+    head = _client.head_object(Bucket=_config.bucket, Key=item.key)
+    stored = (head.get("ContentLength"), head.get("ETag", "").strip('"'), head.get("Metadata", {}).get("sha256"))
+    if stored != (item.size, etag, sha256):
+        raise NotVerified(f"read back {item.key}: length, ETag, sha256 = {stored}, expected "
+                          f"{(item.size, etag, sha256)}")
 
 
 def _backoff(attempt: int) -> float:
@@ -209,7 +239,11 @@ def _put_single(item: WorkItem, f) -> dict:
     # Content-MD5 makes the server verify the body and reject it (BadDigest) rather than store a torn copy.
     resp = _send(_client.put_object, Bucket=_config.bucket, Key=item.key, Body=data, ContentMD5=md5_b64,
                  Metadata={"sha256": sha256})
-    return dict(kind=Kind.UPLOADED, etag=resp.get("ETag", "").strip('"'), sha256=sha256)
+    etag = resp.get("ETag", "").strip('"')
+    _check_etag(item, etag, md5_hex)
+    if _config.verify_after_upload:
+        _verify_after_upload(item, etag, sha256)
+    return dict(kind=Kind.UPLOADED, etag=etag, sha256=sha256)
 
 
 def part_size(size: int, chunksize: int) -> int:
@@ -240,6 +274,7 @@ def _put_multipart(item: WorkItem, f) -> dict:
     try:
         f.seek(0)
         parts = []
+        part_digests = []
         total = 0
         while True:
             data = f.read(chunk)
@@ -248,7 +283,8 @@ def _put_multipart(item: WorkItem, f) -> dict:
             total += len(data)
             if total > item.size:
                 raise FileChanged(f"grew past {item.size} bytes while uploading; deferred to the next run")
-            md5_b64, _ = _md5_b64(data)
+            md5_b64, md5_hex = _md5_b64(data)
+            part_digests.append(bytes.fromhex(md5_hex))
             number = len(parts) + 1
             resp = _send(_client.upload_part, Bucket=_config.bucket, Key=item.key, UploadId=upload_id,
                          PartNumber=number, Body=data, ContentMD5=md5_b64)
@@ -262,7 +298,13 @@ def _put_multipart(item: WorkItem, f) -> dict:
     except BaseException:
         _abort(item, upload_id)
         raise
-    return dict(kind=Kind.UPLOADED, etag=resp.get("ETag", "").strip('"'), sha256=sha256, multipart=True)
+    etag = resp.get("ETag", "").strip('"')
+    # After Complete the object exists; a mismatch is reported FAILED (never journaled) and the next run
+    # uploads the file again over it.
+    _check_etag(item, etag, f"{hashlib.md5(b''.join(part_digests)).hexdigest()}-{len(part_digests)}")
+    if _config.verify_after_upload:
+        _verify_after_upload(item, etag, sha256)
+    return dict(kind=Kind.UPLOADED, etag=etag, sha256=sha256, multipart=True)
 
 
 def _abort(item: WorkItem, upload_id: str) -> None:

@@ -159,3 +159,40 @@ def test_server_that_hangs_past_http_timeout_is_an_s3_failure_not_a_read_error(t
     assert outcome.kind is Kind.FAILED, outcome
     assert outcome.error_type == "ReadTimeoutError" and "cannot read" not in outcome.message
     assert (outcome.attempts, outcome.retries) == (2, 1)  # --retries 1: botocore sent it twice
+
+
+@pytest.mark.parametrize("case", ["single-md5-mismatch", "multipart-etag-mismatch", "etag-not-an-md5",
+                                  "head-readback-mismatch", "head-readback-ok"])
+def test_what_the_server_reports_storing_is_checked(tmp_path, s3server, prefix, setup_worker, proxy, case):
+    big = case.startswith("multipart")
+    path = tmp_path / "f.bin"
+    path.write_bytes(os.urandom(11 * 1024 * 1024 if big else 1000))
+    extra = ("--verify-after-upload",) if case.startswith("head") else ()
+    setup_worker(prefix, proxy.endpoint, *extra)
+    fault = {
+        "single-md5-mismatch": Fault(method="PUT", path=r"f\.bin$", action="etag", code="0" * 32),
+        "multipart-etag-mismatch": Fault(method="POST", path=r"f\.bin\?uploadId=", action="etag", code="1" * 32 + "-3"),
+        "etag-not-an-md5": Fault(method="PUT", path=r"f\.bin$", action="etag", code="sse-kms-opaque-etag"),
+        "head-readback-mismatch": Fault(method="HEAD", path=r"f\.bin$", action="etag", code="2" * 32),
+        "head-readback-ok": None,
+    }[case]
+    if fault:
+        proxy.add(fault)
+    outcome = worker.upload_one(item_for(path, prefix))
+    if case in ("etag-not-an-md5", "head-readback-ok"):
+        assert outcome.kind is Kind.UPLOADED, outcome  # an opaque ETag proves nothing; Content-MD5 was checked
+    else:
+        assert outcome.kind is Kind.FAILED and outcome.error_type == "NotVerified", outcome
+    if case.startswith("head"):
+        assert proxy.count("HEAD", r"f\.bin$") == 1
+
+
+def test_multipart_etag_is_md5_of_part_md5s(tmp_path, s3, s3server, prefix, setup_worker):
+    setup_worker(prefix)
+    data = os.urandom(11 * 1024 * 1024)
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    outcome = worker.upload_one(item_for(path, prefix))
+    parts = [data[i:i + 5 * 1024 * 1024] for i in range(0, len(data), 5 * 1024 * 1024)]
+    expected = hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest() + "-3"
+    assert outcome.kind is Kind.UPLOADED and outcome.etag == expected

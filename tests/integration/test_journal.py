@@ -145,3 +145,16 @@ def test_file_rewritten_in_place_during_slow_multipart_is_never_committed_torn(t
     assert final.returncode == 0 and final.summary["uploaded"] == 1, final
     body = objects(s3, s3server.bucket, prefix)["big.bin"]
     assert body == path.read_bytes() and len(set(body)) == 1  # one byte pattern: one version
+
+
+def test_an_upload_the_server_misreports_is_not_journaled(tmp_path, s3server, prefix, proxy):
+    src, state = tmp_path / "src", tmp_path / "state.db"
+    make_tree(src, {"a.txt": b"a", "b.txt": b"b"})
+    proxy.add(Fault(method="PUT", path=r"a\.txt$", action="etag", code="0" * 32))
+    args = ["--source", src, *server_args(s3server, prefix, proxy.endpoint), "--state", state]
+    first = run_obsbatch(*args, env=s3server.env())
+    assert first.returncode == 1 and first.summary["failed_by_type"] == {"NotVerified": 1}, first
+    assert set(_journal_rows(state)) == {prefix + "b.txt"}
+    again = run_obsbatch(*args, env=s3server.env())
+    assert again.returncode == 0 and again.summary["uploaded"] == 1, again  # a.txt again, b.txt unchanged
+    assert proxy.count("PUT", r"a\.txt$") == 2

@@ -30,7 +30,8 @@ class Fault:
 
     method: HTTP method to match, or None for any. path: regex searched in path+query.
     action: "status" (answer `status` with S3 error `code`), "reset" (RST after reading the request),
-        "reset_mid_body" (RST after half the body), "hold" (set `arrived`, wait `delay` s, then forward).
+        "reset_mid_body" (RST after half the body), "hold" (set `arrived`, wait `delay` s, then forward),
+        "etag" (forward, then replace the response's ETag with `code`: a server that stored something else).
     times: how many matching requests to fault; None for all of them.
     """
 
@@ -145,6 +146,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self.owner.record(method, path, f"status {fault.status}")
                 self._error(fault.status, fault.code)
                 return
+            if fault.action == "etag":
+                self.owner.record(method, path, "etag")
+                self._forward(body, etag=fault.code)
+                return
             if fault.action == "hold":
                 self.owner.record(method, path, "held")  # one record per request, at its arrival
                 fault.arrived.set()
@@ -166,7 +171,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(payload)
 
-    def _forward(self, body: bytes) -> None:
+    def _forward(self, body: bytes, etag: Optional[str] = None) -> None:
         conn = http.client.HTTPConnection(*self.owner.upstream, timeout=120)
         try:
             conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
@@ -180,7 +185,11 @@ class _Handler(BaseHTTPRequestHandler):
             for name, value in resp.getheaders():
                 if name.lower() in _HOP_BY_HOP or (name.lower() == "content-length" and self.command != "HEAD"):
                     continue
+                if etag is not None and name.lower() == "etag":
+                    value = f'"{etag}"'
                 self.send_header(name, value)
+            if etag is not None:
+                data = re.sub(rb"<ETag>[^<]*</ETag>", f"<ETag>&quot;{etag}&quot;</ETag>".encode(), data)
             if self.command != "HEAD":
                 self.send_header("Content-Length", str(len(data)))
             self.end_headers()
