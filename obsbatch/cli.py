@@ -39,6 +39,7 @@ exit codes:
   0    every eligible file was uploaded (skipped and deferred files are not failures)
   1    some upload failed, or part of the tree could not be read
   2    usage, configuration or fatal error (missing source, no bucket, bad credentials)
+  3    all uploaded, but some file has been deferred for longer than --max-defer (stuck writer)
   75   another run holds the lock for the same state file and source (try again later)
   129/130/143  stopped by SIGHUP/SIGINT/SIGTERM (uploads in flight finished first, within --stop-timeout)
 """

@@ -77,6 +77,17 @@ def _seconds(text: str, minimum_exclusive: bool) -> float:
     return value
 
 
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> float:
+    """'24h' -> 86400.0; a plain number is seconds (s, m/min, h, d)."""
+    m = re.match(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", str(text).lower())
+    if not m or m.group(2) not in _DURATION_UNITS:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a duration (examples: 90s, 30m, 24h, 2d)")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
 def positive_seconds(text: str) -> float:
     return _seconds(text, minimum_exclusive=True)
 
@@ -167,6 +178,9 @@ class Config:
     stop_timeout: float = field(default=60.0, metadata=_opt(
         "after SIGTERM/SIGINT/SIGHUP, let uploads in flight finish for at most S seconds, then abort them (default 60)",
         metavar="S", type=non_negative_seconds))
+    max_defer: float = field(default=86400.0, metadata=_opt(
+        "a file deferred for longer than this (across runs, with a journal) is reported as stuck: warning "
+        "file.stuck and exit 3 (default 24h)", metavar="DURATION", type=duration))
     state: Optional[str] = field(default=None, metadata=_opt(
         "state journal (sqlite); default $STATE_DIRECTORY/obsbatch.db under systemd, else "
         "$XDG_STATE_HOME/obsbatch/obsbatch.db", metavar="PATH"))

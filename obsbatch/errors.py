@@ -14,6 +14,9 @@ class ExitCode(enum.IntEnum):
     PARTIAL = 1
     #: Usage, configuration or fatal pre-flight error: nothing was uploaded.
     FATAL = 2
+    #: Everything eligible was uploaded, but some file has been deferred for longer than --max-defer
+    #: (a stuck writer keeps it out of the backup). 1 wins over this when both apply.
+    STUCK = 3
     #: Another run holds the lock for the same state file and source (EX_TEMPFAIL: try again later).
     ALREADY_RUNNING = 75
     #: Stopped by SIGHUP (128 + 1), after draining the uploads in flight (the terminal went away).

@@ -41,6 +41,18 @@ CREATE TABLE IF NOT EXISTS uploads (
 ) WITHOUT ROWID
 """
 
+_DEFERRED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS deferred (
+    endpoint TEXT NOT NULL,
+    bucket TEXT NOT NULL,
+    key TEXT NOT NULL,
+    first_seen REAL NOT NULL,
+    count INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (endpoint, bucket, key)
+) WITHOUT ROWID
+"""
+
 #: Rows per transaction, and the longest a verified upload waits to be committed.
 BATCH_ROWS = 500
 BATCH_SECONDS = 2.0
@@ -69,7 +81,13 @@ class Journal:
         # the last commits, and then those files are uploaded again.
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute(_SCHEMA)
+        self.db.execute(_DEFERRED_SCHEMA)
         self._pending: list = []
+        self._cleared: list = []  # keys whose deferral ended (uploaded, unchanged, gone, excluded)
+        # Only the files deferred now are worth clearing; there are few of them, while a run may see
+        # millions of other outcomes, which must cost nothing here.
+        self._deferred_keys = {key for (key,) in self.db.execute(
+            "SELECT key FROM deferred WHERE endpoint=? AND bucket=?", (endpoint, bucket))}
         self._last_commit = time.monotonic()
         self.skipped = 0
 
@@ -94,15 +112,44 @@ class Journal:
             return
         self._pending.append((self.endpoint, self.bucket, item.key, item.size, item.mtime_ns, item.ctime_ns,
                               item.dev, item.ino, outcome.sha256, outcome.etag, outcome.ended))
-        if len(self._pending) >= BATCH_ROWS or time.monotonic() - self._last_commit >= BATCH_SECONDS:
+        self._maybe_commit()
+
+    def _maybe_commit(self) -> None:
+        if (len(self._pending) + len(self._cleared) >= BATCH_ROWS
+                or time.monotonic() - self._last_commit >= BATCH_SECONDS):
             self.commit()
 
+    def deferral(self, outcome: Outcome, now: float) -> tuple[float, int]:
+        """Note one more deferral of outcome.key; return (first seen, times deferred so far, this one included).
+
+        A deferral carries over runs until the file's next other outcome (see `ended`), so a writer that
+        keeps a file open day after day shows up, however many runs have passed (--max-defer).
+        """
+        row = self.db.execute("SELECT first_seen, count FROM deferred WHERE endpoint=? AND bucket=? AND key=?",
+                              (self.endpoint, self.bucket, outcome.key)).fetchone()
+        first_seen, count = (row[0], row[1] + 1) if row else (now, 1)
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute("INSERT OR REPLACE INTO deferred VALUES (?,?,?,?,?,?)",
+                            (self.endpoint, self.bucket, outcome.key, first_seen, count, outcome.reason.value))
+        self._deferred_keys.add(outcome.key)
+        return first_seen, count
+
+    def ended(self, key: str) -> None:
+        """The file at `key` had an outcome other than a deferral: it is no longer waiting."""
+        if key in self._deferred_keys:
+            self._deferred_keys.discard(key)
+            self._cleared.append((self.endpoint, self.bucket, key))
+            self._maybe_commit()
+
     def commit(self) -> None:
-        if self._pending:
+        if self._pending or self._cleared:
             with self.db:  # BEGIN ... COMMIT, or ROLLBACK on error
                 self.db.execute("BEGIN")
                 self.db.executemany("INSERT OR REPLACE INTO uploads VALUES (?,?,?,?,?,?,?,?,?,?,?)", self._pending)
+                self.db.executemany("DELETE FROM deferred WHERE endpoint=? AND bucket=? AND key=?", self._cleared)
             self._pending.clear()
+            self._cleared.clear()
         self._last_commit = time.monotonic()
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ the walk, the uploads already handed out are finished (a second signal cuts that
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import multiprocessing
 import os
@@ -96,9 +97,11 @@ def _run_locked(config: Config, source: bytes, notifier: Notifier, telemetry: Te
     # unchanged since its verified upload is backed up already, even if a process holds it open right now,
     # and must not be reported as deferred run after run.
     stages = select(walk(source, config.follow_symlinks), config.include, config.exclude)
+    key_of = functools.partial(object_key, config.prefix)
     if journal_ is not None:
-        stages = journal_.filter(stages, functools.partial(object_key, config.prefix))
-    stages = plan(gate.filter(stages), config.prefix)
+        stages = journal_.filter(stages, key_of)
+        summary.observers.append(functools.partial(_track_deferral, journal_, config, summary, telemetry))
+    stages = plan(gate.filter(stages, key_of), config.prefix)
     stop = StopFlag(config.stop_timeout)
     notifier.ready(f"backing up {display(source)} to s3://{config.bucket}/{config.prefix}")
     with stop.installed(), Heartbeat(notifier, progress, summary.status_line) as heartbeat, \
@@ -120,6 +123,28 @@ def _run_locked(config: Config, source: bytes, notifier: Notifier, telemetry: Te
     telemetry.end_run(summary)
     notifier.stopping(summary.status_line())
     return summary
+
+
+def _track_deferral(journal_: journal.Journal, config: Config, summary: Summary, telemetry: Telemetry,
+                    outcome: Outcome) -> None:
+    """Summary observer: carry deferrals over runs, and report a file deferred for longer than --max-defer.
+
+    A stuck writer must not keep a file out of the backup silently, however many runs pass.
+    """
+    if not outcome.key:
+        return
+    if outcome.kind is not Kind.DEFERRED:
+        journal_.ended(outcome.key)
+        return
+    now = time.time()
+    first_seen, count = journal_.deferral(outcome, now)
+    if now - first_seen > config.max_defer:
+        summary.stuck += 1
+        log.warning("file.stuck", path=outcome.path, key=outcome.key, reason=outcome.reason.value,
+                    deferred_since=datetime.datetime.fromtimestamp(first_seen, datetime.timezone.utc).isoformat(),
+                    times=count, max_defer_s=config.max_defer,
+                    detail="deferred for longer than --max-defer: this file is missing from the backup")
+        telemetry.stuck(outcome)
 
 
 def _ignore(item: WorkItem, outcome: Outcome) -> None:

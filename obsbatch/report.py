@@ -34,6 +34,8 @@ class Summary:
     bytes_planned: int = 0
     failed: int = 0
     errors: int = 0
+    #: Files deferred for longer than --max-defer (across runs; needs the journal).
+    stuck: int = 0
     attempts: int = 0
     retries: int = 0
     skipped: collections.Counter = field(default_factory=collections.Counter)
@@ -95,6 +97,8 @@ class Summary:
             return self.stopped_by
         if self.failed or self.errors or self.aborted:
             return ExitCode.PARTIAL
+        if self.stuck:
+            return ExitCode.STUCK
         return ExitCode.OK
 
     def as_dict(self) -> dict:
@@ -109,6 +113,7 @@ class Summary:
             "failed": self.failed,
             "failed_by_type": dict(self.failed_by_type),
             "errors": self.errors,
+            "stuck": self.stuck,
             "attempts": self.attempts,
             "retries": self.retries,
             "seconds": round((self.ended or time.time()) - self.started, 3),

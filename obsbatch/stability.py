@@ -13,6 +13,7 @@ that opened before and has not written yet, and closes without writing, is harml
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat as statmod
 import time
@@ -162,12 +163,16 @@ class Gate:
                            holders=describe_holders(pids), message="open for writing")
         return None
 
-    def filter(self, items: Iterable[Union[Candidate, Outcome]]) -> Iterator[Union[Candidate, Outcome]]:
-        """Pass Outcomes and stable Candidates; turn unstable Candidates into DEFERRED Outcomes."""
+    def filter(self, items: Iterable[Union[Candidate, Outcome]],
+               key_of=None) -> Iterator[Union[Candidate, Outcome]]:
+        """Pass Outcomes and stable Candidates; turn unstable Candidates into DEFERRED Outcomes.
+
+        key_of(rel) -> key, if given, names the destination in each deferral (the journal tracks them by it).
+        """
         for item in items:
             if isinstance(item, Candidate):
                 verdict = self.judge(item)
                 if verdict is not None:
-                    yield verdict
+                    yield dataclasses.replace(verdict, key=key_of(item.rel)) if key_of else verdict
                     continue
             yield item

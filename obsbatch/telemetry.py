@@ -145,6 +145,8 @@ class Telemetry:
             meter = provider.get_meter("obsbatch", __version__)
             self._files = meter.create_counter("obsbatch.files", unit="{file}", description="Files by outcome")
             self._bytes = meter.create_counter("obsbatch.bytes", unit="By", description="Bytes by outcome")
+            self._stuck = meter.create_counter("obsbatch.files.stuck", unit="{file}",
+                                               description="Files deferred for longer than --max-defer")
             self._duration = meter.create_histogram("obsbatch.upload.duration", unit="s",
                                                     description="Time to upload one file, retries included")
         else:
@@ -193,6 +195,11 @@ class Telemetry:
                 event["obsbatch.holder.pids"] = [pid for pid, _, _ in outcome.holders]
                 event["obsbatch.holder.names"] = [name for _, name, _ in outcome.holders]
             self._root.add_event(f"file.{kind.value}", event)
+
+    @_guarded
+    def stuck(self, outcome: Outcome) -> None:
+        if self._files is not None:
+            self._stuck.add(1, {"obsbatch.reason": outcome.reason.value})
 
     @_guarded
     def end_run(self, summary=None, error: Optional[BaseException] = None) -> None:

@@ -158,3 +158,26 @@ def test_an_upload_the_server_misreports_is_not_journaled(tmp_path, s3server, pr
     again = run_obsbatch(*args, env=s3server.env())
     assert again.returncode == 0 and again.summary["uploaded"] == 1, again  # a.txt again, b.txt unchanged
     assert proxy.count("PUT", r"a\.txt$") == 2
+
+
+def test_a_file_deferred_longer_than_max_defer_is_reported_stuck_until_it_is_backed_up(tmp_path, s3server,
+                                                                                        prefix):
+    src, state = tmp_path / "src", tmp_path / "state.db"
+    make_tree(src, {"ok.txt": b"ok"})
+    (src / "busy.log").write_bytes(b"always being written")  # young: deferred while --min-age is large
+    args = ["--source", src, *server_args(s3server, prefix), "--state", state, "--max-defer", "1s"]
+    first = run_obsbatch(*args, "--min-age", 3600, env=s3server.env())
+    assert first.returncode == 0 and first.summary["deferred"] == {"too_new": 1}, first
+    assert not first.find("file.stuck")  # deferred for the first time: not stuck yet
+    time.sleep(1.2)
+    second = run_obsbatch(*args, "--min-age", 3600, env=s3server.env())
+    assert second.returncode == 3, second
+    [stuck] = second.find("file.stuck")
+    assert stuck["path"].endswith("busy.log") and stuck["times"] == 2 and stuck["reason"] == "too_new"
+    assert second.summary["stuck"] == 1
+    # Once it is backed up, the deferral ends: no more stuck reports.
+    third = run_obsbatch(*args, "--min-age", 0, env=s3server.env())
+    assert third.returncode == 0 and third.summary["uploaded"] == 1, third
+    db = sqlite3.connect(str(state))
+    assert db.execute("SELECT count(*) FROM deferred").fetchone() == (0,)
+    db.close()
