@@ -29,6 +29,9 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 EPILOG = """\
+other command:
+  obsbatch verify-manifest FILE   check a --manifest file's hash chain (exit 0 intact, 1 tampered, 2 unreadable)
+
 environment:
   OBSBATCH_<FLAG>          any flag, e.g. OBSBATCH_MAX_CONCURRENT=6, OBSBATCH_DRY_RUN=1,
                            OBSBATCH_EXCLUDE='*.tmp,*.part' (repeatable flags: comma-separated)
@@ -117,7 +120,29 @@ def parse(argv: Optional[Sequence[str]], environ: Mapping[str, str]) -> Config:
     return config
 
 
+def verify_manifest(argv: Sequence[str]) -> NoReturn:
+    """`obsbatch verify-manifest FILE`: 0 if the chain holds, 1 if it was tampered with, 2 if unreadable."""
+    from obsbatch import manifest
+
+    if len(argv) != 1 or argv[0].startswith("-"):
+        print("usage: obsbatch verify-manifest FILE", file=sys.stderr)
+        sys.exit(ExitCode.FATAL)
+    try:
+        files, head = manifest.verify(argv[0])
+    except manifest.Broken as exc:
+        print(f"obsbatch: manifest {argv[0]} does not verify: {exc}", file=sys.stderr)
+        sys.exit(ExitCode.PARTIAL)
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"obsbatch: cannot read manifest {argv[0]}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+        sys.exit(ExitCode.FATAL)
+    print(json.dumps({"manifest": argv[0], "verified": True, "files": files, "chain_head": head}))
+    sys.exit(ExitCode.OK)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> NoReturn:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["verify-manifest"]:
+        verify_manifest(argv[1:])
     try:
         config = parse(argv, os.environ)
     except UsageError as exc:

@@ -185,6 +185,11 @@ class Config:
         "state journal (sqlite); default $STATE_DIRECTORY/obsbatch.db under systemd, else "
         "$XDG_STATE_HOME/obsbatch/obsbatch.db", metavar="PATH"))
     no_state: bool = field(default=False, metadata=_opt("keep no journal: compare nothing, upload every stable file"))
+    manifest: Optional[str] = field(default=None, metadata=_opt(
+        "write a hash-chained JSON Lines record of every file decision here (check: obsbatch verify-manifest PATH)",
+        metavar="PATH"))
+    upload_manifest: bool = field(default=False, metadata=_opt(
+        "also store the manifest at <prefix without '/'>.obsbatch/manifests/<run-id>.jsonl, beside the data"))
     otel_endpoint: Optional[str] = field(default=None, metadata=_opt(
         "OTLP/HTTP receiver base URL (traces to /v1/traces, metrics to /v1/metrics); default: the OTEL_EXPORTER_OTLP_* "
         "variables, else no telemetry", metavar="URL", type=http_url))
@@ -208,5 +213,9 @@ class Config:
             object.__setattr__(self, "prefix", prefix + "/")
         if self.multipart_chunksize < MIN_PART_SIZE or self.multipart_chunksize > MAX_PART_SIZE:
             raise UsageError("--multipart-chunksize must be between 5MiB and 5GiB (S3's part size limits)")
+        if self.upload_manifest and not self.manifest:
+            raise UsageError("--upload-manifest needs --manifest PATH")
+        if self.upload_manifest and not self.prefix:
+            raise UsageError("--upload-manifest needs a --prefix, so that manifests sit beside the data, never among it")
         if self.multipart_threshold > MAX_SINGLE_PUT:
             raise UsageError("--multipart-threshold must be at most 5GiB (S3's single PUT limit)")

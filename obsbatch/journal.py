@@ -102,7 +102,7 @@ class Journal:
         for item in items:
             if isinstance(item, Candidate) and self.unchanged(key_of(item.rel), item.stat):
                 yield Outcome(Kind.SKIPPED, display(item.path), key=key_of(item.rel), reason=Reason.UNCHANGED,
-                              size=item.stat.st_size)
+                              size=item.stat.st_size, mtime_ns=item.stat.st_mtime_ns)
                 continue
             yield item
 

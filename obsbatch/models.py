@@ -104,7 +104,8 @@ class Outcome:
     error_type: S3 error code ("AccessDenied", "SlowDown") or exception class name, FAILED/ERROR only.
     message: one human sentence for FAILED/ERROR/DEFERRED-changed; never holds credentials.
     holders: (pid, process name, user) of writers, for DEFERRED/open_for_write.
-    etag, sha256: what was stored, UPLOADED only.
+    etag, sha256: what was stored, UPLOADED only; version_id too where the bucket is versioned.
+    mtime_ns: the file's mtime as judged, where the file was statted (0 otherwise).
     multipart: whether the multipart API was used.
     started, ended: wall-clock epoch seconds of the worker's work (0.0 when no worker ran).
     """
@@ -121,6 +122,8 @@ class Outcome:
     holders: tuple[tuple[int, str, str], ...] = field(default=())
     etag: str = ""
     sha256: str = ""
+    version_id: str = ""
+    mtime_ns: int = 0
     multipart: bool = False
     started: float = 0.0
     ended: float = 0.0

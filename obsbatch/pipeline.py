@@ -7,9 +7,11 @@ the walk, the uploads already handed out are finished (a second signal cuts that
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime
 import functools
+import hashlib
 import multiprocessing
 import os
 import queue
@@ -22,11 +24,12 @@ from typing import Dict, Iterable, Optional, Union
 import botocore.exceptions
 import structlog
 
-from obsbatch import journal, s3, worker
+from obsbatch import __version__, journal, s3, worker
 from obsbatch.config import Config
 from obsbatch.errors import ConfigError, ExitCode, PreflightError, StopRequested
 from obsbatch.filters import select
 from obsbatch.models import Kind, Outcome, Reason, WorkItem, display
+from obsbatch.manifest import Manifest
 from obsbatch.plan import object_key, plan
 from obsbatch.progress import Display
 from obsbatch.report import Summary
@@ -102,6 +105,12 @@ def _run_locked(config: Config, source: bytes, notifier: Notifier, telemetry: Te
         stages = journal_.filter(stages, key_of)
         summary.observers.append(functools.partial(_track_deferral, journal_, config, summary, telemetry))
     stages = plan(gate.filter(stages, key_of), config.prefix)
+    manifest_ = None
+    if config.manifest:
+        manifest_ = Manifest(config.manifest, {"source": display(source), "bucket": config.bucket,
+                                               "prefix": config.prefix, "endpoint": config.endpoint or "aws",
+                                               "started": summary.started, "obsbatch": __version__})
+        summary.observers.append(manifest_.record)
     stop = StopFlag(config.stop_timeout)
     notifier.ready(f"backing up {display(source)} to s3://{config.bucket}/{config.prefix}")
     with stop.installed(), Heartbeat(notifier, progress, summary.status_line) as heartbeat, \
@@ -119,10 +128,36 @@ def _run_locked(config: Config, source: bytes, notifier: Notifier, telemetry: Te
             summary.finish(stopped.exit_code)
         else:
             summary.finish()
+    if manifest_ is not None:
+        _finish_manifest(manifest_, summary, config)
     summary.log_final()
     telemetry.end_run(summary)
     notifier.stopping(summary.status_line())
     return summary
+
+
+def manifest_key(prefix: str, run_id: str) -> str:
+    """Beside the data, never among it: every data key starts with `prefix`, this one with `prefix` less '/'."""
+    return f"{prefix.rstrip('/')}.obsbatch/manifests/{run_id}.jsonl"
+
+
+def _finish_manifest(manifest_: Manifest, summary: Summary, config: Config) -> None:
+    head = manifest_.close(summary.as_dict())
+    key = None
+    if config.upload_manifest and not config.dry_run:
+        key = manifest_key(config.prefix, manifest_.run_id)
+        with open(manifest_.path, "rb") as handle:
+            body = handle.read()
+        try:
+            s3.make_client(config, pool_connections=1).put_object(
+                Bucket=config.bucket, Key=key, Body=body, ContentType="application/jsonl",
+                ContentMD5=base64.b64encode(hashlib.md5(body).digest()).decode())
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            summary.failed += 1
+            summary.failed_by_type["ManifestUpload"] += 1
+            log.error("manifest.upload_failed", key=key, error_type=s3.error_code(exc), error=s3.error_message(exc))
+            key = None
+    log.info("manifest.written", path=manifest_.path, chain_head=head, run_id=manifest_.run_id, key=key)
 
 
 def _track_deferral(journal_: journal.Journal, config: Config, summary: Summary, telemetry: Telemetry,

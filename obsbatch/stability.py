@@ -173,6 +173,7 @@ class Gate:
             if isinstance(item, Candidate):
                 verdict = self.judge(item)
                 if verdict is not None:
-                    yield dataclasses.replace(verdict, key=key_of(item.rel)) if key_of else verdict
+                    named = dataclasses.replace(verdict, mtime_ns=item.stat.st_mtime_ns)
+                    yield dataclasses.replace(named, key=key_of(item.rel)) if key_of else named
                     continue
             yield item

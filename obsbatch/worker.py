@@ -119,6 +119,7 @@ def upload_one(item: WorkItem) -> Outcome:
     except Exception as exc:  # anything unforeseen: report, never raise
         fields = dict(kind=Kind.FAILED, error_type=s3.error_code(exc), message=s3.error_message(exc))
     fields.setdefault("size", item.size)
+    fields.setdefault("mtime_ns", item.mtime_ns)
     attempts = _sent - sent_before
     retries = attempts - (_calls - calls_before) + (_recalls - recalls_before)
     return Outcome(path=item.display, key=item.key, attempts=attempts, retries=max(retries, 0),
@@ -243,7 +244,7 @@ def _put_single(item: WorkItem, f) -> dict:
     _check_etag(item, etag, md5_hex)
     if _config.verify_after_upload:
         _verify_after_upload(item, etag, sha256)
-    return dict(kind=Kind.UPLOADED, etag=etag, sha256=sha256)
+    return dict(kind=Kind.UPLOADED, etag=etag, sha256=sha256, version_id=resp.get("VersionId", ""))
 
 
 def part_size(size: int, chunksize: int) -> int:
@@ -304,7 +305,7 @@ def _put_multipart(item: WorkItem, f) -> dict:
     _check_etag(item, etag, f"{hashlib.md5(b''.join(part_digests)).hexdigest()}-{len(part_digests)}")
     if _config.verify_after_upload:
         _verify_after_upload(item, etag, sha256)
-    return dict(kind=Kind.UPLOADED, etag=etag, sha256=sha256, multipart=True)
+    return dict(kind=Kind.UPLOADED, etag=etag, sha256=sha256, multipart=True, version_id=resp.get("VersionId", ""))
 
 
 def _abort(item: WorkItem, upload_id: str) -> None:

@@ -80,6 +80,9 @@ def test_prefix_gets_trailing_slash_like_aws_s3_sync(prefix, expected):
     (["--bucket", "bad bucket!"], "is not a valid bucket name"),
     (["--region", "ru moscow"], "is not a valid region name"),
     (["--frobnicate"], "unrecognized arguments: --frobnicate"),
+    (["--upload-manifest"], "--upload-manifest needs --manifest PATH"),
+    (["--upload-manifest", "--manifest", "m.jsonl"], "needs a --prefix"),
+    (["--max-defer", "soon"], "is not a duration"),
 ])
 def test_invalid_values_rejected_with_clear_message(args, message):
     base = {"--source": "/s", "--bucket": "b"}

@@ -1,0 +1,69 @@
+"""The hash-chained run manifest, and `obsbatch verify-manifest`."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, make_tree, run_obsbatch, server_args
+
+
+def verify(path):
+    return subprocess.run([sys.executable, "-m", "obsbatch", "verify-manifest", str(path)], capture_output=True,
+                          text=True, cwd=str(REPO))
+
+
+@pytest.fixture
+def manifest_run(tmp_path, s3, s3server, prefix):
+    src, manifest = tmp_path / "src", tmp_path / "run.jsonl"
+    make_tree(src, {"a.txt": b"alpha", "sub/b.bin": b"\x00" * 100})
+    (src / "young.txt").write_bytes(b"still being written")
+    result = run_obsbatch("--source", src, *server_args(s3server, prefix), "--manifest", manifest,
+                          "--upload-manifest", env=s3server.env())
+    assert result.returncode == 0, result
+    return result, manifest
+
+
+def test_manifest_records_every_decision_verifies_and_is_uploaded_beside_the_data(manifest_run, s3, s3server,
+                                                                                  prefix):
+    result, manifest = manifest_run
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert lines[0]["type"] == "header" and lines[-1]["type"] == "summary"
+    files = {line["path"].rsplit("/", 1)[-1]: line for line in lines if line["type"] == "file"}
+    assert files["a.txt"]["outcome"] == "uploaded" and files["a.txt"]["key"] == prefix + "a.txt"
+    assert files["a.txt"]["sha256"] == "8ed3f6ad685b959ead7022518e1af76cd816f8e8ec7ccdda1ed4018e8f2223f8"
+    assert files["a.txt"]["etag"] and files["a.txt"]["mtime"] and files["a.txt"]["size"] == 5
+    assert files["young.txt"]["outcome"] == "deferred" and files["young.txt"]["reason"] == "too_new"
+    assert lines[-1]["uploaded"] == 2 and lines[-1]["deferred"] == {"too_new": 1}
+
+    check = verify(manifest)
+    assert check.returncode == 0, check.stderr
+    report = json.loads(check.stdout)
+    assert report["files"] == 3 and report["chain_head"] == lines[-1]["chain"]
+
+    [written] = result.find("manifest.written")
+    key = f"{prefix.rstrip('/')}.obsbatch/manifests/{lines[0]['run_id']}.jsonl"
+    assert written["key"] == key and not key.startswith(prefix)  # beside the data, never among it
+    stored = s3.get_object(Bucket=s3server.bucket, Key=key)["Body"].read()
+    assert stored == manifest.read_bytes()
+
+
+@pytest.mark.parametrize("tamper", ["edit-a-field", "drop-a-line", "swap-lines", "cut-short"])
+def test_any_tampering_is_detected(manifest_run, tamper):
+    _, manifest = manifest_run
+    lines = manifest.read_text().splitlines(keepends=True)
+    if tamper == "edit-a-field":
+        record = json.loads(lines[1])
+        record["size"] += 1  # the chain value is left as it was
+        lines[1] = json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"
+    elif tamper == "drop-a-line":
+        del lines[2]
+    elif tamper == "swap-lines":
+        lines[1], lines[2] = lines[2], lines[1]
+    else:
+        lines = lines[:-1]
+    manifest.write_text("".join(lines))
+    check = verify(manifest)
+    assert check.returncode == 1, check
+    assert "does not verify" in check.stderr and "Traceback" not in check.stderr
