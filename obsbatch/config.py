@@ -185,6 +185,9 @@ class Config:
         "state journal (sqlite); default $STATE_DIRECTORY/obsbatch.db under systemd, else "
         "$XDG_STATE_HOME/obsbatch/obsbatch.db", metavar="PATH"))
     no_state: bool = field(default=False, metadata=_opt("keep no journal: compare nothing, upload every stable file"))
+    delete_source: bool = field(default=False, metadata=_opt(
+        "move mode: remove each local file once its upload is verified, if it is still exactly what was uploaded "
+        "and nobody holds it open for writing; skipped/deferred/failed files and directories stay"))
     manifest: Optional[str] = field(default=None, metadata=_opt(
         "write a hash-chained JSON Lines record of every file decision here (check: obsbatch verify-manifest PATH)",
         metavar="PATH"))

@@ -60,7 +60,7 @@ class Manifest:
             "version_id": outcome.version_id or None, "outcome": outcome.kind.value,
             "reason": outcome.reason.value if outcome.reason else None,
             "error_type": outcome.error_type or None,
-            "holder_pids": [pid for pid, _, _ in outcome.holders]})
+            "holder_pids": [pid for pid, _, _ in outcome.holders], "deleted": outcome.deleted})
 
     def close(self, summary: dict) -> str:
         """Write the summary line, flush it to disk, and return the chain head."""

@@ -106,6 +106,7 @@ class Outcome:
     holders: (pid, process name, user) of writers, for DEFERRED/open_for_write.
     etag, sha256: what was stored, UPLOADED only; version_id too where the bucket is versioned.
     mtime_ns: the file's mtime as judged, where the file was statted (0 otherwise).
+    deleted: move mode removed the local file after this verified upload.
     multipart: whether the multipart API was used.
     started, ended: wall-clock epoch seconds of the worker's work (0.0 when no worker ran).
     """
@@ -124,6 +125,7 @@ class Outcome:
     sha256: str = ""
     version_id: str = ""
     mtime_ns: int = 0
+    deleted: bool = False
     multipart: bool = False
     started: float = 0.0
     ended: float = 0.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import datetime
 import functools
 import hashlib
@@ -123,7 +124,7 @@ def _run_locked(config: Config, source: bytes, notifier: Notifier, telemetry: Te
                     summary.add(_planned(item) if isinstance(item, WorkItem) else item)
             else:
                 upload_all(stages, config, summary, stop, ctx, progress, heartbeat,
-                           journal_.record if journal_ is not None else _ignore)
+                           functools.partial(_after_upload, journal_, gate if config.delete_source else None))
         except StopRequested as stopped:
             summary.finish(stopped.exit_code)
         else:
@@ -182,8 +183,43 @@ def _track_deferral(journal_: journal.Journal, config: Config, summary: Summary,
         telemetry.stuck(outcome)
 
 
-def _ignore(item: WorkItem, outcome: Outcome) -> None:
-    pass
+def _after_upload(journal_: Optional[journal.Journal], move_gate: Optional[Gate], item: WorkItem,
+                  outcome: Outcome) -> Outcome:
+    """For every Outcome a worker returns: journal a verified upload; in move mode, remove the local file."""
+    if journal_ is not None:
+        journal_.record(item, outcome)
+    if move_gate is not None and outcome.kind is Kind.UPLOADED:
+        return _remove_uploaded(item, outcome, move_gate)
+    return outcome
+
+
+def _remove_uploaded(item: WorkItem, outcome: Outcome, gate: Gate) -> Outcome:
+    """--delete-source: unlink the file only if it is still exactly the bytes that were verified upstream.
+
+    The name must still lead to the same inode with the same size, mtime and ctime (lstat, so a name now
+    pointing elsewhere is left alone), and no process may hold it open for writing per the current fd
+    index. What remains is the window between this check and unlink(2): a writer that opens the file in it
+    and writes would write into an unlinked inode. obsbatch cannot close that window; --min-age narrows it
+    to files nobody has touched for a while.
+    """
+    try:
+        st = os.lstat(item.path)
+    except FileNotFoundError:
+        return outcome
+    now = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino)
+    if now != (item.size, item.mtime_ns, item.ctime_ns, item.dev, item.ino):
+        log.warning("file.kept", path=item.display, detail="changed after its upload; the next run uploads it")
+        return outcome
+    if gate.current_index().writers.get((st.st_dev, st.st_ino)):
+        log.warning("file.kept", path=item.display, detail="open for writing after its upload; not removed")
+        return outcome
+    try:
+        os.unlink(item.path)
+    except OSError as exc:
+        log.warning("file.kept", path=item.display, detail=f"cannot remove: {exc.strerror}")
+        return outcome
+    log.info("file.deleted", path=item.display, key=item.key)
+    return dataclasses.replace(outcome, deleted=True)
 
 
 def _counted(items, progress: Progress, walk_done):
@@ -293,8 +329,8 @@ def upload_all(items: Iterable[Union[WorkItem, Outcome]], config: Config, summar
     time against a bound keeps memory flat however big the tree. Outcomes come back through the pool's
     result thread into a queue that only this (main) thread reads, so Summary needs no lock. Each task is
     tagged with a sequence number, so the parent always knows which files are still out: none is lost
-    even when the pool is torn down. `done(item, outcome)` is called for every Outcome a worker returns
-    (the journal records the verified uploads).
+    even when the pool is torn down. `done(item, outcome) -> outcome` is called for every Outcome a worker
+    returns (the journal records verified uploads; move mode removes their files).
     """
     limit = 2 * config.max_concurrent
     results: queue.SimpleQueue = queue.SimpleQueue()
@@ -392,7 +428,7 @@ def _account_for_the_rest(results: queue.SimpleQueue, outstanding: Dict[int, Wor
             break
         item = outstanding.pop(seq, None)
         if item is not None:
-            done(item, outcome)
+            outcome = done(item, outcome)
         summary.add(outcome)
     for item in outstanding.values():
         summary.add(leftover(item))
@@ -432,7 +468,7 @@ def _collect(results: queue.SimpleQueue, outstanding: Dict[int, WorkItem], summa
     except queue.Empty:
         check()
         return
-    done(outstanding.pop(seq), outcome)
+    outcome = done(outstanding.pop(seq), outcome)
     progress.parent += 1
     summary.add(outcome)
 

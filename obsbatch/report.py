@@ -36,6 +36,8 @@ class Summary:
     errors: int = 0
     #: Files deferred for longer than --max-defer (across runs; needs the journal).
     stuck: int = 0
+    #: Local files removed after a verified upload (--delete-source).
+    deleted: int = 0
     attempts: int = 0
     retries: int = 0
     skipped: collections.Counter = field(default_factory=collections.Counter)
@@ -58,6 +60,7 @@ class Summary:
         kind = outcome.kind
         if kind is Kind.UPLOADED:
             self.uploaded += 1
+            self.deleted += outcome.deleted
             self.bytes_uploaded += outcome.size
             log.debug("upload.ok", path=outcome.path, key=outcome.key, bytes=outcome.size, attempts=outcome.attempts,
                       multipart=outcome.multipart, seconds=round(outcome.ended - outcome.started, 3))
@@ -114,6 +117,7 @@ class Summary:
             "failed_by_type": dict(self.failed_by_type),
             "errors": self.errors,
             "stuck": self.stuck,
+            "deleted": self.deleted,
             "attempts": self.attempts,
             "retries": self.retries,
             "seconds": round((self.ended or time.time()) - self.started, 3),

@@ -181,3 +181,55 @@ def test_a_file_deferred_longer_than_max_defer_is_reported_stuck_until_it_is_bac
     db = sqlite3.connect(str(state))
     assert db.execute("SELECT count(*) FROM deferred").fetchone() == (0,)
     db.close()
+
+
+def test_move_mode_removes_exactly_the_verified_files(tmp_path, s3, s3server, prefix, proxy):
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    files = make_tree(src, {"a.txt": b"a", "sub/b.txt": b"b", "held.log": b"log", "denied.txt": b"no"})
+    (src / "young.txt").write_bytes(b"new")
+    proxy.add(Fault(method="PUT", path=r"denied\.txt", action="status", status=403, code="AccessDenied", times=None))
+    holder = subprocess.Popen([sys.executable, "-c", "import os,sys,time; fd=os.open(sys.argv[1], os.O_WRONLY); "
+                               "print('ready', flush=True); time.sleep(60)", str(src / "held.log")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        result = run_obsbatch("--source", src, *server_args(s3server, prefix, proxy.endpoint), "--delete-source",
+                              env=s3server.env())
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 1, result  # denied.txt failed
+    remaining = sorted(str(p.relative_to(src)) for p in src.rglob("*"))
+    # Uploaded and verified: gone. Held open, too new, failed: kept. Directories: kept.
+    assert remaining == ["denied.txt", "held.log", "sub", "young.txt"]
+    assert objects(s3, s3server.bucket, prefix) == {"a.txt": files["a.txt"], "sub/b.txt": files["sub/b.txt"]}
+    assert result.summary["deleted"] == 2
+    assert sorted(e["path"].rsplit("/", 1)[-1] for e in result.find("file.deleted")) == ["a.txt", "b.txt"]
+
+
+def test_move_mode_keeps_a_file_that_changed_after_its_upload(tmp_path, s3server, prefix, proxy):
+    import threading
+
+    src = tmp_path / "src"
+    make_tree(src, {"a.txt": b"first"})
+    # The worker has read and sent the body when the proxy holds the request; the file changes during the
+    # hold, after the worker's last re-stat, so the upload itself succeeds with the first version.
+    hold = proxy.add(Fault(method="PUT", path=r"a\.txt", action="hold", delay=1.0))
+
+    def change():
+        hold.arrived.wait(30)
+        with open(src / "a.txt", "ab") as f:
+            f.write(b" and more")
+
+    changer = threading.Thread(target=change)
+    changer.start()
+    result = run_obsbatch("--source", src, *server_args(s3server, prefix, proxy.endpoint), "--delete-source",
+                          env=s3server.env())
+    changer.join()
+    assert result.returncode == 0, result
+    assert result.summary["uploaded"] == 1 and result.summary["deleted"] == 0
+    assert (src / "a.txt").read_bytes() == b"first and more"  # kept: it is not what was uploaded
+    assert result.find("file.kept")
