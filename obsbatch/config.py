@@ -175,6 +175,9 @@ class Config:
     log_format: Literal["auto", "json", "console"] = field(default="auto", metadata=_opt("auto: console on a TTY, else JSON lines (default)"))
     verify_after_upload: bool = field(default=False, metadata=_opt(
         "read each object back (HEAD) after uploading it and compare length, ETag and sha256 metadata"))
+    verify_remote: bool = field(default=False, metadata=_opt(
+        "list the destination once and reconcile it with the journal: re-upload what is missing or differs, "
+        "record identical objects without uploading them (recovers a lost journal cheaply)"))
     stop_timeout: float = field(default=60.0, metadata=_opt(
         "after SIGTERM/SIGINT/SIGHUP, let uploads in flight finish for at most S seconds, then abort them (default 60)",
         metavar="S", type=non_negative_seconds))
@@ -216,6 +219,8 @@ class Config:
             object.__setattr__(self, "prefix", prefix + "/")
         if self.multipart_chunksize < MIN_PART_SIZE or self.multipart_chunksize > MAX_PART_SIZE:
             raise UsageError("--multipart-chunksize must be between 5MiB and 5GiB (S3's part size limits)")
+        if self.verify_remote and self.no_state:
+            raise UsageError("--verify-remote reconciles the destination with the journal; it cannot go with --no-state")
         if self.upload_manifest and not self.manifest:
             raise UsageError("--upload-manifest needs --manifest PATH")
         if self.upload_manifest and not self.prefix:

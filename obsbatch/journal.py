@@ -13,6 +13,7 @@ and makes each commit atomic.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 import time
@@ -91,24 +92,65 @@ class Journal:
         self._last_commit = time.monotonic()
         self.skipped = 0
 
-    def unchanged(self, key: str, st: os.stat_result) -> bool:
-        row = self.db.execute(
-            "SELECT size, mtime_ns, ctime_ns, dev, ino FROM uploads WHERE endpoint=? AND bucket=? AND key=?",
+    def _journaled(self, key: str):
+        return self.db.execute(
+            "SELECT size, mtime_ns, ctime_ns, dev, ino, etag FROM uploads WHERE endpoint=? AND bucket=? AND key=?",
             (self.endpoint, self.bucket, key)).fetchone()
-        return row == (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino)
+
+    def unchanged(self, key: str, st: os.stat_result) -> bool:
+        row = self._journaled(key)
+        return row is not None and row[:5] == (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino)
+
+    def load_remote(self, pages) -> int:
+        """--verify-remote: stream a ListObjectsV2 listing (pages of Contents) into a table, not into memory."""
+        self.remote = True
+        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS remote (key TEXT PRIMARY KEY, size INTEGER, etag TEXT)")
+        self.db.execute("DELETE FROM remote")
+        count = 0
+        for page in pages:
+            rows = [(o["Key"], o["Size"], o.get("ETag", "").strip('"')) for o in page.get("Contents", [])]
+            with self.db:
+                self.db.execute("BEGIN")
+                self.db.executemany("INSERT OR REPLACE INTO remote VALUES (?,?,?)", rows)
+            count += len(rows)
+        return count
+
+    remote = False
 
     def filter(self, items: Iterable[Union[Candidate, Outcome]], key_of) -> Iterator[Union[Candidate, Outcome]]:
-        """Turn Candidates whose fingerprint matches their last verified upload into SKIPPED/unchanged."""
+        """Turn Candidates whose fingerprint matches their last verified upload into SKIPPED/unchanged.
+
+        With a remote listing loaded (--verify-remote), "unchanged" also needs the object to be there with the
+        journaled size and ETag, or the file is uploaded again; and a file the journal does not know whose
+        key holds a same-size object is sent to a worker with that ETag, to be compared rather than uploaded.
+        """
         for item in items:
-            if isinstance(item, Candidate) and self.unchanged(key_of(item.rel), item.stat):
-                yield Outcome(Kind.SKIPPED, display(item.path), key=key_of(item.rel), reason=Reason.UNCHANGED,
-                              size=item.stat.st_size, mtime_ns=item.stat.st_mtime_ns)
+            if not isinstance(item, Candidate):
+                yield item
+                continue
+            key, st = key_of(item.rel), item.stat
+            row = self._journaled(key)
+            fingerprint_matches = row is not None and row[:5] == (
+                st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino)
+            if self.remote:
+                remote = self.db.execute("SELECT size, etag FROM remote WHERE key=?", (key,)).fetchone()
+                if fingerprint_matches and remote != (st.st_size, row[5]):
+                    log.warning("journal.remote_mismatch", key=key, detail="journaled, but the stored object is "
+                                "missing or differs; uploading again")
+                    yield item
+                    continue
+                if not fingerprint_matches and remote is not None and remote[0] == st.st_size:
+                    yield dataclasses.replace(item, remote_etag=remote[1])
+                    continue
+            if fingerprint_matches:
+                yield Outcome(Kind.SKIPPED, display(item.path), key=key, reason=Reason.UNCHANGED,
+                              size=st.st_size, mtime_ns=st.st_mtime_ns)
                 continue
             yield item
 
     def record(self, item: WorkItem, outcome: Outcome) -> None:
-        """Note a verified upload; committed in batches (see the module docstring)."""
-        if outcome.kind is not Kind.UPLOADED:
+        """Note a verified upload (or an object proven identical); committed in batches (module docstring)."""
+        if not (outcome.kind is Kind.UPLOADED or outcome.reason is Reason.ALREADY_STORED):
             return
         self._pending.append((self.endpoint, self.bucket, item.key, item.size, item.mtime_ns, item.ctime_ns,
                               item.dev, item.ino, outcome.sha256, outcome.etag, outcome.ended))

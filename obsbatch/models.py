@@ -45,6 +45,7 @@ class Reason(str, enum.Enum):
 
     EXCLUDED = "excluded"
     UNCHANGED = "unchanged"
+    ALREADY_STORED = "already_stored"
     NOT_REGULAR = "not_regular"
     SYMLINK = "symlink"
     SYMLINK_LOOP = "symlink_loop"
@@ -64,11 +65,14 @@ class Candidate:
     path: absolute path as bytes, exactly as the kernel returned it (names need not be UTF-8).
     rel: path relative to the source root, bytes, `/`-separated.
     stat: the `DirEntry.stat()` result (followed if `--follow-symlinks`).
+    remote_etag: with --verify-remote, the ETag of a same-size object already under the key, which the
+        worker compares with the file before uploading ("" when there is none to compare).
     """
 
     path: bytes
     rel: bytes
     stat: os.stat_result
+    remote_etag: str = ""
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,8 @@ class WorkItem:
     key: destination object key (prefix applied, percent-escaped where not UTF-8).
     size, mtime_ns, ctime_ns, dev, ino: the stat the gate judged; the worker refuses to upload
         if the file it reads no longer matches (Outcome DEFERRED/changed).
+    remote_etag: see Candidate.remote_etag; when the stored object proves identical, nothing is uploaded
+        (Outcome SKIPPED/already_stored).
     """
 
     path: bytes
@@ -90,6 +96,7 @@ class WorkItem:
     ctime_ns: int
     dev: int
     ino: int
+    remote_etag: str = ""
 
 
 @dataclass(frozen=True)

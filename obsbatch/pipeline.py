@@ -103,6 +103,9 @@ def _run_locked(config: Config, source: bytes, notifier: Notifier, telemetry: Te
     stages = select(walk(source, config.follow_symlinks), config.include, config.exclude)
     key_of = functools.partial(object_key, config.prefix)
     if journal_ is not None:
+        if config.verify_remote and not config.dry_run:
+            listed = journal_.load_remote(_listing(config))
+            log.info("journal.remote_listed", objects=listed, prefix=config.prefix)
         stages = journal_.filter(stages, key_of)
         summary.observers.append(functools.partial(_track_deferral, journal_, config, summary, telemetry))
     stages = plan(gate.filter(stages, key_of), config.prefix)
@@ -135,6 +138,16 @@ def _run_locked(config: Config, source: bytes, notifier: Notifier, telemetry: Te
     telemetry.end_run(summary)
     notifier.stopping(summary.status_line())
     return summary
+
+
+def _listing(config: Config):
+    """ListObjectsV2 pages under the prefix, one at a time (the paginator fetches lazily)."""
+    client = s3.make_client(config, pool_connections=1)
+    try:
+        yield from client.get_paginator("list_objects_v2").paginate(Bucket=config.bucket, Prefix=config.prefix)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise PreflightError(f"--verify-remote cannot list s3://{config.bucket}/{config.prefix}: "
+                             f"{s3.error_message(exc)}") from None
 
 
 def manifest_key(prefix: str, run_id: str) -> str:

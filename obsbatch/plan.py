@@ -33,7 +33,8 @@ def object_key(prefix: str, rel: bytes) -> str:
 def work_item(cand: Candidate, prefix: str) -> WorkItem:
     st = cand.stat
     return WorkItem(path=cand.path, display=display(cand.path), key=object_key(prefix, cand.rel),
-                    size=st.st_size, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns, dev=st.st_dev, ino=st.st_ino)
+                    size=st.st_size, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns, dev=st.st_dev, ino=st.st_ino,
+                    remote_etag=cand.remote_etag)
 
 
 def plan(items: Iterable[Union[Candidate, Outcome]], prefix: str) -> Iterator[Union[WorkItem, Outcome]]:

@@ -222,9 +222,36 @@ def _open(item: WorkItem):
     return os.fdopen(fd, "rb")
 
 
+def _already_stored(item: WorkItem, f) -> dict | None:
+    """--verify-remote: is the same-size object under the key this file's content? Then nothing to upload.
+
+    A single-part object's ETag is its MD5. A multipart ETag cannot be recomputed without the original part
+    size, so the object's sha256 metadata (one HEAD) is compared instead; without it, the file is uploaded.
+    """
+    md5, sha = hashlib.md5(), hashlib.sha256()
+    for block in iter(lambda: f.read(READ_BLOCK), b""):
+        md5.update(block)
+        sha.update(block)
+    _check_unchanged(item, f, "while comparing")
+    f.seek(0)
+    if "-" in item.remote_etag:
+        head = _client.head_object(Bucket=_config.bucket, Key=item.key)
+        same = head.get("Metadata", {}).get("sha256") == sha.hexdigest() and head.get("ContentLength") == item.size
+    else:
+        same = item.remote_etag == md5.hexdigest()
+    if not same:
+        return None
+    return dict(kind=Kind.SKIPPED, reason=Reason.ALREADY_STORED, etag=item.remote_etag, sha256=sha.hexdigest(),
+                message="the object under this key already holds this content")
+
+
 def _upload(item: WorkItem) -> dict:
     with _open(item) as f:
         _check_unchanged(item, f, "before reading")
+        if item.remote_etag:
+            found = _already_stored(item, f)
+            if found is not None:
+                return found
         if item.size >= _config.multipart_threshold:
             return _put_multipart(item, f)
         return _put_single(item, f)

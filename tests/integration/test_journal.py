@@ -233,3 +233,31 @@ def test_move_mode_keeps_a_file_that_changed_after_its_upload(tmp_path, s3server
     assert result.summary["uploaded"] == 1 and result.summary["deleted"] == 0
     assert (src / "a.txt").read_bytes() == b"first and more"  # kept: it is not what was uploaded
     assert result.find("file.kept")
+
+
+def test_verify_remote_recovers_a_lost_journal_without_uploading_identical_files(tmp_path, s3, s3server, prefix,
+                                                                                 proxy):
+    src, state = tmp_path / "src", tmp_path / "state.db"
+    files = make_tree(src, {"a.txt": b"alpha", "sub/b.txt": b"beta", "big.bin": os.urandom(11 * 1024 * 1024),
+                            "edited.txt": b"old"})
+    args = ["--source", src, *server_args(s3server, prefix, proxy.endpoint), "--state", state,
+            "--multipart-threshold", "5MiB", "--multipart-chunksize", "5MiB"]
+    assert run_obsbatch(*args, env=s3server.env()).returncode == 0
+    os.remove(state)  # the journal is lost
+    (src / "edited.txt").write_bytes(b"new")  # same size, different content: must be uploaded
+    old = time.time() - 3600
+    os.utime(src / "edited.txt", (old, old))
+    puts = proxy.count("PUT", ".") + proxy.count("POST", ".")
+    result = run_obsbatch(*args, "--verify-remote", env=s3server.env())
+    assert result.returncode == 0, result
+    assert result.summary["skipped"] == {"already_stored": 3}  # the multipart object too
+    assert result.summary["uploaded"] == 1
+    assert proxy.count("PUT", ".") + proxy.count("POST", ".") == puts + 1  # only edited.txt went up
+    assert objects(s3, s3server.bucket, prefix)["edited.txt"] == b"new"
+    assert len(_journal_rows(state)) == 4  # recorded: the next plain run sends nothing
+
+    # A journaled object that disappeared from the bucket is uploaded again.
+    s3.delete_object(Bucket=s3server.bucket, Key=prefix + "a.txt")
+    again = run_obsbatch(*args, "--verify-remote", env=s3server.env())
+    assert again.returncode == 0 and again.summary["uploaded"] == 1, again
+    assert objects(s3, s3server.bucket, prefix)["a.txt"] == files["a.txt"]

@@ -83,6 +83,7 @@ def test_prefix_gets_trailing_slash_like_aws_s3_sync(prefix, expected):
     (["--upload-manifest"], "--upload-manifest needs --manifest PATH"),
     (["--upload-manifest", "--manifest", "m.jsonl"], "needs a --prefix"),
     (["--max-defer", "soon"], "is not a duration"),
+    (["--verify-remote", "--no-state"], "cannot go with --no-state"),
 ])
 def test_invalid_values_rejected_with_clear_message(args, message):
     base = {"--source": "/s", "--bucket": "b"}
