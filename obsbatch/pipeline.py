@@ -251,7 +251,7 @@ def _start_budget(config: Config) -> float:
 
 
 def _context():
-    # forkserver, not fork: the parent runs threads (the pool's own, the heartbeat, later OTEL), and forking
+    # forkserver, not fork: the parent runs threads (the pool's own, the heartbeat, the OTEL exporters), and forking
     # a threaded process can deadlock on a lock some thread held. Preloading the worker module pays for
     # boto3's import once, in the fork server, instead of once per worker.
     ctx = multiprocessing.get_context("forkserver")

@@ -1,7 +1,8 @@
 """Stage 6: fold Outcomes into one Summary (aws-cli's ResultRecorder), log each decision, pick the exit code.
 
-The Summary is the single source for the final `run.summary` log event, `--summary json`, and (issue #3)
-the OpenTelemetry attributes and systemd STATUS=.
+The Summary is the single source for the final `run.summary` log event, `--summary json`, the OpenTelemetry
+root-span attributes and systemd's STATUS=; its observers (telemetry, journal deferrals, manifest, progress)
+see every Outcome it counts.
 """
 
 from __future__ import annotations
