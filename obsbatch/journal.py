@@ -21,7 +21,7 @@ from typing import Iterable, Iterator, Optional, Union
 
 import structlog
 
-from obsbatch.models import Candidate, Kind, Outcome, Reason, WorkItem, display
+from obsbatch.models import Candidate, Kind, Outcome, Reason, WorkItem, display, fingerprint
 
 log = structlog.get_logger()
 
@@ -99,7 +99,7 @@ class Journal:
 
     def unchanged(self, key: str, st: os.stat_result) -> bool:
         row = self._journaled(key)
-        return row is not None and row[:5] == (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino)
+        return row is not None and row[:5] == fingerprint(st)
 
     def load_remote(self, pages) -> int:
         """--verify-remote: stream a ListObjectsV2 listing (pages of Contents) into a table, not into memory."""
@@ -130,8 +130,7 @@ class Journal:
                 continue
             key, st = key_of(item.rel), item.stat
             row = self._journaled(key)
-            fingerprint_matches = row is not None and row[:5] == (
-                st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino)
+            fingerprint_matches = row is not None and row[:5] == fingerprint(st)
             if self.remote:
                 remote = self.db.execute("SELECT size, etag FROM remote WHERE key=?", (key,)).fetchone()
                 if fingerprint_matches and remote != (st.st_size, row[5]):
@@ -152,8 +151,8 @@ class Journal:
         """Note a verified upload (or an object proven identical); committed in batches (module docstring)."""
         if not (outcome.kind is Kind.UPLOADED or outcome.reason is Reason.ALREADY_STORED):
             return
-        self._pending.append((self.endpoint, self.bucket, item.key, item.size, item.mtime_ns, item.ctime_ns,
-                              item.dev, item.ino, outcome.sha256, outcome.etag, outcome.ended))
+        self._pending.append((self.endpoint, self.bucket, item.key, *item.fingerprint, outcome.sha256, outcome.etag,
+                              outcome.ended))
         self._maybe_commit()
 
     def _maybe_commit(self) -> None:

@@ -21,6 +21,14 @@ def display(path: bytes) -> str:
     return path.decode("utf-8", "backslashreplace")
 
 
+def fingerprint(st: os.stat_result) -> tuple:
+    """(size, mtime_ns, ctime_ns, dev, ino): what must not change for a file to be the one uploaded.
+
+    ctime is in it because it moves on every content change, even when size and mtime are put back.
+    """
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino)
+
+
 class Kind(str, enum.Enum):
     """What finally happened to one path. Exactly one Outcome per path the walk met."""
 
@@ -97,6 +105,11 @@ class WorkItem:
     dev: int
     ino: int
     remote_etag: str = ""
+
+    @property
+    def fingerprint(self) -> tuple:
+        """The judged stat as `models.fingerprint` orders it."""
+        return (self.size, self.mtime_ns, self.ctime_ns, self.dev, self.ino)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from obsbatch import __version__, journal, s3, worker
 from obsbatch.config import Config
 from obsbatch.errors import ConfigError, ExitCode, PreflightError, StopRequested
 from obsbatch.filters import select
-from obsbatch.models import Kind, Outcome, Reason, WorkItem, display
+from obsbatch.models import Kind, Outcome, Reason, WorkItem, display, fingerprint
 from obsbatch.manifest import Manifest
 from obsbatch.plan import object_key, plan
 from obsbatch.progress import Display
@@ -219,8 +219,7 @@ def _remove_uploaded(item: WorkItem, outcome: Outcome, gate: Gate) -> Outcome:
         st = os.lstat(item.path)
     except FileNotFoundError:
         return outcome
-    now = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino)
-    if now != (item.size, item.mtime_ns, item.ctime_ns, item.dev, item.ino):
+    if fingerprint(st) != item.fingerprint:
         log.warning("file.kept", path=item.display, detail="changed after its upload; the next run uploads it")
         return outcome
     if gate.current_index().writers.get((st.st_dev, st.st_ino)):
