@@ -85,6 +85,7 @@ class Journal:
         self.db.execute(_DEFERRED_SCHEMA)
         self._pending: list = []
         self._cleared: list = []  # keys whose deferral ended (uploaded, unchanged, gone, excluded)
+        self._deferrals: list = []  # deferral rows to upsert
         # Only the files deferred now are worth clearing; there are few of them, while a run may see
         # millions of other outcomes, which must cost nothing here.
         self._deferred_keys = {key for (key,) in self.db.execute(
@@ -156,7 +157,7 @@ class Journal:
         self._maybe_commit()
 
     def _maybe_commit(self) -> None:
-        if (len(self._pending) + len(self._cleared) >= BATCH_ROWS
+        if (len(self._pending) + len(self._cleared) + len(self._deferrals) >= BATCH_ROWS
                 or time.monotonic() - self._last_commit >= BATCH_SECONDS):
             self.commit()
 
@@ -169,11 +170,10 @@ class Journal:
         row = self.db.execute("SELECT first_seen, count FROM deferred WHERE endpoint=? AND bucket=? AND key=?",
                               (self.endpoint, self.bucket, outcome.key)).fetchone()
         first_seen, count = (row[0], row[1] + 1) if row else (now, 1)
-        with self.db:
-            self.db.execute("BEGIN")
-            self.db.execute("INSERT OR REPLACE INTO deferred VALUES (?,?,?,?,?,?)",
-                            (self.endpoint, self.bucket, outcome.key, first_seen, count, outcome.reason.value))
+        # Read from what is committed: a path has one outcome per run, so this run cannot have queued it yet.
+        self._deferrals.append((self.endpoint, self.bucket, outcome.key, first_seen, count, outcome.reason.value))
         self._deferred_keys.add(outcome.key)
+        self._maybe_commit()
         return first_seen, count
 
     def ended(self, key: str) -> None:
@@ -184,13 +184,15 @@ class Journal:
             self._maybe_commit()
 
     def commit(self) -> None:
-        if self._pending or self._cleared:
+        if self._pending or self._cleared or self._deferrals:
             with self.db:  # BEGIN ... COMMIT, or ROLLBACK on error
                 self.db.execute("BEGIN")
                 self.db.executemany("INSERT OR REPLACE INTO uploads VALUES (?,?,?,?,?,?,?,?,?,?,?)", self._pending)
                 self.db.executemany("DELETE FROM deferred WHERE endpoint=? AND bucket=? AND key=?", self._cleared)
+                self.db.executemany("INSERT OR REPLACE INTO deferred VALUES (?,?,?,?,?,?)", self._deferrals)
             self._pending.clear()
             self._cleared.clear()
+            self._deferrals.clear()
         self._last_commit = time.monotonic()
 
     def close(self) -> None:
