@@ -89,8 +89,11 @@ def _run_locked(config: Config, source: bytes, notifier: Notifier, telemetry: Te
     notifier.extend_timeout(_start_budget(config), "scanning open files and checking the destination")
     gate = Gate(config.min_age, strict=config.fd_check == "strict")
     gate.current_index()  # the first /proc scan, now: --fd-check strict fails here, before any upload
-    if not config.dry_run:
-        preflight(config)
+    # The parent's own client (pre-flight, remote listing, manifest upload): one per run, since building one
+    # costs ~0.1 s. Workers build theirs. --dry-run contacts no server.
+    client = None if config.dry_run else s3.make_client(config, pool_connections=1)
+    if client is not None:
+        preflight(config, client)
     log.info("run.start", source=display(source), bucket=config.bucket, prefix=config.prefix,
              endpoint=config.endpoint or "aws", workers=config.max_concurrent, min_age=config.min_age,
              dry_run=config.dry_run)
@@ -103,8 +106,8 @@ def _run_locked(config: Config, source: bytes, notifier: Notifier, telemetry: Te
     stages = select(walk(source, config.follow_symlinks), config.include, config.exclude)
     key_of = functools.partial(object_key, config.prefix)
     if journal_ is not None:
-        if config.verify_remote and not config.dry_run:
-            listed = journal_.load_remote(_listing(config))
+        if config.verify_remote and client is not None:
+            listed = journal_.load_remote(_listing(config, client))
             log.info("journal.remote_listed", objects=listed, prefix=config.prefix)
         stages = journal_.filter(stages, key_of)
         summary.observers.append(functools.partial(_track_deferral, journal_, config, summary, telemetry))
@@ -133,16 +136,15 @@ def _run_locked(config: Config, source: bytes, notifier: Notifier, telemetry: Te
         else:
             summary.finish()
     if manifest_ is not None:
-        _finish_manifest(manifest_, summary, config)
+        _finish_manifest(manifest_, summary, config, client)
     summary.log_final()
     telemetry.end_run(summary)
     notifier.stopping(summary.status_line())
     return summary
 
 
-def _listing(config: Config):
+def _listing(config: Config, client):
     """ListObjectsV2 pages under the prefix, one at a time (the paginator fetches lazily)."""
-    client = s3.make_client(config, pool_connections=1)
     try:
         yield from client.get_paginator("list_objects_v2").paginate(Bucket=config.bucket, Prefix=config.prefix)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
@@ -155,15 +157,15 @@ def manifest_key(prefix: str, run_id: str) -> str:
     return f"{prefix.rstrip('/')}.obsbatch/manifests/{run_id}.jsonl"
 
 
-def _finish_manifest(manifest_: Manifest, summary: Summary, config: Config) -> None:
+def _finish_manifest(manifest_: Manifest, summary: Summary, config: Config, client) -> None:
     head = manifest_.close(summary.as_dict())
     key = None
-    if config.upload_manifest and not config.dry_run:
+    if config.upload_manifest and client is not None:
         key = manifest_key(config.prefix, manifest_.run_id)
         with open(manifest_.path, "rb") as handle:
             body = handle.read()
         try:
-            s3.make_client(config, pool_connections=1).put_object(
+            client.put_object(
                 Bucket=config.bucket, Key=key, Body=body, ContentType="application/jsonl",
                 ContentMD5=base64.b64encode(hashlib.md5(body).digest()).decode())
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
@@ -277,14 +279,13 @@ def check_source(source: str) -> bytes:
     return path
 
 
-def preflight(config: Config) -> None:
+def preflight(config: Config, client) -> None:
     """Fail before walking if the bucket is missing, the credentials are wrong or the endpoint is unreachable.
 
     HeadBucket needs s3:ListBucket, which write-only backup keys rightly lack. HEAD responses have no body,
     so a 403 cannot say whether the key is bad or merely not allowed to list; a ranged GET of a key that is
     not expected to exist then tells: bad credentials are fatal, AccessDenied/NoSuchKey mean "may write".
     """
-    client = s3.make_client(config, pool_connections=1)
     where = config.endpoint or "AWS"
     try:
         client.head_bucket(Bucket=config.bucket)
