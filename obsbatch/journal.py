@@ -42,6 +42,14 @@ CREATE TABLE IF NOT EXISTS uploads (
 ) WITHOUT ROWID
 """
 
+#: The key up to and including its last '/' ("" for a key without one), as an SQLite expression: rtrim strips
+#: every trailing character that occurs in the key with its slashes removed, so it stops at the last '/'.
+_DIRECTORY_OF_KEY = "rtrim(key, replace(key, '/', ''))"
+# An index on that expression (SQLite >= 3.9): created on first open, also for journals of older versions.
+_BY_DIRECTORY = f"CREATE INDEX IF NOT EXISTS uploads_by_directory ON uploads (endpoint, bucket, {_DIRECTORY_OF_KEY})"
+#: Past this many journaled files in one directory, its lookups go one file at a time (memory bound).
+DIRECTORY_ROWS = 20000
+
 _DEFERRED_SCHEMA = """
 CREATE TABLE IF NOT EXISTS deferred (
     endpoint TEXT NOT NULL,
@@ -82,6 +90,7 @@ class Journal:
         # the last commits, and then those files are uploaded again.
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute(_SCHEMA)
+        self.db.execute(_BY_DIRECTORY)
         self.db.execute(_DEFERRED_SCHEMA)
         self._pending: list = []
         self._cleared: list = []  # keys whose deferral ended (uploaded, unchanged, gone, excluded)
@@ -97,6 +106,28 @@ class Journal:
         return self.db.execute(
             "SELECT size, mtime_ns, ctime_ns, dev, ino, etag FROM uploads WHERE endpoint=? AND bucket=? AND key=?",
             (self.endpoint, self.bucket, key)).fetchone()
+
+    def _directory(self, directory: str) -> Optional[dict]:
+        """The journal rows of one directory's files ({key: row}), or None if it has too many to hold.
+
+        One query per directory instead of one per file: a no-op run over 20,000 files spent a fifth of its
+        time in per-file SELECTs (issue #5). The walk yields a directory's files together, so each
+        directory is read once; memory is bounded by DIRECTORY_ROWS, past which lookups go per file.
+        """
+        rows = self.db.execute(
+            # INDEXED BY: without ANALYZE statistics the planner prefers the primary key's (endpoint, bucket)
+            # prefix, which scans the whole bucket's rows for every directory.
+            "SELECT key, size, mtime_ns, ctime_ns, dev, ino, etag FROM uploads INDEXED BY uploads_by_directory "
+            "WHERE endpoint=? AND bucket=? AND "
+            f"{_DIRECTORY_OF_KEY} = ? LIMIT ?", (self.endpoint, self.bucket, directory, DIRECTORY_ROWS + 1)).fetchall()
+        if len(rows) > DIRECTORY_ROWS:
+            return None
+        return {row[0]: row[1:] for row in rows}
+
+    def empty(self) -> bool:
+        """No verified upload to this bucket yet: a first run."""
+        return self.db.execute("SELECT 1 FROM uploads WHERE endpoint=? AND bucket=? LIMIT 1",
+                               (self.endpoint, self.bucket)).fetchone() is None
 
     def unchanged(self, key: str, st: os.stat_result) -> bool:
         row = self._journaled(key)
@@ -125,12 +156,16 @@ class Journal:
         journaled size and ETag, or the file is uploaded again; and a file the journal does not know whose
         key holds a same-size object is sent to a worker with that ETag, to be compared rather than uploaded.
         """
+        directory, rows = None, None
         for item in items:
             if not isinstance(item, Candidate):
                 yield item
                 continue
             key, st = key_of(item.rel), item.stat
-            row = self._journaled(key)
+            if not key.startswith(directory or "\0") or "/" in key[len(directory):]:
+                directory = key[:key.rfind("/") + 1]
+                rows = self._directory(directory)
+            row = rows.get(key) if rows is not None else self._journaled(key)
             fingerprint_matches = row is not None and row[:5] == fingerprint(st)
             if self.remote:
                 remote = self.db.execute("SELECT size, etag FROM remote WHERE key=?", (key,)).fetchone()

@@ -149,3 +149,9 @@ class Outcome:
     multipart: bool = False
     started: float = 0.0
     ended: float = 0.0
+
+
+def not_started(item: WorkItem) -> Outcome:
+    """A file judged and planned, but not begun because the run was stopping: the next run takes it."""
+    return Outcome(Kind.DEFERRED, item.display, key=item.key, size=item.size, reason=Reason.INTERRUPTED,
+                   message="not started: the run was stopping; the next run takes it")

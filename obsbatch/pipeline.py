@@ -7,32 +7,32 @@ the walk, the uploads already handed out are finished (a second signal cuts that
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
 import datetime
 import functools
-import hashlib
+import itertools
 import multiprocessing
 import os
 import queue
 import signal
+import sys
 import stat as statmod
 import threading
 import time
 from typing import Dict, Iterable, Optional, Union
 
-import botocore.exceptions
 import structlog
 
-from obsbatch import __version__, journal, s3, worker
+from obsbatch import __version__, journal
 from obsbatch.config import Config
-from obsbatch.errors import ConfigError, ExitCode, PreflightError, StopRequested
+from obsbatch.errors import ConfigError, ExitCode, StopRequested
 from obsbatch.filters import select
-from obsbatch.models import Kind, Outcome, Reason, WorkItem, display, fingerprint
+from obsbatch.models import Kind, Outcome, Reason, WorkItem, display, fingerprint, not_started
 from obsbatch.manifest import Manifest
 from obsbatch.plan import object_key, plan
 from obsbatch.progress import Display
+from obsbatch.remote import Remote, manifest_key
 from obsbatch.report import Summary
 from obsbatch.stability import Gate
 from obsbatch.systemd import Heartbeat, Notifier
@@ -44,25 +44,21 @@ log = structlog.get_logger()
 _SIGNAL_EXIT = {signal.SIGINT: ExitCode.INTERRUPTED, signal.SIGTERM: ExitCode.TERMINATED,
                 signal.SIGHUP: ExitCode.HANGUP}
 
-# Error codes that prove the credentials themselves are wrong, whatever the key may do.
-_BAD_CREDENTIAL_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
-                                   "TokenRefreshRequired", "InvalidClientTokenId"})
-
-
 class Progress:
     """A number that grows whenever the run does something: the systemd watchdog's notion of progress.
 
     parent: walk entries judged and Outcomes counted, bumped by the main thread.
-    workers: HTTP requests started or answered, bumped by every worker in shared memory.
+    workers: HTTP requests started or answered, one shared-memory slot per worker start, each bumped by
+        its worker alone. No lock: a shared counter's lock cost 0.1 ms per request in contention between
+        workers (issue #5), and one writer per slot needs none.
     """
 
-    def __init__(self, ctx):
+    def __init__(self, ctx, slots: int):
         self.parent = 0
-        self.workers = ctx.Value("Q", 0)
+        self.workers = ctx.RawArray("Q", slots)
 
     def __call__(self) -> int:
-        # Read without the lock: a worker killed while holding it must not stall the heartbeat too.
-        return self.parent + self.workers.get_obj().value
+        return self.parent + sum(self.workers)
 
 
 def run(config: Config, notifier: Optional[Notifier] = None, telemetry: Optional[Telemetry] = None) -> Summary:
@@ -89,25 +85,27 @@ def _run_locked(config: Config, source: bytes, notifier: Notifier, telemetry: Te
     notifier.extend_timeout(_start_budget(config), "scanning open files and checking the destination")
     gate = Gate(config.min_age, strict=config.fd_check == "strict")
     gate.current_index()  # the first /proc scan, now: --fd-check strict fails here, before any upload
-    # The parent's own client (pre-flight, remote listing, manifest upload): one per run, since building one
-    # costs ~0.1 s. Workers build theirs. --dry-run contacts no server.
-    client = None if config.dry_run else s3.make_client(config, pool_connections=1)
-    if client is not None:
-        preflight(config, client)
+    # The parent's own client (pre-flight, remote listing, manifest upload) is built when first needed.
+    # The pre-flight runs before walking on a first run (empty journal), where a mistyped bucket or key is
+    # likeliest, and for --verify-remote; once the journal holds uploads, it runs before the first upload
+    # instead, so a run with nothing to upload contacts no server at all (issue #5). --dry-run never does.
+    remote = Remote(config)
+    if not config.dry_run and (journal_ is None or journal_.empty() or config.verify_remote):
+        remote.checked()
     log.info("run.start", source=display(source), bucket=config.bucket, prefix=config.prefix,
              endpoint=config.endpoint or "aws", workers=config.max_concurrent, min_age=config.min_age,
              dry_run=config.dry_run)
-    summary = Summary(observers=[telemetry.record])
+    summary = Summary(observers=[telemetry.record] if telemetry.enabled else [])
     ctx = _context()
-    progress = Progress(ctx)
+    progress = Progress(ctx, 2 * config.max_concurrent)
     # The journal's comparison comes before the stability gate (STYLE.md lists it in `plan`): a file that is
     # unchanged since its verified upload is backed up already, even if a process holds it open right now,
     # and must not be reported as deferred run after run.
     stages = select(walk(source, config.follow_symlinks), config.include, config.exclude)
     key_of = functools.partial(object_key, config.prefix)
     if journal_ is not None:
-        if config.verify_remote and client is not None:
-            listed = journal_.load_remote(_listing(config, client))
+        if config.verify_remote and not config.dry_run:
+            listed = journal_.load_remote(remote.listing())
             log.info("journal.remote_listed", objects=listed, prefix=config.prefix)
         stages = journal_.filter(stages, key_of)
         summary.observers.append(functools.partial(_track_deferral, journal_, config, summary, telemetry))
@@ -130,48 +128,30 @@ def _run_locked(config: Config, source: bytes, notifier: Notifier, telemetry: Te
                     summary.add(_planned(item) if isinstance(item, WorkItem) else item)
             else:
                 upload_all(stages, config, summary, stop, ctx, progress, heartbeat,
-                           functools.partial(_after_upload, journal_, gate if config.delete_source else None))
+                           functools.partial(_after_upload, journal_, gate if config.delete_source else None),
+                           remote.checked)
         except StopRequested as stopped:
             summary.finish(stopped.exit_code)
         else:
             summary.finish()
     if manifest_ is not None:
-        _finish_manifest(manifest_, summary, config, client)
+        _finish_manifest(manifest_, summary, config, remote)
     summary.log_final()
     telemetry.end_run(summary)
     notifier.stopping(summary.status_line())
     return summary
 
 
-def _listing(config: Config, client):
-    """ListObjectsV2 pages under the prefix, one at a time (the paginator fetches lazily)."""
-    try:
-        yield from client.get_paginator("list_objects_v2").paginate(Bucket=config.bucket, Prefix=config.prefix)
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-        raise PreflightError(f"--verify-remote cannot list s3://{config.bucket}/{config.prefix}: "
-                             f"{s3.error_message(exc)}") from None
-
-
-def manifest_key(prefix: str, run_id: str) -> str:
-    """Beside the data, never among it: every data key starts with `prefix`, this one with `prefix` less '/'."""
-    return f"{prefix.rstrip('/')}.obsbatch/manifests/{run_id}.jsonl"
-
-
-def _finish_manifest(manifest_: Manifest, summary: Summary, config: Config, client) -> None:
+def _finish_manifest(manifest_: Manifest, summary: Summary, config: Config, remote: Remote) -> None:
     head = manifest_.close(summary.as_dict())
     key = None
-    if config.upload_manifest and client is not None:
+    if config.upload_manifest and not config.dry_run:
         key = manifest_key(config.prefix, manifest_.run_id)
         with open(manifest_.path, "rb") as handle:
             body = handle.read()
-        try:
-            client.put_object(
-                Bucket=config.bucket, Key=key, Body=body, ContentType="application/jsonl",
-                ContentMD5=base64.b64encode(hashlib.md5(body).digest()).decode())
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        if remote.put_manifest(key, body) is not None:
             summary.failed += 1
             summary.failed_by_type["ManifestUpload"] += 1
-            log.error("manifest.upload_failed", key=key, error_type=s3.error_code(exc), error=s3.error_message(exc))
             key = None
     log.info("manifest.written", path=manifest_.path, chain_head=head, run_id=manifest_.run_id, key=key)
 
@@ -279,83 +259,89 @@ def check_source(source: str) -> bytes:
     return path
 
 
-def preflight(config: Config, client) -> None:
-    """Fail before walking if the bucket is missing, the credentials are wrong or the endpoint is unreachable.
-
-    HeadBucket needs s3:ListBucket, which write-only backup keys rightly lack. HEAD responses have no body,
-    so a 403 cannot say whether the key is bad or merely not allowed to list; a ranged GET of a key that is
-    not expected to exist then tells: bad credentials are fatal, AccessDenied/NoSuchKey mean "may write".
-    """
-    where = config.endpoint or "AWS"
-    try:
-        client.head_bucket(Bucket=config.bucket)
-        return
-    except botocore.exceptions.NoCredentialsError:
-        raise PreflightError("no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-                             "or AWS_PROFILE") from None
-    except botocore.exceptions.ClientError as exc:
-        status = s3.http_status(exc)
-        if status == 404:
-            raise PreflightError(f"bucket '{config.bucket}' does not exist at {where}") from None
-        if status == 301:
-            raise PreflightError(f"bucket '{config.bucket}' is in another region than '{client.meta.region_name}'; "
-                                 "set --region") from None
-        if status != 403:
-            raise PreflightError(f"bucket '{config.bucket}' at {where} cannot be used: "
-                                 f"{s3.error_message(exc)}") from None
-    except botocore.exceptions.BotoCoreError as exc:
-        raise PreflightError(f"cannot reach the S3 endpoint {where}: {s3.error_message(exc)}") from None
-    try:
-        client.get_object(Bucket=config.bucket, Key=config.prefix + ".obsbatch-preflight-probe", Range="bytes=0-0")
-    except botocore.exceptions.ClientError as exc:
-        code = s3.error_code(exc)
-        if code in _BAD_CREDENTIAL_CODES:
-            raise PreflightError(f"the S3 credentials were rejected by {where} ({code}): check AWS_ACCESS_KEY_ID "
-                                 "and AWS_SECRET_ACCESS_KEY") from None
-        if code == "NoSuchBucket":
-            raise PreflightError(f"bucket '{config.bucket}' does not exist at {where}") from None
-        log.warning("preflight.unverified", bucket=config.bucket, error_type=code,
-                    detail="cannot list the bucket (write-only credentials?); uploads will tell")
-    except botocore.exceptions.BotoCoreError as exc:
-        raise PreflightError(f"cannot reach the S3 endpoint {where}: {s3.error_message(exc)}") from None
-
-
 def _planned(item: WorkItem) -> Outcome:
     return Outcome(Kind.PLANNED, item.display, key=item.key, size=item.size)
 
 
-def _crashed(seq: int, item: WorkItem, put, exc: BaseException) -> None:
-    """Pool error_callback: upload_one never raises, so this is a pickling or pool failure. Still one Outcome."""
-    put((seq, Outcome(Kind.FAILED, item.display, key=item.key, size=item.size, error_type=type(exc).__name__,
-                      message=s3.error_message(exc))))
+def _crashed(seq: int, batch: list, put, exc: BaseException) -> None:
+    """Pool error_callback: upload_batch never raises, so this is a pickling or pool failure. Still one Outcome each."""
+    from obsbatch import s3
+
+    put((seq, [Outcome(Kind.FAILED, item.display, key=item.key, size=item.size, error_type=type(exc).__name__,
+                       message=s3.error_message(exc)) for item in batch]))
 
 
-def _tagged(seq: int, put, outcome: Outcome) -> None:
-    put((seq, outcome))
+def _tagged(seq: int, put, outcomes: list) -> None:
+    put((seq, outcomes))
+
+
+#: A task for the pool is a batch of files. One task per file cost the parent ~0.4 ms of pickling, queueing
+#: and pool-thread wake-ups per file, a third of all client CPU on a tree of small files (issue #5). A batch
+#: holds about BATCH_SECONDS of uploading (see Pace), at most BATCH_FILES files and, past its first file, at
+#: most BATCH_BYTES: so a batch's Outcomes (journal, progress) come back within a fraction of a second, and
+#: the last batches of a run leave no worker idle for long. A batch never waits for files while a worker is
+#: idle (see upload_all).
+BATCH_FILES = 32
+BATCH_BYTES = 8 * 1024 * 1024
+BATCH_SECONDS = 0.25
+
+
+class Pace:
+    """How many files make a batch: BATCH_SECONDS over the recent seconds per file (moving average).
+
+    One file per batch until an upload has come back; a slow or distant server (50 ms a PUT) then gets
+    batches of five, a fast local one the full BATCH_FILES.
+    """
+
+    def __init__(self):
+        self.seconds_per_file: Optional[float] = None
+
+    def add(self, outcome: Outcome) -> None:
+        if outcome.ended and outcome.started:
+            took = max(outcome.ended - outcome.started, 1e-4)
+            self.seconds_per_file = took if self.seconds_per_file is None else 0.9 * self.seconds_per_file + 0.1 * took
+
+    def batch_files(self) -> int:
+        if self.seconds_per_file is None:
+            return 1
+        return max(1, min(BATCH_FILES, int(BATCH_SECONDS / self.seconds_per_file)))
 
 
 def upload_all(items: Iterable[Union[WorkItem, Outcome]], config: Config, summary: Summary,
-               stop: "StopFlag", ctx, progress: Progress, heartbeat: Heartbeat, done) -> None:
-    """Feed WorkItems to a pool of `max_concurrent` workers with at most 2x that many in flight.
+               stop: "StopFlag", ctx, progress: Progress, heartbeat: Heartbeat, done, before_first=None) -> None:
+    """Feed WorkItems, in batches, to a pool of `max_concurrent` workers with at most 2x that many batches out.
 
     `Pool.imap*` would drain the whole walk into its task queue at once; submitting one apply_async at a
-    time against a bound keeps memory flat however big the tree. Outcomes come back through the pool's
-    result thread into a queue that only this (main) thread reads, so Summary needs no lock. Each task is
-    tagged with a sequence number, so the parent always knows which files are still out: none is lost
-    even when the pool is torn down. `done(item, outcome) -> outcome` is called for every Outcome a worker
-    returns (the journal records verified uploads; move mode removes their files).
+    time against a bound keeps memory flat however big the tree (at most 2N batches of BATCH_FILES). Outcomes
+    come back through the pool's result thread into a queue that only this (main) thread reads, so Summary
+    needs no lock. Each batch is tagged with a sequence number, so the parent always knows which files are
+    still out: none is lost even when the pool is torn down. `done(item, outcome) -> outcome` is called for
+    every Outcome a worker returns (the journal records verified uploads; move mode removes their files).
+    The pool is started, after `before_first()` (the pre-flight), only when there is a first file to upload.
     """
     limit = 2 * config.max_concurrent
     results: queue.SimpleQueue = queue.SimpleQueue()
-    outstanding: Dict[int, WorkItem] = {}
-    starts = ctx.Value("i", 0)
-    pool = ctx.Pool(config.max_concurrent, initializer=worker.init_worker,
-                    initargs=(config, starts, progress.workers))
+    outstanding: Dict[int, list] = {}
+    batch: list = []
+    batch_bytes = 0
+    pace = Pace()
+    starts = stopping = pool = None
+
+    def start_pool():
+        nonlocal starts, stopping, pool
+        from obsbatch import worker  # imports boto3: not for a run that uploads nothing
+
+        if before_first is not None:
+            before_first()
+        starts = ctx.Value("i", 0)
+        stopping = ctx.RawValue("b", 0)
+        pool = ctx.Pool(config.max_concurrent, initializer=worker.init_worker,
+                        initargs=(config, starts, progress.workers, stopping))
 
     def check_workers():
         # Pool starts a worker beyond the first N only to replace one that died (no maxtasksperchild).
         # Read without the lock: a worker killed while holding it must not block the parent too.
-        if starts.get_obj().value > config.max_concurrent:
+        if starts is not None and starts.get_obj().value > config.max_concurrent:
             raise WorkerDied()
 
     def idle_check():
@@ -364,13 +350,18 @@ def upload_all(items: Iterable[Union[WorkItem, Outcome]], config: Config, summar
 
     announced = []
 
+    def in_flight() -> int:
+        return sum(len(b) for b in outstanding.values())
+
     def announce_stop():
         """Once, wherever the first signal is noticed: say so, and keep systemd's stop timeout moving."""
         if stop.count and not announced:
             announced.append(True)
+            if stopping is not None:
+                stopping.value = 1  # workers finish the file they are on, and start no other
             heartbeat.draining = True
-            heartbeat.notifier.extend_timeout(heartbeat.DRAIN_EXTEND, f"stopping: finishing {len(outstanding)} uploads")
-            log.warning("run.stopping", signal=signal.Signals(stop.signum).name, in_flight=len(outstanding),
+            heartbeat.notifier.extend_timeout(heartbeat.DRAIN_EXTEND, f"stopping: finishing {in_flight()} uploads")
+            log.warning("run.stopping", signal=signal.Signals(stop.signum).name, in_flight=in_flight(),
                         stop_timeout=config.stop_timeout,
                         detail="not starting new files; finishing the uploads in flight (signal again to abort them)")
 
@@ -379,34 +370,56 @@ def upload_all(items: Iterable[Union[WorkItem, Outcome]], config: Config, summar
         check_workers()
         stop.check_again()
 
+    def submit():
+        nonlocal batch, batch_bytes
+        if pool is None:
+            start_pool()
+        while len(outstanding) >= limit:
+            _collect(results, outstanding, summary, idle_check, progress, done, pace)
+        seq = next(seqs)
+        sent, batch, batch_bytes = batch, [], 0
+        outstanding[seq] = sent
+        pool.apply_async(sys.modules["obsbatch.worker"].upload_batch, (sent,), callback=functools.partial(_tagged, seq, results.put),
+                         error_callback=functools.partial(_crashed, seq, sent, results.put))
+
+    seqs = itertools.count()
     try:
         try:
-            for seq, item in enumerate(items):
+            for item in items:
                 stop.check()
+                _collect_ready(results, outstanding, summary, progress, done, pace)
                 if isinstance(item, Outcome):
                     summary.add(item)
                     continue
-                while len(outstanding) >= limit:
-                    _collect(results, outstanding, summary, idle_check, progress, done)
-                outstanding[seq] = item
-                pool.apply_async(worker.upload_one, (item,), callback=functools.partial(_tagged, seq, results.put),
-                                 error_callback=functools.partial(_crashed, seq, item, results.put))
+                batch.append(item)
+                batch_bytes += item.size
+                if (len(batch) >= pace.batch_files() or batch_bytes >= BATCH_BYTES
+                        or len(outstanding) < config.max_concurrent):
+                    submit()
+            if batch:
+                submit()
         except StopRequested:
             announce_stop()
+            for item in batch:  # judged, but never handed to a worker
+                summary.add(not_started(item))
+            batch = []
         # Walk done or stopped: let what was handed out finish. Only a second signal cuts this short.
         while outstanding:
-            _collect(results, outstanding, summary, idle_check_draining, progress, done)
+            _collect(results, outstanding, summary, idle_check_draining, progress, done, pace)
         # close+join, not terminate: workers leave on the pool's own sentinels, no signal involved.
-        pool.close()
-        pool.join()
+        if pool is not None:
+            pool.close()
+            pool.join()
     except WorkerDied:
-        # Killed from outside (the OOM killer, kill -9): its file never comes back, and if it held the task
+        # Killed from outside (the OOM killer, kill -9): its files never come back, and if it held the task
         # queue's lock no other worker can take work either. Stop here, say so, and fail what was out; the
         # next run carries on.
-        log.error("worker.died", in_flight=len(outstanding),
+        log.error("worker.died", in_flight=in_flight(),
                   detail="an upload worker process was killed (out of memory?); stopping the run")
         _terminate(pool, grace=config.http_timeout + 5)
         _account_for_the_rest(results, outstanding, summary, _worker_died, done)
+        for item in batch:
+            summary.add(not_started(item))
         summary.aborted = "an upload worker process died"
         return
     except BaseException:
@@ -422,6 +435,8 @@ class WorkerDied(Exception):
 
 
 def _interrupted(item: WorkItem) -> Outcome:
+    # A batch cut short reports all its files so, even those its worker had stored: their Outcomes never
+    # came back, so they are not journaled and the next run uploads them again (safe, if not free).
     return Outcome(Kind.DEFERRED, item.display, key=item.key, size=item.size, reason=Reason.INTERRUPTED,
                    message="upload aborted by a second stop signal; the next run takes it")
 
@@ -431,20 +446,21 @@ def _worker_died(item: WorkItem) -> Outcome:
                    message="its upload worker process died before reporting; not known to be stored")
 
 
-def _account_for_the_rest(results: queue.SimpleQueue, outstanding: Dict[int, WorkItem], summary: Summary,
+def _account_for_the_rest(results: queue.SimpleQueue, outstanding: Dict[int, list], summary: Summary,
                           leftover, done) -> None:
     """After a teardown: count what did come back, and report every other file handed out as `leftover(item)`."""
     while outstanding:
         try:
-            seq, outcome = results.get_nowait()
+            seq, outcomes = results.get_nowait()
         except queue.Empty:
             break
-        item = outstanding.pop(seq, None)
-        if item is not None:
-            outcome = done(item, outcome)
-        summary.add(outcome)
-    for item in outstanding.values():
-        summary.add(leftover(item))
+        batch = outstanding.pop(seq, None)
+        if batch is not None:
+            for item, outcome in zip(batch, outcomes):
+                summary.add(done(item, outcome))
+    for batch in outstanding.values():
+        for item in batch:
+            summary.add(leftover(item))
     outstanding.clear()
 
 
@@ -456,6 +472,8 @@ def _terminate(pool, grace: float) -> None:
     task queue's lock is noted by the C handler but never acted on (a lost wakeup: seen once in ~40
     stops in tests/integration), and the join would then wait forever.
     """
+    if pool is None:
+        return
     pids = [p.pid for p in multiprocessing.active_children()]  # the pool's workers, before terminate()
 
     def kill_stragglers():
@@ -473,17 +491,34 @@ def _terminate(pool, grace: float) -> None:
         timer.cancel()
 
 
-def _collect(results: queue.SimpleQueue, outstanding: Dict[int, WorkItem], summary: Summary, check,
-             progress: Progress, done) -> None:
-    """Wait a little for one Outcome and count it; if none comes, let `check()` have its say."""
+def _count(seq: int, outcomes: list, outstanding: Dict[int, list], summary: Summary, progress: Progress,
+           done, pace: Pace) -> None:
+    for item, outcome in zip(outstanding.pop(seq), outcomes):
+        progress.parent += 1
+        pace.add(outcome)
+        summary.add(done(item, outcome))
+
+
+def _collect(results: queue.SimpleQueue, outstanding: Dict[int, list], summary: Summary, check,
+             progress: Progress, done, pace: Pace) -> None:
+    """Wait a little for one batch of Outcomes and count them; if none comes, let `check()` have its say."""
     try:
-        seq, outcome = results.get(timeout=0.2)
+        seq, outcomes = results.get(timeout=0.2)
     except queue.Empty:
         check()
         return
-    outcome = done(outstanding.pop(seq), outcome)
-    progress.parent += 1
-    summary.add(outcome)
+    _count(seq, outcomes, outstanding, summary, progress, done, pace)
+
+
+def _collect_ready(results: queue.SimpleQueue, outstanding: Dict[int, list], summary: Summary,
+                   progress: Progress, done, pace: Pace) -> None:
+    """Count the batches already back, without waiting: it keeps `outstanding` honest for batching."""
+    while True:
+        try:
+            seq, outcomes = results.get_nowait()
+        except queue.Empty:
+            return
+        _count(seq, outcomes, outstanding, summary, progress, done, pace)
 
 
 class StopFlag:

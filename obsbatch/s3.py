@@ -24,10 +24,10 @@ from obsbatch.config import Config
 BODY_CORRUPTED_CODES = frozenset({"BadDigest", "XAmzContentSHA256Mismatch"})
 
 
-def make_client(config: Config, pool_connections: int = 2):
+def make_client(config: Config, pool_connections: int = 2, session=None):
     """A fresh S3 client from plain settings; credentials come from the standard AWS chain."""
     # A session of its own: boto3's default session is module state and clients are not fork/pickle safe.
-    session = boto3.session.Session()
+    session = session or boto3.session.Session()
     botocore_config = botocore.config.Config(
         region_name=config.region,
         connect_timeout=config.http_timeout,

@@ -17,9 +17,10 @@ def test_no_change_rerun_sends_no_upload_and_edits_are_uploaded(tmp_path, s3, s3
     assert first.returncode == 0 and first.summary["uploaded"] == 15, first
     puts = proxy.count("PUT", ".")
 
+    requests = len(proxy.seen)
     again = run_obsbatch(*args, env=s3server.env())
     assert again.returncode == 0, again
-    assert proxy.count("PUT", ".") == puts  # no upload request at all
+    assert len(proxy.seen) == requests  # no request at all: no upload, and no pre-flight either (issue #5)
     assert again.summary["skipped"] == {"unchanged": 15} and again.summary["uploaded"] == 0
 
     # Three edits: an append, a new file, and a same-size rewrite with the mtime put back (only ctime moves).
@@ -261,3 +262,23 @@ def test_verify_remote_recovers_a_lost_journal_without_uploading_identical_files
     again = run_obsbatch(*args, "--verify-remote", env=s3server.env())
     assert again.returncode == 0 and again.summary["uploaded"] == 1, again
     assert objects(s3, s3server.bucket, prefix)["a.txt"] == files["a.txt"]
+
+
+def test_preflight_before_the_first_upload_once_the_journal_has_uploads(tmp_path, s3, s3server, prefix, proxy):
+    """A first run checks the bucket before walking; later runs check it before their first upload."""
+    src, state = tmp_path / "src", tmp_path / "state.db"
+    make_tree(src, {"a.txt": b"a", "b.txt": b"b"})
+    args = ["--source", src, *server_args(s3server, prefix, proxy.endpoint), "--state", state]
+    assert run_obsbatch(*args, env=s3server.env()).returncode == 0
+    # The bucket now looks gone, and one file changed: the check runs, and nothing is uploaded.
+    proxy.add(Fault(method="HEAD", path=".", action="status", status=404, code="NoSuchBucket", times=None))
+    make_tree(src, {"c.txt": b"c"})
+    puts = proxy.count("PUT", ".")
+    gone = run_obsbatch(*args, "--debug", "debug", env=s3server.env())
+    assert gone.returncode == 2, gone
+    assert "does not exist" in gone.stderr and proxy.count("PUT", ".") == puts
+    assert gone.find("file.skipped", reason="unchanged")  # it walked first: the check waited for an upload
+    # A first run (a new journal) fails before walking: no file event at all.
+    first = run_obsbatch("--source", src, *server_args(s3server, prefix, proxy.endpoint), "--state",
+                         tmp_path / "new.db", "--debug", "debug", env=s3server.env())
+    assert first.returncode == 2 and not [e for e in first.events if e["event"].startswith("file.")], first

@@ -7,7 +7,6 @@ import struct
 import termios
 import re
 import subprocess
-import time
 
 from tests.conftest import REPO, make_tree, obsbatch_cmd, run_obsbatch, server_args
 

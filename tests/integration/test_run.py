@@ -281,13 +281,18 @@ def test_signal_finishes_uploads_in_flight_and_exits_128_plus_signal(tmp_path, s
     proc = start_obsbatch("--source", tmp_path, *server_args(s3server, prefix, proxy.endpoint), "--max-concurrent", 2,
                           env=s3server.env())
     assert hold.arrived.wait(60)
+    signalled = time.monotonic()
     proc.send_signal(signum)
     result = finish(proc)
+    # Files go to workers in batches (pipeline.BATCH_FILES); a stop waits for the file each worker is on,
+    # not for its whole batch, which would take ~30 s here (up to 4 batches of 32 files at 1 s each).
+    assert time.monotonic() - signalled < 15
     assert result.returncode == code, result
     assert result.find("run.stopping")
     summary = result.summary
     assert summary["stopped_by_signal"] is True and summary["exit_code"] == code
     assert 0 < summary["uploaded"] < 100 and summary["failed"] == 0  # in-flight ones finished, not torn
+    assert summary["deferred"].get("interrupted", 0) > 0  # the rest of the handed-out batches: not started
     assert len(objects(s3, s3server.bucket, prefix)) == summary["uploaded"]
 
 

@@ -1,6 +1,5 @@
 """systemd notifications through a real NOTIFY_SOCKET: a unix datagram socket bound by the test."""
 
-import os
 import socket
 import threading
 import time

@@ -1,6 +1,5 @@
 """OpenTelemetry through a real OTLP/HTTP receiver on loopback."""
 
-import os
 import socket
 import subprocess
 import sys

@@ -1,0 +1,134 @@
+"""The parent's side of the destination: one client, built on first use, and what the parent asks of it.
+
+The parent needs S3 only for the pre-flight check, the --verify-remote listing and the manifest upload;
+workers have their own clients. A run that has nothing to upload (the common case for a timer on a quiet
+tree) needs none of it, so nothing here happens until it is asked for, and boto3 itself is imported only
+then: building a client costs ~0.15 s and importing boto3 ~0.15 s, more than a whole no-op run over
+20,000 files (issue #5).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Iterator, Optional
+
+import structlog
+
+from obsbatch.config import Config
+from obsbatch.errors import PreflightError
+
+log = structlog.get_logger()
+
+# Error codes that prove the credentials themselves are wrong, whatever the key may do.
+_BAD_CREDENTIAL_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+                                   "TokenRefreshRequired", "InvalidClientTokenId"})
+
+
+def manifest_key(prefix: str, run_id: str) -> str:
+    """Beside the data, never among it: every data key starts with `prefix`, this one with `prefix` less '/'."""
+    return f"{prefix.rstrip('/')}.obsbatch/manifests/{run_id}.jsonl"
+
+
+class Remote:
+    """The destination as the parent sees it. `checked()` runs the pre-flight once and returns the client."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self._client = None
+        self._checked = False
+
+    @property
+    def contacted(self) -> bool:
+        return self._client is not None
+
+    def client(self):
+        if self._client is None:
+            from obsbatch import s3
+
+            self._client = s3.make_client(self.config, pool_connections=1)
+        return self._client
+
+    def checked(self):
+        """The client, after the pre-flight has passed (raises PreflightError, exit 2, if it does not)."""
+        if not self._checked:
+            preflight(self.config, self.client())
+            self._checked = True
+        return self._client
+
+    def listing(self) -> Iterator[dict]:
+        """--verify-remote: ListObjectsV2 pages under the prefix, one at a time (the paginator fetches lazily)."""
+        import botocore.exceptions
+
+        from obsbatch import s3
+
+        config = self.config
+        try:
+            yield from self.checked().get_paginator("list_objects_v2").paginate(Bucket=config.bucket,
+                                                                                Prefix=config.prefix)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise PreflightError(f"--verify-remote cannot list s3://{config.bucket}/{config.prefix}: "
+                                 f"{s3.error_message(exc)}") from None
+
+    def put_manifest(self, key: str, body: bytes) -> Optional[str]:
+        """Upload the run manifest; returns None when stored, else the S3 error code (already logged)."""
+        import botocore.exceptions
+
+        from obsbatch import s3
+
+        try:
+            self.checked().put_object(
+                Bucket=self.config.bucket, Key=key, Body=body, ContentType="application/jsonl",
+                ContentMD5=base64.b64encode(hashlib.md5(body).digest()).decode())
+        except PreflightError as exc:
+            log.error("manifest.upload_failed", key=key, error_type="Preflight", error=str(exc))
+            return "Preflight"
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            log.error("manifest.upload_failed", key=key, error_type=s3.error_code(exc), error=s3.error_message(exc))
+            return s3.error_code(exc)
+        return None
+
+
+def preflight(config: Config, client) -> None:
+    """Fail before uploading if the bucket is missing, the credentials are wrong or the endpoint is unreachable.
+
+    HeadBucket needs s3:ListBucket, which write-only backup keys rightly lack. HEAD responses have no body,
+    so a 403 cannot say whether the key is bad or merely not allowed to list; a ranged GET of a key that is
+    not expected to exist then tells: bad credentials are fatal, AccessDenied/NoSuchKey mean "may write".
+    """
+    import botocore.exceptions
+
+    from obsbatch import s3
+
+    where = config.endpoint or "AWS"
+    try:
+        client.head_bucket(Bucket=config.bucket)
+        return
+    except botocore.exceptions.NoCredentialsError:
+        raise PreflightError("no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                             "or AWS_PROFILE") from None
+    except botocore.exceptions.ClientError as exc:
+        status = s3.http_status(exc)
+        if status == 404:
+            raise PreflightError(f"bucket '{config.bucket}' does not exist at {where}") from None
+        if status == 301:
+            raise PreflightError(f"bucket '{config.bucket}' is in another region than '{client.meta.region_name}'; "
+                                 "set --region") from None
+        if status != 403:
+            raise PreflightError(f"bucket '{config.bucket}' at {where} cannot be used: "
+                                 f"{s3.error_message(exc)}") from None
+    except botocore.exceptions.BotoCoreError as exc:
+        raise PreflightError(f"cannot reach the S3 endpoint {where}: {s3.error_message(exc)}") from None
+    try:
+        client.get_object(Bucket=config.bucket, Key=config.prefix + ".obsbatch-preflight-probe", Range="bytes=0-0")
+    except botocore.exceptions.ClientError as exc:
+        code = s3.error_code(exc)
+        if code in _BAD_CREDENTIAL_CODES:
+            raise PreflightError(f"the S3 credentials were rejected by {where} ({code}): check AWS_ACCESS_KEY_ID "
+                                 "and AWS_SECRET_ACCESS_KEY") from None
+        if code == "NoSuchBucket":
+            raise PreflightError(f"bucket '{config.bucket}' does not exist at {where}") from None
+        log.warning("preflight.unverified", bucket=config.bucket, error_type=code,
+                    detail="cannot list the bucket (write-only credentials?); uploads will tell")
+    except botocore.exceptions.BotoCoreError as exc:
+        raise PreflightError(f"cannot reach the S3 endpoint {where}: {s3.error_message(exc)}") from None
