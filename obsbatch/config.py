@@ -7,6 +7,7 @@ names the problem; argparse prefixes it with the flag.
 
 # No `from __future__ import annotations` here: argparse-dataclass reads the real types (bool, Literal).
 import argparse
+import os
 import re
 import urllib.parse
 from dataclasses import dataclass, field
@@ -156,7 +157,9 @@ class Config:
     endpoint: Optional[str] = field(default=None, metadata=_opt("S3 endpoint URL (default: AWS)", metavar="URL", type=endpoint_url))
     region: Optional[str] = field(default=None, metadata=_opt("signing region (default: the AWS chain, else us-east-1)", metavar="R", type=region_name))
     http_timeout: float = field(default=15.0, metadata=_opt("connect and read timeout per HTTP request, seconds (default 15)", metavar="S", type=positive_seconds))
-    max_concurrent: int = field(default=4, metadata=_opt("upload worker processes (default 4)", metavar="N", type=positive_int))
+    max_concurrent: int = field(default=8, metadata=_opt(
+        "uploads in flight at once (default 8): worker processes up to the number of CPUs, each with threads "
+        "for the rest", metavar="N", type=positive_int))
     debug: Literal["error", "warn", "warning", "info", "debug", "trace"] = field(default="info", metadata=_opt("log level: error, warn, info (default), debug, trace", metavar="LEVEL"))
     min_age: float = field(default=2.0, metadata=_opt("a file modified less than S seconds ago is deferred (default 2)", metavar="S", type=non_negative_seconds))
     include: tuple = field(default=(), metadata=_opt("back up only files whose relative path matches GLOB (repeatable; `*` spans `/`)", metavar="GLOB", append=True))
@@ -201,6 +204,21 @@ class Config:
         "variables, else no telemetry", metavar="URL", type=http_url))
     no_telemetry: bool = field(default=False, metadata=_opt("export no traces or metrics, whatever OTEL_* says"))
     summary: Literal["none", "json"] = field(default="none", metadata=_opt("json: print the final summary as one JSON object on stdout"))
+
+    @property
+    def processes(self) -> int:
+        """Upload worker processes: one per CPU at most. Python code is bound to one core per process."""
+        return max(1, min(self.max_concurrent, os.cpu_count() or 1))
+
+    @property
+    def threads(self) -> int:
+        """Upload threads per worker process, so that processes x threads >= --max-concurrent.
+
+        A small PUT spends most of its time waiting on the server, during which a thread gives up the GIL;
+        and an S3 server does less work per request with more of them in flight (SeaweedFS: ~1.1 ms of
+        CPU per PUT with 4 in flight, ~0.85 ms with 8; issue #5).
+        """
+        return -(-self.max_concurrent // self.processes)
 
     def __post_init__(self) -> None:
         # argparse hands None for a repeatable flag never given; keep the field a tuple.

@@ -90,14 +90,19 @@ def _run_locked(config: Config, source: bytes, notifier: Notifier, telemetry: Te
     # likeliest, and for --verify-remote; once the journal holds uploads, it runs before the first upload
     # instead, so a run with nothing to upload contacts no server at all (issue #5). --dry-run never does.
     remote = Remote(config)
+    ctx = _context()
     if not config.dry_run and (journal_ is None or journal_.empty() or config.verify_remote):
-        remote.checked()
+        early = start_fork_server() if journal_ is None or journal_.empty() else None  # a first run will upload
+        try:
+            remote.checked()
+        finally:
+            if early is not None:
+                early.join()
     log.info("run.start", source=display(source), bucket=config.bucket, prefix=config.prefix,
-             endpoint=config.endpoint or "aws", workers=config.max_concurrent, min_age=config.min_age,
+             endpoint=config.endpoint or "aws", workers=config.processes, threads=config.threads, min_age=config.min_age,
              dry_run=config.dry_run)
     summary = Summary(observers=[telemetry.record] if telemetry.enabled else [])
-    ctx = _context()
-    progress = Progress(ctx, 2 * config.max_concurrent)
+    progress = Progress(ctx, 2 * config.processes)
     # The journal's comparison comes before the stability gate (STYLE.md lists it in `plan`): a file that is
     # unchanged since its verified upload is backed up already, even if a process holds it open right now,
     # and must not be reported as deferred run after run.
@@ -277,8 +282,8 @@ def _tagged(seq: int, put, outcomes: list) -> None:
 
 #: A task for the pool is a batch of files. One task per file cost the parent ~0.4 ms of pickling, queueing
 #: and pool-thread wake-ups per file, a third of all client CPU on a tree of small files (issue #5). A batch
-#: holds about BATCH_SECONDS of uploading (see Pace), at most BATCH_FILES files and, past its first file, at
-#: most BATCH_BYTES: so a batch's Outcomes (journal, progress) come back within a fraction of a second, and
+#: holds about BATCH_SECONDS of uploading (see Pace), at most BATCH_FILES files per upload thread and, past
+#: its first file, at most BATCH_BYTES; a file for multipart goes alone: so a batch's Outcomes (journal, progress) come back within a fraction of a second, and
 #: the last batches of a run leave no worker idle for long. A batch never waits for files while a worker is
 #: idle (see upload_all).
 BATCH_FILES = 32
@@ -301,15 +306,16 @@ class Pace:
             took = max(outcome.ended - outcome.started, 1e-4)
             self.seconds_per_file = took if self.seconds_per_file is None else 0.9 * self.seconds_per_file + 0.1 * took
 
-    def batch_files(self) -> int:
+    def batch_files(self, threads: int = 1) -> int:
+        """Files per batch for a worker that uploads `threads` of them at a time."""
         if self.seconds_per_file is None:
             return 1
-        return max(1, min(BATCH_FILES, int(BATCH_SECONDS / self.seconds_per_file)))
+        return max(1, min(BATCH_FILES * threads, int(threads * BATCH_SECONDS / self.seconds_per_file)))
 
 
 def upload_all(items: Iterable[Union[WorkItem, Outcome]], config: Config, summary: Summary,
                stop: "StopFlag", ctx, progress: Progress, heartbeat: Heartbeat, done, before_first=None) -> None:
-    """Feed WorkItems, in batches, to a pool of `max_concurrent` workers with at most 2x that many batches out.
+    """Feed WorkItems, in batches, to a pool of `config.processes` workers with at most 2x that many batches out.
 
     `Pool.imap*` would drain the whole walk into its task queue at once; submitting one apply_async at a
     time against a bound keeps memory flat however big the tree (at most 2N batches of BATCH_FILES). Outcomes
@@ -319,7 +325,7 @@ def upload_all(items: Iterable[Union[WorkItem, Outcome]], config: Config, summar
     every Outcome a worker returns (the journal records verified uploads; move mode removes their files).
     The pool is started, after `before_first()` (the pre-flight), only when there is a first file to upload.
     """
-    limit = 2 * config.max_concurrent
+    limit = 2 * config.processes
     results: queue.SimpleQueue = queue.SimpleQueue()
     outstanding: Dict[int, list] = {}
     batch: list = []
@@ -329,19 +335,23 @@ def upload_all(items: Iterable[Union[WorkItem, Outcome]], config: Config, summar
 
     def start_pool():
         nonlocal starts, stopping, pool
-        from obsbatch import worker  # imports boto3: not for a run that uploads nothing
+        from obsbatch import worker  # imports botocore: not for a run that uploads nothing
 
-        if before_first is not None:
-            before_first()
+        early = start_fork_server()
+        try:
+            if before_first is not None:
+                before_first()
+        finally:
+            early.join()
         starts = ctx.Value("i", 0)
         stopping = ctx.RawValue("b", 0)
-        pool = ctx.Pool(config.max_concurrent, initializer=worker.init_worker,
+        pool = ctx.Pool(config.processes, initializer=worker.init_worker,
                         initargs=(config, starts, progress.workers, stopping))
 
     def check_workers():
         # Pool starts a worker beyond the first N only to replace one that died (no maxtasksperchild).
         # Read without the lock: a worker killed while holding it must not block the parent too.
-        if starts is not None and starts.get_obj().value > config.max_concurrent:
+        if starts is not None and starts.get_obj().value > config.processes:
             raise WorkerDied()
 
     def idle_check():
@@ -391,10 +401,12 @@ def upload_all(items: Iterable[Union[WorkItem, Outcome]], config: Config, summar
                 if isinstance(item, Outcome):
                     summary.add(item)
                     continue
+                if item.size >= config.multipart_threshold and batch:
+                    submit()  # a multipart upload goes alone: its worker runs it in its main thread
                 batch.append(item)
                 batch_bytes += item.size
-                if (len(batch) >= pace.batch_files() or batch_bytes >= BATCH_BYTES
-                        or len(outstanding) < config.max_concurrent):
+                if (len(batch) >= pace.batch_files(config.threads) or batch_bytes >= BATCH_BYTES
+                        or len(outstanding) < config.processes):
                     submit()
             if batch:
                 submit()
@@ -428,6 +440,25 @@ def upload_all(items: Iterable[Union[WorkItem, Outcome]], config: Config, summar
         _account_for_the_rest(results, outstanding, summary, _interrupted, done)
         raise
     stop.check()  # a stop signal ends the run with 130/143, even if nothing was left in flight
+
+
+def start_fork_server() -> threading.Thread:
+    """Start the pool's fork server from a helper thread; join the thread before creating the Pool.
+
+    The fork server's start (a new interpreter importing botocore and parsing the S3 model, ~0.3 s) is the
+    longest step before a first upload; this way it runs on another core while the main thread does the
+    pre-flight. forkserver.ensure_running() holds the fork server's own lock, so Pool() then finds it up
+    (and if it failed here, Pool()'s own call fails and reports).
+    """
+    from multiprocessing import forkserver
+
+    def start():
+        with contextlib.suppress(Exception):
+            forkserver.ensure_running()
+
+    thread = threading.Thread(target=start, name="obsbatch-forkserver", daemon=True)
+    thread.start()
+    return thread
 
 
 class WorkerDied(Exception):
