@@ -83,21 +83,25 @@ def _run_locked(config: Config, source: bytes, notifier: Notifier, telemetry: Te
                 journal_: Optional[journal.Journal]) -> Summary:
     # The first /proc scan and the pre-flight may outlast TimeoutStartSec= on a big host or a slow endpoint.
     notifier.extend_timeout(_start_budget(config), "scanning open files and checking the destination")
-    gate = Gate(config.min_age, strict=config.fd_check == "strict")
-    gate.current_index()  # the first /proc scan, now: --fd-check strict fails here, before any upload
-    # The parent's own client (pre-flight, remote listing, manifest upload) is built when first needed.
-    # The pre-flight runs before walking on a first run (empty journal), where a mistyped bucket or key is
-    # likeliest, and for --verify-remote; once the journal holds uploads, it runs before the first upload
-    # instead, so a run with nothing to upload contacts no server at all (issue #5). --dry-run never does.
-    remote = Remote(config)
     ctx = _context()
-    if not config.dry_run and (journal_ is None or journal_.empty() or config.verify_remote):
-        early = start_fork_server() if journal_ is None or journal_.empty() else None  # a first run will upload
-        try:
+    first_run = not config.dry_run and (journal_ is None or journal_.empty())
+    # A first run (or --no-state) will upload: the pool's fork server starts now, on another core, while
+    # this thread scans /proc and runs the pre-flight.
+    early = start_fork_server() if first_run else None
+    try:
+        gate = Gate(config.min_age, strict=config.fd_check == "strict")
+        gate.current_index()  # the first /proc scan, now: --fd-check strict fails here, before any upload
+        # The parent's own client (pre-flight, remote listing, manifest upload) is built when first needed.
+        # The pre-flight runs before walking on a first run (empty journal), where a mistyped bucket or key
+        # is likeliest, and for --verify-remote; once the journal holds uploads, it runs before the first
+        # upload instead, so a run with nothing to upload contacts no server at all (issue #5). --dry-run
+        # never does.
+        remote = Remote(config)
+        if first_run or (config.verify_remote and not config.dry_run):
             remote.checked()
-        finally:
-            if early is not None:
-                early.join()
+    finally:
+        if early is not None:
+            early.join()
     log.info("run.start", source=display(source), bucket=config.bucket, prefix=config.prefix,
              endpoint=config.endpoint or "aws", workers=config.processes, threads=config.threads, min_age=config.min_age,
              dry_run=config.dry_run)

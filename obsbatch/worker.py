@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import functools
 import hashlib
 import math
 import os
@@ -149,12 +150,12 @@ def _count_call(**kwargs):
 
 
 class Threads:
-    """A worker's upload threads: daemon threads fed from a queue.
+    """A worker's upload threads: daemon threads fed from a queue. They send single PUTs of a batch, or the
+    parts of one multipart upload (then the batch holds that file alone, and the main thread waits).
 
     Daemon threads, not a ThreadPoolExecutor, whose threads the interpreter joins at exit: a worker told
-    to stop (SIGTERM) must not wait for their uploads. What they do is always a single PUT (batches hold
-    multipart files alone, and those run in the main thread, which turns SIGTERM into an abort), and a
-    single PUT cut short stores nothing.
+    to stop (SIGTERM, turned into SystemExit in the main thread) must abort its multipart upload and go,
+    not wait for the requests in flight. A single PUT or a part cut short stores nothing.
     """
 
     def __init__(self, count: int):
@@ -164,18 +165,31 @@ class Threads:
 
     def _run(self) -> None:
         while True:
-            item, index, results, done = self.tasks.get()
-            results[index] = _one_unless_stopping(item)
+            function, index, results, done = self.tasks.get()
+            try:
+                results[index] = (True, function())
+            except BaseException as exc:  # handed to the waiting thread, which decides
+                results[index] = (False, exc)
             done.release()
 
-    def map(self, items: list) -> list:
-        results: list = [None] * len(items)
+    def map(self, functions: list) -> list:
+        """Call each function on a thread; return [(True, value) or (False, exception)] in order."""
+        results: list = [None] * len(functions)
         done = threading.Semaphore(0)
-        for index, item in enumerate(items):
-            self.tasks.put((item, index, results, done))
-        for _ in items:
+        for index, function in enumerate(functions):
+            self.tasks.put((function, index, results, done))
+        for _ in functions:
             done.acquire()
         return results
+
+
+def _threads_of_this_worker() -> "Threads | None":
+    global _threads
+    if _config is None or _config.threads == 1:
+        return None
+    if _threads is None:
+        _threads = Threads(_config.threads)
+    return _threads
 
 
 def _one_unless_stopping(item: WorkItem) -> Outcome:
@@ -188,13 +202,10 @@ def upload_batch(items: list) -> list:
     Small files go to this worker's threads, Config.threads at a time. A file for multipart (always alone
     in its batch: pipeline.BATCH_BYTES) and single-file batches run here, in the main thread.
     """
-    global _threads
-    if (len(items) == 1 or _config is None or _config.threads == 1
-            or any(item.size >= _config.multipart_threshold for item in items)):
+    threads = _threads_of_this_worker()
+    if threads is None or len(items) == 1 or any(item.size >= _config.multipart_threshold for item in items):
         return [_one_unless_stopping(item) for item in items]
-    if _threads is None:
-        _threads = Threads(_config.threads)
-    return _threads.map(items)
+    return [value for _, value in threads.map([functools.partial(_one_unless_stopping, item) for item in items])]
 
 
 def upload_one(item: WorkItem) -> Outcome:
@@ -408,42 +419,74 @@ def _put_multipart(item: WorkItem, f) -> dict:
     sha256 = _hash_file(item, f)
     _check_unchanged(item, f, "while hashing")
     chunk = part_size(item.size, _config.multipart_chunksize)
+    numbers = range(1, max(1, math.ceil(item.size / chunk)) + 1)
     upload_id = _client.create_multipart_upload(Bucket=_config.bucket, Key=item.key,
                                                 Metadata={"sha256": sha256})["UploadId"]
+    spent: list = []  # (sent, calls, recalls) of each part's thread, added to this file's counts below
+    failed = threading.Event()
+    send = functools.partial(_upload_part, item, f.fileno(), chunk, upload_id, spent, failed)
+    # Parts go up `threads` at a time, as s5cmd and aws-cli send them: a lone big file would otherwise
+    # use one connection of the worker's many (issue #5). Each part is read with pread at its own offset.
+    # A failed part stops the parts not yet begun; the map returns once the others have ended, so no part
+    # lands after the abort below. SIGTERM interrupts the wait itself, and the abort goes out at once.
+    threads = _threads_of_this_worker()
     try:
-        f.seek(0)
-        parts = []
-        part_digests = []
-        total = 0
-        while True:
-            data = f.read(chunk)
-            if not data:
-                break
-            total += len(data)
-            if total > item.size:
-                raise FileChanged(f"grew past {item.size} bytes while uploading; deferred to the next run")
-            md5_b64, md5_hex = _md5_b64(data)
-            part_digests.append(bytes.fromhex(md5_hex))
-            number = len(parts) + 1
-            resp = _send(_client.upload_part, Bucket=_config.bucket, Key=item.key, UploadId=upload_id,
-                         PartNumber=number, Body=data, ContentMD5=md5_b64)
-            parts.append({"ETag": resp["ETag"], "PartNumber": number})
-        if total != item.size:
-            raise FileChanged(f"read {total} bytes, expected {item.size}; deferred to the next run")
+        if threads is None:
+            results = [send(number) for number in numbers]
+        else:
+            outcomes = threads.map([functools.partial(send, number) for number in numbers])
+            errors = [value for ok, value in outcomes if not ok]
+            if errors:
+                raise next((e for e in errors if not isinstance(e, _Cancelled)), errors[0])
+            results = [value for _, value in outcomes]
         # The last chance to refuse: nothing is visible under the key until Complete succeeds.
         _check_unchanged(item, f, "while uploading")
         resp = _client.complete_multipart_upload(Bucket=_config.bucket, Key=item.key, UploadId=upload_id,
-                                                 MultipartUpload={"Parts": parts})
+                                                 MultipartUpload={"Parts": [part for part, _ in results]})
     except BaseException:
         _abort(item, upload_id)
         raise
+    finally:
+        for sent, calls, recalls in spent:
+            _counts.sent += sent
+            _counts.calls += calls
+            _counts.recalls += recalls
     etag = resp.get("ETag", "").strip('"')
     # After Complete the object exists; a mismatch is reported FAILED (never journaled) and the next run
     # uploads the file again over it.
-    _check_etag(item, etag, f"{hashlib.md5(b''.join(part_digests)).hexdigest()}-{len(part_digests)}")
+    digests = b"".join(digest for _, digest in results)
+    _check_etag(item, etag, f"{hashlib.md5(digests).hexdigest()}-{len(results)}")
     if _config.verify_after_upload:
         _verify_after_upload(item, etag, sha256)
     return dict(kind=Kind.UPLOADED, etag=etag, sha256=sha256, multipart=True, version_id=resp.get("VersionId", ""))
+
+
+class _Cancelled(Exception):
+    """A part not begun because another part of the same upload failed (internal to this module)."""
+
+
+def _upload_part(item: WorkItem, fd: int, chunk: int, upload_id: str, spent: list, failed: threading.Event,
+                 number: int):
+    """Read and send part `number` (on an upload thread); returns ({"ETag", "PartNumber"}, binary MD5)."""
+    if failed.is_set():
+        raise _Cancelled()
+    counts = _counts
+    before = (counts.sent, counts.calls, counts.recalls)
+    try:
+        offset = (number - 1) * chunk
+        length = min(chunk, item.size - offset)
+        data = os.pread(fd, length, offset)
+        if len(data) != length:
+            raise FileChanged(f"read {offset + len(data)} bytes, expected {item.size}; deferred to the next run")
+        md5_b64, md5_hex = _md5_b64(data)
+        resp = _send(_client.upload_part, Bucket=_config.bucket, Key=item.key, UploadId=upload_id,
+                     PartNumber=number, Body=data, ContentMD5=md5_b64)
+        return {"ETag": resp["ETag"], "PartNumber": number}, bytes.fromhex(md5_hex)
+    except BaseException:
+        failed.set()
+        raise
+    finally:
+        spent.append((counts.sent - before[0], counts.calls - before[1], counts.recalls - before[2]))
 
 
 def _abort(item: WorkItem, upload_id: str) -> None:

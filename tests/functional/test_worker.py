@@ -115,6 +115,24 @@ def test_failed_multipart_is_aborted_and_leaves_nothing(tmp_path, s3, s3server, 
     assert "Contents" not in s3.list_objects_v2(Bucket=s3server.bucket, Prefix=prefix)
 
 
+def test_multipart_parts_go_up_in_parallel_and_counts_add_up(tmp_path, s3, s3server, prefix, setup_worker, proxy):
+    """A lone big file uses the worker's upload threads for its parts (issue #5), with one 503 retried."""
+    config = setup_worker(prefix, proxy.endpoint, "--max-concurrent", "8")
+    assert config.threads >= 2
+    hold = proxy.add(Fault(method="PUT", path=r"partNumber=1\b", action="hold", delay=2.0))
+    proxy.add(Fault(method="PUT", path=r"partNumber=3\b", action="status", status=503, code="SlowDown", times=1))
+    data = os.urandom(16 * 1024 * 1024)
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    outcome = worker.upload_one(item_for(path, prefix))
+    assert outcome.kind is Kind.UPLOADED, outcome
+    # Part 2 went up while part 1 was held: not one part after another.
+    assert proxy.first_time("PUT", r"partNumber=2\b") < proxy.first_time("PUT", r"partNumber=1\b") + 1.5
+    assert hold.hits == 1
+    assert (outcome.attempts, outcome.retries) == (7, 1)  # create + 4 parts + one re-sent part + complete
+    assert s3.get_object(Bucket=s3server.bucket, Key=prefix + "big.bin")["Body"].read() == data
+
+
 def test_corrupted_body_is_resent(tmp_path, s3, s3server, prefix, setup_worker, proxy):
     """BadDigest (Content-MD5 mismatch) is not retried by botocore; upload_one re-sends it."""
     setup_worker(prefix, proxy.endpoint)
