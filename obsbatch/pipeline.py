@@ -12,6 +12,7 @@ import dataclasses
 import datetime
 import functools
 import itertools
+import logging
 import multiprocessing
 import os
 import queue
@@ -28,6 +29,7 @@ from obsbatch import __version__, journal
 from obsbatch.config import Config
 from obsbatch.errors import ConfigError, ExitCode, StopRequested
 from obsbatch.filters import select
+from obsbatch.logs import LEVELS
 from obsbatch.models import Kind, Outcome, Reason, WorkItem, display, fingerprint, not_started
 from obsbatch.manifest import Manifest
 from obsbatch.plan import object_key, plan
@@ -116,7 +118,9 @@ def _run_locked(config: Config, source: bytes, notifier: Notifier, telemetry: Te
         if config.verify_remote and not config.dry_run:
             listed = journal_.load_remote(remote.listing())
             log.info("journal.remote_listed", objects=listed, prefix=config.prefix)
-        stages = journal_.filter(stages, key_of)
+        # Unchanged files are only counted when no one reads their records one by one.
+        quiet = not (config.manifest or telemetry.enabled or LEVELS[config.debug] <= logging.DEBUG)
+        stages = journal_.filter(stages, key_of, functools.partial(_unchanged, summary, progress) if quiet else None)
         summary.observers.append(functools.partial(_track_deferral, journal_, config, summary, telemetry))
     stages = plan(gate.filter(stages, key_of), config.prefix)
     manifest_ = None
@@ -223,6 +227,11 @@ def _remove_uploaded(item: WorkItem, outcome: Outcome, gate: Gate) -> Outcome:
         return outcome
     log.info("file.deleted", path=item.display, key=item.key)
     return dataclasses.replace(outcome, deleted=True)
+
+
+def _unchanged(summary: Summary, progress: Progress, size: int) -> None:
+    progress.parent += 1
+    summary.add_unchanged(size)
 
 
 def _counted(items, progress: Progress, walk_done):

@@ -90,6 +90,11 @@ class Summary:
         for observe in self.observers:
             observe(outcome)
 
+    def add_unchanged(self, size: int) -> None:
+        """Count one file skipped as unchanged without an Outcome (journal.filter's quiet path)."""
+        self.scanned += 1
+        self.skipped[Reason.UNCHANGED.value] += 1
+
     def finish(self, stopped_by: Optional[ExitCode] = None) -> None:
         self.stopped_by = stopped_by
         self.ended = time.time()
