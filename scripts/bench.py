@@ -457,7 +457,7 @@ def main() -> int:
     meta = dict(date=started.isoformat(timespec="seconds"), machine=dict(
         cpus=os.cpu_count(), platform=platform.platform(), python=platform.python_version(),
         memory_gib=round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30, 1)),
-        versions=tool_versions(), args=dict(vars(args)), tiny=args.tiny)
+        versions=tool_versions(), commit=_commit(), args=dict(vars(args)), tiny=args.tiny)
     result = dict(meta=meta, summary=rows, runs=[asdict(r) for r in bench.runs], table=table)
     for name in (f"bench-{stamp}", "latest"):
         (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -468,6 +468,15 @@ def main() -> int:
         print("matplotlib is not installed: no chart (pip install -e '.[bench]')", file=sys.stderr)
     print(f"== results in {out}/latest.json and latest.png")
     return 0 if all(r.ok for r in bench.runs) else 1
+
+
+def _commit() -> str | None:
+    """The obsbatch commit measured (with "-dirty" if the work tree had changes)."""
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
+                              text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
 
 
 def tool_versions() -> dict:
