@@ -157,7 +157,7 @@ class Journal:
         journaled size and ETag, or the file is uploaded again; and a file the journal does not know whose
         key holds a same-size object is sent to a worker with that ETag, to be compared rather than uploaded.
 
-        unchanged: if given, called with each unchanged file's size *instead of* yielding an Outcome for it.
+        unchanged: if given, called for each unchanged file *instead of* yielding an Outcome for it.
         For a run whose records nobody reads one by one (no manifest, no telemetry, no debug log), the
         Outcome, its trip down the pipeline and its Summary.add were 40% of a no-op run (issue #5).
         """
@@ -185,7 +185,7 @@ class Journal:
             if fingerprint_matches:
                 if unchanged is not None:
                     self.ended(key)  # as Summary's observer would, for the Outcome it doesn't get
-                    unchanged(st.st_size)
+                    unchanged()
                     continue
                 yield Outcome(Kind.SKIPPED, display(item.path), key=key, reason=Reason.UNCHANGED,
                               size=st.st_size, mtime_ns=st.st_mtime_ns)

@@ -17,7 +17,6 @@ import multiprocessing
 import os
 import queue
 import signal
-import sys
 import stat as statmod
 import threading
 import time
@@ -229,9 +228,9 @@ def _remove_uploaded(item: WorkItem, outcome: Outcome, gate: Gate) -> Outcome:
     return dataclasses.replace(outcome, deleted=True)
 
 
-def _unchanged(summary: Summary, progress: Progress, size: int) -> None:
+def _unchanged(summary: Summary, progress: Progress) -> None:
     progress.parent += 1
-    summary.add_unchanged(size)
+    summary.add_unchanged()
 
 
 def _counted(items, progress: Progress, walk_done):
@@ -344,12 +343,13 @@ def upload_all(items: Iterable[Union[WorkItem, Outcome]], config: Config, summar
     batch: list = []
     batch_bytes = 0
     pace = Pace()
-    starts = stopping = pool = None
+    starts = stopping = pool = task = None
 
     def start_pool():
-        nonlocal starts, stopping, pool
+        nonlocal starts, stopping, pool, task
         from obsbatch import worker  # imports botocore: not for a run that uploads nothing
 
+        task = worker.upload_batch
         early = start_fork_server()
         try:
             if before_first is not None:
@@ -402,7 +402,7 @@ def upload_all(items: Iterable[Union[WorkItem, Outcome]], config: Config, summar
         seq = next(seqs)
         sent, batch, batch_bytes = batch, [], 0
         outstanding[seq] = sent
-        pool.apply_async(sys.modules["obsbatch.worker"].upload_batch, (sent,), callback=functools.partial(_tagged, seq, results.put),
+        pool.apply_async(task, (sent,), callback=functools.partial(_tagged, seq, results.put),
                          error_callback=functools.partial(_crashed, seq, sent, results.put))
 
     seqs = itertools.count()

@@ -90,7 +90,7 @@ class Summary:
         for observe in self.observers:
             observe(outcome)
 
-    def add_unchanged(self, size: int) -> None:
+    def add_unchanged(self) -> None:
         """Count one file skipped as unchanged without an Outcome (journal.filter's quiet path)."""
         self.scanned += 1
         self.skipped[Reason.UNCHANGED.value] += 1
