@@ -151,7 +151,7 @@ def main(argv: Optional[Sequence[str]] = None) -> NoReturn:
 
     logs.configure(config.debug, config.log_format)
     log = structlog.get_logger()
-    # Imported here so that `--help` and usage errors do not pay for boto3's import.
+    # Imported here so that `--help` and usage errors do not pay for the pipeline's imports.
     from obsbatch import pipeline, systemd, telemetry
 
     # systemd's and OpenTelemetry's own variables, read once here like everything else from the environment.
@@ -173,7 +173,13 @@ def main(argv: Optional[Sequence[str]] = None) -> NoReturn:
         sys.exit(ExitCode.FATAL)
     tel.shutdown()
     if config.summary == "json":
-        print(json.dumps(summary.as_dict(), sort_keys=True), flush=True)
+        try:
+            print(json.dumps(summary.as_dict(), sort_keys=True), flush=True)
+        except BrokenPipeError:
+            # The reader of stdout left (`obsbatch ... | head -c 100`). The run's outcome and exit code stand;
+            # pointing stdout at /dev/null keeps the interpreter's final flush from raising again (the
+            # recipe in Python's signal module documentation).
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     sys.exit(summary.exit_code)
 
 

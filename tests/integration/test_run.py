@@ -213,6 +213,17 @@ def test_dry_run_uploads_nothing_and_needs_no_server(tmp_path, prefix):
     assert sorted(e["key"] for e in result.find("file.planned")) == [prefix + "a.txt", prefix + "b/c.txt"]
 
 
+def test_a_reader_that_leaves_stdout_early_gets_no_traceback(tmp_path, prefix):
+    """`obsbatch ... --summary json | head -c 1`: the summary cannot be written; the run still ends cleanly."""
+    make_tree(tmp_path, {"a.txt": b"a"})
+    proc = start_obsbatch("--source", tmp_path, "--bucket", "any", "--prefix", prefix, "--endpoint",
+                          "http://127.0.0.1:9", "--dry-run")
+    proc.stdout.close()  # the reader is gone before the summary is printed
+    stderr = proc.stderr.read()
+    assert proc.wait(60) == 0, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+
+
 def _can_drop_privileges():
     try:
         return subprocess.run([*UNPRIVILEGED, "true"], capture_output=True).returncode == 0
