@@ -149,6 +149,10 @@ def main(argv: Optional[Sequence[str]] = None) -> NoReturn:
         print(f"obsbatch: {exc} (see obsbatch --help)", file=sys.stderr)
         sys.exit(ExitCode.FATAL)
 
+    # Everything obsbatch creates (the state journal and its -wal/-shm files, the lock, the manifest, and any
+    # directory for them) is for its own user only: 0600 files in 0700 directories. The journal names every
+    # backed-up path; the manifest too. Existing files and directories keep their modes.
+    os.umask(0o077)
     logs.configure(config.debug, config.log_format)
     log = structlog.get_logger()
     # Imported here so that `--help` and usage errors do not pay for the pipeline's imports.

@@ -282,3 +282,25 @@ def test_preflight_before_the_first_upload_once_the_journal_has_uploads(tmp_path
     first = run_obsbatch("--source", src, *server_args(s3server, prefix, proxy.endpoint), "--state",
                          tmp_path / "new.db", "--debug", "debug", env=s3server.env())
     assert first.returncode == 2 and not [e for e in first.events if e["event"].startswith("file.")], first
+
+
+def test_state_lock_and_manifest_are_private_to_their_user(tmp_path, s3, s3server, prefix):
+    """Created 0600 in 0700 directories, whatever the caller's umask (issue #6): they list every path."""
+    import stat
+
+    src = tmp_path / "src"
+    make_tree(src, {"a.txt": b"a"})
+    state, manifest = tmp_path / "new" / "dir" / "state.db", tmp_path / "m" / "run.jsonl"
+    manifest.parent.mkdir(mode=0o755)
+    old = os.umask(0o022)
+    try:
+        result = run_obsbatch("--source", src, *server_args(s3server, prefix), "--state", state,
+                              "--manifest", manifest, env=s3server.env())
+    finally:
+        os.umask(old)
+    assert result.returncode == 0, result
+    mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
+    assert mode(tmp_path / "new") == mode(tmp_path / "new" / "dir") == 0o700
+    files = [state, manifest, *state.parent.glob("obsbatch-*.lock"), *state.parent.glob("state.db-*")]
+    assert len(files) >= 3 and {str(f): mode(f) for f in files} == {str(f): 0o600 for f in files}
+    assert mode(manifest.parent) == 0o755  # an existing directory keeps its mode
