@@ -165,6 +165,8 @@ class Config:
     include: tuple = field(default=(), metadata=_opt("back up only files whose relative path matches GLOB (repeatable; `*` spans `/`)", metavar="GLOB", append=True))
     exclude: tuple = field(default=(), metadata=_opt("leave out files whose relative path matches GLOB (repeatable; beats --include)", metavar="GLOB", append=True))
     follow_symlinks: bool = field(default=False, metadata=_opt("follow symbolic links (loop-safe); default: skip them"))
+    allow_outside_source: bool = field(default=False, metadata=_opt(
+        "with --follow-symlinks, also follow links that lead outside --source; default: skip them"))
     dry_run: bool = field(default=False, metadata=_opt("walk and judge, upload nothing, contact no server"))
     addressing_style: Literal["auto", "path", "virtual"] = field(default="auto", metadata=_opt("S3 addressing style (default auto)"))
     checksum_mode: Literal["when_required", "when_supported"] = field(default="when_required", metadata=_opt(

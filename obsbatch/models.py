@@ -57,6 +57,7 @@ class Reason(str, enum.Enum):
     NOT_REGULAR = "not_regular"
     SYMLINK = "symlink"
     SYMLINK_LOOP = "symlink_loop"
+    OUTSIDE_SOURCE = "outside_source"
     VANISHED = "vanished"
     TOO_NEW = "too_new"
     OPEN_FOR_WRITE = "open_for_write"

@@ -111,7 +111,8 @@ def _run_locked(config: Config, source: bytes, notifier: Notifier, telemetry: Te
     # The journal's comparison comes before the stability gate (STYLE.md lists it in `plan`): a file that is
     # unchanged since its verified upload is backed up already, even if a process holds it open right now,
     # and must not be reported as deferred run after run.
-    stages = select(walk(source, config.follow_symlinks), config.include, config.exclude)
+    stages = select(walk(source, config.follow_symlinks, config.allow_outside_source), config.include,
+                    config.exclude)
     key_of = functools.partial(object_key, config.prefix)
     if journal_ is not None:
         if config.verify_remote and not config.dry_run:

@@ -43,14 +43,18 @@ def _error(path: bytes, reason: Reason, exc: OSError) -> Outcome:
                    message=f"cannot read {display(path)}: {exc.strerror or exc}")
 
 
-def walk(root: bytes, follow_symlinks: bool = False) -> Iterator[Union[Candidate, Outcome]]:
+def walk(root: bytes, follow_symlinks: bool = False,
+         allow_outside: bool = False) -> Iterator[Union[Candidate, Outcome]]:
     """Yield a Candidate per regular file under `root` and an Outcome for every other entry.
 
     Symlinks are skipped unless `follow_symlinks`; then a link back to a directory on the current path is
-    reported as a loop instead of followed, keyed by (st_dev, st_ino) so bind mounts loop-check too.
+    reported as a loop instead of followed, keyed by (st_dev, st_ino) so bind mounts loop-check too, and a
+    link that resolves outside `root` is skipped (`outside_source`) unless `allow_outside`: a backup of
+    /sftp/export must not carry /etc because a user could plant a link to it.
     Special files (FIFO, socket, device) are never opened: opening a FIFO would block the run.
     """
     root_st = os.stat(root)
+    inside = None if allow_outside else os.path.realpath(root)
     stack = [(root, b"", ((root_st.st_dev, root_st.st_ino), None))]
     while stack:
         dirpath, rel_dir, chain = stack.pop()
@@ -70,19 +74,32 @@ def walk(root: bytes, follow_symlinks: bool = False) -> Iterator[Union[Candidate
                     yield _error(dirpath, Reason.UNREADABLE_DIR, exc)
                     break
                 rel = rel_dir + b"/" + entry.name if rel_dir else entry.name
-                item = _judge_entry(entry, rel, follow_symlinks, chain, subdirs)
+                item = _judge_entry(entry, rel, follow_symlinks, chain, subdirs, inside)
                 if item is not None:
                     yield item
         # Reversed so that popping visits directories in the order readdir gave them.
         stack.extend(reversed(subdirs))
 
 
-def _judge_entry(entry: os.DirEntry, rel: bytes, follow: bool, chain: Chain, subdirs: list):
+def _outside(path: bytes, inside: bytes) -> bool:
+    """Does the link at `path` resolve outside the directory `inside` (already resolved)?"""
+    target = os.path.realpath(path)
+    return target != inside and not target.startswith(inside.rstrip(b"/") + b"/")
+
+
+def _judge_entry(entry: os.DirEntry, rel: bytes, follow: bool, chain: Chain, subdirs: list,
+                 inside: Optional[bytes] = None):
     path = entry.path
     try:
         is_link = entry.is_symlink()
         if is_link and not follow:
             return Outcome(Kind.SKIPPED, display(path), reason=Reason.SYMLINK)
+        if is_link and inside is not None and _outside(path, inside):
+            # Checked where the link is; what lies under a followed directory link is inside by construction,
+            # and each link below it is checked in turn. A link re-pointed after this check leads to another
+            # inode, which the worker's stat comparison refuses.
+            return Outcome(Kind.SKIPPED, display(path), reason=Reason.OUTSIDE_SOURCE,
+                           message="leads outside --source (see --allow-outside-source)")
         st = entry.stat(follow_symlinks=follow)
     except FileNotFoundError:
         # Gone since readdir, or (following links) a dangling link: nothing to back up, not a failure.

@@ -116,6 +116,29 @@ def test_fifo_and_symlinks(tmp_path, s3, s3server, prefix):
                                                      "dirlink/file.txt": b"real"}
 
 
+def test_followed_links_stay_inside_the_source_unless_allowed(tmp_path, s3, s3server, prefix):
+    src, outside = tmp_path / "src", tmp_path / "elsewhere"
+    make_tree(src, {"in/file.txt": b"in"})
+    make_tree(outside, {"secret.txt": b"outside", "sub/deep.txt": b"deep"})
+    os.symlink(outside / "secret.txt", src / "filelink")
+    os.symlink(outside, src / "dirlink")
+    os.symlink("../src/in/file.txt", src / "back-inside")  # leaves by its path, but resolves inside: followed
+    args = ("--source", src, "--follow-symlinks")
+    result = run_obsbatch(*args, *server_args(s3server, prefix), env=s3server.env(), timeout=60)
+    assert result.returncode == 0, result
+    stored = objects(s3, s3server.bucket, prefix)
+    assert stored == {"in/file.txt": b"in", "back-inside": b"in"}, stored
+    assert result.summary["skipped"].get("outside_source") == 2
+    assert sorted(e["path"].rsplit("/", 1)[1] for e in result.find("file.skipped", reason="outside_source")) == \
+        ["dirlink", "filelink"]
+
+    allowed = run_obsbatch(*args, "--allow-outside-source", *server_args(s3server, prefix + "all/"),
+                           env=s3server.env(), timeout=60)
+    assert allowed.returncode == 0, allowed
+    assert {"filelink": b"outside", "dirlink/secret.txt": b"outside", "dirlink/sub/deep.txt": b"deep"}.items() <= \
+        objects(s3, s3server.bucket, prefix + "all/").items()
+
+
 def test_multipart_upload_and_file_changed_while_uploading(tmp_path, s3, s3server, prefix, proxy):
     stable = os.urandom(11 * 1024 * 1024)
     make_tree(tmp_path, {"stable.bin": stable, "growing.bin": os.urandom(11 * 1024 * 1024)})
