@@ -158,6 +158,10 @@ def main(argv: Optional[Sequence[str]] = None) -> NoReturn:
     # Imported here so that `--help` and usage errors do not pay for the pipeline's imports.
     from obsbatch import pipeline, systemd, telemetry
 
+    if config.no_verify_ssl:
+        log.warning("tls.unverified", endpoint=config.endpoint or "aws",
+                    detail="--no-verify-ssl: the endpoint's certificate is not checked; anyone on the network path "
+                           "can read and alter what is backed up")
     # systemd's and OpenTelemetry's own variables, read once here like everything else from the environment.
     notifier = systemd.Notifier.from_environ(os.environ, os.getpid())
     tel = telemetry.Telemetry.from_config(config, os.environ)

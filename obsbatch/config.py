@@ -114,6 +114,13 @@ def endpoint_url(text: str) -> str:
     return text.rstrip("/")
 
 
+def readable_file(text: str) -> str:
+    """A path to a file that exists and can be read now (a CA bundle)."""
+    if not os.path.isfile(text) or not os.access(text, os.R_OK):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a readable file")
+    return os.path.abspath(text)
+
+
 def http_url(text: str) -> str:
     """An http(s) URL with a host; a path is allowed (OTLP receivers may sit under one)."""
     try:
@@ -165,6 +172,11 @@ class Config:
     include: tuple = field(default=(), metadata=_opt("back up only files whose relative path matches GLOB (repeatable; `*` spans `/`)", metavar="GLOB", append=True))
     exclude: tuple = field(default=(), metadata=_opt("leave out files whose relative path matches GLOB (repeatable; beats --include)", metavar="GLOB", append=True))
     follow_symlinks: bool = field(default=False, metadata=_opt("follow symbolic links (loop-safe); default: skip them"))
+    ca_bundle: Optional[str] = field(default=None, metadata=_opt(
+        "PEM file of the CA certificates to trust for an https endpoint; default: botocore's (AWS_CA_BUNDLE)",
+        metavar="PATH", type=readable_file))
+    no_verify_ssl: bool = field(default=False, metadata=_opt(
+        "do not verify the endpoint's TLS certificate (insecure: anyone on the path can read and alter the backup)"))
     allow_outside_source: bool = field(default=False, metadata=_opt(
         "with --follow-symlinks, also follow links that lead outside --source; default: skip them"))
     dry_run: bool = field(default=False, metadata=_opt("walk and judge, upload nothing, contact no server"))
@@ -239,6 +251,8 @@ class Config:
             object.__setattr__(self, "prefix", prefix + "/")
         if self.multipart_chunksize < MIN_PART_SIZE or self.multipart_chunksize > MAX_PART_SIZE:
             raise UsageError("--multipart-chunksize must be between 5MiB and 5GiB (S3's part size limits)")
+        if self.ca_bundle and self.no_verify_ssl:
+            raise UsageError("--ca-bundle and --no-verify-ssl contradict each other; give one")
         if self.verify_remote and self.no_state:
             raise UsageError("--verify-remote reconciles the destination with the journal; it cannot go with --no-state")
         if self.upload_manifest and not self.manifest:

@@ -48,7 +48,15 @@ def make_client(config: Config, pool_connections: int = 2, session=None):
         max_pool_connections=pool_connections,
         user_agent_extra=f"obsbatch/{__version__}",
     )
-    return session.create_client("s3", endpoint_url=config.endpoint, config=botocore_config)
+    # TLS verification is on unless --no-verify-ssl; --ca-bundle replaces botocore's trust store (None keeps
+    # botocore's default: AWS_CA_BUNDLE, the profile's ca_bundle, else its bundled certificates).
+    verify = False if config.no_verify_ssl else config.ca_bundle
+    if verify is False:
+        # The CLI warns once, loudly; urllib3 would otherwise print a non-JSON warning for every request.
+        import urllib3
+
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+    return session.create_client("s3", endpoint_url=config.endpoint, config=botocore_config, verify=verify)
 
 
 def error_code(exc: BaseException) -> str:
