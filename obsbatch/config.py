@@ -7,6 +7,7 @@ names the problem; argparse prefixes it with the flag.
 
 # No `from __future__ import annotations` here: argparse-dataclass reads the real types (bool, Literal).
 import argparse
+import functools
 import os
 import re
 import urllib.parse
@@ -219,12 +220,14 @@ class Config:
     no_telemetry: bool = field(default=False, metadata=_opt("export no traces or metrics, whatever OTEL_* says"))
     summary: Literal["none", "json"] = field(default="none", metadata=_opt("json: print the final summary as one JSON object on stdout"))
 
-    @property
+    # cached_property (it writes the instance __dict__, which a frozen dataclass allows): these are read for
+    # every file and batch, and os.cpu_count() is a system call's worth of work each time.
+    @functools.cached_property
     def processes(self) -> int:
         """Upload worker processes: one per CPU at most. Python code is bound to one core per process."""
         return max(1, min(self.max_concurrent, os.cpu_count() or 1))
 
-    @property
+    @functools.cached_property
     def threads(self) -> int:
         """Upload threads per worker process, so that processes x threads >= --max-concurrent.
 

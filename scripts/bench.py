@@ -155,12 +155,12 @@ def reap_orphans(keep: set, timeout: float = 30.0) -> None:
     raise RuntimeError(f"descendants still alive after {timeout}s: {[p.pid for p in orphans]}")
 
 
-def measure(cmd: list, env: dict, keep: set, server_pid: int, cwd=None) -> tuple:
+def measure(cmd: list, env: dict, keep: set, server_pid: int) -> tuple:
     """Run `cmd`; return (wall, client cpu, main peak RSS MiB, tree peak RSS MiB, server cpu, returncode, output)."""
     cpu0, srv0 = children_cpu(), proc_cpu(server_pid)
     out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=cwd)
+    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
     tree = TreeRss(proc.pid)
     _, status, _ = os.wait4(proc.pid, 0)
     wall = time.monotonic() - start
