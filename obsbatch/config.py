@@ -90,6 +90,17 @@ def duration(text: str) -> float:
     return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
 
 
+def positive_number(text: str) -> float:
+    """A finite number more than zero (a rate)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"'{text}' must be a finite number more than 0")
+    return value
+
+
 def positive_seconds(text: str) -> float:
     return _seconds(text, minimum_exclusive=True)
 
@@ -187,6 +198,10 @@ class Config:
         "Content-MD5 is sent either way"))
     multipart_threshold: int = field(default=64 * MiB, metadata=_opt("files at least this big go multipart (default 64MiB)", metavar="SIZE", type=parse_size))
     multipart_chunksize: int = field(default=16 * MiB, metadata=_opt("multipart part size (default 16MiB; min 5MiB; raised to fit 10,000 parts)", metavar="SIZE", type=parse_size))
+    max_rps: Optional[float] = field(default=None, metadata=_opt(
+        "at most N HTTP requests per second to the endpoint, summed over all workers and retries included "
+        "(default: no limit); keeps a server that throttles bursts (503 SlowDown) from being pushed into it",
+        metavar="N", type=positive_number))
     retries: int = field(default=5, metadata=_opt("retries per request after the first attempt (default 5)", metavar="N", type=non_negative_int))
     fd_check: Literal["best-effort", "strict"] = field(default="best-effort", metadata=_opt(
         "strict: exit 2 if any process's open files cannot be inspected (default best-effort: warn once)"))

@@ -42,7 +42,18 @@ class ConfigError(ObsbatchError):
 
 
 class PreflightError(ObsbatchError):
-    """The destination is unusable: no bucket, bad credentials, unreachable endpoint."""
+    """The destination is unusable: no bucket, bad credentials, untrusted TLS (EndpointUnavailable: not answering)."""
+
+
+class EndpointUnavailable(PreflightError):
+    """The endpoint did not answer the pre-flight (refused, timed out, reset, or a 5xx after retries).
+
+    Not fatal: the server may be down for maintenance or restarting, which the operator cannot fix by
+    changing a flag. The run goes on walking and judging, reports every file it would have uploaded as
+    failed without sending it, and exits 1; the next run uploads them.
+    """
+
+    exit_code = ExitCode.PARTIAL
 
 
 class FdCheckError(ObsbatchError):

@@ -156,3 +156,13 @@ def not_started(item: WorkItem) -> Outcome:
     """A file judged and planned, but not begun because the run was stopping: the next run takes it."""
     return Outcome(Kind.DEFERRED, item.display, key=item.key, size=item.size, reason=Reason.INTERRUPTED,
                    message="not started: the run was stopping; the next run takes it")
+
+
+#: error_type of files not sent because the endpoint did not answer the pre-flight.
+UNAVAILABLE = "EndpointUnavailable"
+
+
+def unavailable(item: WorkItem, why: str) -> Outcome:
+    """A file that would have been uploaded, failed without a request: the endpoint is down (logged once)."""
+    return Outcome(Kind.FAILED, item.display, key=item.key, size=item.size, error_type=UNAVAILABLE,
+                   message=f"not sent: {why}")

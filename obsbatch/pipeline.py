@@ -26,13 +26,14 @@ import structlog
 
 from obsbatch import __version__, journal
 from obsbatch.config import Config
-from obsbatch.errors import ConfigError, ExitCode, StopRequested
+from obsbatch.errors import ConfigError, EndpointUnavailable, ExitCode, StopRequested
 from obsbatch.filters import select
 from obsbatch.logs import LEVELS
-from obsbatch.models import Kind, Outcome, Reason, WorkItem, display, fingerprint, not_started
+from obsbatch.models import Kind, Outcome, Reason, WorkItem, display, fingerprint, not_started, unavailable
 from obsbatch.manifest import Manifest
 from obsbatch.plan import object_key, plan
 from obsbatch.progress import Display
+from obsbatch.ratelimit import RateLimit
 from obsbatch.remote import Remote, manifest_key
 from obsbatch.report import Summary
 from obsbatch.stability import Gate
@@ -99,7 +100,8 @@ def _run_locked(config: Config, source: bytes, notifier: Notifier, telemetry: Te
         # never does.
         remote = Remote(config)
         if first_run or (config.verify_remote and not config.dry_run):
-            remote.checked()
+            with contextlib.suppress(EndpointUnavailable):  # logged once; upload_all fails each file unsent
+                remote.checked()
     finally:
         if early is not None:
             early.join()
@@ -115,7 +117,7 @@ def _run_locked(config: Config, source: bytes, notifier: Notifier, telemetry: Te
                     config.exclude)
     key_of = functools.partial(object_key, config.prefix)
     if journal_ is not None:
-        if config.verify_remote and not config.dry_run:
+        if config.verify_remote and not config.dry_run and not remote.unavailable:
             listed = journal_.load_remote(remote.listing())
             log.info("journal.remote_listed", objects=listed, prefix=config.prefix)
         # Unchanged files are only counted when no one reads their records one by one.
@@ -337,6 +339,9 @@ def upload_all(items: Iterable[Union[WorkItem, Outcome]], config: Config, summar
     still out: none is lost even when the pool is torn down. `done(item, outcome) -> outcome` is called for
     every Outcome a worker returns (the journal records verified uploads; move mode removes their files).
     The pool is started, after `before_first()` (the pre-flight), only when there is a first file to upload.
+    If the pre-flight finds the endpoint down (EndpointUnavailable), no pool starts: the walk goes on, and
+    every file it would have handed out is counted failed, unsent (a 5xx storm or a dead server must not
+    cost a million files a round of retries each).
     """
     limit = 2 * config.processes
     results: queue.SimpleQueue = queue.SimpleQueue()
@@ -345,6 +350,7 @@ def upload_all(items: Iterable[Union[WorkItem, Outcome]], config: Config, summar
     batch_bytes = 0
     pace = Pace()
     starts = stopping = pool = task = None
+    down = ""  # why the endpoint is unavailable, once the pre-flight found it so
 
     def start_pool():
         nonlocal starts, stopping, pool, task
@@ -359,8 +365,9 @@ def upload_all(items: Iterable[Union[WorkItem, Outcome]], config: Config, summar
             early.join()
         starts = ctx.Value("i", 0)
         stopping = ctx.RawValue("b", 0)
+        rate = RateLimit(ctx, config.max_rps) if config.max_rps else None
         pool = ctx.Pool(config.processes, initializer=worker.init_worker,
-                        initargs=(config, starts, progress.workers, stopping))
+                        initargs=(config, starts, progress.workers, stopping, rate))
 
     def check_workers():
         # Pool starts a worker beyond the first N only to replace one that died (no maxtasksperchild).
@@ -395,9 +402,17 @@ def upload_all(items: Iterable[Union[WorkItem, Outcome]], config: Config, summar
         stop.check_again()
 
     def submit():
-        nonlocal batch, batch_bytes
-        if pool is None:
-            start_pool()
+        nonlocal batch, batch_bytes, down
+        if pool is None and not down:
+            try:
+                start_pool()
+            except EndpointUnavailable as exc:
+                down = str(exc)
+        if down:
+            for item in batch:
+                summary.add(unavailable(item, down))
+            batch, batch_bytes = [], 0
+            return
         while len(outstanding) >= limit:
             _collect(results, outstanding, summary, idle_check, progress, done, pace)
         seq = next(seqs)

@@ -16,7 +16,7 @@ from typing import Iterator, Optional
 import structlog
 
 from obsbatch.config import Config
-from obsbatch.errors import PreflightError
+from obsbatch.errors import EndpointUnavailable, PreflightError
 
 log = structlog.get_logger()
 
@@ -37,6 +37,8 @@ class Remote:
         self.config = config
         self._client = None
         self._checked = False
+        #: Why the endpoint did not answer the pre-flight, once it has not (it is not asked again this run).
+        self.unavailable = ""
 
     @property
     def contacted(self) -> bool:
@@ -50,9 +52,23 @@ class Remote:
         return self._client
 
     def checked(self):
-        """The client, after the pre-flight has passed (raises PreflightError, exit 2, if it does not)."""
+        """The client, after the pre-flight has passed.
+
+        Raises PreflightError (exit 2) for what the operator must fix, and EndpointUnavailable when the
+        server did not answer; that is logged here, once, and raised again at once on every later call, so
+        a down server costs one round of retries per run, not one per file.
+        """
+        if self.unavailable:
+            raise EndpointUnavailable(self.unavailable)
         if not self._checked:
-            preflight(self.config, self.client())
+            try:
+                preflight(self.config, self.client())
+            except EndpointUnavailable as exc:
+                self.unavailable = str(exc)
+                log.error("run.endpoint_unavailable", error=self.unavailable,
+                          detail="sending nothing this run: every file to upload is reported failed, and the "
+                                 "next run uploads them")
+                raise
             self._checked = True
         return self._client
 
@@ -90,7 +106,7 @@ class Remote:
 
 
 def preflight(config: Config, client) -> None:
-    """Fail before uploading if the bucket is missing, the credentials are wrong or the endpoint is unreachable.
+    """Fail before uploading if the bucket is missing, the credentials are wrong or the endpoint is down.
 
     HeadBucket needs s3:ListBucket, which write-only backup keys rightly lack. HEAD responses have no body,
     so a 403 cannot say whether the key is bad or merely not allowed to list; a ranged GET of a key that is
@@ -114,11 +130,14 @@ def preflight(config: Config, client) -> None:
         if status == 301:
             raise PreflightError(f"bucket '{config.bucket}' is in another region than '{client.meta.region_name}'; "
                                  "set --region") from None
+        if status >= 500:
+            raise EndpointUnavailable(f"the S3 endpoint {where} is failing (HTTP {status} after "
+                                      f"{config.retries} retries): {s3.error_message(exc)}") from None
         if status != 403:
             raise PreflightError(f"bucket '{config.bucket}' at {where} cannot be used: "
                                  f"{s3.error_message(exc)}") from None
     except botocore.exceptions.BotoCoreError as exc:
-        raise PreflightError(f"cannot reach the S3 endpoint {where}: {s3.error_message(exc)}") from None
+        raise _unreachable(where, exc) from None
     try:
         client.get_object(Bucket=config.bucket, Key=config.prefix + ".obsbatch-preflight-probe", Range="bytes=0-0")
     except botocore.exceptions.ClientError as exc:
@@ -128,7 +147,25 @@ def preflight(config: Config, client) -> None:
                                  "and AWS_SECRET_ACCESS_KEY") from None
         if code == "NoSuchBucket":
             raise PreflightError(f"bucket '{config.bucket}' does not exist at {where}") from None
+        if s3.http_status(exc) >= 500:
+            raise EndpointUnavailable(f"the S3 endpoint {where} is failing: {s3.error_message(exc)}") from None
         log.warning("preflight.unverified", bucket=config.bucket, error_type=code,
                     detail="cannot list the bucket (write-only credentials?); uploads will tell")
     except botocore.exceptions.BotoCoreError as exc:
-        raise PreflightError(f"cannot reach the S3 endpoint {where}: {s3.error_message(exc)}") from None
+        raise _unreachable(where, exc) from None
+
+
+def _unreachable(where: str, exc: Exception) -> PreflightError:
+    """A transport failure: a refused, reset or timed-out connection is the server being down (exit 1, try
+    again); a TLS failure is configuration (exit 2: --ca-bundle), as is anything botocore raises before
+    sending (no region, a bad parameter)."""
+    import botocore.exceptions
+
+    from obsbatch import s3
+
+    message = f"cannot reach the S3 endpoint {where}: {s3.error_message(exc)}"
+    if isinstance(exc, botocore.exceptions.SSLError):
+        return PreflightError(message)
+    if isinstance(exc, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError)):
+        return EndpointUnavailable(message)
+    return PreflightError(message)

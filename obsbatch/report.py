@@ -15,7 +15,7 @@ from typing import Optional
 import structlog
 
 from obsbatch.errors import ExitCode
-from obsbatch.models import Kind, Outcome, Reason
+from obsbatch.models import UNAVAILABLE, Kind, Outcome, Reason
 
 log = structlog.get_logger()
 
@@ -81,7 +81,9 @@ class Summary:
         elif kind is Kind.FAILED:
             self.failed += 1
             self.failed_by_type[outcome.error_type] += 1
-            log.error("upload.failed", path=outcome.path, key=outcome.key, error_type=outcome.error_type,
+            # An unreachable endpoint fails every file alike; run.endpoint_unavailable said why, once.
+            level = log.debug if outcome.error_type == UNAVAILABLE else log.error
+            level("upload.failed", path=outcome.path, key=outcome.key, error_type=outcome.error_type,
                       error=outcome.message, attempts=outcome.attempts)
         elif kind is Kind.ERROR:
             self.errors += 1

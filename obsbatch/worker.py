@@ -38,6 +38,7 @@ _ticks = None  # the shared array of per-worker request counters, and this worke
 _slot = 0
 _stopping = None  # shared flag set by the parent on its first stop signal: start no further file
 _threads: "Threads | None" = None  # this worker's upload threads (Config.threads), started on first use
+_rate = None  # the shared --max-rps schedule (obsbatch.ratelimit), or None
 
 
 class _Counts(threading.local):
@@ -82,7 +83,7 @@ class FileChanged(Exception):
     """The file no longer matches the stat the parent judged (internal to this module)."""
 
 
-def init_worker(config: Config, starts=None, ticks=None, stopping=None) -> None:
+def init_worker(config: Config, starts=None, ticks=None, stopping=None, rate=None) -> None:
     """Pool initializer: signals, logging, this process's own S3 client.
 
     starts: a shared counter of worker starts; the parent reads a start beyond the first N as a death.
@@ -91,9 +92,11 @@ def init_worker(config: Config, starts=None, ticks=None, stopping=None) -> None:
         inside a long upload.
     stopping: a shared flag; once the parent sets it, the files of a batch not yet begun are returned as
         not started, so a stop waits for one file per worker, not for whole batches.
+    rate: a shared ratelimit.RateLimit (--max-rps) every HTTP request waits for, or None.
     """
-    global _client, _direct, _config, _init_error, _ticks, _slot, _stopping, _threads
+    global _client, _direct, _config, _init_error, _ticks, _slot, _stopping, _threads, _rate
     _ticks = ticks
+    _rate = rate
     _stopping = stopping
     _init_error = ""
     if starts is not None:
@@ -141,6 +144,9 @@ def _tick(**kwargs):
 
 
 def _count_send(**kwargs):
+    """Just before each HTTP request (botocore's before-send, and DirectPut's): pace it, count it."""
+    if _rate is not None:
+        _rate.wait()
     _counts.sent += 1  # returns None: botocore goes on to send the request itself
     _tick()
 

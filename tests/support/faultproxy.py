@@ -10,6 +10,8 @@ interim response; BaseHTTPRequestHandler answers it (handle_expect_100) because 
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import http.client
 import re
 import socket
@@ -50,11 +52,50 @@ class Fault:
                 and (self.times is None or self.hits < self.times))
 
 
+class Throttle:
+    """A server's request-rate limit, as S3 enforces one: a token bucket holding `burst` requests, refilled at
+    `rate` per second. A request that finds it empty is answered 503 SlowDown."""
+
+    def __init__(self, rate: float, burst: int):
+        self.rate, self.burst = rate, burst
+        self.tokens = float(burst)
+        self.last = time.monotonic()
+        self.refused = 0
+
+    def admit(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        self.refused += 1
+        return False
+
+
+class Chaos:
+    """Random faults for the soak: each request, with `probability`, gets a copy of one of `faults` picked
+    by `rng` (a random.Random, so a seed replays a soak). `injected` counts them by action/status."""
+
+    def __init__(self, probability: float, faults: list, rng):
+        self.probability, self.faults, self.rng = probability, faults, rng
+        self.injected: collections.Counter = collections.Counter()
+
+    def pick(self) -> Optional["Fault"]:
+        if self.rng.random() >= self.probability:
+            return None
+        template = self.rng.choice(self.faults)
+        self.injected[template.action if template.action != "status" else f"{template.status} {template.code}"] += 1
+        return dataclasses.replace(template, arrived=threading.Event())
+
+
 class FaultProxy:
     def __init__(self, upstream: str):
         url = urllib.parse.urlsplit(upstream)
         self.upstream = (url.hostname, url.port)
         self.faults: list[Fault] = []
+        self.throttle: Optional[Throttle] = None
+        self.chaos: Optional[Chaos] = None
         self.seen: list[tuple[str, str, str, float]] = []  # (method, path, what happened, time.monotonic())
         self._lock = threading.Lock()
         proxy = self
@@ -82,10 +123,14 @@ class FaultProxy:
 
     def take(self, method: str, path: str) -> Optional[Fault]:
         with self._lock:
+            if self.throttle is not None and not self.throttle.admit():
+                return _THROTTLED
             for fault in self.faults:
                 if fault.matches(method, path):
                     fault.hits += 1
                     return fault
+            if self.chaos is not None:
+                return self.chaos.pick()
         return None
 
     def record(self, method: str, path: str, what: str) -> None:
@@ -106,6 +151,9 @@ class FaultProxy:
         """Arrival times of matching requests (one record per request)."""
         return [t for m, p, w, t in self.seen
                 if m == method and re.search(path_regex, p) and (what is None or w == what)]
+
+
+_THROTTLED = Fault(action="status", status=503, code="SlowDown", times=None)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -143,7 +191,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._reset()
                 return
             if fault.action == "status":
-                self.owner.record(method, path, f"status {fault.status}")
+                self.owner.record(method, path, "throttled" if fault is _THROTTLED else f"status {fault.status}")
                 self._error(fault.status, fault.code)
                 return
             if fault.action == "etag":
@@ -156,8 +204,8 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(fault.delay)
                 self._forward(body)
                 return
-        self.owner.record(method, path, "forwarded")
-        self._forward(body)
+        if self._forward(body):
+            self.owner.record(method, path, "forwarded")
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
 
@@ -171,16 +219,23 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(payload)
 
-    def _forward(self, body: bytes, etag: Optional[str] = None) -> None:
+    def _forward(self, body: bytes, etag: Optional[str] = None) -> bool:
+        """Pass the request on; False if the server is down (refused, or gone mid-request): then answer
+        502 Bad Gateway, as a load balancer in front of a restarting server would."""
         conn = http.client.HTTPConnection(*self.owner.upstream, timeout=120)
         try:
-            conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
-            for name, value in self.headers.items():
-                if name.lower() not in _HOP_BY_HOP:
-                    conn.putheader(name, value)
-            conn.endheaders(body if body else None)
-            resp = conn.getresponse()
-            data = resp.read()
+            try:
+                conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+                for name, value in self.headers.items():
+                    if name.lower() not in _HOP_BY_HOP:
+                        conn.putheader(name, value)
+                conn.endheaders(body if body else None)
+                resp = conn.getresponse()
+                data = resp.read()
+            except (OSError, http.client.HTTPException):
+                self.owner.record(self.command, self.path, "upstream down")
+                self._error(502, "BadGateway")
+                return False
             self.send_response(resp.status, resp.reason)
             for name, value in resp.getheaders():
                 if name.lower() in _HOP_BY_HOP or (name.lower() == "content-length" and self.command != "HEAD"):
@@ -195,5 +250,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(data)
+            return True
         finally:
             conn.close()

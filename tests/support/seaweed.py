@@ -74,6 +74,7 @@ class Server:
     process: subprocess.Popen
     workdir: Path
     log_path: Path
+    args: list
 
     def client(self):
         import boto3
@@ -90,6 +91,13 @@ class Server:
         """Environment for an obsbatch subprocess talking to this server."""
         return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
                 "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def restart(self, down_for: float = 0.0, timeout: float = 60.0) -> None:
+        """Stop the server, stay down `down_for` seconds, start it again on the same ports and data."""
+        self.stop()
+        time.sleep(down_for)
+        self.process = _spawn(self.args, self.workdir, self.log_path)
+        _wait_until_serving(self, timeout)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -121,24 +129,35 @@ def start(bucket: str = "backups", workdir: str | None = None, timeout: float = 
             f"-admin.port={admin}", f"-s3.port.iceberg={iceberg}", f"-s3.port.lance={lance}",
             f"-s3.config={identities}", f"-bucket={bucket}"]
     log_path = workdir_path / "weed.log"
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   cwd=workdir_path, start_new_session=True, preexec_fn=_die_with_parent)
-    server = Server(f"http://127.0.0.1:{s3port}", bucket, ACCESS_KEY, SECRET_KEY, process, workdir_path, log_path)
+    server = Server(f"http://127.0.0.1:{s3port}", bucket, ACCESS_KEY, SECRET_KEY,
+                    _spawn(args, workdir_path, log_path), workdir_path, log_path, args)
+    _wait_until_serving(server, timeout)
+    return server
+
+
+def _spawn(args: list, workdir: Path, log_path: Path) -> subprocess.Popen:
+    with open(log_path, "ab") as log_file:
+        return subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                cwd=workdir, start_new_session=True, preexec_fn=_die_with_parent)
+
+
+def _wait_until_serving(server: Server, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     client = server.client()
     last = None
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"weed exited with {process.returncode}; see {log_path}:\n{log_path.read_text()[-2000:]}")
+        if server.process.poll() is not None:
+            raise RuntimeError(f"weed exited with {server.process.returncode}; see {server.log_path}:\n"
+                               f"{server.log_path.read_text()[-2000:]}")
         try:
-            client.head_bucket(Bucket=bucket)
-            return server
+            client.head_bucket(Bucket=server.bucket)
+            return
         except Exception as exc:  # not up yet: connection refused, or the bucket not created yet
             last = exc
             time.sleep(0.3)
     server.stop()
-    raise RuntimeError(f"SeaweedFS did not serve bucket {bucket} within {timeout}s ({last}); see {log_path}")
+    raise RuntimeError(f"SeaweedFS did not serve bucket {server.bucket} within {timeout}s ({last}); "
+                       f"see {server.log_path}")
 
 
 @contextlib.contextmanager
