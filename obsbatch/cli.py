@@ -78,14 +78,14 @@ def _from_env(name: str, raw: str):
         if f.type is bool:
             low = raw.strip().lower()
             if low not in _TRUE | _FALSE:
-                raise argparse.ArgumentTypeError(f"'{raw}' is not a boolean (1/0, true/false, yes/no)")
+                raise argparse.ArgumentTypeError(f"{raw!r} is not a boolean (1/0, true/false, yes/no)")
             return low in _TRUE
         if f.metadata.get("append"):
             return tuple(p for p in raw.split(",") if p)
         choices = typing.get_args(f.type) if typing.get_origin(f.type) is typing.Literal else ()
         if choices:
             if raw not in choices:
-                raise argparse.ArgumentTypeError(f"invalid choice '{raw}' (choose from {', '.join(choices)})")
+                raise argparse.ArgumentTypeError(f"invalid choice {raw!r} (choose from {', '.join(choices)})")
             return raw
         convert = f.metadata.get("type", str)
         return convert(raw)

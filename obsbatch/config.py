@@ -41,10 +41,10 @@ def parse_size(text: str) -> int:
     """'64MiB' -> 67108864. Binary units, as aws-cli reads them."""
     m = _SIZE_RE.match(str(text))
     if not m or m.group(2).lower() not in _SIZE_UNITS:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a size (examples: 16MiB, 64MB, 1048576)")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (examples: 16MiB, 64MB, 1048576)")
     value = int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"'{text}' must be more than zero bytes")
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than zero bytes")
     return value
 
 
@@ -55,9 +55,9 @@ def at_least(minimum: int):
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if value < minimum:
-            raise argparse.ArgumentTypeError(f"'{text}' must be {minimum} or more")
+            raise argparse.ArgumentTypeError(f"{text!r} must be {minimum} or more")
         return value
 
     return parse
@@ -71,11 +71,11 @@ def _seconds(text: str, minimum_exclusive: bool) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a finite number of seconds")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of seconds")
     if value < 0 or (minimum_exclusive and value == 0):
-        raise argparse.ArgumentTypeError(f"'{text}' must be {'more than' if minimum_exclusive else 'at least'} 0 seconds")
+        raise argparse.ArgumentTypeError(f"{text!r} must be {'more than' if minimum_exclusive else 'at least'} 0 seconds")
     return value
 
 
@@ -86,7 +86,7 @@ def duration(text: str) -> float:
     """'24h' -> 86400.0; a plain number is seconds (s, m/min, h, d)."""
     m = re.match(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", str(text).lower())
     if not m or m.group(2) not in _DURATION_UNITS:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a duration (examples: 90s, 30m, 24h, 2d)")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (examples: 90s, 30m, 24h, 2d)")
     return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
 
 
@@ -95,9 +95,9 @@ def positive_number(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"'{text}' must be a finite number more than 0")
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number more than 0")
     return value
 
 
@@ -109,45 +109,59 @@ def non_negative_seconds(text: str) -> float:
     return _seconds(text, minimum_exclusive=False)
 
 
+def _shown(url: str) -> str:
+    """A URL as quoted in an error message: any user:password@ part masked, control characters escaped."""
+    return repr(re.sub(r"//[^/]*@", "//***@", url))
+
+
+def _no_controls(text: str) -> None:
+    # urlsplit silently drops tabs and newlines (bpo-43882), so "http://a\nb" would pass as host "ab" while
+    # the text itself, newline and all, went on to botocore.
+    if any(c.isspace() or not c.isprintable() for c in text):
+        raise argparse.ArgumentTypeError(f"{_shown(text)} must not contain spaces or control characters")
+
+
 def endpoint_url(text: str) -> str:
     """An http(s) URL with a host and nothing after the authority but an optional '/'."""
+    _no_controls(text)
     try:
         url = urllib.parse.urlsplit(text)
         url.port  # raises ValueError on a bad port
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a valid URL") from None
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is not a valid URL") from None
     if url.scheme not in ("http", "https") or not url.hostname:
-        raise argparse.ArgumentTypeError(f"'{text}' must be an http:// or https:// URL with a host")
+        raise argparse.ArgumentTypeError(f"{_shown(text)} must be an http:// or https:// URL with a host")
     if url.username or url.password:
         # Credentials in a URL end up in logs and process listings; the AWS chain is the place for them.
         raise argparse.ArgumentTypeError("the endpoint URL must not contain credentials; use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
     if url.path not in ("", "/") or url.query or url.fragment:
-        raise argparse.ArgumentTypeError(f"'{text}' must be just scheme://host[:port]")
+        raise argparse.ArgumentTypeError(f"{_shown(text)} must be just scheme://host[:port]")
     return text.rstrip("/")
 
 
 def readable_file(text: str) -> str:
     """A path to a file that exists and can be read now (a CA bundle)."""
     if not os.path.isfile(text) or not os.access(text, os.R_OK):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a readable file")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a readable file")
     return os.path.abspath(text)
 
 
 def http_url(text: str) -> str:
     """An http(s) URL with a host; a path is allowed (OTLP receivers may sit under one)."""
+    _no_controls(text)
     try:
         url = urllib.parse.urlsplit(text)
         url.port
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a valid URL") from None
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is not a valid URL") from None
     if url.scheme not in ("http", "https") or not url.hostname:
-        raise argparse.ArgumentTypeError(f"'{text}' must be an http:// or https:// URL with a host")
+        raise argparse.ArgumentTypeError(f"{_shown(text)} must be an http:// or https:// URL with a host")
     return text
 
 
 def bucket_name(text: str) -> str:
     if not _BUCKET_RE.match(text):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a valid bucket name (letters, digits, '.', '-', '_')")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid bucket name (letters, digits, '.', '-', '_')")
     return text
 
 
@@ -157,7 +171,7 @@ _REGION_RE = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?$")
 
 def region_name(text: str) -> str:
     if not _REGION_RE.match(text):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a valid region name (letters, digits and '-')")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid region name (letters, digits and '-')")
     return text
 
 
@@ -262,9 +276,9 @@ class Config:
             raise UsageError("--bucket is required (or OBSBATCH_BUCKET)")
         prefix = self.prefix
         if prefix.startswith("/"):
-            raise UsageError(f"--prefix '{prefix}' must not start with '/'")
+            raise UsageError(f"--prefix {prefix!r} must not start with '/'")
         if ".." in prefix.split("/"):
-            raise UsageError(f"--prefix '{prefix}' must not contain a '..' segment")
+            raise UsageError(f"--prefix {prefix!r} must not contain a '..' segment")
         if prefix and not prefix.endswith("/"):
             object.__setattr__(self, "prefix", prefix + "/")
         if self.multipart_chunksize < MIN_PART_SIZE or self.multipart_chunksize > MAX_PART_SIZE:

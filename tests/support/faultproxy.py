@@ -169,6 +169,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         self.connection.close()
 
+    def handle(self):
+        try:
+            super().handle()
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up first (its timeout); fine
+            pass
+
     def finish(self):
         try:
             super().finish()

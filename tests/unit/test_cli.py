@@ -70,6 +70,8 @@ def test_prefix_gets_trailing_slash_like_aws_s3_sync(prefix, expected):
     (["--endpoint", "ftp://host"], "must be an http:// or https:// URL"),
     (["--endpoint", "https://user:pw@host"], "must not contain credentials"),
     (["--endpoint", "https://host:99999"], "is not a valid URL"),
+    (["--endpoint", "https://key:s3cret@host:99999"], "'https://***@host:99999' is not a valid URL"),  # not echoed
+    (["--endpoint", "http://a\nb"], "'http://a\\nb'"),  # one line, whatever the value holds
     (["--http-timeout", "0"], "must be more than 0 seconds"),
     (["--min-age", "-3"], "must be at least 0 seconds"),
     (["--min-age", "nan"], "finite"),

@@ -114,3 +114,61 @@ def test_gate_refreshes_index_older_than_min_age(tmp_path):
         assert gate.rebuilds == 2
     finally:
         writer.kill(), writer.wait()
+
+
+# Run in a child: the judgement of one held file, with an audit hook recording every open, directory read,
+# process start and ctypes call the Python side makes (audit hooks cannot be removed, hence the child).
+SCANNER = """
+import json, os, sys
+from obsbatch.models import Candidate
+from obsbatch.stability import Gate
+seen = []
+def hook(event, args):
+    if event in ("open", "os.scandir", "os.listdir") or event.startswith(
+            ("subprocess", "os.exec", "os.posix_spawn", "os.system", "os.fork", "ctypes", "os.kill", "os.pidfd")):
+        seen.append([event, str(args[0]) if args else ""])
+path = sys.argv[1]
+candidate = Candidate(path=os.fsencode(path), rel=b"held", stat=os.stat(path))
+sys.addaudithook(hook)
+verdict = Gate(min_age=0, strict=False).judge(candidate)
+print(json.dumps({"reason": verdict.reason.value, "holders": verdict.holders, "seen": seen}))
+"""
+
+
+def test_the_fd_scanner_only_reads_proc_never_ptraces_or_opens_another_process_file(tmp_path):
+    import json
+    import re
+    import shutil
+
+    held = tmp_path / "held.bin"
+    held.write_bytes(b"x")
+    os.utime(held, (time.time() - 100,) * 2)
+    writer = hold(held, os.O_WRONLY)
+    trace = tmp_path / "strace.txt"
+    # strace (Debian's strace package) sees the system calls themselves, C extensions (psutil) included.
+    strace = ["strace", "-f", "-qq", "-o", str(trace), "-e", "trace=openat,open,ptrace,process_vm_readv,"
+              "process_vm_writev,pidfd_getfd"] if shutil.which("strace") else []
+    try:
+        proc = subprocess.run([*strace, sys.executable, "-c", SCANNER, str(held)], capture_output=True, text=True,
+                              timeout=60)
+    finally:
+        writer.kill(), writer.wait()
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["reason"] == "open_for_write" and out["holders"][0][0] == writer.pid  # it did find the writer
+    fd_link = re.compile(r"^/proc/(\d+|self|thread-self)/(task/\d+/)?fd/\d+$")
+    opened = [path for event, path in out["seen"] if event == "open"]
+    assert opened and all(p.startswith("/proc/") and not fd_link.match(p) for p in opened), opened
+    assert str(held) not in json.dumps(out["seen"])
+    assert not [e for e in out["seen"] if e[0] not in ("open", "os.scandir", "os.listdir")], out["seen"]
+    if not strace:
+        pytest.skip("strace is not installed: checked the Python side only (audit hooks)")
+    calls = trace.read_text().splitlines()
+    assert not [c for c in calls if re.search(r"\b(ptrace|process_vm_readv|process_vm_writev|pidfd_getfd)\(", c)]
+    # From the first read of /proc on: only /proc, and the user database behind psutil's username().
+    start = next(i for i, c in enumerate(calls) if re.search(r'open(at)?\(AT_FDCWD, "/proc", ', c))
+    paths = [m.group(1) for c in calls[start:] for m in [re.search(r'open(?:at)?\((?:AT_FDCWD, )?"([^"]+)"', c)] if m]
+    outside = [p for p in paths if not p.startswith("/proc/") and p != "/proc"
+               and not re.match(r"^/etc/(passwd|group|nsswitch\.conf)$|.*/libnss_[a-z]+\.so", p)]
+    assert not outside, outside
+    assert not [p for p in paths if fd_link.match(p) or p == str(held)], paths
