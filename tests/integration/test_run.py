@@ -217,6 +217,7 @@ def test_fatal_errors_exit_2_with_one_sentence(tmp_path, s3server, prefix, case)
     assert "Traceback" not in result.stderr
     [fatal] = result.find("run.fatal")
     assert expected in fatal["error"]
+    assert not result.find("run.start")  # refused before walking
     assert "wrong-secret-value-123" not in result.stderr and s3server.secret_key not in result.stderr
 
 

@@ -1,0 +1,106 @@
+"""Hostile trees (issue #6): awkward names, deep nesting, empty files and a file over the single-PUT limit.
+
+Most other bad input is covered where its behaviour lives: a missing, non-directory or unreadable source and
+a missing bucket in test_run.py (exit 2), unreadable entries via setpriv in test_run.py, vanished files in
+test_walk.py and test_worker.py, symlink loops in test_walk.py, invalid flags in test_cli.py and
+test_properties.py.
+"""
+
+import os
+import shutil
+import unicodedata
+import urllib.parse
+
+import pytest
+
+from tests.conftest import age, make_tree, objects, run_obsbatch, server_args
+
+GiB = 1024 ** 3
+
+
+def test_awkward_names_land_under_keys_that_keep_their_bytes(tmp_path, s3, s3server, prefix, proxy):
+    cafe_nfc, cafe_nfd = unicodedata.normalize("NFC", "café.txt"), unicodedata.normalize("NFD", "café.txt")
+    assert cafe_nfc != cafe_nfd
+    names = {
+        "a" * 251 + ".txt": b"longest ascii name (255 bytes)",
+        "ж" * 124 + "end.txt": b"longest name of two-byte characters (255 bytes)",
+        "line\nbreak.txt": b"a newline in the name",
+        "  spaced  name .txt": b"spaces, leading and inner",
+        "-rf": b"a leading dash",
+        "--help.txt": b"two leading dashes",
+        "tab\there.txt": b"a tab",
+        "quote'\"<&>.txt": b"quotes and XML specials",
+        "100%25 literal.txt": b"a literal percent sequence",
+        "?#[]{}=+;,.txt": b"URL specials",
+        cafe_nfc: b"NFC spelling",
+        cafe_nfd: b"NFD spelling",
+        "empty.txt": b"",
+    }
+    for name in names:
+        assert len(name.encode()) <= 255, name
+    files = make_tree(tmp_path, names)
+    result = run_obsbatch("--source", tmp_path, *server_args(s3server, prefix, proxy.endpoint), env=s3server.env())
+    assert result.returncode == 0, result
+    assert result.summary["uploaded"] == len(names) and "Traceback" not in result.stderr
+    # Both spellings of café are two files, two keys, two objects: no Unicode normalization anywhere.
+    assert objects(s3, s3server.bucket, prefix) == files
+    # And on the wire each key is exactly the name's UTF-8 bytes, percent-encoded.
+    sent = {urllib.parse.unquote(path.split("?")[0].split(f"/{prefix}", 1)[1])
+            for method, path, _, _ in proxy.seen if method == "PUT"}
+    assert sent == set(names)
+
+
+def test_a_backslash_is_part_of_the_name_not_a_separator(tmp_path, s3, s3server, prefix, proxy):
+    make_tree(tmp_path, {"back\\slash.txt": b"one file"})
+    result = run_obsbatch("--source", tmp_path, *server_args(s3server, prefix, proxy.endpoint), env=s3server.env())
+    assert result.returncode == 0, result
+    # obsbatch sends the key with its backslash (%5C), as aws-cli does on Linux ...
+    [put] = [path for method, path, _, _ in proxy.seen if method == "PUT"]
+    assert put.endswith(f"/{prefix}back%5Cslash.txt"), put
+    # ... and the object can be read back under that key. (SeaweedFS itself stores `\` as `/`, so its listing
+    # shows back/slash.txt; AWS keeps the backslash. Either way the bytes are the file's.)
+    body = s3.get_object(Bucket=s3server.bucket, Key=f"{prefix}back\\slash.txt")["Body"].read()
+    assert body == b"one file"
+
+
+def test_a_tree_100_levels_deep_with_empty_files_at_every_level(tmp_path, s3, s3server, prefix):
+    files = {}
+    rel = ""
+    for level in range(100):
+        rel += f"l{level:02d}/"
+        files[rel + "empty"] = b""
+        if level % 10 == 9:
+            files[rel + "data.bin"] = os.urandom(100)
+    make_tree(tmp_path, files)
+    result = run_obsbatch("--source", tmp_path, *server_args(s3server, prefix), env=s3server.env())
+    assert result.returncode == 0, result
+    assert result.summary["uploaded"] == len(files) == 110
+    assert objects(s3, s3server.bucket, prefix) == files
+
+
+def test_a_file_over_5_gib_goes_multipart(tmp_path, s3, s3server, prefix):
+    size = 5 * GiB + 1  # one byte over the single-PUT limit
+    need = size + 2 * GiB  # the server stores it all (sparse here, not there), plus room to spare
+    if shutil.disk_usage(s3server.workdir).free < need:
+        pytest.skip(f"needs {need / GiB:.0f} GiB free where SeaweedFS keeps its data")
+    path = tmp_path / "huge.img"
+    with open(path, "wb") as f:  # sparse: a few bytes of data, the rest holes that read as zeros
+        f.write(b"start")
+        f.seek(size - 3)
+        f.write(b"end")
+    age(path)
+    key = f"{prefix}huge.img"
+    try:
+        # The largest threshold allowed, so only the size could make it multipart; 1 GiB parts.
+        result = run_obsbatch("--source", tmp_path, *server_args(s3server, prefix), "--multipart-threshold", "5GiB",
+                              "--multipart-chunksize", "1GiB", "--max-concurrent", 2, env=s3server.env(),
+                              timeout=900)
+        assert result.returncode == 0, result
+        head = s3.head_object(Bucket=s3server.bucket, Key=key)
+        assert head["ContentLength"] == size
+        assert head["ETag"].strip('"').endswith("-6")  # six parts: five of 1 GiB and one of 1 byte
+        start = s3.get_object(Bucket=s3server.bucket, Key=key, Range="bytes=0-4")["Body"].read()
+        end = s3.get_object(Bucket=s3server.bucket, Key=key, Range=f"bytes={size - 3}-{size - 1}")["Body"].read()
+        assert (start, end) == (b"start", b"end")
+    finally:
+        s3.delete_object(Bucket=s3server.bucket, Key=key)
