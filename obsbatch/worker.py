@@ -12,7 +12,6 @@ import functools
 import hashlib
 import math
 import os
-import random
 import re
 import queue
 import signal
@@ -22,6 +21,7 @@ import time
 import botocore.exceptions
 import botocore.loaders
 import botocore.session
+from botocore.retries import standard
 import structlog
 
 from obsbatch import logs, put, s3
@@ -299,9 +299,8 @@ def _verify_after_upload(item: WorkItem, etag: str, sha256: str) -> None:
                           f"{(item.size, etag, sha256)}")
 
 
-def _backoff(attempt: int) -> float:
-    """Full jitter, the same shape as botocore's standard mode: rand(0,1) * min(0.05 * 2**attempt, 20)."""
-    return random.random() * min(0.05 * 2 ** attempt, 20.0)
+# botocore's own standard-mode backoff (full jitter, 20 s cap), so a BadDigest re-send waits as any retry does.
+_BACKOFF = standard.ExponentialBackoff()
 
 
 def _send(operation, **params):
@@ -315,7 +314,7 @@ def _send(operation, **params):
             if s3.error_code(exc) not in s3.BODY_CORRUPTED_CODES or attempt == _config.retries:
                 raise
             log.warning("upload.retry", key=params.get("Key"), error_type=s3.error_code(exc), attempt=attempt + 1)
-            time.sleep(_backoff(attempt))
+            time.sleep(_BACKOFF.delay_amount(standard.RetryContext(attempt_number=attempt + 1)))
     raise AssertionError("unreachable")
 
 
