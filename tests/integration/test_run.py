@@ -253,19 +253,39 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0 or not _can_drop_privileges(),
 
 
 @needs_root
-def test_unreadable_directory_is_reported_and_the_rest_uploaded(tmp_path, s3, s3server, prefix):
-    make_tree(tmp_path, {"readable/a.txt": b"a", "locked/secret.txt": b"s", "z.txt": b"z"})
+def test_unreadable_directory_and_file_are_reported_and_the_rest_uploaded(tmp_path, s3, s3server, prefix):
+    make_tree(tmp_path, {"readable/a.txt": b"a", "locked/secret.txt": b"s", "z.txt": b"z", "mode000.txt": b"m"})
     os.chmod(tmp_path / "locked", 0o000)
+    os.chmod(tmp_path / "mode000.txt", 0o000)
     try:
         result = run_obsbatch("--source", tmp_path, *server_args(s3server, prefix), env=s3server.env(),
                               unprivileged=True)
     finally:
         os.chmod(tmp_path / "locked", 0o755)
     assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr
     assert objects(s3, s3server.bucket, prefix) == {"readable/a.txt": b"a", "z.txt": b"z"}
     [error] = result.find("walk.error", reason="unreadable_dir")
     assert error["path"].endswith("locked") and "Permission denied" in error["error"]
-    assert result.summary["errors"] == 1 and result.summary["uploaded"] == 2
+    [failed] = result.find("upload.failed")  # the file is seen by the walk, refused when opened
+    assert failed["path"].endswith("mode000.txt") and failed["error_type"] == "PermissionError"
+    assert result.summary["errors"] == 1 and result.summary["failed"] == 1 and result.summary["uploaded"] == 2
+
+
+@needs_root
+def test_unreadable_source_is_one_sentence_and_exit_2(tmp_path, s3server, prefix):
+    src = tmp_path / "src"
+    make_tree(src, {"a.txt": b"a"})
+    os.chmod(src, 0o000)
+    try:
+        result = run_obsbatch("--source", src, *server_args(s3server, prefix), env=s3server.env(),
+                              unprivileged=True)
+    finally:
+        os.chmod(src, 0o755)
+    assert result.returncode == 2, result
+    [fatal] = result.find("run.fatal")
+    assert fatal["error"] == f"source directory {src} cannot be read: Permission denied"
+    assert "Traceback" not in result.stderr
 
 
 @pytest.fixture
