@@ -8,6 +8,7 @@ server that throttles any burst of requests.
 import os
 import socket
 import sqlite3
+import time
 
 import pytest
 
@@ -112,6 +113,7 @@ def test_a_server_restarting_mid_run_loses_nothing(tmp_path, own_server, prefix)
         while proxy.count("PUT", r"\.bin", "forwarded") < 15:  # well into the run, about 0.75 s of 4
             if proc.poll() is not None:
                 pytest.fail(f"the run ended before the restart: {finish(proc)}")
+            time.sleep(0.02)
         own_server.restart(down_for=1.0)
         during = finish(proc, timeout=120)
         assert "Traceback" not in during.stderr, during
