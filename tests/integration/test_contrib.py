@@ -1,4 +1,4 @@
-"""The shipped systemd units and environment file."""
+"""The shipped systemd units, environment file and bucket lifecycle example."""
 
 import re
 import shutil
@@ -50,3 +50,19 @@ def test_env_example_parses_into_a_valid_config():
                if line and not line.startswith("#"))
     config = parse([], env)
     assert config.bucket == "my-backups" and config.max_concurrent == 6 and config.exclude == ("*.tmp", "*.part")
+
+
+def test_lifecycle_example_is_accepted_by_a_real_s3_server(s3):
+    """contrib's AbortIncompleteMultipartUpload rule (README "Failure modes") is a configuration S3 takes."""
+    import json
+    import uuid
+
+    config = json.loads((CONTRIB / "lifecycle-abort-incomplete-multipart.json").read_text())
+    bucket = f"lifecycle-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    try:
+        s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration=config)
+        [rule] = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+        assert rule["Status"] == "Enabled" and rule["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
+    finally:
+        s3.delete_bucket(Bucket=bucket)
