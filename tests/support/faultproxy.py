@@ -137,6 +137,15 @@ class FaultProxy:
         with self._lock:
             self.seen.append((method, path, what, time.monotonic()))
 
+    def relabel(self, method: str, path: str, what: str) -> None:
+        """Change what happened to this request, recorded when it arrived (its latest record)."""
+        with self._lock:
+            for i in range(len(self.seen) - 1, -1, -1):
+                m, p, _, t = self.seen[i]
+                if (m, p) == (method, path):
+                    self.seen[i] = (m, p, what, t)
+                    return
+
     def count(self, method: str, path_regex: str, what: Optional[str] = None) -> int:
         with self._lock:
             return len(self._matching(method, path_regex, what))
@@ -210,8 +219,9 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(fault.delay)
                 self._forward(body)
                 return
-        if self._forward(body):
-            self.owner.record(method, path, "forwarded")
+        # Recorded before the answer goes back, so a test that has its response also sees the record.
+        self.owner.record(method, path, "forwarded")
+        self._forward(body)
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
 
@@ -239,7 +249,7 @@ class _Handler(BaseHTTPRequestHandler):
                 resp = conn.getresponse()
                 data = resp.read()
             except (OSError, http.client.HTTPException):
-                self.owner.record(self.command, self.path, "upstream down")
+                self.owner.relabel(self.command, self.path, "upstream down")
                 self._error(502, "BadGateway")
                 return False
             self.send_response(resp.status, resp.reason)
