@@ -290,6 +290,9 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "soak.json"))
     opts = parser.parse_args()
     rng = random.Random(opts.seed)
+    # The commit measured is the one checked out now, not whatever is checked out 30 minutes later.
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
     work = Path(tempfile.mkdtemp(prefix="obsbatch-soak-"))
     src, state, prefix = work / "src", work / "state" / "obsbatch.db", "soak/"
     print(f"soak: seed {opts.seed}, {opts.files} files, {opts.minutes} min, fault rate {opts.fault_rate}, in {work}",
@@ -370,8 +373,7 @@ def main() -> int:
         "totals": dict(totals), "final_runs": final_runs, "final_compare": dict(final),
         "files_lost": lost, "torn": totals["readback:torn"], "multipart_left_over": dict(leftover),
         "problems": problems[:50],
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                 text=True).stdout.strip(),
+        "commit": commit,
         "machine": f"{os.cpu_count()} CPUs, {platform.platform()}",
     }
     Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
