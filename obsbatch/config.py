@@ -67,13 +67,19 @@ positive_int = at_least(1)
 non_negative_int = at_least(0)
 
 
-def _seconds(text: str, minimum_exclusive: bool) -> float:
+def _finite(text: str, noun: str) -> float:
+    """A finite float, or one sentence naming what was expected (noun: "number of seconds")."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a {noun}") from None
     if value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of seconds")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite {noun}")
+    return value
+
+
+def _seconds(text: str, minimum_exclusive: bool) -> float:
+    value = _finite(text, "number of seconds")
     if value < 0 or (minimum_exclusive and value == 0):
         raise argparse.ArgumentTypeError(f"{text!r} must be {'more than' if minimum_exclusive else 'at least'} 0 seconds")
     return value
@@ -92,11 +98,8 @@ def duration(text: str) -> float:
 
 def positive_number(text: str) -> float:
     """A finite number more than zero (a rate)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < float("inf"):
+    value = _finite(text, "number")
+    if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be a finite number more than 0")
     return value
 
@@ -123,14 +126,7 @@ def _no_controls(text: str) -> None:
 
 def endpoint_url(text: str) -> str:
     """An http(s) URL with a host and nothing after the authority but an optional '/'."""
-    _no_controls(text)
-    try:
-        url = urllib.parse.urlsplit(text)
-        url.port  # raises ValueError on a bad port
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{_shown(text)} is not a valid URL") from None
-    if url.scheme not in ("http", "https") or not url.hostname:
-        raise argparse.ArgumentTypeError(f"{_shown(text)} must be an http:// or https:// URL with a host")
+    url = urllib.parse.urlsplit(http_url(text))
     if url.username or url.password:
         # Credentials in a URL end up in logs and process listings; the AWS chain is the place for them.
         raise argparse.ArgumentTypeError("the endpoint URL must not contain credentials; use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
@@ -151,7 +147,7 @@ def http_url(text: str) -> str:
     _no_controls(text)
     try:
         url = urllib.parse.urlsplit(text)
-        url.port
+        url.port  # raises ValueError on a bad port
     except ValueError:
         raise argparse.ArgumentTypeError(f"{_shown(text)} is not a valid URL") from None
     if url.scheme not in ("http", "https") or not url.hostname:
