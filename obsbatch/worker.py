@@ -427,14 +427,16 @@ def _put_multipart(item: WorkItem, f) -> dict:
     numbers = range(1, max(1, math.ceil(item.size / chunk)) + 1)
     upload_id = _client.create_multipart_upload(Bucket=_config.bucket, Key=item.key,
                                                 Metadata={"sha256": sha256})["UploadId"]
-    spent: list = []  # (sent, calls, recalls) of each part's thread, added to this file's counts below
-    failed = threading.Event()
-    send = functools.partial(_upload_part, item, f.fileno(), chunk, upload_id, spent, failed)
     # Parts go up `threads` at a time, as s5cmd and aws-cli send them: a lone big file would otherwise
     # use one connection of the worker's many (issue #5). Each part is read with pread at its own offset.
     # A failed part stops the parts not yet begun; the map returns once the others have ended, so no part
     # lands after the abort below. SIGTERM interrupts the wait itself, and the abort goes out at once.
     threads = _threads_of_this_worker()
+    # (sent, calls, recalls) of each part sent on another thread, added to this thread's counts below.
+    # Parts sent on this thread (no upload threads) are counted here already.
+    spent: list | None = [] if threads is not None else None
+    failed = threading.Event()
+    send = functools.partial(_upload_part, item, f.fileno(), chunk, upload_id, spent, failed)
     try:
         if threads is None:
             results = [send(number) for number in numbers]
@@ -452,7 +454,7 @@ def _put_multipart(item: WorkItem, f) -> dict:
         _abort(item, upload_id)
         raise
     finally:
-        for sent, calls, recalls in spent:
+        for sent, calls, recalls in spent or ():
             _counts.sent += sent
             _counts.calls += calls
             _counts.recalls += recalls
@@ -470,9 +472,13 @@ class _Cancelled(Exception):
     """A part not begun because another part of the same upload failed (internal to this module)."""
 
 
-def _upload_part(item: WorkItem, fd: int, chunk: int, upload_id: str, spent: list, failed: threading.Event,
-                 number: int):
-    """Read and send part `number` (on an upload thread); returns ({"ETag", "PartNumber"}, binary MD5)."""
+def _upload_part(item: WorkItem, fd: int, chunk: int, upload_id: str, spent: list | None,
+                 failed: threading.Event, number: int):
+    """Read and send part `number`; returns ({"ETag", "PartNumber"}, binary MD5).
+
+    spent: where an upload thread leaves the requests it counted for this part, for the file's thread to
+    add up; None when the part is sent on the file's own thread, whose counts already hold them.
+    """
     if failed.is_set():
         raise _Cancelled()
     counts = _counts
@@ -491,7 +497,8 @@ def _upload_part(item: WorkItem, fd: int, chunk: int, upload_id: str, spent: lis
         failed.set()
         raise
     finally:
-        spent.append((counts.sent - before[0], counts.calls - before[1], counts.recalls - before[2]))
+        if spent is not None:
+            spent.append((counts.sent - before[0], counts.calls - before[1], counts.recalls - before[2]))
 
 
 def _abort(item: WorkItem, upload_id: str) -> None:

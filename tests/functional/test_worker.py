@@ -133,6 +133,22 @@ def test_multipart_parts_go_up_in_parallel_and_counts_add_up(tmp_path, s3, s3ser
     assert s3.get_object(Bucket=s3server.bucket, Key=prefix + "big.bin")["Body"].read() == data
 
 
+def test_multipart_without_upload_threads_counts_each_request_once(tmp_path, s3, s3server, prefix, setup_worker,
+                                                                  proxy):
+    """--max-concurrent 1: one thread per worker, so the parts go up in the calling thread."""
+    config = setup_worker(prefix, proxy.endpoint, "--max-concurrent", "1")
+    assert config.threads == 1
+    proxy.add(Fault(method="PUT", path=r"partNumber=2\b", action="status", status=503, code="SlowDown", times=1))
+    data = os.urandom(11 * 1024 * 1024)
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    outcome = worker.upload_one(item_for(path, prefix))
+    assert outcome.kind is Kind.UPLOADED, outcome
+    assert (outcome.attempts, outcome.retries) == (6, 1)  # create + 3 parts + one re-sent part + complete
+    assert proxy.count("PUT", r"partNumber=") == 4
+    assert s3.get_object(Bucket=s3server.bucket, Key=prefix + "big.bin")["Body"].read() == data
+
+
 def test_corrupted_body_is_resent(tmp_path, s3, s3server, prefix, setup_worker, proxy):
     """BadDigest (Content-MD5 mismatch) is not retried by botocore; upload_one re-sends it."""
     setup_worker(prefix, proxy.endpoint)
