@@ -430,11 +430,15 @@ def upload_all(items: Iterable[Union[WorkItem, Outcome]], config: Config, summar
                 if isinstance(item, Outcome):
                     summary.add(item)
                     continue
-                if item.size >= config.multipart_threshold and batch:
-                    submit()  # a multipart upload goes alone: its worker runs it in its main thread
+                # A multipart upload goes alone (its parts use the worker's threads): the batch before it is
+                # sent first, and it is sent at once. (BATCH_BYTES alone would not do: a --multipart-threshold
+                # under it would let small files join the big one and wait for it.)
+                multipart = item.size >= config.multipart_threshold
+                if multipart and batch:
+                    submit()
                 batch.append(item)
                 batch_bytes += item.size
-                if (len(batch) >= pace.batch_files(config.threads) or batch_bytes >= BATCH_BYTES
+                if (multipart or len(batch) >= pace.batch_files(config.threads) or batch_bytes >= BATCH_BYTES
                         or len(outstanding) < config.processes):
                     submit()
             if batch:

@@ -206,7 +206,7 @@ def upload_batch(items: list) -> list:
     """The pool's task: several files per round trip through the pool (see pipeline.upload_all).
 
     Small files go to this worker's threads, Config.threads at a time. A file for multipart (always alone
-    in its batch: pipeline.BATCH_BYTES) and single-file batches run here, in the main thread.
+    in its batch: pipeline.upload_all) and single-file batches run here, in the main thread.
     """
     threads = _threads_of_this_worker()
     if threads is None or len(items) == 1 or any(item.size >= _config.multipart_threshold for item in items):
