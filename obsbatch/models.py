@@ -11,6 +11,8 @@ import enum
 import os
 from dataclasses import dataclass, field
 
+from obsbatch.errors import EndpointUnavailable
+
 
 def display(path: bytes) -> str:
     """A path for logs and records: UTF-8 where it is, `\\xff` escapes where it is not.
@@ -158,8 +160,8 @@ def not_started(item: WorkItem) -> Outcome:
                    message="not started: the run was stopping; the next run takes it")
 
 
-#: error_type of files not sent because the endpoint did not answer the pre-flight.
-UNAVAILABLE = "EndpointUnavailable"
+#: error_type of files not sent because the endpoint did not answer the pre-flight (that exception's name).
+UNAVAILABLE = EndpointUnavailable.__name__
 
 
 def unavailable(item: WorkItem, why: str) -> Outcome:
