@@ -33,6 +33,7 @@ def select(items: Iterable[Union[Candidate, Outcome]], include: Sequence[str],
             # fsdecode keeps undecodable bytes as surrogates, so a glob still matches the rest of the name.
             rel = os.fsdecode(item.rel)
             if (inc is not None and not inc.match(rel)) or (exc is not None and exc.match(rel)):
-                yield Outcome(Kind.SKIPPED, display(item.path), reason=Reason.EXCLUDED, size=item.stat.st_size)
+                yield Outcome(Kind.SKIPPED, display(item.path), key=item.key, reason=Reason.EXCLUDED,
+                              size=item.stat.st_size)
                 continue
         yield item

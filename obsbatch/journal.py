@@ -149,7 +149,7 @@ class Journal:
 
     remote = False
 
-    def filter(self, items: Iterable[Union[Candidate, Outcome]], key_of,
+    def filter(self, items: Iterable[Union[Candidate, Outcome]],
                unchanged=None) -> Iterator[Union[Candidate, Outcome]]:
         """Turn Candidates whose fingerprint matches their last verified upload into SKIPPED/unchanged.
 
@@ -166,7 +166,7 @@ class Journal:
             if not isinstance(item, Candidate):
                 yield item
                 continue
-            key, st = key_of(item.rel), item.stat
+            key, st = item.key, item.stat
             if not key.startswith(directory or "\0") or "/" in key[len(directory):]:
                 directory = key[:key.rfind("/") + 1]
                 rows = self._directory(directory)

@@ -75,6 +75,7 @@ class Candidate:
 
     path: absolute path as bytes, exactly as the kernel returned it (names need not be UTF-8).
     rel: path relative to the source root, bytes, `/`-separated.
+    key: the destination object key (prefix + keys.encode(rel)), computed once, by the walk.
     stat: the `DirEntry.stat()` result (followed if `--follow-symlinks`).
     remote_etag: with --verify-remote, the ETag of a same-size object already under the key, which the
         worker compares with the file before uploading ("" when there is none to compare).
@@ -82,6 +83,7 @@ class Candidate:
 
     path: bytes
     rel: bytes
+    key: str
     stat: os.stat_result
     remote_etag: str = ""
 
@@ -91,8 +93,8 @@ class WorkItem:
     """One file to upload, as judged stable by the parent.
 
     path: absolute path, bytes (the worker opens exactly this name).
-    display: the path for humans and logs (undecodable bytes as surrogate escapes removed: see plan.display).
-    key: destination object key (prefix applied, percent-escaped where not UTF-8).
+    display: the path for humans and logs (undecodable bytes as `\xff` escapes: see models.display).
+    key: destination object key (Candidate.key).
     size, mtime_ns, ctime_ns, dev, ino: the stat the gate judged; the worker refuses to upload
         if the file it reads no longer matches (Outcome DEFERRED/changed).
     remote_etag: see Candidate.remote_etag; when the stored object proves identical, nothing is uploaded

@@ -31,7 +31,7 @@ from obsbatch.filters import select
 from obsbatch.logs import LEVELS
 from obsbatch.models import Kind, Outcome, Reason, WorkItem, display, fingerprint, not_started, unavailable
 from obsbatch.manifest import Manifest
-from obsbatch.plan import object_key, plan
+from obsbatch.plan import plan
 from obsbatch.progress import Display
 from obsbatch.ratelimit import RateLimit
 from obsbatch.remote import Remote, manifest_key
@@ -113,18 +113,17 @@ def _run_locked(config: Config, source: bytes, notifier: Notifier, telemetry: Te
     # The journal's comparison comes before the stability gate (STYLE.md lists it in `plan`): a file that is
     # unchanged since its verified upload is backed up already, even if a process holds it open right now,
     # and must not be reported as deferred run after run.
-    stages = select(walk(source, config.follow_symlinks, config.allow_outside_source), config.include,
-                    config.exclude)
-    key_of = functools.partial(object_key, config.prefix)
+    stages = select(walk(source, config.prefix, config.follow_symlinks, config.allow_outside_source),
+                    config.include, config.exclude)
     if journal_ is not None:
         if config.verify_remote and not config.dry_run and not remote.unavailable:
             listed = journal_.load_remote(remote.listing())
             log.info("journal.remote_listed", objects=listed, prefix=config.prefix)
         # Unchanged files are only counted when no one reads their records one by one.
         quiet = not (config.manifest or telemetry.enabled or LEVELS[config.debug] <= logging.DEBUG)
-        stages = journal_.filter(stages, key_of, functools.partial(_unchanged, summary, progress) if quiet else None)
+        stages = journal_.filter(stages, functools.partial(_unchanged, summary, progress) if quiet else None)
         summary.observers.append(functools.partial(_track_deferral, journal_, config, summary, telemetry))
-    stages = plan(gate.filter(stages, key_of), config.prefix)
+    stages = plan(gate.filter(stages))
     manifest_ = None
     if config.manifest:
         manifest_ = Manifest(config.manifest, {"source": display(source), "bucket": config.bucket,

@@ -13,7 +13,6 @@ that opened before and has not written yet, and closes without writing, is harml
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import stat as statmod
 import time
@@ -155,25 +154,23 @@ class Gate:
         age = time.time() - st.st_mtime_ns / 1e9
         if age < self.min_age:
             # A future mtime (clock skew, `touch -d tomorrow`) is deferred too: we cannot tell it is settled.
-            return Outcome(Kind.DEFERRED, display(cand.path), reason=Reason.TOO_NEW, size=st.st_size,
-                           message=f"modified {age:.1f}s ago, under --min-age {self.min_age:g}s")
+            return _deferred(cand, Reason.TOO_NEW, f"modified {age:.1f}s ago, under --min-age {self.min_age:g}s")
         pids = self.current_index().writers.get((st.st_dev, st.st_ino))
         if pids:
-            return Outcome(Kind.DEFERRED, display(cand.path), reason=Reason.OPEN_FOR_WRITE, size=st.st_size,
-                           holders=describe_holders(pids), message="open for writing")
+            return _deferred(cand, Reason.OPEN_FOR_WRITE, "open for writing", describe_holders(pids))
         return None
 
-    def filter(self, items: Iterable[Union[Candidate, Outcome]],
-               key_of=None) -> Iterator[Union[Candidate, Outcome]]:
-        """Pass Outcomes and stable Candidates; turn unstable Candidates into DEFERRED Outcomes.
-
-        key_of(rel) -> key, if given, names the destination in each deferral (the journal tracks them by it).
-        """
+    def filter(self, items: Iterable[Union[Candidate, Outcome]]) -> Iterator[Union[Candidate, Outcome]]:
+        """Pass Outcomes and stable Candidates; turn unstable Candidates into DEFERRED Outcomes."""
         for item in items:
             if isinstance(item, Candidate):
                 verdict = self.judge(item)
                 if verdict is not None:
-                    named = dataclasses.replace(verdict, mtime_ns=item.stat.st_mtime_ns)
-                    yield dataclasses.replace(named, key=key_of(item.rel)) if key_of else named
+                    yield verdict
                     continue
             yield item
+
+
+def _deferred(cand: Candidate, reason: Reason, message: str, holders: tuple = ()) -> Outcome:
+    return Outcome(Kind.DEFERRED, display(cand.path), key=cand.key, reason=reason, size=cand.stat.st_size,
+                   mtime_ns=cand.stat.st_mtime_ns, holders=holders, message=message)

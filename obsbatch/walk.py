@@ -1,5 +1,6 @@
 """Stage 1: an iterative `os.scandir` walk. It finds regular files and reports everything else; it judges
-nothing about stability.
+nothing about stability. Each file gets its object key here, once (obsbatch.keys): the walk builds the
+relative path name by name, so it encodes each name once rather than each full path.
 
 Memory stays bounded by the shape of the tree, not its size: one directory is read at a time, files are
 yielded as they are read, and only the names of directories still to visit are kept.
@@ -14,6 +15,7 @@ from typing import Iterator, Optional, Tuple, Union
 
 import structlog
 
+from obsbatch import keys
 from obsbatch.models import Candidate, Kind, Outcome, Reason, display
 
 log = structlog.get_logger()
@@ -26,9 +28,9 @@ _TYPE_NAMES = ((statmod.S_ISFIFO, "fifo"), (statmod.S_ISSOCK, "socket"), (statmo
                (statmod.S_ISBLK, "block device"))
 
 
-def _is_ancestor(key: Tuple[int, int], chain: Chain) -> bool:
+def _is_ancestor(identity: Tuple[int, int], chain: Chain) -> bool:
     while chain is not None:
-        if chain[0] == key:
+        if chain[0] == identity:
             return True
         chain = chain[1]
     return False
@@ -43,9 +45,9 @@ def _error(path: bytes, reason: Reason, exc: OSError) -> Outcome:
                    message=f"cannot read {display(path)}: {exc.strerror or exc}")
 
 
-def walk(root: bytes, follow_symlinks: bool = False,
+def walk(root: bytes, prefix: str = "", follow_symlinks: bool = False,
          allow_outside: bool = False) -> Iterator[Union[Candidate, Outcome]]:
-    """Yield a Candidate per regular file under `root` and an Outcome for every other entry.
+    """Yield a Candidate per regular file under `root`, keyed under `prefix`, and an Outcome for every other entry.
 
     Symlinks are skipped unless `follow_symlinks`; then a link back to a directory on the current path is
     reported as a loop instead of followed, keyed by (st_dev, st_ino) so bind mounts loop-check too, and a
@@ -55,9 +57,10 @@ def walk(root: bytes, follow_symlinks: bool = False,
     """
     root_st = os.stat(root)
     inside = None if allow_outside else os.path.realpath(root)
-    stack = [(root, b"", ((root_st.st_dev, root_st.st_ino), None))]
+    # (directory, its relative path, the key of its files up to their name, its chain of ancestors)
+    stack = [(root, b"", prefix, ((root_st.st_dev, root_st.st_ino), None))]
     while stack:
-        dirpath, rel_dir, chain = stack.pop()
+        dirpath, rel_dir, key_dir, chain = stack.pop()
         try:
             entries = os.scandir(dirpath)
         except OSError as exc:
@@ -74,7 +77,8 @@ def walk(root: bytes, follow_symlinks: bool = False,
                     yield _error(dirpath, Reason.UNREADABLE_DIR, exc)
                     break
                 rel = rel_dir + b"/" + entry.name if rel_dir else entry.name
-                item = _judge_entry(entry, rel, follow_symlinks, chain, subdirs, inside)
+                key = key_dir + keys.encode(entry.name)
+                item = _judge_entry(entry, rel, key, follow_symlinks, chain, subdirs, inside)
                 if item is not None:
                     yield item
         # Reversed so that popping visits directories in the order readdir gave them.
@@ -87,7 +91,7 @@ def _outside(path: bytes, inside: bytes) -> bool:
     return target != inside and not target.startswith(inside.rstrip(b"/") + b"/")
 
 
-def _judge_entry(entry: os.DirEntry, rel: bytes, follow: bool, chain: Chain, subdirs: list,
+def _judge_entry(entry: os.DirEntry, rel: bytes, key: str, follow: bool, chain: Chain, subdirs: list,
                  inside: Optional[bytes] = None):
     path = entry.path
     try:
@@ -110,12 +114,12 @@ def _judge_entry(entry: os.DirEntry, rel: bytes, follow: bool, chain: Chain, sub
         return _error(path, Reason.UNREADABLE_ENTRY, exc)
     mode = st.st_mode
     if statmod.S_ISDIR(mode):
-        key = (st.st_dev, st.st_ino)
-        if _is_ancestor(key, chain):
+        identity = (st.st_dev, st.st_ino)
+        if _is_ancestor(identity, chain):
             return Outcome(Kind.SKIPPED, display(path), reason=Reason.SYMLINK_LOOP,
                            message="leads back to a directory above it")
-        subdirs.append((path, rel, (key, chain)))
+        subdirs.append((path, rel, key + "/", (identity, chain)))
         return None
     if statmod.S_ISREG(mode):
-        return Candidate(path=path, rel=rel, stat=st)
+        return Candidate(path=path, rel=rel, key=key, stat=st)
     return Outcome(Kind.SKIPPED, display(path), reason=Reason.NOT_REGULAR, message=_type_name(mode))

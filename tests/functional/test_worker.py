@@ -35,7 +35,7 @@ def setup_worker(s3server, monkeypatch):
 
 def item_for(path, prefix):
     st = os.stat(path)
-    return work_item(Candidate(path=os.fsencode(path), rel=os.fsencode(path.name), stat=st), prefix)
+    return work_item(Candidate(path=os.fsencode(path), rel=os.fsencode(path.name), key=prefix + path.name, stat=st))
 
 
 def test_small_file_uploaded_with_sha256_metadata_and_md5_etag(tmp_path, s3, s3server, prefix, setup_worker):

@@ -13,6 +13,7 @@ import urllib.parse
 
 import pytest
 
+from obsbatch import keys
 from tests.conftest import age, make_tree, objects, run_obsbatch, server_args
 
 GiB = 1024 ** 3
@@ -30,7 +31,7 @@ def test_awkward_names_land_under_keys_that_keep_their_bytes(tmp_path, s3, s3ser
         "--help.txt": b"two leading dashes",
         "tab\there.txt": b"a tab",
         "quote'\"<&>.txt": b"quotes and XML specials",
-        "100%25 literal.txt": b"a literal percent sequence",
+        "100%25 literal.txt": b"a literal percent sequence (its key: 100%2525 literal.txt)",
         "?#[]{}=+;,.txt": b"URL specials",
         cafe_nfc: b"NFC spelling",
         cafe_nfd: b"NFD spelling",
@@ -43,11 +44,12 @@ def test_awkward_names_land_under_keys_that_keep_their_bytes(tmp_path, s3, s3ser
     assert result.returncode == 0, result
     assert result.summary["uploaded"] == len(names) and "Traceback" not in result.stderr
     # Both spellings of café are two files, two keys, two objects: no Unicode normalization anywhere.
-    assert objects(s3, s3server.bucket, prefix) == files
-    # And on the wire each key is exactly the name's UTF-8 bytes, percent-encoded.
+    assert objects(s3, s3server.bucket, prefix) == {keys.encode(name.encode()): data for name, data in files.items()}
+    # And on the wire each key is exactly the name's UTF-8 bytes, percent-encoded; only the literal "%25"
+    # became "%2525" (README "Keys"), everything else is the name itself.
     sent = {urllib.parse.unquote(path.split("?")[0].split(f"/{prefix}", 1)[1])
             for method, path, _, _ in proxy.seen if method == "PUT"}
-    assert sent == set(names)
+    assert sent == set(names) - {"100%25 literal.txt"} | {"100%2525 literal.txt"}
 
 
 def test_a_backslash_is_part_of_the_name_not_a_separator(tmp_path, s3, s3server, prefix, proxy):
@@ -104,3 +106,31 @@ def test_a_file_over_5_gib_goes_multipart(tmp_path, s3, s3server, prefix):
         assert (start, end) == (b"start", b"end")
     finally:
         s3.delete_object(Bucket=s3server.bucket, Key=key)
+
+
+def test_names_that_spell_each_others_escapes_never_share_a_key(tmp_path, s3, s3server, prefix):
+    """Issue #11, defect 1: `caf\\xe9.txt` (not UTF-8) and `caf%E9.txt` (valid) both went to the key
+    `caf%E9.txt`; both were reported uploaded and the bucket held one of them."""
+    names = {
+        b"caf\xe9.txt": b"a Latin-1 name",
+        b"caf%E9.txt": b"a valid name that spells the escape",
+        b"caf%e9.txt": b"the same in lower case",
+        b"caf%25E9.txt": b"the escape of the escape",
+        b"100% done.txt": b"a percent sign before no hex digits",
+    }
+    for name, data in names.items():
+        with open(os.path.join(os.fsencode(tmp_path), name), "wb") as f:
+            f.write(data)
+        age(os.path.join(os.fsencode(tmp_path), name))
+    result = run_obsbatch("--source", tmp_path, *server_args(s3server, prefix), env=s3server.env())
+    assert result.returncode == 0, result
+    assert result.summary["uploaded"] == len(names)
+    # Five names, five objects. A `%` that two hex digits follow is written `%25`; a byte that is not UTF-8
+    # `%XX`; anything else as it is (README "Keys").
+    assert objects(s3, s3server.bucket, prefix) == {
+        "caf%E9.txt": b"a Latin-1 name",
+        "caf%25E9.txt": b"a valid name that spells the escape",
+        "caf%25e9.txt": b"the same in lower case",
+        "caf%2525E9.txt": b"the escape of the escape",
+        "100% done.txt": b"a percent sign before no hex digits",
+    }

@@ -52,8 +52,8 @@ def test_filter_turns_unchanged_candidates_into_skips(tmp_path):
     uploaded(journal, item, f)
     g = tmp_path / "g"
     g.write_bytes(b"y")
-    cands = [Candidate(os.fsencode(f), b"f", st), Candidate(os.fsencode(g), b"g", os.stat(g))]
-    out = list(journal.filter(cands, lambda rel: "p/" + rel.decode()))
+    cands = [Candidate(os.fsencode(f), b"f", "p/f", st), Candidate(os.fsencode(g), b"g", "p/g", os.stat(g))]
+    out = list(journal.filter(cands))
     assert out[0].kind is Kind.SKIPPED and out[0].reason is Reason.UNCHANGED
     assert out[1] is cands[1]
     journal.close()

@@ -1,4 +1,4 @@
-"""Property tests (hypothesis) for the key mapping and the size/duration parsers (issue #6)."""
+"""Property tests (hypothesis) for the key mapping (issue #11) and the size/duration parsers (issue #6)."""
 
 import argparse
 import re
@@ -7,8 +7,8 @@ import unicodedata
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from obsbatch import keys
 from obsbatch.config import parse_size
-from obsbatch.plan import key_part, object_key
 
 # A path segment as the kernel can return it: any bytes but '/' and NUL, never "." or "..".
 segment = st.binary(min_size=1, max_size=40).map(lambda b: b.replace(b"/", b"_").replace(b"\0", b"_")).filter(
@@ -21,31 +21,46 @@ utf8_segment = st.text(st.characters(blacklist_characters="/\0", blacklist_categ
 @settings(max_examples=400)
 @given(rel_path)
 @example(b"caf\xe9/\xff\xfe.bin")
-def test_every_key_is_valid_utf8_keeps_the_segments_and_never_escapes_the_prefix(rel):
-    key = object_key("backups/daily/", rel)
+def test_every_key_is_valid_utf8_and_keeps_the_segments(rel):
+    key = keys.encode(rel)
     key.encode("utf-8")  # S3 keys are UTF-8: no lone surrogate may survive
-    assert key.startswith("backups/daily/") and not key.startswith("/")
-    parts = key[len("backups/daily/"):].split("/")
+    assert not key.startswith("/")
+    parts = key.split("/")
     assert len(parts) == rel.count(b"/") + 1  # one key segment per path segment
     assert ".." not in parts and "." not in parts and "" not in parts
+    assert [keys.encode(segment) for segment in rel.split(b"/")] == parts  # the walk encodes name by name
 
 
-@settings(max_examples=400)
-@given(rel_path)
-def test_escaping_round_trips_to_the_original_bytes_when_the_name_had_no_percent(rel):
-    key = key_part(rel)
-    if b"%" not in rel:  # the one documented ambiguity: a literal "%XX" in a valid name
-        back = re.sub(r"%([0-9A-F]{2})", lambda m: chr(0xDC00 + int(m.group(1), 16)), key)
-        assert back.encode("utf-8", "surrogateescape") == rel
+# Bytes rich in what the rule is about: '%', hex digits, and bytes that are not UTF-8 on their own.
+tricky = st.lists(st.sampled_from([b"%", b"E", b"9", b"e", b"f", b"G", b"2", b"5", b"\xe9", b"\xc3", b"\xa9",
+                                   b"/", b"a"]), max_size=12).map(b"".join)
+
+
+@settings(max_examples=1000)
+@given(st.one_of(rel_path, tricky))
+@example(b"caf\xe9.txt")
+@example(b"caf%E9.txt")
+@example(b"%%E9")
+def test_decode_inverts_encode_exactly(rel):
+    assert keys.decode(keys.encode(rel)) == rel
+
+
+@settings(max_examples=1000)
+@given(st.one_of(rel_path, tricky), st.one_of(rel_path, tricky))
+@example(b"caf\xe9.txt", b"caf%E9.txt")
+@example(b"%\xe9", b"%%E9")
+def test_two_paths_never_share_a_key(a, b):
+    if a != b:
+        assert keys.encode(a) != keys.encode(b)
 
 
 @given(st.lists(utf8_segment, min_size=1, max_size=5))
-def test_valid_utf8_names_map_to_themselves_without_normalization(segments):
-    text = "/".join(segments)
-    assert key_part(text.encode("utf-8")) == text
+def test_valid_utf8_names_without_percent_map_to_themselves_without_normalization(segments):
+    text = "/".join(segments).replace("%", "_")
+    assert keys.encode(text.encode("utf-8")) == text
     nfd = unicodedata.normalize("NFD", text)
     if nfd != unicodedata.normalize("NFC", text):  # two spellings of one name: two files, two keys
-        assert key_part(nfd.encode()) != key_part(unicodedata.normalize("NFC", text).encode())
+        assert keys.encode(nfd.encode()) != keys.encode(unicodedata.normalize("NFC", text).encode())
 
 
 @given(st.integers(min_value=1, max_value=2 ** 50), st.sampled_from(["", "B", "KiB", "mib", "GiB", "KB", "MB", "m"]))

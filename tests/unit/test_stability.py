@@ -62,7 +62,7 @@ def test_index_has_writer_of_other_process_keyed_by_inode(tmp_path):
 
 def _candidate(path):
     st = os.stat(path)
-    return Candidate(path=os.fsencode(path), rel=os.fsencode(path.name), stat=st)
+    return Candidate(path=os.fsencode(path), rel=os.fsencode(path.name), key=path.name, stat=st)
 
 
 def test_gate_defers_young_files_and_open_writers_with_holder(tmp_path):
@@ -128,7 +128,7 @@ def hook(event, args):
             ("subprocess", "os.exec", "os.posix_spawn", "os.system", "os.fork", "ctypes", "os.kill", "os.pidfd")):
         seen.append([event, str(args[0]) if args else ""])
 path = sys.argv[1]
-candidate = Candidate(path=os.fsencode(path), rel=b"held", stat=os.stat(path))
+candidate = Candidate(path=os.fsencode(path), rel=b"held", key="held", stat=os.stat(path))
 sys.addaudithook(hook)
 verdict = Gate(min_age=0, strict=False).judge(candidate)
 print(json.dumps({"reason": verdict.reason.value, "holders": verdict.holders, "seen": seen}))

@@ -1,5 +1,6 @@
 import os
 
+from obsbatch import keys
 from obsbatch.filters import select
 from obsbatch.models import Candidate, Kind, Reason
 from obsbatch.walk import walk
@@ -53,11 +54,13 @@ def test_follow_symlinks_is_loop_safe(tmp_path):
     assert [os.path.basename(o.path) for o in gone] == ["dangling"]
 
 
-def test_non_utf8_names_are_walked(tmp_path):
-    os.makedirs(os.path.join(os.fsencode(tmp_path), b"dir\xff"))
-    with open(os.path.join(os.fsencode(tmp_path), b"dir\xff", b"f\xfe"), "wb") as f:
+def test_non_utf8_names_are_walked_and_keyed_once_under_the_prefix(tmp_path):
+    os.makedirs(os.path.join(os.fsencode(tmp_path), b"dir\xff", b"50%41"))
+    with open(os.path.join(os.fsencode(tmp_path), b"dir\xff", b"50%41", b"f\xfe"), "wb") as f:
         f.write(b"x")
-    assert [i.rel for i in walk(os.fsencode(tmp_path)) if isinstance(i, Candidate)] == [b"dir\xff/f\xfe"]
+    [cand] = [i for i in walk(os.fsencode(tmp_path), "daily/") if isinstance(i, Candidate)]
+    assert cand.rel == b"dir\xff/50%41/f\xfe"
+    assert cand.key == "daily/dir%FF/50%2541/f%FE" == "daily/" + keys.encode(cand.rel)
 
 
 def test_include_exclude(tmp_path):
