@@ -17,6 +17,7 @@ import dataclasses
 import os
 import sqlite3
 import time
+import uuid
 from typing import Iterable, Iterator, Optional, Union
 
 import structlog
@@ -50,6 +51,8 @@ _BY_DIRECTORY = f"CREATE INDEX IF NOT EXISTS uploads_by_directory ON uploads (en
 #: Past this many journaled files in one directory, its lookups go one file at a time (memory bound).
 DIRECTORY_ROWS = 20000
 
+#: Files deferred and not uploaded since. `run` is the last run that deferred it: after a complete walk,
+#: the rows under the run's prefix that it did not defer are deleted (Journal.end_deferrals_not_seen).
 _DEFERRED_SCHEMA = """
 CREATE TABLE IF NOT EXISTS deferred (
     endpoint TEXT NOT NULL,
@@ -58,6 +61,7 @@ CREATE TABLE IF NOT EXISTS deferred (
     first_seen REAL NOT NULL,
     count INTEGER NOT NULL,
     reason TEXT NOT NULL,
+    run TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (endpoint, bucket, key)
 ) WITHOUT ROWID
 """
@@ -92,15 +96,17 @@ class Journal:
         self.db.execute(_SCHEMA)
         self.db.execute(_BY_DIRECTORY)
         self.db.execute(_DEFERRED_SCHEMA)
-        self._pending: list = []
-        self._cleared: list = []  # keys whose deferral ended (uploaded, unchanged, gone, excluded)
-        self._deferrals: list = []  # deferral rows to upsert
-        # Only the files deferred now are worth clearing; there are few of them, while a run may see
-        # millions of other outcomes, which must cost nothing here.
-        self._deferred_keys = {key for (key,) in self.db.execute(
-            "SELECT key FROM deferred WHERE endpoint=? AND bucket=?", (endpoint, bucket))}
+        if "run" not in {row[1] for row in self.db.execute("PRAGMA table_info(deferred)")}:
+            # A journal from before issue #11: its rows carry no run, so the first complete walk ends those
+            # it does not defer again.
+            self.db.execute("ALTER TABLE deferred ADD COLUMN run TEXT NOT NULL DEFAULT ''")
+        #: This run, as the deferred table names it.
+        self.run = uuid.uuid4().hex
+        self.remote = False  # a --verify-remote listing is loaded (load_remote)
+        self._pending: list = []  # uploads rows to insert
+        self._cleared: list = []  # deferred rows to delete: those files were uploaded
+        self._deferrals: list = []  # deferred rows to upsert
         self._last_commit = time.monotonic()
-        self.skipped = 0
 
     def _journaled(self, key: str):
         return self.db.execute(
@@ -129,13 +135,8 @@ class Journal:
         return self.db.execute("SELECT 1 FROM uploads WHERE endpoint=? AND bucket=? LIMIT 1",
                                (self.endpoint, self.bucket)).fetchone() is None
 
-    def unchanged(self, key: str, st: os.stat_result) -> bool:
-        row = self._journaled(key)
-        return row is not None and row[:5] == fingerprint(st)
-
     def load_remote(self, pages) -> int:
         """--verify-remote: stream a ListObjectsV2 listing (pages of Contents) into a table, not into memory."""
-        self.remote = True
         self.db.execute("CREATE TEMP TABLE IF NOT EXISTS remote (key TEXT PRIMARY KEY, size INTEGER, etag TEXT)")
         self.db.execute("DELETE FROM remote")
         count = 0
@@ -145,9 +146,8 @@ class Journal:
                 self.db.execute("BEGIN")
                 self.db.executemany("INSERT OR REPLACE INTO remote VALUES (?,?,?)", rows)
             count += len(rows)
+        self.remote = True
         return count
-
-    remote = False
 
     def filter(self, items: Iterable[Union[Candidate, Outcome]],
                unchanged=None) -> Iterator[Union[Candidate, Outcome]]:
@@ -184,7 +184,6 @@ class Journal:
                     continue
             if fingerprint_matches:
                 if unchanged is not None:
-                    self.ended(key)  # as Summary's observer would, for the Outcome it doesn't get
                     unchanged()
                     continue
                 yield Outcome(Kind.SKIPPED, display(item.path), key=key, reason=Reason.UNCHANGED,
@@ -193,11 +192,13 @@ class Journal:
             yield item
 
     def record(self, item: WorkItem, outcome: Outcome) -> None:
-        """Note a verified upload (or an object proven identical); committed in batches (module docstring)."""
+        """Note a verified upload (or an object proven identical), which also ends the file's deferral;
+        committed in batches (module docstring)."""
         if not (outcome.kind is Kind.UPLOADED or outcome.reason is Reason.ALREADY_STORED):
             return
         self._pending.append((self.endpoint, self.bucket, item.key, *item.fingerprint, outcome.sha256, outcome.etag,
                               outcome.ended))
+        self._cleared.append((self.endpoint, self.bucket, item.key))
         self._maybe_commit()
 
     def _maybe_commit(self) -> None:
@@ -208,24 +209,34 @@ class Journal:
     def deferral(self, outcome: Outcome, now: float) -> tuple[float, int]:
         """Note one more deferral of outcome.key; return (first seen, times deferred so far, this one included).
 
-        A deferral carries over runs until the file's next other outcome (see `ended`), so a writer that
-        keeps a file open day after day shows up, however many runs have passed (--max-defer).
+        A deferral carries over runs until the file is uploaded (`record`) or a complete walk no longer
+        defers it (`end_deferrals_not_seen`), so a writer that keeps a file open day after day shows up,
+        however many runs have passed (--max-defer).
         """
         row = self.db.execute("SELECT first_seen, count FROM deferred WHERE endpoint=? AND bucket=? AND key=?",
                               (self.endpoint, self.bucket, outcome.key)).fetchone()
         first_seen, count = (row[0], row[1] + 1) if row else (now, 1)
         # Read from what is committed: a path has one outcome per run, so this run cannot have queued it yet.
-        self._deferrals.append((self.endpoint, self.bucket, outcome.key, first_seen, count, outcome.reason.value))
-        self._deferred_keys.add(outcome.key)
+        self._deferrals.append((self.endpoint, self.bucket, outcome.key, first_seen, count, outcome.reason.value,
+                                self.run))
         self._maybe_commit()
         return first_seen, count
 
-    def ended(self, key: str) -> None:
-        """The file at `key` had an outcome other than a deferral: it is no longer waiting."""
-        if key in self._deferred_keys:
-            self._deferred_keys.discard(key)
-            self._cleared.append((self.endpoint, self.bucket, key))
-            self._maybe_commit()
+    def end_deferrals_not_seen(self, prefix: str) -> int:
+        """After a complete walk: end the deferral of every file under `prefix` that this run did not defer.
+
+        It was deleted, renamed away, excluded, or became stable (and is uploaded or unchanged); either way a
+        new file at its path later must start afresh, not inherit a first deferral from before (issue #11).
+        Only a walk that reached every directory may say so: a stopped run or an unreadable directory leaves
+        the rows alone. Returns how many deferrals ended.
+        """
+        self.commit()
+        with self.db:
+            self.db.execute("BEGIN")
+            ended = self.db.execute(
+                "DELETE FROM deferred WHERE endpoint=? AND bucket=? AND run<>? AND substr(key, 1, ?)=?",
+                (self.endpoint, self.bucket, self.run, len(prefix), prefix)).rowcount
+        return ended
 
     def commit(self) -> None:
         if self._pending or self._cleared or self._deferrals:
@@ -233,7 +244,7 @@ class Journal:
                 self.db.execute("BEGIN")
                 self.db.executemany("INSERT OR REPLACE INTO uploads VALUES (?,?,?,?,?,?,?,?,?,?,?)", self._pending)
                 self.db.executemany("DELETE FROM deferred WHERE endpoint=? AND bucket=? AND key=?", self._cleared)
-                self.db.executemany("INSERT OR REPLACE INTO deferred VALUES (?,?,?,?,?,?)", self._deferrals)
+                self.db.executemany("INSERT OR REPLACE INTO deferred VALUES (?,?,?,?,?,?,?)", self._deferrals)
             self._pending.clear()
             self._cleared.clear()
             self._deferrals.clear()

@@ -122,7 +122,8 @@ def _run_locked(config: Config, source: bytes, notifier: Notifier, telemetry: Te
         # Unchanged files are only counted when no one reads their records one by one.
         quiet = not (config.manifest or telemetry.enabled or LEVELS[config.debug] <= logging.DEBUG)
         stages = journal_.filter(stages, functools.partial(_unchanged, summary, progress) if quiet else None)
-        summary.observers.append(functools.partial(_track_deferral, journal_, config, summary, telemetry))
+        if not config.dry_run:  # a dry run reads the journal, never writes it
+            summary.observers.append(functools.partial(_track_deferral, journal_, config, summary, telemetry))
     stages = plan(gate.filter(stages))
     manifest_ = None
     if config.manifest:
@@ -148,6 +149,8 @@ def _run_locked(config: Config, source: bytes, notifier: Notifier, telemetry: Te
             summary.finish(stopped.exit_code)
         else:
             summary.finish()
+    if journal_ is not None and not config.dry_run and summary.walk_complete:
+        journal_.end_deferrals_not_seen(config.prefix)
     if manifest_ is not None:
         _finish_manifest(manifest_, summary, config, remote)
     summary.log_final()
@@ -176,10 +179,7 @@ def _track_deferral(journal_: journal.Journal, config: Config, summary: Summary,
 
     A stuck writer must not keep a file out of the backup silently, however many runs pass.
     """
-    if not outcome.key:
-        return
-    if outcome.kind is not Kind.DEFERRED:
-        journal_.ended(outcome.key)
+    if outcome.kind is not Kind.DEFERRED or not outcome.key:
         return
     now = time.time()
     first_seen, count = journal_.deferral(outcome, now)

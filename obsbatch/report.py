@@ -97,6 +97,11 @@ class Summary:
         self.scanned += 1
         self.skipped[Reason.UNCHANGED.value] += 1
 
+    @property
+    def walk_complete(self) -> bool:
+        """Did the walk reach every entry: not stopped, not aborted, no directory or entry unreadable?"""
+        return self.stopped_by is None and not self.aborted and not self.errors
+
     def finish(self, stopped_by: Optional[ExitCode] = None) -> None:
         self.stopped_by = stopped_by
         self.ended = time.time()

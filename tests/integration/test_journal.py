@@ -5,6 +5,8 @@ import signal
 import sqlite3
 import time
 
+import pytest
+
 from tests.conftest import finish, make_tree, objects, run_obsbatch, server_args, start_obsbatch
 from tests.support.faultproxy import Fault
 
@@ -304,3 +306,38 @@ def test_state_lock_and_manifest_are_private_to_their_user(tmp_path, s3, s3serve
     files = [state, manifest, *state.parent.glob("obsbatch-*.lock"), *state.parent.glob("state.db-*")]
     assert len(files) >= 3 and {str(f): mode(f) for f in files} == {str(f): 0o600 for f in files}
     assert mode(manifest.parent) == 0o755  # an existing directory keeps its mode
+
+
+@pytest.mark.parametrize("gone", ["deleted", "renamed", "excluded"])
+def test_a_deferral_ends_when_a_complete_walk_no_longer_finds_the_file(tmp_path, s3server, prefix, gone):
+    """Issue #11, defect 2: a file deferred, then deleted, renamed away or excluded kept its deferral row, and
+    a new file at the same path, deferred later, inherited it and was reported stuck on its first deferral."""
+    src, state = tmp_path / "src", tmp_path / "state.db"
+    make_tree(src, {"ok.txt": b"ok"})
+    (src / "busy.log").write_bytes(b"young")  # too new under --min-age 3600: deferred
+    args = ["--source", src, *server_args(s3server, prefix), "--state", state, "--max-defer", "1s",
+            "--min-age", 3600]
+    first = run_obsbatch(*args, env=s3server.env())
+    assert first.returncode == 0 and first.summary["deferred"] == {"too_new": 1}, first
+    if gone == "deleted":
+        (src / "busy.log").unlink()
+    elif gone == "renamed":
+        (src / "busy.log").rename(tmp_path / "elsewhere.log")
+    time.sleep(1.2)  # past --max-defer
+    extra = ["--exclude", "*.log"] if gone == "excluded" else []
+    second = run_obsbatch(*args, *extra, env=s3server.env())
+    assert second.returncode == 0 and not second.find("file.stuck"), second
+    assert _deferred_rows(state) == []  # the walk was complete and did not find it: its deferral ended
+    (src / "busy.log").write_bytes(b"a new file at the same path")
+    third = run_obsbatch(*args, env=s3server.env())
+    assert third.returncode == 0, third  # deferred for the first time: not stuck
+    assert not third.find("file.stuck") and third.summary["deferred"] == {"too_new": 1}
+    assert [(key[len(prefix):], count) for key, count in _deferred_rows(state)] == [("busy.log", 1)]
+
+
+def _deferred_rows(state):
+    db = sqlite3.connect(str(state))
+    try:
+        return db.execute("SELECT key, count FROM deferred").fetchall()
+    finally:
+        db.close()

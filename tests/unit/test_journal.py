@@ -28,23 +28,51 @@ def uploaded(journal, item, path):
     journal.commit()
 
 
+def unchanged(journal, path, key):
+    """Does the journal skip this file as unchanged since its last verified upload?"""
+    [out] = journal.filter([Candidate(os.fsencode(path), os.fsencode(path.name), key, os.stat(path))])
+    return isinstance(out, Outcome) and out.reason is Reason.UNCHANGED
+
+
 def test_only_verified_uploads_are_recorded_and_ctime_is_part_of_the_fingerprint(tmp_path):
     f, item, st, journal = setup(tmp_path, b"one")
     journal.record(item, Outcome(Kind.FAILED, str(f), key=item.key))
     journal.record(item, Outcome(Kind.DEFERRED, str(f), key=item.key, reason=Reason.CHANGED))
     journal.commit()
-    assert not journal.unchanged(item.key, st)
+    assert not unchanged(journal, f, item.key)
     uploaded(journal, item, f)
-    assert journal.unchanged(item.key, st)
+    assert unchanged(journal, f, item.key)
     old = st.st_mtime_ns
     f.write_bytes(b"two")  # same size; mtime put back: only ctime tells
     os.utime(f, ns=(old, old))
     assert os.stat(f).st_size == st.st_size and os.stat(f).st_mtime_ns == old
-    assert not journal.unchanged(item.key, os.stat(f))
+    assert not unchanged(journal, f, item.key)
     other = Journal(str(tmp_path / "state.db"), "e", "other-bucket")  # destinations never mix
-    assert not other.unchanged(item.key, st)
+    uploaded(journal, item_and_stat(f)[0], f)
+    assert unchanged(journal, f, item.key) and not unchanged(other, f, item.key)
     journal.close()
     other.close()
+
+
+def test_a_deferral_lasts_until_an_upload_or_a_complete_walk_that_does_not_defer_it(tmp_path):
+    f, item, st, journal = setup(tmp_path, b"x")
+    deferred = Outcome(Kind.DEFERRED, str(f), key=item.key, reason=Reason.TOO_NEW)
+    other = Outcome(Kind.DEFERRED, "elsewhere", key="q/other", reason=Reason.TOO_NEW)
+    assert journal.deferral(deferred, 100.0) == (100.0, 1)
+    journal.deferral(other, 100.0)
+    journal.close()
+    journal = Journal(str(tmp_path / "state.db"), "e", "b")  # the next run
+    assert journal.deferral(deferred, 200.0) == (100.0, 2)  # carried over: first seen in the run before
+    assert journal.end_deferrals_not_seen("p/") == 0  # deferred by this run: kept
+    uploaded(journal, item, f)
+    journal.close()
+    journal = Journal(str(tmp_path / "state.db"), "e", "b")
+    assert journal.deferral(deferred, 300.0) == (300.0, 1)  # the upload ended it: it starts afresh
+    journal.close()
+    journal = Journal(str(tmp_path / "state.db"), "e", "b")  # a run that does not defer it
+    assert journal.end_deferrals_not_seen("p/") == 1  # ... ends it, and leaves other prefixes alone
+    assert journal.deferral(other, 400.0) == (100.0, 2)
+    journal.close()
 
 
 def test_filter_turns_unchanged_candidates_into_skips(tmp_path):
@@ -56,6 +84,19 @@ def test_filter_turns_unchanged_candidates_into_skips(tmp_path):
     out = list(journal.filter(cands))
     assert out[0].kind is Kind.SKIPPED and out[0].reason is Reason.UNCHANGED
     assert out[1] is cands[1]
+    journal.close()
+
+
+def test_a_journal_from_before_issue_11_gets_the_run_column_and_its_old_deferrals_can_end(tmp_path):
+    db = sqlite3.connect(str(tmp_path / "state.db"))
+    db.execute("CREATE TABLE deferred (endpoint TEXT NOT NULL, bucket TEXT NOT NULL, key TEXT NOT NULL, "
+               "first_seen REAL NOT NULL, count INTEGER NOT NULL, reason TEXT NOT NULL, "
+               "PRIMARY KEY (endpoint, bucket, key)) WITHOUT ROWID")
+    db.execute("INSERT INTO deferred VALUES ('e', 'b', 'p/gone', 1.0, 3, 'too_new')")
+    db.commit()
+    db.close()
+    journal = Journal(str(tmp_path / "state.db"), "e", "b")
+    assert journal.end_deferrals_not_seen("p/") == 1
     journal.close()
 
 
