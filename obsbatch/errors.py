@@ -56,6 +56,10 @@ class EndpointUnavailable(PreflightError):
     exit_code = ExitCode.PARTIAL
 
 
+class JournalError(ObsbatchError):
+    """The state journal cannot be read or written (a full disk, another program holding its lock)."""
+
+
 class FdCheckError(ObsbatchError):
     """`--fd-check strict` and some processes' open files could not be inspected."""
 
@@ -64,16 +68,3 @@ class AlreadyRunning(ObsbatchError):
     """Another obsbatch run holds the lock for this state file and source."""
 
     exit_code = ExitCode.ALREADY_RUNNING
-
-
-class StopRequested(BaseException):
-    """SIGINT/SIGTERM turned into an exception in the parent ("especially for systemd", as borg says),
-    raised at the main loop's checkpoints (pipeline.StopFlag).
-
-    A BaseException so that no `except Exception` on the way swallows it.
-    """
-
-    def __init__(self, signum: int, exit_code: ExitCode):
-        super().__init__(signum)
-        self.signum = signum
-        self.exit_code = exit_code

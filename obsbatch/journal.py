@@ -13,6 +13,7 @@ and makes each commit atomic.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sqlite3
@@ -22,6 +23,7 @@ from typing import Iterable, Iterator, Optional, Union
 
 import structlog
 
+from obsbatch.errors import JournalError
 from obsbatch.models import Candidate, Kind, Outcome, Reason, WorkItem, display, fingerprint
 
 log = structlog.get_logger()
@@ -108,6 +110,14 @@ class Journal:
         self._deferrals: list = []  # deferred rows to upsert
         self._last_commit = time.monotonic()
 
+    @contextlib.contextmanager
+    def _failing_as(self, action: str):
+        """sqlite3 errors as one sentence (JournalError): the run then ends with its summary, not a traceback."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot {action} the state journal {self.path}: {exc}") from None
+
     def _journaled(self, key: str):
         return self.db.execute(
             "SELECT size, mtime_ns, ctime_ns, dev, ino, etag FROM uploads WHERE endpoint=? AND bucket=? AND key=?",
@@ -130,6 +140,9 @@ class Journal:
             return None
         return {row[0]: row[1:] for row in rows}
 
+    def _remote(self, key: str):
+        return self.db.execute("SELECT size, etag FROM remote WHERE key=?", (key,)).fetchone()
+
     def empty(self) -> bool:
         """No verified upload to this bucket yet: a first run."""
         return self.db.execute("SELECT 1 FROM uploads WHERE endpoint=? AND bucket=? LIMIT 1",
@@ -142,7 +155,7 @@ class Journal:
         count = 0
         for page in pages:
             rows = [(o["Key"], o["Size"], o.get("ETag", "").strip('"')) for o in page.get("Contents", [])]
-            with self.db:
+            with self._failing_as("write"), self.db:
                 self.db.execute("BEGIN")
                 self.db.executemany("INSERT OR REPLACE INTO remote VALUES (?,?,?)", rows)
             count += len(rows)
@@ -167,13 +180,16 @@ class Journal:
                 yield item
                 continue
             key, st = item.key, item.stat
-            if not key.startswith(directory or "\0") or "/" in key[len(directory):]:
-                directory = key[:key.rfind("/") + 1]
-                rows = self._directory(directory)
-            row = rows.get(key) if rows is not None else self._journaled(key)
+            try:  # not `with self._failing_as`: a context manager per file costs a no-op run ~5% (issue #5)
+                if not key.startswith(directory or "\0") or "/" in key[len(directory):]:
+                    directory = key[:key.rfind("/") + 1]
+                    rows = self._directory(directory)
+                row = rows.get(key) if rows is not None else self._journaled(key)
+                remote = self._remote(key) if self.remote else None
+            except sqlite3.Error as exc:
+                raise JournalError(f"cannot read the state journal {self.path}: {exc}") from None
             fingerprint_matches = row is not None and row[:5] == fingerprint(st)
             if self.remote:
-                remote = self.db.execute("SELECT size, etag FROM remote WHERE key=?", (key,)).fetchone()
                 if fingerprint_matches and remote != (st.st_size, row[5]):
                     log.warning("journal.remote_mismatch", key=key, detail="journaled, but the stored object is "
                                 "missing or differs; uploading again")
@@ -213,13 +229,16 @@ class Journal:
         defers it (`end_deferrals_not_seen`), so a writer that keeps a file open day after day shows up,
         however many runs have passed (--max-defer).
         """
-        row = self.db.execute("SELECT first_seen, count FROM deferred WHERE endpoint=? AND bucket=? AND key=?",
-                              (self.endpoint, self.bucket, outcome.key)).fetchone()
+        with self._failing_as("read"):
+            row = self.db.execute("SELECT first_seen, count FROM deferred WHERE endpoint=? AND bucket=? AND key=?",
+                                  (self.endpoint, self.bucket, outcome.key)).fetchone()
         first_seen, count = (row[0], row[1] + 1) if row else (now, 1)
         # Read from what is committed: a path has one outcome per run, so this run cannot have queued it yet.
+        # Queued, not committed here: deferrals are few, and this runs as a Summary observer, where a commit
+        # that fails would keep the Outcome from the observers after it (the manifest). They go with the
+        # next batch of uploads, or the run's last commit.
         self._deferrals.append((self.endpoint, self.bucket, outcome.key, first_seen, count, outcome.reason.value,
                                 self.run))
-        self._maybe_commit()
         return first_seen, count
 
     def end_deferrals_not_seen(self, prefix: str) -> int:
@@ -231,7 +250,7 @@ class Journal:
         the rows alone. Returns how many deferrals ended.
         """
         self.commit()
-        with self.db:
+        with self._failing_as("write"), self.db:
             self.db.execute("BEGIN")
             ended = self.db.execute(
                 "DELETE FROM deferred WHERE endpoint=? AND bucket=? AND run<>? AND substr(key, 1, ?)=?",
@@ -239,8 +258,9 @@ class Journal:
         return ended
 
     def commit(self) -> None:
+        """Write what is pending in one transaction. On failure (JournalError) it all stays pending."""
         if self._pending or self._cleared or self._deferrals:
-            with self.db:  # BEGIN ... COMMIT, or ROLLBACK on error
+            with self._failing_as("write"), self.db:  # BEGIN ... COMMIT, or ROLLBACK on error
                 self.db.execute("BEGIN")
                 self.db.executemany("INSERT OR REPLACE INTO uploads VALUES (?,?,?,?,?,?,?,?,?,?,?)", self._pending)
                 self.db.executemany("DELETE FROM deferred WHERE endpoint=? AND bucket=? AND key=?", self._cleared)
@@ -251,8 +271,16 @@ class Journal:
         self._last_commit = time.monotonic()
 
     def close(self) -> None:
+        """Commit what is pending (on every way out of a run, signals included) and close.
+
+        The pipeline commits before it writes the summary, so a failure there is in the summary; one here
+        comes after the run has already failed, and is logged rather than raised over that first error.
+        """
         try:
             self.commit()
+        except JournalError as exc:
+            log.error("journal.commit_failed", error=str(exc),
+                      detail="the last verified uploads are not recorded; the next run uploads them again")
         finally:
             self.db.close()
 

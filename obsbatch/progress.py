@@ -1,4 +1,4 @@
-"""A live progress line for a person at a terminal, in the parent only.
+"""A live progress bar for a person at a terminal, in the parent only (not the watchdog's Activity).
 
 tqdm draws it on stderr: files done (and, once the walk has finished and the total is known, a bar and an
 ETA), the file rate, and the counts that matter. Log lines are routed through `tqdm.write` meanwhile
@@ -15,17 +15,17 @@ from obsbatch.models import Outcome
 from obsbatch.report import Summary, human_size
 
 
-class Display:
+class ProgressBar:
     def __init__(self, summary: Summary, enabled: bool):
         self.summary = summary
         self.enabled = enabled
         self._bar = None
 
     @classmethod
-    def for_terminal(cls, summary: Summary) -> "Display":
+    def for_terminal(cls, summary: Summary) -> "ProgressBar":
         return cls(summary, enabled=sys.stderr.isatty() and sys.stdout.isatty())
 
-    def __enter__(self) -> "Display":
+    def __enter__(self) -> "ProgressBar":
         if self.enabled:
             from tqdm import tqdm
 

@@ -16,7 +16,9 @@ What is kept, so the request and its failure modes are botocore's own:
 - errors: the response is parsed by botocore's rest-xml parser and raised as the client's modelled
   `ClientError`, so `s3.error_code` names it exactly as for any other call;
 - retries: botocore's *standard* retry policy objects (the same conditions, the same backoff with the
-  same throttling scale, the same client-wide retry quota) applied to each attempt.
+  same throttling scale, the same client-wide retry quota) applied to each attempt; a body the server
+  received corrupted (BadDigest), which botocore does not retry, is re-sent under the same budget, backoff
+  and quota. This is the one place that retries a single PUT.
 
 The payload is always SHA-256 signed (`X-Amz-Content-SHA256` is the digest obsbatch computes anyway for
 the object's metadata), so the server verifies the SHA-256 of every body as well as its Content-MD5.
@@ -36,9 +38,13 @@ import botocore.auth
 import botocore.awsrequest
 import botocore.exceptions
 import botocore.parsers
+import structlog
 from botocore.retries import quota, standard
 
 from obsbatch import __version__
+from obsbatch.s3 import BODY_CORRUPTED_CODES
+
+log = structlog.get_logger()
 
 _PROBE_KEY = "obsbatch-url-probe"
 
@@ -67,6 +73,7 @@ class DirectPut:
         self._url_base = f"{parts.scheme}://{parts.netloc}{parts.path[:-len(_PROBE_KEY)]}"
         self._user_agent = f"obsbatch/{__version__} Botocore/{botocore.__version__}"
         throttling = standard.ThrottlingErrorDetector(standard.RetryEventAdapter())
+        self._max_attempts = max_attempts
         self._conditions = standard.StandardRetryConditions(max_attempts=max_attempts)
         self._backoff = standard.ExponentialBackoff(service_name="s3", throttling_detector=throttling)
         self._quota = standard.RetryQuotaChecker(quota.RetryQuota(), throttling)
@@ -100,13 +107,21 @@ class DirectPut:
                 self._quota.release_retry_quota(request_context, response)
                 return {"ETag": response.headers.get("ETag", ""),
                         "VersionId": response.headers.get("x-amz-version-id", "")}
-            if self._conditions.is_retryable(context) and self._quota.acquire_retry_quota(context):
+            code = (parsed or {}).get("Error", {}).get("Code", "")
+            if self._retryable(context, code) and self._quota.acquire_retry_quota(context):
+                if code in BODY_CORRUPTED_CODES:
+                    log.warning("upload.retry", key=key, error_type=code, attempt=attempt)
                 time.sleep(self._backoff.delay_amount(context))
                 continue
             if error is not None:
                 raise error
-            code = parsed.get("Error", {}).get("Code", "")
             raise self._exceptions.from_code(code)(parsed, "PutObject")
+
+    def _retryable(self, context: standard.RetryContext, code: str) -> bool:
+        """botocore's standard conditions, or a body that reached the server corrupted (Content-MD5 mismatch)."""
+        if code in BODY_CORRUPTED_CODES:
+            return context.attempt_number < self._max_attempts
+        return self._conditions.is_retryable(context)
 
     def _send(self, url: str, headers: dict, body: bytes, sha256_hex: str):
         request = botocore.awsrequest.AWSRequest("PUT", url, headers=headers, data=body)

@@ -40,15 +40,11 @@ class Remote:
         #: Why the endpoint did not answer the pre-flight, once it has not (it is not asked again this run).
         self.unavailable = ""
 
-    @property
-    def contacted(self) -> bool:
-        return self._client is not None
-
     def client(self):
         if self._client is None:
             from obsbatch import s3
 
-            self._client = s3.make_client(self.config, pool_connections=1)
+            self._client = s3.make_client(s3.Endpoint.from_config(self.config), pool_connections=1)
         return self._client
 
     def checked(self):

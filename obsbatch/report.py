@@ -8,6 +8,7 @@ see every Outcome it counts.
 from __future__ import annotations
 
 import collections
+import datetime
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -48,6 +49,8 @@ class Summary:
     #: Why the run stopped before the walk ended, other than a signal (then the files not reached are
     #: simply left for the next run).
     aborted: str = ""
+    #: The exit code of what aborted the run, when it has one of its own (a mid-run ObsbatchError); else 1.
+    abort_code: Optional[ExitCode] = None
     started: float = field(default_factory=time.time)
     ended: float = 0.0
     #: Called with every Outcome after it is counted (telemetry); not part of the summary itself.
@@ -97,6 +100,11 @@ class Summary:
         self.scanned += 1
         self.skipped[Reason.UNCHANGED.value] += 1
 
+    def abort(self, reason: str, exit_code: Optional[ExitCode] = None) -> None:
+        """The run could not go on: the files not reached are left for the next run."""
+        self.aborted = reason
+        self.abort_code = exit_code
+
     @property
     def walk_complete(self) -> bool:
         """Did the walk reach every entry: not stopped, not aborted, no directory or entry unreadable?"""
@@ -108,9 +116,12 @@ class Summary:
 
     @property
     def exit_code(self) -> ExitCode:
-        """Severity merged: a stop beats a failure beats success (skips and deferrals are not failures)."""
+        """Severity merged: a stop beats an abort beats a failure beats success (skips and deferrals are not
+        failures)."""
         if self.stopped_by is not None:
             return self.stopped_by
+        if self.abort_code is not None:
+            return self.abort_code
         if self.failed or self.errors or self.aborted:
             return ExitCode.PARTIAL
         if self.stuck:
@@ -149,6 +160,33 @@ class Summary:
     def log_final(self) -> None:
         event = log.warning if self.exit_code is not ExitCode.OK else log.info
         event("run.summary", **self.as_dict())
+
+
+class StuckFiles:
+    """Summary observer: carry each deferral over runs in the journal, and report a file deferred for longer
+    than --max-defer. A stuck writer must not keep a file out of the backup silently, however many runs pass.
+
+    journal: the state journal (journal.Journal); telemetry: the run's Telemetry (its stuck-file metric).
+    """
+
+    def __init__(self, journal, max_defer: float, summary: Summary, telemetry):
+        self.journal = journal
+        self.max_defer = max_defer
+        self.summary = summary
+        self.telemetry = telemetry
+
+    def __call__(self, outcome: Outcome) -> None:
+        if outcome.kind is not Kind.DEFERRED or not outcome.key:
+            return
+        now = time.time()
+        first_seen, count = self.journal.deferral(outcome, now)
+        if now - first_seen > self.max_defer:
+            self.summary.stuck += 1
+            log.warning("file.stuck", path=outcome.path, key=outcome.key, reason=outcome.reason.value,
+                        deferred_since=datetime.datetime.fromtimestamp(first_seen, datetime.timezone.utc).isoformat(),
+                        times=count, max_defer_s=self.max_defer,
+                        detail="deferred for longer than --max-defer: this file is missing from the backup")
+            self.telemetry.stuck(outcome)
 
 
 def human_size(size: int) -> str:

@@ -4,14 +4,17 @@ How retries combine (README "Retries"): botocore's *standard* retry mode owns tr
 faults: HTTP 500/502/503/504, throttling codes (SlowDown, Throttling, 429), RequestTimeout, connection
 errors and resets, read/connect timeouts. It retries each request up to `--retries` more times with
 truncated exponential backoff and full jitter (t = rand(0,1) * min(base * 2**i, 20 s); base 50 ms, or 1 s
-when throttled), under its client-wide retry quota. `worker.upload_one` adds only what botocore does not
-cover, with the same formula and limit: a request whose body reached the server corrupted (BadDigest:
-Content-MD5 mismatch). Permanent errors (403, NoSuchBucket, NoSuchKey, SignatureDoesNotMatch) are retried by
-neither. So a request is sent at most (retries + 1) times for transient faults, and at most (retries + 1)
-times more for a corrupted body.
+when throttled), under its client-wide retry quota. A body that reached the server corrupted (BadDigest:
+Content-MD5 mismatch), which botocore does not retry, is re-sent within the same budget: by the lean PUT's
+own policy (obsbatch.put), and around botocore's calls by `worker.WorkerContext.call`. Permanent errors
+(403, NoSuchBucket, NoSuchKey, SignatureDoesNotMatch) are not retried. So a request is sent at most
+retries + 1 times, whatever the faults.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Union
 
 import botocore.config
 import botocore.exceptions
@@ -24,7 +27,35 @@ from obsbatch.config import Config
 BODY_CORRUPTED_CODES = frozenset({"BadDigest", "XAmzContentSHA256Mismatch"})
 
 
-def make_client(config: Config, pool_connections: int = 2, session=None):
+@dataclass(frozen=True)
+class Endpoint:
+    """What a process needs to build its own S3 client: plain data, pickled to every worker.
+
+    url: --endpoint (None: AWS). region, addressing_style, checksum_mode: as the flags.
+    http_timeout: connect and read timeout. retries: --retries (a request is sent at most retries + 1 times).
+    verify: False (--no-verify-ssl), a CA bundle path (--ca-bundle), or None (botocore's default trust).
+    """
+
+    url: Optional[str]
+    region: Optional[str]
+    addressing_style: str
+    checksum_mode: str
+    http_timeout: float
+    retries: int
+    verify: Union[bool, str, None]
+
+    @classmethod
+    def from_config(cls, config: Config) -> "Endpoint":
+        return cls(url=config.endpoint, region=config.region, addressing_style=config.addressing_style,
+                   checksum_mode=config.checksum_mode, http_timeout=config.http_timeout, retries=config.retries,
+                   verify=False if config.no_verify_ssl else config.ca_bundle)
+
+    @property
+    def max_attempts(self) -> int:
+        return self.retries + 1
+
+
+def make_client(endpoint: Endpoint, pool_connections: int = 2, session=None):
     """A fresh S3 client from plain settings; credentials come from the standard AWS chain.
 
     `session` is a botocore Session. boto3's client *is* a botocore client; boto3.session adds the
@@ -35,28 +66,27 @@ def make_client(config: Config, pool_connections: int = 2, session=None):
     # A session of its own: a default session is module state and clients are not fork/pickle safe.
     session = session or botocore.session.Session()
     botocore_config = botocore.config.Config(
-        region_name=config.region,
-        connect_timeout=config.http_timeout,
-        read_timeout=config.http_timeout,
-        retries={"mode": "standard", "total_max_attempts": config.retries + 1},
-        s3={"addressing_style": config.addressing_style},
+        region_name=endpoint.region,
+        connect_timeout=endpoint.http_timeout,
+        read_timeout=endpoint.http_timeout,
+        retries={"mode": "standard", "total_max_attempts": endpoint.max_attempts},
+        s3={"addressing_style": endpoint.addressing_style},
         # botocore >= 1.36 adds CRC checksums (and aws-chunked bodies) to every upload by default; Huawei
         # OBS and Ceph RGW reject them (boto/boto3#4392). when_required turns that off; integrity still
         # comes from the Content-MD5 obsbatch sends on every PUT and part.
-        request_checksum_calculation=config.checksum_mode,
-        response_checksum_validation=config.checksum_mode,
+        request_checksum_calculation=endpoint.checksum_mode,
+        response_checksum_validation=endpoint.checksum_mode,
         max_pool_connections=pool_connections,
         user_agent_extra=f"obsbatch/{__version__}",
     )
     # TLS verification is on unless --no-verify-ssl; --ca-bundle replaces botocore's trust store (None keeps
     # botocore's default: AWS_CA_BUNDLE, the profile's ca_bundle, else its bundled certificates).
-    verify = False if config.no_verify_ssl else config.ca_bundle
-    if verify is False:
+    if endpoint.verify is False:
         # The CLI warns once, loudly; urllib3 would otherwise print a non-JSON warning for every request.
         import urllib3
 
         urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
-    return session.create_client("s3", endpoint_url=config.endpoint, config=botocore_config, verify=verify)
+    return session.create_client("s3", endpoint_url=endpoint.url, config=botocore_config, verify=endpoint.verify)
 
 
 def error_code(exc: BaseException) -> str:

@@ -16,6 +16,7 @@ from typing import Iterator, Optional, Tuple, Union
 import structlog
 
 from obsbatch import keys
+from obsbatch.errors import ConfigError
 from obsbatch.models import Candidate, Kind, Outcome, Reason, display
 
 log = structlog.get_logger()
@@ -43,6 +44,25 @@ def _type_name(mode: int) -> str:
 def _error(path: bytes, reason: Reason, exc: OSError) -> Outcome:
     return Outcome(Kind.ERROR, display(path), reason=reason, error_type=type(exc).__name__,
                    message=f"cannot read {display(path)}: {exc.strerror or exc}")
+
+
+def check_source(source: str) -> bytes:
+    """The source as absolute bytes, or ConfigError with one sentence."""
+    path = os.fsencode(os.path.abspath(source))
+    source = display(os.fsencode(source))  # argv holds surrogate escapes for non-UTF-8 bytes; logs cannot
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ConfigError(f"source directory {source} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"source directory {source} cannot be read: {exc.strerror}") from None
+    if not statmod.S_ISDIR(st.st_mode):
+        raise ConfigError(f"source {source} is not a directory")
+    try:
+        os.scandir(path).close()
+    except OSError as exc:
+        raise ConfigError(f"source directory {source} cannot be read: {exc.strerror}") from None
+    return path
 
 
 def walk(root: bytes, prefix: str = "", follow_symlinks: bool = False,

@@ -1,4 +1,5 @@
-"""upload_one in this process, against the real SeaweedFS: verification, change detection, multipart."""
+"""A worker's WorkerContext in this process, against the real SeaweedFS: verification, change detection,
+multipart, retries, and what a batch returns."""
 
 import base64
 import hashlib
@@ -6,16 +7,16 @@ import os
 
 import pytest
 
-from obsbatch import worker
 from obsbatch.cli import parse
-from obsbatch.models import Kind, Reason
+from obsbatch.models import Candidate, Kind, Reason
 from obsbatch.plan import work_item
-from obsbatch.models import Candidate
+from obsbatch.worker import WorkerContext, WorkerSettings
 from tests.support.faultproxy import Fault
 
 
 @pytest.fixture
 def setup_worker(s3server, monkeypatch):
+    """A WorkerContext as a pool worker builds it, here, for the real SeaweedFS (or a proxy in front of it)."""
     def setup(prefix, endpoint=None, *extra):
         for k, v in s3server.env().items():
             monkeypatch.setenv(k, v)
@@ -23,14 +24,8 @@ def setup_worker(s3server, monkeypatch):
                         "--endpoint", endpoint or s3server.endpoint, "--addressing-style", "path",
                         "--multipart-threshold", "5MiB", "--multipart-chunksize", "5MiB", "--retries", "3",
                         "--log-format", "json", *extra], {})
-        worker.init_worker(config)
-        return config
-    yield setup
-    # init_worker ignores SIGINT and installs a SIGTERM handler meant for pool processes; undo that here.
-    import signal
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    worker._init_error = ""
+        return WorkerContext(WorkerSettings.from_config(config))
+    return setup
 
 
 def item_for(path, prefix):
@@ -39,7 +34,7 @@ def item_for(path, prefix):
 
 
 def test_small_file_uploaded_with_sha256_metadata_and_md5_etag(tmp_path, s3, s3server, prefix, setup_worker):
-    setup_worker(prefix)
+    worker = setup_worker(prefix)
     data = os.urandom(10_000)
     path = tmp_path / "f.bin"
     path.write_bytes(data)
@@ -54,7 +49,7 @@ def test_small_file_uploaded_with_sha256_metadata_and_md5_etag(tmp_path, s3, s3s
 @pytest.mark.parametrize("change", ["append", "same_size_rewrite", "replace_by_rename", "delete", "replace_by_fifo",
                                     "replace_by_symlink"])
 def test_file_changed_after_judgement_is_not_uploaded(tmp_path, s3, s3server, prefix, setup_worker, change):
-    setup_worker(prefix)
+    worker = setup_worker(prefix)
     path = tmp_path / "f.txt"
     path.write_bytes(b"version one")
     os.utime(path, ns=(10**18, 10**18))
@@ -87,7 +82,7 @@ def test_file_changed_after_judgement_is_not_uploaded(tmp_path, s3, s3server, pr
 
 
 def test_multipart_object_equals_file(tmp_path, s3, s3server, prefix, setup_worker):
-    setup_worker(prefix)
+    worker = setup_worker(prefix)
     data = os.urandom(12 * 1024 * 1024 + 123)  # 3 parts of 5 MiB, the last short
     path = tmp_path / "big.bin"
     path.write_bytes(data)
@@ -102,7 +97,7 @@ def test_multipart_object_equals_file(tmp_path, s3, s3server, prefix, setup_work
 
 
 def test_failed_multipart_is_aborted_and_leaves_nothing(tmp_path, s3, s3server, prefix, setup_worker, proxy):
-    setup_worker(prefix, proxy.endpoint)
+    worker = setup_worker(prefix, proxy.endpoint)
     proxy.add(Fault(method="PUT", path=r"partNumber=2", action="status", status=403, code="AccessDenied", times=None))
     path = tmp_path / "big.bin"
     path.write_bytes(os.urandom(11 * 1024 * 1024))
@@ -117,8 +112,8 @@ def test_failed_multipart_is_aborted_and_leaves_nothing(tmp_path, s3, s3server, 
 
 def test_multipart_parts_go_up_in_parallel_and_counts_add_up(tmp_path, s3, s3server, prefix, setup_worker, proxy):
     """A lone big file uses the worker's upload threads for its parts (issue #5), with one 503 retried."""
-    config = setup_worker(prefix, proxy.endpoint, "--max-concurrent", "8")
-    assert config.threads >= 2
+    worker = setup_worker(prefix, proxy.endpoint, "--max-concurrent", "8")
+    assert worker.settings.threads >= 2
     hold = proxy.add(Fault(method="PUT", path=r"partNumber=1\b", action="hold", delay=2.0))
     proxy.add(Fault(method="PUT", path=r"partNumber=3\b", action="status", status=503, code="SlowDown", times=1))
     data = os.urandom(16 * 1024 * 1024)
@@ -136,8 +131,8 @@ def test_multipart_parts_go_up_in_parallel_and_counts_add_up(tmp_path, s3, s3ser
 def test_multipart_without_upload_threads_counts_each_request_once(tmp_path, s3, s3server, prefix, setup_worker,
                                                                   proxy):
     """--max-concurrent 1: one thread per worker, so the parts go up in the calling thread."""
-    config = setup_worker(prefix, proxy.endpoint, "--max-concurrent", "1")
-    assert config.threads == 1
+    worker = setup_worker(prefix, proxy.endpoint, "--max-concurrent", "1")
+    assert worker.settings.threads == 1
     proxy.add(Fault(method="PUT", path=r"partNumber=2\b", action="status", status=503, code="SlowDown", times=1))
     data = os.urandom(11 * 1024 * 1024)
     path = tmp_path / "big.bin"
@@ -151,7 +146,7 @@ def test_multipart_without_upload_threads_counts_each_request_once(tmp_path, s3,
 
 def test_corrupted_body_is_resent(tmp_path, s3, s3server, prefix, setup_worker, proxy):
     """BadDigest (Content-MD5 mismatch) is not retried by botocore; upload_one re-sends it."""
-    setup_worker(prefix, proxy.endpoint)
+    worker = setup_worker(prefix, proxy.endpoint)
     proxy.add(Fault(method="PUT", path=r"f\.bin", action="status", status=400, code="BadDigest", times=2))
     path = tmp_path / "f.bin"
     path.write_bytes(b"payload")
@@ -173,9 +168,8 @@ def test_worker_whose_client_cannot_be_built_reports_instead_of_crashing(tmp_pat
     """A raising Pool initializer would be respawned forever; the worker must report per file instead."""
     from obsbatch.config import Config
 
-    setup_worker("unused/")  # installs the signal handlers the fixture restores
     # Built directly, skipping the parser's region check, to get a region botocore refuses.
-    worker.init_worker(Config(source="/unused", bucket="b", region="not a region!"))
+    worker = WorkerContext(WorkerSettings.from_config(Config(source="/unused", bucket="b", region="not a region!")))
     path = tmp_path / "f"
     path.write_bytes(b"x")
     outcome = worker.upload_one(item_for(path, "p/"))
@@ -185,7 +179,7 @@ def test_worker_whose_client_cannot_be_built_reports_instead_of_crashing(tmp_pat
 
 def test_server_that_hangs_past_http_timeout_is_an_s3_failure_not_a_read_error(tmp_path, s3server, prefix,
                                                                              setup_worker, proxy):
-    setup_worker(prefix, proxy.endpoint, "--http-timeout", "1", "--retries", "1")
+    worker = setup_worker(prefix, proxy.endpoint, "--http-timeout", "1", "--retries", "1")
     proxy.add(Fault(method="PUT", path=r"slow\.bin", action="hold", delay=3.0, times=None))
     path = tmp_path / "slow.bin"
     path.write_bytes(b"payload")
@@ -202,7 +196,7 @@ def test_what_the_server_reports_storing_is_checked(tmp_path, s3server, prefix, 
     path = tmp_path / "f.bin"
     path.write_bytes(os.urandom(11 * 1024 * 1024 if big else 1000))
     extra = ("--verify-after-upload",) if case.startswith("head") else ()
-    setup_worker(prefix, proxy.endpoint, *extra)
+    worker = setup_worker(prefix, proxy.endpoint, *extra)
     fault = {
         "single-md5-mismatch": Fault(method="PUT", path=r"f\.bin$", action="etag", code="0" * 32),
         "multipart-etag-mismatch": Fault(method="POST", path=r"f\.bin\?uploadId=", action="etag", code="1" * 32 + "-3"),
@@ -222,7 +216,7 @@ def test_what_the_server_reports_storing_is_checked(tmp_path, s3server, prefix, 
 
 
 def test_multipart_etag_is_md5_of_part_md5s(tmp_path, s3, s3server, prefix, setup_worker):
-    setup_worker(prefix)
+    worker = setup_worker(prefix)
     data = os.urandom(11 * 1024 * 1024)
     path = tmp_path / "big.bin"
     path.write_bytes(data)
@@ -243,14 +237,20 @@ def test_multipart_etag_is_md5_of_part_md5s(tmp_path, s3, s3server, prefix, setu
      ("failed", "AccessDenied", 1, 0)),
     (Fault(method="PUT", path=r"f\.bin", action="status", status=404, code="NoSuchBucket", times=1),
      ("failed", "NoSuchBucket", 1, 0)),
-], ids=["ok", "503x2", "500", "reset", "403", "404"])
+    (Fault(method="PUT", path=r"f\.bin", action="status", status=400, code="BadDigest", times=2),
+     ("uploaded", "", 3, 2)),
+    # A body corrupted every time: re-sent within the same budget as any fault, --retries 3 (4 requests).
+    (Fault(method="PUT", path=r"f\.bin", action="status", status=400, code="BadDigest", times=None),
+     ("failed", "BadDigest", 4, 3)),
+], ids=["ok", "503x2", "500", "reset", "403", "404", "baddigest-x2", "baddigest-always"])
 def test_lean_put_and_boto3_put_object_behave_alike(tmp_path, s3, s3server, prefix, setup_worker, proxy, path,
                                                      fault, expected):
-    """obsbatch.put must keep put_object's retries, error names and attempt counts (issue #5)."""
-    setup_worker(prefix, proxy.endpoint)
-    assert worker._direct is not None  # the default for single-part uploads
+    """obsbatch.put must keep put_object's retries, error names and attempt counts (issue #5); a corrupted
+    body is retried by DirectPut itself, and around put_object by WorkerContext.call (issue #11)."""
+    worker = setup_worker(prefix, proxy.endpoint)
+    assert worker.direct is not None  # the default for single-part uploads
     if path == "put_object":
-        worker._direct = None
+        worker.direct = None
     if fault:
         proxy.add(Fault(**{k: v for k, v in vars(fault).items() if k not in ("hits", "arrived")}))
     data = os.urandom(3000)
@@ -289,7 +289,7 @@ def test_lean_put_request_signs_the_payload_sha256_and_skips_expect(tmp_path, pr
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        setup_worker(prefix, f"http://127.0.0.1:{server.server_address[1]}")
+        worker = setup_worker(prefix, f"http://127.0.0.1:{server.server_address[1]}")
         data = os.urandom(2000)
         file = tmp_path / "f.bin"
         file.write_bytes(data)
@@ -309,11 +309,11 @@ def test_lean_put_request_signs_the_payload_sha256_and_skips_expect(tmp_path, pr
 
 
 def test_lean_put_quotes_keys_as_botocore_does(tmp_path, s3, s3server, prefix, setup_worker):
-    setup_worker(prefix)
+    worker = setup_worker(prefix)
     names = ["a b+c.txt", "ü/é%41~x", "semi;colon&amp=1?q", "star*(paren)'quote'", "%FF-escaped"]
     for name in names:
         body = name.encode()
-        worker._direct.put(prefix + name, body, base64.b64encode(hashlib.md5(body).digest()).decode(),
+        worker.direct.put(prefix + name, body, base64.b64encode(hashlib.md5(body).digest()).decode(),
                            hashlib.sha256(body).hexdigest(), {})
     stored = {o["Key"][len(prefix):] for o in s3.list_objects_v2(Bucket=s3server.bucket, Prefix=prefix)["Contents"]}
     assert stored == set(names)

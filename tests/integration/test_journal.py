@@ -341,3 +341,39 @@ def _deferred_rows(state):
         return db.execute("SELECT key, count FROM deferred").fetchall()
     finally:
         db.close()
+
+
+def test_a_journal_that_cannot_be_written_mid_run_ends_it_with_every_file_accounted_for(tmp_path, s3server, prefix,
+                                                                                       proxy):
+    """Issue #11, defect 4: an error while a batch's Outcomes were being recorded (here the journal's commit,
+    the database locked by another program) lost the rest of that batch and the summary with it."""
+    import json
+
+    src, state, manifest = tmp_path / "src", tmp_path / "state.db", tmp_path / "run.jsonl"
+    make_tree(src, {f"f{i:02}.txt": b"x" * i for i in range(40)})
+    hold = proxy.add(Fault(method="PUT", path=r"\.txt", action="hold", delay=0.3, times=None))
+    proc = start_obsbatch("--source", src, *server_args(s3server, prefix, proxy.endpoint), "--state", state,
+                          "--manifest", manifest, "--max-concurrent", 2, env=s3server.env())
+    assert hold.arrived.wait(60)
+    locker = sqlite3.connect(str(state), isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")  # as an operator's `sqlite3 state.db` in a write transaction would
+    try:
+        result = finish(proc, timeout=90)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert result.returncode == 2, result
+    [fatal] = result.find("run.fatal")
+    assert "cannot write the state journal" in fatal["error"] and "locked" in fatal["error"]
+    summary = result.summary
+    assert summary["aborted"] == fatal["error"] and summary["exit_code"] == 2
+    # Every file whose PUT reached the server was handed out, so it has its record: uploaded, or interrupted
+    # when its batch was cut short; nothing handed out is missing.
+    records = [json.loads(line) for line in manifest.read_text().splitlines()]
+    files = {r["key"]: r for r in records if r["type"] == "file"}
+    put = {path.split("?")[0].split(f"/{prefix}", 1)[1] for method, path, _, _ in proxy.seen if method == "PUT"}
+    assert put and {prefix + name for name in put} <= set(files)
+    keys = [r["key"] for r in records if r["type"] == "file"]
+    assert summary["scanned"] == len(files) == len(keys) and summary["uploaded"] >= 1  # each once
+    assert {(r["outcome"], r["reason"]) for r in files.values()} <= {("uploaded", None), ("deferred", "interrupted")}
+    assert "Traceback" not in result.stderr

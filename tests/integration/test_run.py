@@ -417,3 +417,27 @@ def test_source_path_that_is_not_utf8(tmp_path, s3, s3server, prefix):
     assert missing.returncode == 2, missing
     [fatal] = missing.find("run.fatal")
     assert fatal["error"].endswith("export\\xff-missing does not exist")
+
+
+def test_a_worker_killed_while_a_stop_drains_leaves_a_stopped_run(tmp_path, s3, s3server, prefix, proxy):
+    """Issue #11, defect 6: the run was asked to stop, so the files its dead worker held are interrupted (not
+    failed) and the exit code is the signal's, not 1."""
+    import psutil
+
+    make_tree(tmp_path, {f"f{i}.txt": b"x" for i in range(10)})
+    hold = proxy.add(Fault(method="PUT", path=r"\.txt", action="hold", delay=6.0, times=None))
+    proc = start_obsbatch("--source", tmp_path, *server_args(s3server, prefix, proxy.endpoint), "--max-concurrent", 2,
+                          env=s3server.env())
+    assert hold.arrived.wait(60)
+    forkserver = [p for p in psutil.Process(proc.pid).children() if "forkserver" in " ".join(p.cmdline())]
+    workers = forkserver[0].children()
+    proc.send_signal(signal.SIGTERM)  # the drain begins: the uploads in flight are held for 6 s
+    time.sleep(1.0)
+    workers[0].kill()  # ... and a worker dies during it
+    result = finish(proc, timeout=60)
+    assert result.returncode == 143, result
+    summary = result.summary
+    assert summary["stopped_by_signal"] is True and summary["aborted"] is None
+    assert summary["failed"] == 0 and "WorkerDied" not in summary["failed_by_type"]
+    assert summary["deferred"].get("interrupted", 0) >= 1 and summary["scanned"] >= 1
+    assert len(objects(s3, s3server.bucket, prefix)) == summary["uploaded"]

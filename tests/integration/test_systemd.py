@@ -105,3 +105,24 @@ def test_watchdog_of_another_pid_is_ignored_and_no_socket_means_silence():
     silent = Notifier.from_environ({"WATCHDOG_USEC": "2000000"}, 42)
     assert not silent.enabled and silent.watchdog_seconds is None
     silent.ready("x")  # no socket: must not raise
+
+
+def test_a_stop_pushes_timeout_stop_sec_back_while_the_drain_moves(tmp_path, s3server, prefix, proxy, notify):
+    """After SIGTERM the heartbeat, the one sender, extends the stop timeout while uploads in flight finish."""
+    import signal
+
+    src = tmp_path / "src"
+    make_tree(src, {f"f{i}.txt": b"x" for i in range(20)})
+    hold = proxy.add(Fault(method="PUT", path=r"\.txt", action="hold", delay=3.0, times=None))
+    env = dict(s3server.env(), NOTIFY_SOCKET=notify.path)
+    proc = start_obsbatch("--source", src, *server_args(s3server, prefix, proxy.endpoint), "--max-concurrent", 2,
+                          env=env)
+    assert hold.arrived.wait(60)
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    result = finish(proc, timeout=60)
+    assert result.returncode == 143, result
+    extends = [(t, m) for t, m in notify.messages if t > signalled and "EXTEND_TIMEOUT_USEC=60000000" in m]
+    assert extends and "STATUS=stopping: " in extends[0][1], notify.messages
+    assert extends[0][0] - signalled < 3.0  # within a heartbeat tick or so, not at the end
+    assert "STOPPING=1" in notify.messages[-1][1].split("\n")

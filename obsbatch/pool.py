@@ -1,0 +1,283 @@
+"""The upload worker processes and the batches out to them: one owner for both.
+
+`UploadPool` starts N worker processes (each builds its own S3 client in `worker.init_worker`), takes
+batches of WorkItems, hands back (WorkItem, Outcome) pairs, notices a worker that was killed, and tears the
+workers down. It also holds the batching policy (`Pace`, `BATCH_*`): how many files the next batch should
+hold, from the pace at which its workers return them.
+
+Why `concurrent.futures.ProcessPoolExecutor` and not `multiprocessing.Pool` (issue #11): a Pool quietly
+replaces a worker that was killed (the OOM killer, kill -9); the killed worker's task never returns, and if
+it held the task queue's read lock no other worker can take work either, so detecting the death took a
+hand-made counter of worker starts in shared memory. The executor watches every worker's sentinel itself
+and fails all outstanding futures with BrokenProcessPool when one dies; a future per batch also says
+exactly which files are still out. The design's contract is unchanged: N processes from a `forkserver`
+context (the parent runs threads: forking a threaded process can deadlock on a lock some thread held),
+each with its own client and retry loop, plain frozen dataclasses in and out.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import multiprocessing
+import queue
+import threading
+import time
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+from obsbatch.config import Config
+from obsbatch.models import Outcome, WorkItem
+from obsbatch.ratelimit import RateLimit
+
+#: A task for the pool is a batch of files. One task per file cost the parent ~0.4 ms of pickling,
+#: queueing and wake-ups per file, a third of all client CPU on a tree of small files (issue #5). A batch
+#: holds about BATCH_SECONDS of uploading (see Pace), at most BATCH_FILES files per upload thread and, past
+#: its first file, at most BATCH_BYTES; a file for multipart goes alone. So a batch's Outcomes (journal,
+#: progress) come back within a fraction of a second, and the last batches of a run leave no worker idle
+#: for long. A batch never waits for files while a worker is idle (`UploadPool.idle`).
+BATCH_FILES = 32
+BATCH_BYTES = 8 * 1024 * 1024
+BATCH_SECONDS = 0.25
+#: Batches out per worker process: one being uploaded, one waiting, so a worker never waits for the parent.
+BATCHES_PER_WORKER = 2
+
+
+@dataclass(frozen=True)
+class Shared:
+    """Shared memory the parent makes and each worker receives at its start (never pickled later).
+
+    activity: one request counter per slot (systemd.Activity.workers); a worker bumps its own on every HTTP
+        request sent and answered, so the parent's watchdog sees progress inside a long upload.
+    stopping: Shutdown.workers_flag; once set, the files of a batch not yet begun come back not started, so
+        a stop waits for one file per upload thread, not for whole batches.
+    rate: the --max-rps schedule every HTTP request waits for, or None.
+    """
+
+    activity: Any
+    stopping: Any
+    rate: Optional[RateLimit] = None
+
+
+class WorkerDied(Exception):
+    """An upload worker process was killed from outside; the pool is broken and must be torn down."""
+
+
+class Pace:
+    """How many files make a batch: BATCH_SECONDS over the recent seconds per file (moving average).
+
+    One file per batch until an upload has come back; a slow or distant server (50 ms a PUT) then gets
+    batches of five, a fast local one the full BATCH_FILES.
+    """
+
+    def __init__(self):
+        self.seconds_per_file: Optional[float] = None
+
+    def add(self, outcome: Outcome) -> None:
+        if outcome.ended and outcome.started:
+            took = max(outcome.ended - outcome.started, 1e-4)
+            self.seconds_per_file = took if self.seconds_per_file is None else 0.9 * self.seconds_per_file + 0.1 * took
+
+    def batch_files(self, threads: int = 1) -> int:
+        """Files per batch for a worker that uploads `threads` of them at a time."""
+        if self.seconds_per_file is None:
+            return 1
+        return max(1, min(BATCH_FILES * threads, int(threads * BATCH_SECONDS / self.seconds_per_file)))
+
+
+def context():
+    """The multiprocessing context every process-shared object of a run is made in (see module docstring).
+
+    The fork server preloads obsbatch.preload, which imports the worker module and parses botocore's S3
+    model once, in the fork server, instead of once per worker.
+    """
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["obsbatch.preload"])
+    return ctx
+
+
+def _start_fork_server() -> None:
+    from multiprocessing import forkserver
+
+    with contextlib.suppress(Exception):  # if it fails here, the executor's own start fails and reports
+        forkserver.ensure_running()
+
+
+class UploadPool:
+    """Config.processes upload worker processes, the batches out to them, and the pace they keep.
+
+    The workers get worker.WorkerSettings (the part of `config` they need) and `shared` (made in `ctx`).
+    """
+
+    def __init__(self, ctx, config: Config, shared: Shared):
+        self.ctx = ctx
+        self.config = config
+        self.shared = shared
+        self.processes = config.processes
+        self.threads = config.threads
+        self.multipart_threshold = config.multipart_threshold
+        self.pace = Pace()
+        self._executor: Optional[concurrent.futures.ProcessPoolExecutor] = None
+        self._out: Dict[concurrent.futures.Future, List[WorkItem]] = {}
+        # Futures of batches out, as they complete (their done-callback, from the executor's thread): a
+        # look for results between two walked files is then one queue check, not a wait on every future.
+        self._done: queue.SimpleQueue = queue.SimpleQueue()
+        self._prewarm: Optional[threading.Thread] = None
+
+    # --- start ---------------------------------------------------------------------------------------------
+
+    def prewarm(self) -> None:
+        """Start the fork server now, from a helper thread (once).
+
+        Its start (a new interpreter importing botocore and parsing the S3 model, ~0.3 s) is the longest
+        step before a first upload; this way it runs on another core while the main thread scans /proc or
+        runs the pre-flight. forkserver.ensure_running() holds the fork server's own lock, so the executor
+        then finds it up.
+        """
+        if self._prewarm is None:
+            self._prewarm = threading.Thread(target=_start_fork_server, name="obsbatch-forkserver", daemon=True)
+            self._prewarm.start()
+
+    @property
+    def started(self) -> bool:
+        return self._executor is not None
+
+    def start(self) -> None:
+        from obsbatch import worker
+
+        self.prewarm()
+        self._prewarm.join()
+        self._executor = concurrent.futures.ProcessPoolExecutor(
+            max_workers=self.processes, mp_context=self.ctx, initializer=worker.init_worker,
+            initargs=(worker.WorkerSettings.from_config(self.config), self.shared))
+
+    # --- batches out ---------------------------------------------------------------------------------------
+
+    @property
+    def batches_out(self) -> int:
+        return len(self._out)
+
+    @property
+    def files_out(self) -> int:
+        return sum(len(batch) for batch in self._out.values())
+
+    @property
+    def full(self) -> bool:
+        """As many batches out as the workers should hold: the next one waits (memory stays flat)."""
+        return len(self._out) >= BATCHES_PER_WORKER * self.processes
+
+    @property
+    def idle(self) -> bool:
+        """Some worker may have nothing to do: send what there is rather than wait for a fuller batch."""
+        return len(self._out) < self.processes
+
+    def is_multipart(self, item: WorkItem) -> bool:
+        return item.size >= self.multipart_threshold
+
+    def batch_full(self, files: int, size: int) -> bool:
+        """Should a batch of `files` files, `size` bytes in all, go now (before the walk finds more)?"""
+        return files >= self.pace.batch_files(self.threads) or size >= BATCH_BYTES or self.idle
+
+    def submit(self, batch: List[WorkItem]) -> None:
+        """Hand a batch to the workers. Raises WorkerDied if the pool is already broken."""
+        from obsbatch import worker
+
+        try:
+            future = self._executor.submit(worker.upload_batch, batch)
+        except BrokenProcessPool:
+            raise WorkerDied() from None
+        self._out[future] = batch
+        future.add_done_callback(self._done.put)
+
+    # --- results in ----------------------------------------------------------------------------------------
+
+    def collect(self, timeout: float) -> List[Tuple[WorkItem, Outcome]]:
+        """The results of the batches back so far, waiting up to `timeout` seconds for a first one.
+
+        Raises WorkerDied, taking nothing out, when a worker was killed: `leftovers` then says what came
+        back and what never will.
+        """
+        try:
+            done = [self._done.get(timeout=timeout) if timeout else self._done.get_nowait()]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                done.append(self._done.get_nowait())
+            except queue.Empty:
+                break
+        if any(not f.cancelled() and isinstance(f.exception(), BrokenProcessPool) for f in done):
+            raise WorkerDied()
+        results = []
+        for future in done:
+            batch = self._out.pop(future, None)
+            if batch is not None:
+                results.extend(self._results_of(future, batch))
+        return results
+
+    def _results_of(self, future, batch: List[WorkItem]) -> List[Tuple[WorkItem, Outcome]]:
+        from obsbatch import worker
+
+        if future.cancelled():
+            return []
+        exc = future.exception()
+        if exc is not None:  # the task could not run or was cut short (not a death: see collect)
+            outcomes = [worker.crashed(item, exc) for item in batch]
+        else:
+            outcomes = future.result()
+            for outcome in outcomes:
+                self.pace.add(outcome)
+        return list(zip(batch, outcomes))
+
+    def leftovers(self) -> Tuple[List[Tuple[WorkItem, Outcome]], List[WorkItem]]:
+        """After a teardown: (results that did come back, files whose Outcome never will); nothing stays out.
+
+        A batch cut short counts wholly among the latter, even files its worker had stored: their Outcomes
+        never came back, so they are not journaled and the next run uploads them again (safe, if not free).
+        """
+        returned, lost = [], []
+        for future, batch in self._out.items():
+            if future.done() and not future.cancelled() and future.exception() is None:
+                returned.extend(zip(batch, future.result()))
+            else:
+                lost.extend(batch)
+        self._out.clear()
+        return returned, lost
+
+    # --- stop ----------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """No more batches: let the workers finish and exit (on the executor's own sentinels, no signal)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    def terminate(self, grace: float) -> None:
+        """Stop the workers now: SIGTERM, which each turns into SystemExit in its main thread (aborting a
+        multipart upload on the way out); no new batch; SIGKILL for any worker still alive after `grace` s.
+
+        The executor catches a task's SystemExit and sends it back as the batch's result, and the worker
+        would then wait for the next task: shutting the executor down sends each its sentinel to exit. A
+        SIGTERM that lands just as an idle worker enters sem_wait() on the call queue's lock is noted by the
+        C handler but never acted on (a lost wakeup: seen once in ~40 stops in tests/integration), so
+        waiting for the workers alone could take forever.
+        """
+        if self._executor is None:
+            return
+        # The executor's worker processes: the only multiprocessing children of the parent (the fork server
+        # is not one). Process.terminate/join work by pid and sentinel though the fork server forked them.
+        workers = multiprocessing.active_children()
+        for process in workers:
+            with contextlib.suppress(OSError):
+                process.terminate()
+        # The futures of batches cut short now hold SystemExit or BrokenProcessPool; those not begun are
+        # cancelled.
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + grace
+        for process in workers:
+            process.join(max(0.0, deadline - time.monotonic()))
+        for process in workers:
+            if process.is_alive():
+                with contextlib.suppress(OSError):
+                    process.kill()
+                process.join(5)
