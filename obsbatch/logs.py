@@ -28,7 +28,7 @@ def _redact(_logger, _method, event_dict):
 
 class _LineSink:
     """The stream structlog prints to. Normally it writes straight through; while a progress bar is on the
-    terminal (progress.Display), whole lines go to `route` instead (tqdm.write), which prints them above
+    terminal (progress.ProgressBar), whole lines go to `route` instead (tqdm.write), which prints them above
     the bar rather than through it."""
 
     def __init__(self, stream):

@@ -43,11 +43,6 @@ def is_write_mode(link_mode: int) -> bool:
     return bool(link_mode & statmod.S_IWUSR)
 
 
-def is_write_flags(flags: int) -> bool:
-    """The same decision from the octal `flags:` line of `/proc/<pid>/fdinfo/N` (open(2) access mode)."""
-    return (flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
-
-
 @dataclass(frozen=True)
 class FdIndex:
     """Open-for-write regular files on this host at one moment.

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import faultproxy, seaweed
+from tests.support.holders import Holder
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -49,6 +50,20 @@ def s3(s3server):
 def prefix():
     """A fresh key prefix per test, so tests share the server but never each other's objects."""
     return f"t-{uuid.uuid4().hex[:12]}/"
+
+
+@pytest.fixture
+def holder():
+    """holder((path, flags), ...) -> a started Holder; every one is stopped after the test."""
+    started = []
+
+    def start(*path_flags) -> Holder:
+        started.append(Holder(*path_flags))
+        return started[-1]
+
+    yield start
+    for one in started:
+        one.stop()
 
 
 @pytest.fixture

@@ -80,6 +80,7 @@ def test_a_tree_100_levels_deep_with_empty_files_at_every_level(tmp_path, s3, s3
     assert objects(s3, s3server.bucket, prefix) == files
 
 
+@pytest.mark.slow
 def test_a_file_over_5_gib_goes_multipart(tmp_path, s3, s3server, prefix):
     size = 5 * GiB + 1  # one byte over the single-PUT limit
     need = size + 2 * GiB  # the server stores it all (sparse here, not there), plus room to spare

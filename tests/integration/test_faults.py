@@ -17,6 +17,7 @@ from tests.support import seaweed
 from tests.support.faultproxy import Fault, Throttle
 
 
+@pytest.mark.slow
 def test_a_burst_of_500s_and_503s_is_retried_and_every_file_lands(tmp_path, s3, s3server, prefix, proxy):
     files = make_tree(tmp_path, {f"d{i % 3}/f{i}.txt": os.urandom(3000) for i in range(30)})
     # Two errors in a row for each of 20 files, all at the start of the run. (Per file: a shared count of
@@ -100,6 +101,7 @@ def own_server(tmp_path_factory):
     server.stop()
 
 
+@pytest.mark.slow
 def test_a_server_restarting_mid_run_loses_nothing(tmp_path, own_server, prefix):
     from tests.support.faultproxy import FaultProxy
 
@@ -127,6 +129,7 @@ def test_a_server_restarting_mid_run_loses_nothing(tmp_path, own_server, prefix)
     assert s3.list_multipart_uploads(Bucket=own_server.bucket, Prefix=prefix).get("Uploads", []) == []
 
 
+@pytest.mark.slow
 def test_a_throttling_server_fails_a_burst_that_max_rps_keeps_under_its_limit(tmp_path, s3, s3server, prefix,
                                                                              proxy):
     files = make_tree(tmp_path, {f"f{i}.txt": os.urandom(500) for i in range(40)})

@@ -53,6 +53,7 @@ def _journal_rows(state):
         db.close()
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_then_rerun_loses_nothing(tmp_path, s3, s3server, prefix, proxy):
     src, state = tmp_path / "src", tmp_path / "state.db"
     files = make_tree(src, {f"f{i:02}.txt": os.urandom(50 + i) for i in range(30)})
@@ -101,6 +102,7 @@ def test_overlapping_run_exits_75_and_sigterm_flushes_the_journal(tmp_path, s3, 
 
 
 
+@pytest.mark.slow
 def test_file_rewritten_in_place_during_slow_multipart_is_never_committed_torn(tmp_path, s3, s3server, prefix,
                                                                               proxy):
     import threading
@@ -186,24 +188,14 @@ def test_a_file_deferred_longer_than_max_defer_is_reported_stuck_until_it_is_bac
     db.close()
 
 
-def test_move_mode_removes_exactly_the_verified_files(tmp_path, s3, s3server, prefix, proxy):
-    import subprocess
-    import sys
-
+def test_move_mode_removes_exactly_the_verified_files(tmp_path, s3, s3server, prefix, proxy, holder):
     src = tmp_path / "src"
     files = make_tree(src, {"a.txt": b"a", "sub/b.txt": b"b", "held.log": b"log", "denied.txt": b"no"})
     (src / "young.txt").write_bytes(b"new")
     proxy.add(Fault(method="PUT", path=r"denied\.txt", action="status", status=403, code="AccessDenied", times=None))
-    holder = subprocess.Popen([sys.executable, "-c", "import os,sys,time; fd=os.open(sys.argv[1], os.O_WRONLY); "
-                               "print('ready', flush=True); time.sleep(60)", str(src / "held.log")],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "ready"
-        result = run_obsbatch("--source", src, *server_args(s3server, prefix, proxy.endpoint), "--delete-source",
-                              env=s3server.env())
-    finally:
-        holder.kill()
-        holder.wait()
+    holder((src / "held.log", os.O_WRONLY))
+    result = run_obsbatch("--source", src, *server_args(s3server, prefix, proxy.endpoint), "--delete-source",
+                          env=s3server.env())
     assert result.returncode == 1, result  # denied.txt failed
     remaining = sorted(str(p.relative_to(src)) for p in src.rglob("*"))
     # Uploaded and verified: gone. Held open, too new, failed: kept. Directories: kept.
@@ -343,6 +335,7 @@ def _deferred_rows(state):
         db.close()
 
 
+@pytest.mark.slow
 def test_a_journal_that_cannot_be_written_mid_run_ends_it_with_every_file_accounted_for(tmp_path, s3server, prefix,
                                                                                        proxy):
     """Issue #11, defect 4: an error while a batch's Outcomes were being recorded (here the journal's commit,

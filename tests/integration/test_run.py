@@ -3,7 +3,6 @@
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -40,29 +39,6 @@ def test_non_utf8_name_backed_up_under_escaped_key(tmp_path, s3, s3server, prefi
     result = run_obsbatch("--source", tmp_path, *server_args(s3server, prefix), env=s3server.env())
     assert result.returncode == 0, result
     assert objects(s3, s3server.bucket, prefix) == {"caf%E9.txt": b"latin"}
-
-
-HOLDER = ("import os,sys,time\n"
-          "fds=[os.open(p, int(f)) for p, f in zip(sys.argv[1::2], sys.argv[2::2])]\n"
-          "print('ready', flush=True)\n"
-          "time.sleep(120)\n")
-
-
-@pytest.fixture
-def holder():
-    procs = []
-
-    def start(*path_flags):
-        args = [str(x) for pf in path_flags for x in pf]
-        proc = subprocess.Popen([sys.executable, "-c", HOLDER, *args], stdout=subprocess.PIPE, text=True)
-        assert proc.stdout.readline().strip() == "ready"
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        proc.kill()
-        proc.wait()
 
 
 def test_files_open_for_writing_are_deferred_with_holder_and_readers_do_not_block(

@@ -1,8 +1,7 @@
 """OpenTelemetry through a real OTLP/HTTP receiver on loopback."""
 
+import os
 import socket
-import subprocess
-import sys
 import time
 
 import pytest
@@ -19,22 +18,14 @@ def receiver():
     r.close()
 
 
-HOLDER = "import os,sys,time; fd=os.open(sys.argv[1], os.O_WRONLY); print('ready', flush=True); time.sleep(60)"
-
-
 def test_one_trace_per_run_with_summary_upload_spans_skip_events_and_metrics(tmp_path, s3server, prefix, proxy,
-                                                                            receiver):
+                                                                            receiver, holder):
     src = tmp_path / "src"
     make_tree(src, {"a.txt": b"aa", "b/c.txt": b"ccc", "d.txt": b"d", "denied.txt": b"no", "busy.log": b"log"})
     proxy.add(Fault(method="PUT", path=r"denied\.txt", action="status", status=403, code="AccessDenied", times=None))
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(src / "busy.log")], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "ready"
-        env = dict(s3server.env(), OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint)
-        result = run_obsbatch("--source", src, *server_args(s3server, prefix, proxy.endpoint), env=env)
-    finally:
-        holder.kill()
-        holder.wait()
+    busy = holder((src / "busy.log", os.O_WRONLY))
+    env = dict(s3server.env(), OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint)
+    result = run_obsbatch("--source", src, *server_args(s3server, prefix, proxy.endpoint), env=env)
     assert result.returncode == 1, result  # denied.txt failed
     assert not result.find("telemetry.export_failed") and not result.find("telemetry.disabled")
 
@@ -59,7 +50,7 @@ def test_one_trace_per_run_with_summary_upload_spans_skip_events_and_metrics(tmp
 
     [event] = [e for e in root.events if e.name == "file.deferred"]
     event_attrs = otlp.attributes(event.attributes)
-    assert event_attrs["obsbatch.reason"] == "open_for_write" and event_attrs["obsbatch.holder.pids"] == [holder.pid]
+    assert event_attrs["obsbatch.reason"] == "open_for_write" and event_attrs["obsbatch.holder.pids"] == [busy.pid]
 
     points = receiver.metric_points()
     files = {(a["obsbatch.outcome"], a.get("obsbatch.reason")): v for a, v in points["obsbatch.files"]}
