@@ -119,6 +119,7 @@ class UploadPool:
         self.multipart_threshold = config.multipart_threshold
         self.pace = Pace()
         self._executor: Optional[concurrent.futures.ProcessPoolExecutor] = None
+        self._task = None  # worker.upload_batch, once started (the worker module imports botocore)
         self._out: Dict[concurrent.futures.Future, List[WorkItem]] = {}
         # Futures of batches out, as they complete (their done-callback, from the executor's thread): a
         # look for results between two walked files is then one queue check, not a wait on every future.
@@ -148,6 +149,7 @@ class UploadPool:
 
         self.prewarm()
         self._prewarm.join()
+        self._task = worker.upload_batch
         self._executor = concurrent.futures.ProcessPoolExecutor(
             max_workers=self.processes, mp_context=self.ctx, initializer=worker.init_worker,
             initargs=(worker.WorkerSettings.from_config(self.config), self.shared))
@@ -181,10 +183,8 @@ class UploadPool:
 
     def submit(self, batch: List[WorkItem]) -> None:
         """Hand a batch to the workers. Raises WorkerDied if the pool is already broken."""
-        from obsbatch import worker
-
         try:
-            future = self._executor.submit(worker.upload_batch, batch)
+            future = self._executor.submit(self._task, batch)
         except BrokenProcessPool:
             raise WorkerDied() from None
         self._out[future] = batch
