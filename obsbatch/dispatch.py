@@ -124,6 +124,8 @@ class Dispatch:
             return  # a stop: the batch stays, and _not_started reports it
         if not self.pool.started and not self.down:
             self._start()
+            if self.shutdown.stopping:
+                return  # a signal during the pre-flight: nothing is sent
         if self.down:
             for item in self.batch:
                 self.summary.add(unavailable(item, self.down))

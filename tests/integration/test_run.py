@@ -357,18 +357,24 @@ def test_second_signal_or_stop_timeout_aborts_in_flight_multipart_and_leaves_not
     assert objects(s3, s3server.bucket, prefix) == {}
 
 
-def test_killed_worker_fails_its_files_and_ends_the_run_instead_of_hanging(tmp_path, s3server, prefix, proxy):
-    """multiprocessing.Pool silently replaces a killed worker and its task never returns: detect, report, exit 1."""
+def _start_held_run(tmp_path, s3server, prefix, proxy, hold_for: float):
+    """obsbatch uploading 10 files whose PUTs the proxy holds for `hold_for` s: (its process, its 2 workers)."""
     import psutil
 
     make_tree(tmp_path, {f"f{i}.txt": b"x" for i in range(10)})
-    hold = proxy.add(Fault(method="PUT", path=r"\.txt", action="hold", delay=1.0, times=None))
+    hold = proxy.add(Fault(method="PUT", path=r"\.txt", action="hold", delay=hold_for, times=None))
     proc = start_obsbatch("--source", tmp_path, *server_args(s3server, prefix, proxy.endpoint), "--max-concurrent", 2,
                           env=s3server.env())
     assert hold.arrived.wait(60)
     forkserver = [p for p in psutil.Process(proc.pid).children() if "forkserver" in " ".join(p.cmdline())]
     workers = forkserver[0].children()
     assert len(workers) == 2
+    return proc, workers
+
+
+def test_killed_worker_fails_its_files_and_ends_the_run_instead_of_hanging(tmp_path, s3server, prefix, proxy):
+    """A killed worker's files never come back: detect it, report them failed, stop, exit 1 (not hang)."""
+    proc, workers = _start_held_run(tmp_path, s3server, prefix, proxy, hold_for=1.0)
     workers[0].kill()  # as the OOM killer would
     result = finish(proc, timeout=60)
     assert result.returncode == 1, result
@@ -398,15 +404,7 @@ def test_source_path_that_is_not_utf8(tmp_path, s3, s3server, prefix):
 def test_a_worker_killed_while_a_stop_drains_leaves_a_stopped_run(tmp_path, s3, s3server, prefix, proxy):
     """Issue #11, defect 6: the run was asked to stop, so the files its dead worker held are interrupted (not
     failed) and the exit code is the signal's, not 1."""
-    import psutil
-
-    make_tree(tmp_path, {f"f{i}.txt": b"x" for i in range(10)})
-    hold = proxy.add(Fault(method="PUT", path=r"\.txt", action="hold", delay=6.0, times=None))
-    proc = start_obsbatch("--source", tmp_path, *server_args(s3server, prefix, proxy.endpoint), "--max-concurrent", 2,
-                          env=s3server.env())
-    assert hold.arrived.wait(60)
-    forkserver = [p for p in psutil.Process(proc.pid).children() if "forkserver" in " ".join(p.cmdline())]
-    workers = forkserver[0].children()
+    proc, workers = _start_held_run(tmp_path, s3server, prefix, proxy, hold_for=6.0)
     proc.send_signal(signal.SIGTERM)  # the drain begins: the uploads in flight are held for 6 s
     time.sleep(1.0)
     workers[0].kill()  # ... and a worker dies during it
