@@ -1,4 +1,4 @@
-"""The body of scripts/bench: obsbatch against s5cmd, rclone and aws-cli on one local SeaweedFS (issue #5).
+"""The body of scripts/bench: obsbatch against s5cmd, rclone and aws-cli on one local SeaweedFS (issues #5, #12).
 
 Honest by construction:
 - one server for every tool and run, started here on loopback (the same launcher as the tests);
@@ -8,7 +8,11 @@ Honest by construction:
   that bucket" or, for no-op runs, the comparison mode the tool documents as its fast one;
 - client CPU counts every process of the tool's tree: this process is a child subreaper, so the tool's
   orphaned descendants (obsbatch's fork server and workers) are reaped here and their CPU lands in
-  RUSAGE_CHILDREN; the server's CPU is not the client's and is reported apart.
+  RUSAGE_CHILDREN; the server's CPU is not the client's and is reported apart;
+- the `wan*` workloads put a relay of the project's own (tests/support/relay.py: a fixed one-way delay, one
+  more round trip for a new connection) between every tool and the same server: a store in another city.
+  The relay runs in its own process and its CPU is reported per run, so that it is seen not to be the
+  bottleneck.
 
 Results: a table on stdout, JSON and a PNG chart under --out (bench/results by default).
 """
@@ -38,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.support import seaweed  # noqa: E402  (the same launcher the test fixture uses)
+from tests.support.relay import Relay  # noqa: E402
 
 BIN = Path(sys.executable).parent
 MiB = 1024 * 1024
@@ -45,18 +50,25 @@ PEERS = ("s5cmd", "rclone", "aws")
 TOOLS = ("obsbatch",) + PEERS
 OLD = time.time() - 3600  # every generated file is an hour old: past obsbatch's --min-age and any peer's
 
-# name: (files, size, directories fan-out) at full scale; --tiny divides the counts.
+# name: (files, size, directories fan-out) at full scale; --tiny divides the counts. rtt_ms: through the relay.
 WORKLOADS = {
     "small": dict(files=5000, size=4096, what="5,000 x 4 KiB, nested"),
     "medium": dict(files=200, size=MiB, what="200 x 1 MiB"),
     "large": dict(files=3, size=96 * MiB, what="3 x 96 MiB"),
+    "wan20-small": dict(files=5000, size=4096, rtt_ms=20, what="5,000 x 4 KiB at RTT 20 ms"),
+    "wan80-small": dict(files=5000, size=4096, rtt_ms=80, what="5,000 x 4 KiB at RTT 80 ms"),
+    "wan20-large": dict(files=3, size=96 * MiB, rtt_ms=20, what="3 x 96 MiB at RTT 20 ms"),
+    # Issue #12's memory bound: 256 in flight over files just under the 64 MiB multipart threshold.
+    "memory": dict(files=24, size=64 * MiB - 1024, obsbatch_args=["--max-concurrent", "256"],
+                   what="24 x (64 MiB - 1 KiB), obsbatch at --max-concurrent 256"),
     "noop": dict(files=20000, size=1024, what="20,000 files already uploaded, rerun"),
     # Not empty files: aws-cli sends `Expect: 100-continue` even for an empty body, and SeaweedFS 4.x then
     # leaves the *next* request on that connection unanswered until aws-cli's 60 s read timeout.
     "noop-200k": dict(files=200000, size=16, what="200,000 files already uploaded, rerun"),
     "scale": dict(files=200000, size=0, what="200,000 files, --dry-run walk+gate"),
 }
-DEFAULT_WORKLOADS = ("small", "medium", "large", "noop", "scale")
+DEFAULT_WORKLOADS = ("small", "medium", "large", "wan20-small", "wan80-small", "wan20-large", "memory", "noop",
+                     "scale")
 
 
 @dataclass
@@ -156,8 +168,12 @@ def reap_orphans(keep: set, timeout: float = 30.0) -> None:
 
 
 def measure(cmd: list, env: dict, keep: set, server_pid: int) -> tuple:
-    """Run `cmd`; return (wall, client cpu, main peak RSS MiB, tree peak RSS MiB, server cpu, returncode, output)."""
-    cpu0, srv0 = children_cpu(), proc_cpu(server_pid)
+    """Run `cmd`; return (wall, client cpu, main peak RSS MiB, tree peak RSS MiB, server cpu, returncode, output).
+
+    `server_pid` may be a list of pids (the server and the relay): their CPU is summed in the fifth value.
+    """
+    servers = server_pid if isinstance(server_pid, list) else [server_pid]
+    cpu0, srv0 = children_cpu(), sum(map(proc_cpu, servers))
     out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
     start = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
@@ -173,7 +189,7 @@ def measure(cmd: list, env: dict, keep: set, server_pid: int) -> tuple:
     text = out.read().decode(errors="replace")
     if proc.returncode != 0:
         text += err.read().decode(errors="replace")
-    return wall, cpu, rss_main, rss_tree, proc_cpu(server_pid) - srv0, proc.returncode, text
+    return wall, cpu, rss_main, rss_tree, sum(map(proc_cpu, servers)) - srv0, proc.returncode, text
 
 
 def make_files(root: Path, count: int, size: int) -> int:
@@ -246,8 +262,9 @@ class Bench:
         self.keep = {server.process.pid}
 
     # -- command lines -------------------------------------------------------------------------------
-    def command(self, tool: str, src: Path, prefix: str, noop: bool = False, dry_run: bool = False) -> list:
-        bucket, ep = self.server.bucket, self.server.endpoint
+    def command(self, tool: str, src: Path, prefix: str, noop: bool = False, dry_run: bool = False,
+                endpoint: str = None, extra: tuple = ()) -> list:
+        bucket, ep = self.server.bucket, endpoint or self.server.endpoint
         if tool == "obsbatch":
             cmd = [str(BIN / "obsbatch"), "--source", str(src), "--bucket", bucket, "--prefix", prefix,
                    "--endpoint", ep, "--region", "us-east-1", "--debug", "warning", "--summary", "json"]
@@ -256,12 +273,13 @@ class Bench:
                     ["--state", str(self.work / "state" / (prefix.strip("/").replace("/", "_") + ".db"))])
             if self.args.workers:
                 cmd += ["--max-concurrent", str(self.args.workers)]
-            return cmd
+            return cmd + list(extra)
         if tool == "s5cmd":
             verb = "sync" if noop else "cp"
             return [str(BIN / "s5cmd"), "--endpoint-url", ep, verb, f"{src}/*", f"s3://{bucket}/{prefix}"]
         if tool == "rclone":
             extra = ["--fast-list", "--size-only"] if noop else []
+            # rclone's endpoint is in the environment (RCLONE_CONFIG_BENCH_ENDPOINT, see env_for).
             return [str(BIN / "rclone"), "copy", *extra, str(src), f"bench:{bucket}/{prefix}"]
         if tool == "aws":
             verb = ["sync"] if noop else ["cp", "--recursive"]
@@ -287,22 +305,40 @@ class Bench:
         run = Run(tool, workload, rnd, round(wall, 3), round(cpu, 3), round(rss_main, 1), round(rss_tree, 1),
                   round(srv, 3), files, nbytes, ok, note, extra or {})
         self.runs.append(run)
-        print(f"  {workload:9} round {rnd} {tool:8} wall {wall:7.2f}s cpu {cpu:6.2f}s rss {rss_main:6.1f}/"
-              f"{rss_tree:6.1f} MiB server {srv:5.2f}s {'' if ok else 'FAILED ' + note}", flush=True)
+        relay = f" relay {extra['relay_cpu_s']:5.2f}s" if extra and "relay_cpu_s" in extra else ""
+        print(f"  {workload:11} round {rnd} {tool:8} wall {wall:7.2f}s cpu {cpu:6.2f}s rss {rss_main:6.1f}/"
+              f"{rss_tree:6.1f} MiB server {srv:5.2f}s{relay} {'' if ok else 'FAILED ' + note}", flush=True)
         return run
 
     # -- workloads -----------------------------------------------------------------------------------
     def upload_workload(self, name: str) -> None:
         spec = self.scaled(name)
-        src = self.work / "data" / f"{name}-{spec['files']}x{spec['size']}"
+        src = self.work / "data" / f"{spec['files']}x{spec['size']}"
         nbytes = make_files(src, spec["files"], spec["size"])
         tools = self.tools()
-        for rnd in range(self.args.rounds):
-            order = tools[rnd % len(tools):] + tools[:rnd % len(tools)]
-            for tool in order:
-                prefix = f"{name}/{tool}/{rnd}/"
-                result = measure(self.command(tool, src, prefix), self.env, self.keep, self.server.process.pid)
-                self.record(tool, name, rnd, result, spec["files"], nbytes)
+        relay = Relay(self.server.endpoint, spec["rtt_ms"]) if spec.get("rtt_ms") else None
+        try:
+            endpoint = relay.endpoint if relay else self.server.endpoint
+            env = dict(self.env, RCLONE_CONFIG_BENCH_ENDPOINT=endpoint)
+            for rnd in range(self.args.rounds):
+                order = tools[rnd % len(tools):] + tools[:rnd % len(tools)]
+                for tool in order:
+                    prefix = f"{name}/{tool}/{rnd}/"
+                    relay_cpu = proc_cpu(relay.pid) if relay else 0.0
+                    command = self.command(tool, src, prefix, endpoint=endpoint,
+                                           extra=spec.get("obsbatch_args", ()) if tool == "obsbatch" else ())
+                    result = measure(command, env,
+                                     self.keep | ({relay.pid} if relay else set()), self.server.process.pid)
+                    extra = {}
+                    if relay:
+                        extra = {"rtt_ms": spec["rtt_ms"], "relay_cpu_s": round(proc_cpu(relay.pid) - relay_cpu, 3)}
+                    run = self.record(tool, name, rnd, result, spec["files"], nbytes, extra=extra)
+                    if tool == "obsbatch" and run.ok:
+                        summary = json.loads(result[6].strip().splitlines()[-1])
+                        run.extra["concurrency"] = summary.get("concurrency")
+        finally:
+            if relay:
+                relay.stop()
 
     def noop_workload(self, name: str) -> None:
         spec = self.scaled(name)
@@ -372,6 +408,9 @@ def summarize(runs: list) -> list:
         rows.append(dict(workload=workload, tool=tool, runs=len(group), failed=len(group) - len(good),
                          wall_s=wall, cpu_s=med("cpu_s"), rss_main_mib=med("rss_main_mib"),
                          rss_tree_mib=med("rss_tree_mib"), server_cpu_s=med("server_cpu_s"),
+                         relay_cpu_s=(round(statistics.median(r.extra["relay_cpu_s"] for r in good), 3)
+                                      if good and "relay_cpu_s" in good[0].extra else None),
+                         concurrency=[r.extra.get("concurrency") for r in good if r.extra.get("concurrency")] or None,
                          files_per_s=round(files / wall) if wall else None,
                          mb_per_s=round(nbytes / MiB / wall, 1) if wall and nbytes else None,
                          cpu_ms_per_file=round(1000 * med("cpu_s") / files, 3) if good and files else None))
@@ -383,11 +422,12 @@ def summarize(runs: list) -> list:
 
 
 def print_table(rows: list) -> str:
-    head = ("workload", "tool", "wall s", "cpu s", "rss MiB", "tree MiB", "files/s", "MB/s", "ratio")
+    head = ("workload", "tool", "wall s", "cpu s", "cpu ms/file", "rss MiB", "tree MiB", "files/s", "MB/s",
+            "relay cpu s", "ratio")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = (r["workload"], r["tool"], r["wall_s"], r["cpu_s"], r["rss_main_mib"], r["rss_tree_mib"],
-                 r["files_per_s"], r["mb_per_s"], r["ratio_to_best_peer"])
+        cells = (r["workload"], r["tool"], r["wall_s"], r["cpu_s"], r["cpu_ms_per_file"], r["rss_main_mib"],
+                 r["rss_tree_mib"], r["files_per_s"], r["mb_per_s"], r["relay_cpu_s"], r["ratio_to_best_peer"])
         lines.append("| " + " | ".join("" if c is None else str(c) for c in cells) + " |")
     text = "\n".join(lines)
     print(text)
