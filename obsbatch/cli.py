@@ -104,7 +104,9 @@ def parse(argv: Optional[Sequence[str]], environ: Mapping[str, str]) -> Config:
     values = {}
     for name in _FIELDS:
         value = getattr(namespace, name, MISSING)
-        if value is MISSING or value is None:
+        # Not given: MISSING (argparse-dataclass), or None for a repeatable flag. A flag whose parser returns
+        # None (--max-concurrent auto) was given, and beats its variable.
+        if value is MISSING or (value is None and _FIELDS[name].metadata.get("append")):
             raw = environ.get(ENV_PREFIX + name.upper())
             if raw is not None:
                 value = _from_env(name, raw)

@@ -67,6 +67,19 @@ positive_int = at_least(1)
 non_negative_int = at_least(0)
 
 
+def concurrency(text: str) -> Optional[int]:
+    """'auto' (None: tuned as the run goes) or a whole number of uploads in flight, 1 or more."""
+    if str(text).strip().lower() == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither 'auto' nor a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more, or 'auto'")
+    return value
+
+
 def _finite(text: str, noun: str) -> float:
     """A finite float, or one sentence naming what was expected (noun: "number of seconds")."""
     try:
@@ -186,9 +199,13 @@ class Config:
     endpoint: Optional[str] = field(default=None, metadata=_opt("S3 endpoint URL (default: AWS)", metavar="URL", type=endpoint_url))
     region: Optional[str] = field(default=None, metadata=_opt("signing region (default: the AWS chain, else us-east-1)", metavar="R", type=region_name))
     http_timeout: float = field(default=15.0, metadata=_opt("connect and read timeout per HTTP request, seconds (default 15)", metavar="S", type=positive_seconds))
-    max_concurrent: int = field(default=8, metadata=_opt(
-        "uploads in flight at once (default 8): worker processes up to the number of CPUs, each with threads "
-        "for the rest", metavar="N", type=positive_int))
+    max_concurrent: Optional[int] = field(default=None, metadata=_opt(
+        "uploads in flight at once: auto (default) starts at 8 and tunes it from the completion rate and the "
+        "server's throttling, up to --max-concurrent-limit; a number fixes it. Worker processes up to the number "
+        "of CPUs, each with threads for the rest", metavar="N|auto", type=concurrency))
+    max_concurrent_limit: int = field(default=256, metadata=_opt(
+        "with --max-concurrent auto: the most uploads in flight it may reach (default 256)", metavar="N",
+        type=positive_int))
     debug: Literal["error", "warn", "warning", "info", "debug", "trace"] = field(default="info", metadata=_opt("log level: error, warn, info (default), debug, trace", metavar="LEVEL"))
     min_age: float = field(default=2.0, metadata=_opt("a file modified less than S seconds ago is deferred (default 2)", metavar="S", type=non_negative_seconds))
     include: tuple = field(default=(), metadata=_opt("back up only files whose relative path matches GLOB (repeatable; `*` spans `/`)", metavar="GLOB", append=True))
@@ -248,19 +265,25 @@ class Config:
     # cached_property (it writes the instance __dict__, which a frozen dataclass allows): these are read for
     # every file and batch, and os.cpu_count() is a system call's worth of work each time.
     @functools.cached_property
+    def most_in_flight(self) -> int:
+        """The most uploads that may ever be in flight: --max-concurrent N, or auto's --max-concurrent-limit."""
+        return self.max_concurrent or self.max_concurrent_limit
+
+    @functools.cached_property
     def processes(self) -> int:
         """Upload worker processes: one per CPU at most. Python code is bound to one core per process."""
-        return max(1, min(self.max_concurrent, os.cpu_count() or 1))
+        return max(1, min(self.most_in_flight, os.cpu_count() or 1))
 
     @functools.cached_property
     def threads(self) -> int:
-        """Upload threads per worker process, so that processes x threads >= --max-concurrent.
+        """Upload threads per worker process at most, so that processes x threads >= most_in_flight; a
+        worker starts them as the level it must follow needs them.
 
         A small PUT spends most of its time waiting on the server, during which a thread gives up the GIL;
         and an S3 server does less work per request with more of them in flight (SeaweedFS: ~1.1 ms of
         CPU per PUT with 4 in flight, ~0.85 ms with 8; issue #5).
         """
-        return -(-self.max_concurrent // self.processes)
+        return -(-self.most_in_flight // self.processes)
 
     def __post_init__(self) -> None:
         # argparse hands None for a repeatable flag never given; keep the field a tuple.

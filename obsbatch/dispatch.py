@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import time
 from typing import Callable, Deque, Iterable, List, Tuple, Union
 
 import structlog
@@ -32,8 +33,10 @@ from obsbatch.shutdown import Phase, Shutdown
 
 log = structlog.get_logger()
 
-#: How long the parent waits for results before it looks at signals and workers again.
-POLL_SECONDS = 0.2
+#: How long the parent waits for results before it looks at signals, workers and the level again.
+POLL_SECONDS = 0.05
+#: How often the concurrency controller is fed the workers' counters (pool.UploadPool.tick).
+TICK_SECONDS = 0.05
 
 
 def interrupted(item: WorkItem) -> Outcome:
@@ -76,6 +79,9 @@ class Dispatch:
         self.down = ""
         #: after_upload raised: a teardown counts the rest as they came back, without trying it again.
         self.settling_failed = False
+        self._next_tick = 0.0
+        summary.concurrency_mode = pool.mode
+        summary.concurrency = pool.level
 
     def run(self, items: Iterable[Union[WorkItem, Outcome]]) -> None:
         try:
@@ -90,10 +96,22 @@ class Dispatch:
 
     # --- feeding -------------------------------------------------------------------------------------------
 
+    def _tick(self) -> None:
+        """Let the concurrency controller look at the workers' counters, every TICK_SECONDS at most."""
+        now = time.monotonic()
+        if now >= self._next_tick and self.pool.started:
+            self._next_tick = now + TICK_SECONDS
+            self.pool.tick(now)
+            if self.pool.level != self.summary.concurrency:
+                log.debug("concurrency.level", in_flight=self.pool.level, was=self.summary.concurrency,
+                          mode=self.pool.mode)
+                self.summary.concurrency = self.pool.level
+
     def _feed(self, items) -> None:
         while not self.shutdown.stopping:
             if self.pool.batches_out:
                 self._report(self.pool.collect(0))  # keeps `batches_out` honest for batching
+                self._tick()
             try:
                 item = next(items)
             except StopIteration:
@@ -132,6 +150,7 @@ class Dispatch:
         else:
             while self.pool.full:
                 self._report(self.pool.collect(POLL_SECONDS))
+                self._tick()
                 if self.shutdown.stopping:
                     return
             self.pool.submit(self.batch)
@@ -171,6 +190,7 @@ class Dispatch:
                     self._teardown(interrupted)
                     return False
             self._report(self.pool.collect(POLL_SECONDS))
+            self._tick()
         return True
 
     # --- accounting ----------------------------------------------------------------------------------------

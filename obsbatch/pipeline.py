@@ -65,9 +65,10 @@ def _run_locked(config: Config, source: bytes, notifier: Notifier, telemetry: Te
     notifier.extend_timeout(_start_budget(config), "scanning open files and checking the destination")
     ctx = pool.context()
     shutdown = Shutdown(ctx, config.stop_timeout)
-    activity = Activity(ctx, 2 * config.processes)
-    uploads = pool.UploadPool(ctx, config, pool.Shared(
-        activity.workers, shutdown.workers_flag, RateLimit(ctx, config.max_rps) if config.max_rps else None))
+    gauges = pool.Gauges(ctx, config.processes)
+    activity = Activity(gauges.requests)
+    uploads = pool.UploadPool(ctx, config, shutdown.workers_flag, gauges,
+                              RateLimit(ctx, config.max_rps) if config.max_rps else None)
     first_run = not config.dry_run and (journal_ is None or journal_.empty())
     if first_run:
         # A first run (or --no-state) will upload: the fork server starts now, on another core, while this
@@ -84,7 +85,7 @@ def _run_locked(config: Config, source: bytes, notifier: Notifier, telemetry: Te
         with contextlib.suppress(EndpointUnavailable):  # logged once; every file to upload then fails unsent
             remote.checked()
     log.info("run.start", source=display(source), bucket=config.bucket, prefix=config.prefix,
-             endpoint=config.endpoint or "aws", workers=config.processes, threads=config.threads,
+             endpoint=config.endpoint or "aws", workers=config.processes, max_concurrent=config.max_concurrent or "auto",
              min_age=config.min_age, dry_run=config.dry_run)
     summary = Summary(observers=[activity.saw] + ([telemetry.record] if telemetry.enabled else []))
     stages = _stages(config, source, journal_, gate, remote, summary, activity, telemetry)

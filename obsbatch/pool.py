@@ -27,6 +27,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
+from obsbatch.concurrency import AutoConcurrency, FixedConcurrency, per_worker
 from obsbatch.config import Config
 from obsbatch.models import Outcome, WorkItem
 from obsbatch.ratelimit import RateLimit
@@ -39,24 +40,55 @@ from obsbatch.ratelimit import RateLimit
 #: for long. A batch never waits for files while a worker is idle (`UploadPool.idle`).
 BATCH_FILES = 32
 BATCH_BYTES = 8 * 1024 * 1024
-BATCH_SECONDS = 0.25
+BATCH_SECONDS = 0.5
 #: Batches out per worker process: one being uploaded, one waiting, so a worker never waits for the parent.
 BATCHES_PER_WORKER = 2
+
+
+class Gauges:
+    """Per-worker counters in shared memory: each worker writes its own slot, the parent reads the sums.
+
+    requests: HTTP requests sent or answered: the systemd watchdog's sign of life inside a long upload
+        (systemd.Activity). No lock: one writer per slot, and the watchdog only looks for change.
+    done, resent, busy: requests (files, or parts of one) completed, requests re-sent after a failure, and
+        requests in flight now: what the concurrency controller reads (concurrency.AutoConcurrency). Each
+        worker updates them under its own lock (worker.InFlight).
+    """
+
+    def __init__(self, ctx, slots: int):
+        self.requests = ctx.RawArray("Q", slots)
+        self.done = ctx.RawArray("Q", slots)
+        self.resent = ctx.RawArray("Q", slots)
+        self.busy = ctx.RawArray("q", slots)
+        self._next_slot = ctx.Value("i", 0)
+
+    def take_slot(self) -> int:
+        """A worker's own slot, once, at its start (workers are never replaced: a death breaks the pool)."""
+        with self._next_slot.get_lock():
+            slot = self._next_slot.value
+            self._next_slot.value += 1
+        return slot % len(self.done)
+
+    def totals(self) -> Tuple[int, int, int]:
+        """(done, resent, busy), summed over the workers."""
+        return sum(self.done), sum(self.resent), sum(self.busy)
 
 
 @dataclass(frozen=True)
 class Shared:
     """Shared memory the parent makes and each worker receives at its start (never pickled later).
 
-    activity: one request counter per slot (systemd.Activity.workers); a worker bumps its own on every HTTP
-        request sent and answered, so the parent's watchdog sees progress inside a long upload.
     stopping: Shutdown.workers_flag; once set, the files of a batch not yet begun come back not started, so
         a stop waits for one file per upload thread, not for whole batches.
+    level: the uploads in flight the workers may have together, set by the parent's controller; each
+        worker keeps its share (concurrency.per_worker) between requests.
+    gauges: the workers' counters (Gauges).
     rate: the --max-rps schedule every HTTP request waits for, or None.
     """
 
-    activity: Any
     stopping: Any
+    level: Any
+    gauges: Gauges
     rate: Optional[RateLimit] = None
 
 
@@ -67,8 +99,9 @@ class WorkerDied(Exception):
 class Pace:
     """How many files make a batch: BATCH_SECONDS over the recent seconds per file (moving average).
 
-    One file per batch until an upload has come back; a slow or distant server (50 ms a PUT) then gets
-    batches of five, a fast local one the full BATCH_FILES.
+    One file per upload thread until an upload has come back (so the first batches fill the level at once,
+    without loading one worker with a long batch at a pace nobody knows yet); then a slow or distant
+    server (50 ms a PUT) gets batches of ten files per thread, a fast local one the full BATCH_FILES.
     """
 
     def __init__(self):
@@ -82,7 +115,7 @@ class Pace:
     def batch_files(self, threads: int = 1) -> int:
         """Files per batch for a worker that uploads `threads` of them at a time."""
         if self.seconds_per_file is None:
-            return 1
+            return threads
         return max(1, min(BATCH_FILES * threads, int(threads * BATCH_SECONDS / self.seconds_per_file)))
 
 
@@ -105,19 +138,23 @@ def _start_fork_server() -> None:
 
 
 class UploadPool:
-    """Config.processes upload worker processes, the batches out to them, and the pace they keep.
+    """Config.processes upload worker processes, the batches out to them, the pace they keep, and the level
+    of uploads in flight they follow (--max-concurrent: fixed, or tuned by AutoConcurrency).
 
-    The workers get worker.WorkerSettings (the part of `config` they need) and `shared` (made in `ctx`).
+    The workers get worker.WorkerSettings (the part of `config` they need) and a Shared (made in `ctx`):
+    the stop flag, the level, `gauges`, the --max-rps schedule.
     """
 
-    def __init__(self, ctx, config: Config, shared: Shared):
+    def __init__(self, ctx, config: Config, stopping, gauges: Gauges, rate: Optional[RateLimit] = None):
         self.ctx = ctx
         self.config = config
-        self.shared = shared
         self.processes = config.processes
-        self.threads = config.threads
         self.multipart_threshold = config.multipart_threshold
         self.pace = Pace()
+        self.controller = (AutoConcurrency(maximum=config.max_concurrent_limit) if config.max_concurrent is None
+                           else FixedConcurrency(config.max_concurrent))
+        self.gauges = gauges
+        self.shared = Shared(stopping, ctx.RawValue("i", self.controller.level), gauges, rate)
         self._executor: Optional[concurrent.futures.ProcessPoolExecutor] = None
         self._task = None  # worker.upload_batch, once started (the worker module imports botocore)
         self._out: Dict[concurrent.futures.Future, List[WorkItem]] = {}
@@ -179,7 +216,23 @@ class UploadPool:
 
     def batch_full(self, files: int, size: int) -> bool:
         """Should a batch of `files` files, `size` bytes in all, go now (before the walk finds more)?"""
-        return files >= self.pace.batch_files(self.threads) or size >= BATCH_BYTES or self.idle
+        share = per_worker(self.level, self.processes)
+        return files >= self.pace.batch_files(share) or size >= BATCH_BYTES or self.idle
+
+    # --- the level -----------------------------------------------------------------------------------------
+
+    @property
+    def level(self) -> int:
+        """Uploads in flight the workers may have together, now."""
+        return self.controller.level
+
+    @property
+    def mode(self) -> str:
+        return self.controller.mode
+
+    def tick(self, now: float) -> None:
+        """Feed the controller the workers' counters; publish the level it answers."""
+        self.shared.level.value = self.controller.sample(now, *self.gauges.totals())
 
     def submit(self, batch: List[WorkItem]) -> None:
         """Hand a batch to the workers. Raises WorkerDied if the pool is already broken."""

@@ -77,7 +77,7 @@ class DirectPut:
         self._conditions = standard.StandardRetryConditions(max_attempts=max_attempts)
         self._backoff = standard.ExponentialBackoff(service_name="s3", throttling_detector=throttling)
         self._quota = standard.RetryQuotaChecker(quota.RetryQuota(), throttling)
-        self._on_send = on_send or (lambda: None)
+        self._on_send = on_send or (lambda attempt: None)
         self._on_answer = on_answer or (lambda: None)
 
     def url(self, key: str) -> str:
@@ -96,7 +96,7 @@ class DirectPut:
             attempt += 1
             response = parsed = error = None
             try:
-                response = self._send(url, headers, body, sha256_hex)
+                response = self._send(url, headers, body, sha256_hex, attempt)
                 parsed = self._parse(response)
             except (botocore.exceptions.HTTPClientError, botocore.exceptions.ConnectionError) as exc:
                 error = exc
@@ -123,12 +123,12 @@ class DirectPut:
             return context.attempt_number < self._max_attempts
         return self._conditions.is_retryable(context)
 
-    def _send(self, url: str, headers: dict, body: bytes, sha256_hex: str):
+    def _send(self, url: str, headers: dict, body: bytes, sha256_hex: str, attempt: int):
         request = botocore.awsrequest.AWSRequest("PUT", url, headers=headers, data=body)
         request.context["sha256"] = sha256_hex
         # Frozen per attempt: refreshable credentials (instance roles, assumed roles) renew here.
         _KnownPayloadAuth(self._credentials.get_frozen_credentials(), "s3", self._region).add_auth(request)
-        self._on_send()
+        self._on_send(attempt=attempt)
         try:
             return self._http.send(request.prepare())
         finally:

@@ -51,6 +51,10 @@ class Summary:
     aborted: str = ""
     #: The exit code of what aborted the run, when it has one of its own (a mid-run ObsbatchError); else 1.
     abort_code: Optional[ExitCode] = None
+    #: Uploads in flight the workers were allowed (the level --max-concurrent auto settled on, or the fixed
+    #: N), and which of the two; None when nothing was uploaded.
+    concurrency: Optional[int] = None
+    concurrency_mode: Optional[str] = None
     started: float = field(default_factory=time.time)
     ended: float = 0.0
     #: Called with every Outcome after it is counted (telemetry); not part of the summary itself.
@@ -148,6 +152,8 @@ class Summary:
             "exit_code": int(self.exit_code),
             "stopped_by_signal": self.stopped_by is not None,
             "aborted": self.aborted or None,
+            "concurrency": self.concurrency,
+            "concurrency_mode": self.concurrency_mode,
         }
 
     def status_line(self) -> str:
@@ -155,7 +161,8 @@ class Summary:
         skipped, deferred = sum(self.skipped.values()), sum(self.deferred.values())
         done = f"{self.planned} planned" if self.planned else f"{self.uploaded} uploaded ({human_size(self.bytes_uploaded)})"
         return (f"{self.scanned} scanned, {done}, {skipped} skipped, {deferred} deferred, {self.failed} failed"
-                + (f", {self.errors} unreadable" if self.errors else ""))
+                + (f", {self.errors} unreadable" if self.errors else "")
+                + (f", {self.concurrency} in flight ({self.concurrency_mode})" if self.concurrency else ""))
 
     def log_final(self) -> None:
         event = log.warning if self.exit_code is not ExitCode.OK else log.info

@@ -81,14 +81,14 @@ class Activity:
 
     parent: walk entries judged and Outcomes counted (`saw`, a Summary observer), bumped by the parent's
         main thread.
-    workers: HTTP requests started or answered, in shared memory, one slot per worker (pool.Shared),
+    workers: HTTP requests started or answered, in shared memory, one slot per worker (pool.Gauges.requests),
         each bumped by its worker alone. No lock: a shared counter's lock cost 0.1 ms per request in
         contention between workers (issue #5), and a slot with one writer needs none.
     """
 
-    def __init__(self, ctx, slots: int):
+    def __init__(self, workers):
         self.parent = 0
-        self.workers = ctx.RawArray("Q", slots)
+        self.workers = workers
 
     def __call__(self) -> int:
         return self.parent + sum(self.workers)

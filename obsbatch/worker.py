@@ -11,6 +11,7 @@ data, and `run_batch` turns anything that escapes it anyway into a FAILED Outcom
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import functools
 import hashlib
@@ -30,6 +31,7 @@ from botocore.retries import standard
 import structlog
 
 from obsbatch import logs, put, s3
+from obsbatch.concurrency import per_worker
 from obsbatch.config import MAX_PARTS, MiB, Config
 from obsbatch.models import Kind, Outcome, Reason, WorkItem, not_started
 from obsbatch.pool import Shared
@@ -37,6 +39,9 @@ from obsbatch.pool import Shared
 log = structlog.get_logger()
 
 READ_BLOCK = 1 * MiB
+#: Bytes of multipart parts a worker holds in memory at once: parts in flight are at most this over the part
+#: size (at least one), whatever the level of uploads in flight (README "Memory").
+PART_BYTES_IN_FLIGHT = 128 * MiB
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,8 @@ class WorkerSettings:
     """What a worker needs of the Config, pickled once to each worker at its start.
 
     endpoint: how to build the S3 client (s3.Endpoint). bucket: where every key goes.
-    threads: uploads in flight per worker process (Config.threads).
+    threads: upload threads per worker process at most (Config.threads); `workers`: how many processes
+        share the level (Config.processes).
     multipart_threshold, multipart_chunksize, verify_after_upload, follow_symlinks: as the flags.
     log_level, log_format: the worker's logs go to the same stderr as the parent's, in the same form.
     """
@@ -52,6 +58,7 @@ class WorkerSettings:
     endpoint: s3.Endpoint
     bucket: str
     threads: int
+    workers: int
     multipart_threshold: int
     multipart_chunksize: int
     verify_after_upload: bool
@@ -62,7 +69,7 @@ class WorkerSettings:
     @classmethod
     def from_config(cls, config: Config) -> "WorkerSettings":
         return cls(endpoint=s3.Endpoint.from_config(config), bucket=config.bucket, threads=config.threads,
-                   multipart_threshold=config.multipart_threshold, multipart_chunksize=config.multipart_chunksize,
+                   workers=config.processes, multipart_threshold=config.multipart_threshold, multipart_chunksize=config.multipart_chunksize,
                    verify_after_upload=config.verify_after_upload, follow_symlinks=config.follow_symlinks,
                    log_level=config.debug, log_format=config.log_format)
 
@@ -100,31 +107,95 @@ class RequestCounts(threading.local):
         return self.sent - before[0], self.calls - before[1], self.recalls - before[2]
 
 
+class InFlight:
+    """This worker's uploads in flight: its share of the run's level (pool.Shared.level), and its gauges.
+
+    Every task that carries requests (a file's upload, or one part of a multipart upload) is run inside
+    `with in_flight:`, which waits while the worker already has its share in flight. The share follows the
+    level the parent's controller sets, from one task to the next: nothing restarts. Without shared memory
+    (a WorkerContext built by a test) the share is `fixed`.
+    """
+
+    def __init__(self, shared: Optional[Shared], workers: int, fixed: int):
+        self.shared = shared
+        self.workers = workers
+        self.fixed = fixed
+        self.slot = shared.gauges.take_slot() if shared is not None else 0
+        self.active = 0
+        self._changed = threading.Condition()
+
+    def share(self) -> int:
+        if self.shared is None:
+            return self.fixed
+        return per_worker(self.shared.level.value, self.workers)
+
+    def __enter__(self) -> "InFlight":
+        with self._changed:
+            # The level may rise while a task waits: look again every 50 ms, not only when one leaves.
+            while self.active >= self.share():
+                self._changed.wait(0.05)
+            self.active += 1
+            self._publish(done=0)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._changed:
+            self.active -= 1
+            self._publish(done=1)
+            self._changed.notify()
+
+    def _publish(self, done: int) -> None:
+        if self.shared is not None:
+            gauges = self.shared.gauges
+            gauges.busy[self.slot] = self.active
+            gauges.done[self.slot] += done
+
+    def resent(self) -> None:
+        """A request is being sent again after a failure: a sign of a struggling server or link."""
+        if self.shared is not None:
+            with self._changed:
+                self.shared.gauges.resent[self.slot] += 1
+
+    def request(self) -> None:
+        """An HTTP request sent or answered: the watchdog's sign of life (no lock: it only looks for change)."""
+        if self.shared is not None:
+            self.shared.gauges.requests[self.slot] += 1
+
+
 class UploadThreads:
-    """A worker's upload threads: daemon threads fed from a queue. They send the single PUTs of a batch, or
-    the parts of one multipart upload (then the batch holds that file alone, and the main thread waits).
+    """A worker's upload threads: daemon threads fed from a queue, started as the worker's share of the level
+    needs them (up to `most`). They send the single PUTs of a batch, or the parts of one multipart upload
+    (then the batch holds that file alone, and the main thread waits). Each task runs inside `in_flight`.
 
     Daemon threads, not a ThreadPoolExecutor, whose threads the interpreter joins at exit: a worker told
     to stop (SIGTERM, turned into SystemExit in the main thread) must abort its multipart upload and go,
     not wait for the requests in flight. A single PUT or a part cut short stores nothing.
     """
 
-    def __init__(self, count: int):
+    def __init__(self, most: int, in_flight: InFlight):
+        self.most = most
+        self.in_flight = in_flight
         self.tasks: queue.SimpleQueue = queue.SimpleQueue()
-        for n in range(count):
-            threading.Thread(target=self._run, name=f"obsbatch-upload-{n}", daemon=True).start()
+        self.started = 0
+
+    def _grow(self, wanted: int) -> None:
+        while self.started < min(self.most, wanted):
+            threading.Thread(target=self._run, name=f"obsbatch-upload-{self.started}", daemon=True).start()
+            self.started += 1
 
     def _run(self) -> None:
         while True:
             function, arg, index, results, done = self.tasks.get()
             try:
-                results[index] = (True, function(arg))
+                with self.in_flight:
+                    results[index] = (True, function(arg))
             except BaseException as exc:  # handed to the waiting thread, which decides
                 results[index] = (False, exc)
             done.release()
 
     def map(self, function: Callable, args: list) -> list:
         """function(arg) for each arg on the threads; [(True, value) or (False, exception)], in order."""
+        self._grow(min(len(args), self.in_flight.share()))
         results: list = [None] * len(args)
         done = threading.Semaphore(0)
         for index, arg in enumerate(args):
@@ -140,8 +211,10 @@ def crashed(item: WorkItem, exc: BaseException) -> Outcome:
                    message=f"the upload stopped on an unexpected error: {s3.error_message(exc)}")
 
 
-def run_batch(items: list, upload: Callable[[WorkItem], Outcome], threads: Optional[UploadThreads]) -> list:
-    """upload(item) for each item, on `threads` if given (else here, one after another): one Outcome each.
+def run_batch(items: list, upload: Callable[[WorkItem], Outcome], threads: Optional[UploadThreads],
+              in_flight: Optional[InFlight] = None) -> list:
+    """upload(item) for each item, on `threads` if given (else here, one after another, each inside
+    `in_flight`): one Outcome each.
 
     `upload` is not expected to raise; if it does, that file gets a FAILED Outcome (`crashed`) rather than
     an exception object where an Outcome belongs (issue #11, defect 5).
@@ -150,7 +223,8 @@ def run_batch(items: list, upload: Callable[[WorkItem], Outcome], threads: Optio
         results = []
         for item in items:
             try:
-                results.append((True, upload(item)))
+                with in_flight or contextlib.nullcontext():
+                    results.append((True, upload(item)))
             except Exception as exc:
                 results.append((False, exc))
     else:
@@ -214,10 +288,8 @@ class WorkerContext:
         self.client = None
         self.direct: Optional[put.DirectPut] = None  # the lean PutObject for single-part uploads
         self.init_error = ""
+        self.in_flight = InFlight(shared, settings.workers, fixed=settings.threads)
         self._threads: Optional[UploadThreads] = None
-        # Slots are shared modulo: two workers on one slot only race on its increments, and the watchdog
-        # only looks for change.
-        self._slot = os.getpid() % len(shared.activity) if shared is not None else 0
         try:
             session = botocore.session.Session()
             if loader is not None:
@@ -241,26 +313,31 @@ class WorkerContext:
     # --- request accounting (botocore's event hooks, and DirectPut's) ---------------------------------------
 
     def _answered(self, **kwargs) -> None:
-        if self.shared is not None:
-            # This worker's own slot. Its threads may race on the increment and lose one now and then;
-            # the parent only watches for change, which a lost increment still is.
-            self.shared.activity[self._slot] += 1
+        self.in_flight.request()
 
-    def _before_send(self, **kwargs) -> None:
-        """Just before each HTTP request: pace it (--max-rps), count it."""
+    def _before_send(self, request=None, attempt: Optional[int] = None, **kwargs) -> None:
+        """Just before each HTTP request: pace it (--max-rps), count it, note a re-send.
+
+        botocore's before-send passes the request, whose context says which attempt it is (Endpoint.
+        _send_request); DirectPut passes the attempt itself.
+        """
         if self.shared is not None and self.shared.rate is not None:
             self.shared.rate.wait()
         self.counts.sent += 1  # returns None: botocore goes on to send the request itself
-        self._answered()
+        if attempt is None and request is not None:
+            attempt = request.context.get("retries", {}).get("attempt", 1)
+        if attempt and attempt > 1:
+            self.in_flight.resent()
+        self.in_flight.request()
 
     def _before_call(self, **kwargs) -> None:
         self.counts.calls += 1
 
     @property
     def threads(self) -> Optional[UploadThreads]:
-        """This worker's upload threads, started on first use; None with one thread per worker."""
+        """This worker's upload threads; None when it may never have more than one upload in flight."""
         if self._threads is None and self.settings.threads > 1:
-            self._threads = UploadThreads(self.settings.threads)
+            self._threads = UploadThreads(self.settings.threads, self.in_flight)
         return self._threads
 
     # --- a batch, a file ------------------------------------------------------------------------------------
@@ -272,8 +349,10 @@ class WorkerContext:
         (always alone in its batch) and single-file batches run here, in the main thread, so that a SIGTERM
         can abort a multipart upload.
         """
-        alone = len(items) == 1 or any(item.size >= self.settings.multipart_threshold for item in items)
-        return run_batch(items, self._one_unless_stopping, None if alone else self.threads)
+        multipart = any(item.size >= self.settings.multipart_threshold for item in items)
+        threads = None if len(items) == 1 or multipart else self.threads
+        # A multipart upload's parts go through `in_flight` one by one (on the threads); the file itself not.
+        return run_batch(items, self._one_unless_stopping, threads, None if multipart else self.in_flight)
 
     def _one_unless_stopping(self, item: WorkItem) -> Outcome:
         if self.shared is not None and self.shared.stopping.value:
@@ -454,10 +533,15 @@ class WorkerContext:
         # Parts sent on this thread (no upload threads) are counted here already.
         spent: Optional[list] = [] if threads is not None else None
         failed = threading.Event()
-        send = functools.partial(self._upload_part, item, f.fileno(), chunk, upload_id, spent, failed)
+        # Memory stays bounded whatever the level: at most PART_BYTES_IN_FLIGHT of parts read at once.
+        memory = threading.BoundedSemaphore(max(1, PART_BYTES_IN_FLIGHT // chunk))
+        send = functools.partial(self._upload_part, item, f.fileno(), chunk, upload_id, spent, failed, memory)
         try:
             if threads is None:
-                results = [send(number) for number in numbers]
+                results = []
+                for number in numbers:
+                    with self.in_flight:
+                        results.append(send(number))
             else:
                 outcomes = threads.map(send, list(numbers))
                 errors = [value for ok, value in outcomes if not ok]
@@ -484,7 +568,7 @@ class WorkerContext:
         return dict(kind=Kind.UPLOADED, etag=etag, sha256=sha256, multipart=True, version_id=resp.get("VersionId", ""))
 
     def _upload_part(self, item: WorkItem, fd: int, chunk: int, upload_id: str, spent: Optional[list],
-                     failed: threading.Event, number: int):
+                     failed: threading.Event, memory: threading.BoundedSemaphore, number: int):
         """Read and send part `number`; returns ({"ETag", "PartNumber"}, binary MD5).
 
         spent: where an upload thread leaves the requests it counted for this part, for the file's thread
@@ -494,14 +578,15 @@ class WorkerContext:
             raise _Cancelled()
         before = self.counts.snapshot()
         try:
-            offset = (number - 1) * chunk
-            length = min(chunk, item.size - offset)
-            data = os.pread(fd, length, offset)
-            if len(data) != length:
-                raise FileChanged(f"read {offset + len(data)} bytes, expected {item.size}; deferred to the next run")
-            md5_b64, md5_hex = _md5_b64(data)
-            resp = self.call(self.client.upload_part, Bucket=self.settings.bucket, Key=item.key, UploadId=upload_id,
-                             PartNumber=number, Body=data, ContentMD5=md5_b64)
+            with memory:
+                offset = (number - 1) * chunk
+                length = min(chunk, item.size - offset)
+                data = os.pread(fd, length, offset)
+                if len(data) != length:
+                    raise FileChanged(f"read {offset + len(data)} bytes, expected {item.size}; deferred to the next run")
+                md5_b64, md5_hex = _md5_b64(data)
+                resp = self.call(self.client.upload_part, Bucket=self.settings.bucket, Key=item.key,
+                                 UploadId=upload_id, PartNumber=number, Body=data, ContentMD5=md5_b64)
             return {"ETag": resp["ETag"], "PartNumber": number}, bytes.fromhex(md5_hex)
         except BaseException:
             failed.set()

@@ -61,7 +61,7 @@ def test_upload_reports_the_item_a_signal_interrupted_the_making_of(tmp_path, s3
                     "--log-format", "json"], {})
     ctx = pool.context()
     shutdown = Shutdown(ctx, stop_timeout=60)
-    uploads = pool.UploadPool(ctx, config, pool.Shared(ctx.RawArray("Q", 4), shutdown.workers_flag))
+    uploads = pool.UploadPool(ctx, config, shutdown.workers_flag, pool.Gauges(ctx, config.processes))
     with shutdown.installed():
         Dispatch(uploads, shutdown, summary, AfterUpload(None, None), Remote(config).checked,
                  grace=5).run(_items(src, prefix, names, signal_at=7))

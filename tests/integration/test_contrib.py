@@ -49,7 +49,7 @@ def test_env_example_parses_into_a_valid_config():
     env = dict(line.split("=", 1) for line in (CONTRIB / "obsbatch.env.example").read_text().splitlines()
                if line and not line.startswith("#"))
     config = parse([], env)
-    assert config.bucket == "my-backups" and config.max_concurrent == 6 and config.exclude == ("*.tmp", "*.part")
+    assert config.bucket == "my-backups" and config.max_concurrent is None and config.exclude == ("*.tmp", "*.part")
 
 
 def test_lifecycle_example_is_accepted_by_a_real_s3_server(s3):

@@ -3,7 +3,7 @@
 import pytest
 
 from obsbatch.models import Kind, Outcome, WorkItem
-from obsbatch.worker import UploadThreads, run_batch
+from obsbatch.worker import InFlight, UploadThreads, run_batch
 
 
 def _item(n: int) -> WorkItem:
@@ -20,7 +20,8 @@ def _upload(item: WorkItem) -> Outcome:
 @pytest.mark.parametrize("threads", [None, 3], ids=["serial", "upload-threads"])
 def test_an_upload_that_raises_becomes_a_failed_outcome_and_the_rest_of_the_batch_is_kept(threads):
     items = [_item(n) for n in range(6)]
-    outcomes = run_batch(items, _upload, UploadThreads(threads) if threads else None)
+    in_flight = InFlight(None, workers=1, fixed=threads or 1)
+    outcomes = run_batch(items, _upload, UploadThreads(threads, in_flight) if threads else None, in_flight)
     assert all(isinstance(o, Outcome) for o in outcomes)  # never an exception object where an Outcome belongs
     assert [o.key for o in outcomes] == [i.key for i in items]  # one each, in order
     failed = outcomes[2]

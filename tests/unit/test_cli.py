@@ -40,6 +40,18 @@ def test_every_flag_falls_back_to_environment():
     assert config.fd_check == "strict" and config.min_age == 0.5
 
 
+def test_max_concurrent_is_auto_by_default_and_a_number_fixes_it():
+    auto = parse(["--source", "/s", "--bucket", "b"], {})
+    assert auto.max_concurrent is None and auto.max_concurrent_limit == 256 and auto.most_in_flight == 256
+    limited = parse(["--source", "/s", "--bucket", "b", "--max-concurrent-limit", "32"], {})
+    assert limited.max_concurrent is None and limited.most_in_flight == 32
+    fixed = parse(["--source", "/s", "--bucket", "b", "--max-concurrent", "6"], {"OBSBATCH_MAX_CONCURRENT": "auto"})
+    assert fixed.max_concurrent == 6 and fixed.most_in_flight == 6
+    # "auto" given on the command line is given: it beats the variable.
+    assert parse(["--source", "/s", "--bucket", "b", "--max-concurrent", "auto"],
+                 {"OBSBATCH_MAX_CONCURRENT": "6"}).max_concurrent is None
+
+
 def test_command_line_beats_environment():
     env = {"OBSBATCH_SOURCE": "/env", "OBSBATCH_BUCKET": "envbucket", "OBSBATCH_EXCLUDE": "*.tmp",
            "OBSBATCH_MAX_CONCURRENT": "3"}
@@ -59,8 +71,9 @@ def test_prefix_gets_trailing_slash_like_aws_s3_sync(prefix, expected):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--max-concurrent", "-1"], "--max-concurrent: '-1' must be 1 or more"),
-    (["--max-concurrent", "two"], "is not a whole number"),
+    (["--max-concurrent", "-1"], "--max-concurrent: '-1' must be 1 or more, or 'auto'"),
+    (["--max-concurrent", "two"], "'two' is neither 'auto' nor a whole number"),
+    (["--max-concurrent-limit", "0"], "--max-concurrent-limit: '0' must be 1 or more"),
     (["--multipart-chunksize", "12XB"], "'12XB' is not a size"),
     (["--multipart-chunksize", "1MiB"], "between 5MiB and 5GiB"),
     (["--multipart-threshold", "6GiB"], "at most 5GiB"),

@@ -86,7 +86,8 @@ def test_anything_but_a_positive_size_is_refused_with_a_sentence(text):
 
 # --- config parsing --------------------------------------------------------------------------------------
 
-VALUE_FLAGS = ["--prefix", "--endpoint", "--region", "--http-timeout", "--max-concurrent", "--debug", "--min-age",
+VALUE_FLAGS = ["--prefix", "--endpoint", "--region", "--http-timeout", "--max-concurrent", "--max-concurrent-limit",
+               "--debug", "--min-age",
                "--include", "--exclude", "--ca-bundle", "--addressing-style", "--checksum-mode",
                "--multipart-threshold", "--multipart-chunksize", "--max-rps", "--retries", "--fd-check",
                "--log-format", "--stop-timeout", "--max-defer", "--state", "--manifest", "--otel-endpoint",
@@ -109,7 +110,7 @@ def test_any_flag_value_gives_a_config_or_one_usage_sentence_never_another_excep
         message = str(exc)
         assert message and "\n" not in message and "Traceback" not in message
     else:
-        assert config.max_concurrent >= 1 and config.http_timeout > 0 and config.retries >= 0
+        assert config.most_in_flight >= 1 and config.http_timeout > 0 and config.retries >= 0
         assert config.multipart_chunksize >= 5 * 2 ** 20 and config.multipart_threshold <= 5 * 2 ** 30
 
 

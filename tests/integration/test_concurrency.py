@@ -1,0 +1,45 @@
+"""--max-concurrent auto against real servers: a distant one (the relay), and one that throttles (issue #12)."""
+
+import os
+
+import pytest
+
+from tests.conftest import make_tree, objects, run_obsbatch, server_args
+from tests.support.faultproxy import Throttle
+from tests.support.relay import Relay
+
+
+def _levels(result) -> list:
+    return [e["in_flight"] for e in result.find("concurrency.level")]
+
+
+def test_auto_raises_the_uploads_in_flight_for_a_distant_store(tmp_path, s3, s3server, prefix):
+    files = make_tree(tmp_path, {f"d{i % 10}/f{i}.txt": os.urandom(256) for i in range(800)})
+    with Relay(s3server.endpoint, rtt_ms=40) as relay:
+        result = run_obsbatch("--source", tmp_path, *server_args(s3server, prefix, relay.endpoint), "--no-state",
+                              "--debug", "debug", env=s3server.env())
+    assert result.returncode == 0, result
+    summary = result.summary
+    assert summary["uploaded"] == 800 and summary["concurrency_mode"] == "auto"
+    levels = _levels(result)
+    assert max(levels) >= 32, levels  # from 8: at 40 ms a round trip, more in flight means more done
+    assert summary["concurrency"] == levels[-1]
+    assert objects(s3, s3server.bucket, prefix) == files
+
+
+@pytest.mark.slow
+def test_auto_keeps_a_throttling_server_happy_where_a_fixed_256_hammers_it(tmp_path, s3, s3server, prefix, proxy):
+    files = make_tree(tmp_path, {f"f{i}.txt": os.urandom(200) for i in range(300)})
+    args = ["--source", tmp_path, "--no-state", "--debug", "debug"]
+    results = {}
+    for mode in ("256", "auto"):
+        proxy.throttle = Throttle(rate=150, burst=20)  # 503 SlowDown beyond 150 requests a second
+        results[mode] = run_obsbatch(*args, *server_args(s3server, f"{prefix}{mode}/", proxy.endpoint),
+                                     "--max-concurrent", mode, env=s3server.env(), timeout=300)
+        results[mode].refused = proxy.throttle.refused
+    auto, fixed = results["auto"], results["256"]
+    assert auto.returncode == 0 and auto.summary["failed"] == 0, auto
+    assert objects(s3, s3server.bucket, f"{prefix}auto/") == files
+    assert auto.summary["retries"] < fixed.summary["retries"], (auto.summary, fixed.summary)
+    assert auto.refused < fixed.refused
+    assert min(_levels(auto)) < 8  # it backed off below where it started
