@@ -1,18 +1,24 @@
-"""A lean PutObject for small files: botocore's own parts, without its per-call machinery.
+"""A lean PutObject for small files: the request botocore would send, without its per-call machinery.
 
-Why (issue #5): `client.put_object` costs about 2 ms of CPU per 4 KiB PUT on the bench machine, against
-0.6 ms for the same signed request sent here. Almost all of that is per-call generality that a fixed
-PutObject does not need: parameter validation and serialization, endpoint-ruleset evaluation, a dozen
-event-hook chains, the user-agent builder, and the `Expect: 100-continue` round trip botocore adds to
-every PUT. On a host of many small files that overhead, not the network, sets the speed.
+Why (issues #5, #12): `client.put_object` costs about 2 ms of CPU per 4 KiB PUT on the bench machine, the
+same request through botocore's signer and urllib3 ~0.7 ms, and through this module ~0.15 ms. The rest is
+per-call generality that a fixed PutObject does not need: parameter validation and serialization,
+endpoint-ruleset evaluation, a dozen event-hook chains, the user-agent builder, botocore's generic
+canonicalisation, the `Expect: 100-continue` round trip botocore adds to every PUT, and http.client's and
+urllib3's request and response objects. On a host of many small files that overhead, not the network,
+sets the speed.
 
 What is kept, so the request and its failure modes are botocore's own:
-- signing: `botocore.auth.S3SigV4Auth` with the client's credential chain (refreshable credentials are
-  frozen per request, as botocore does);
+- signing: AWS Signature Version 4 exactly as `botocore.auth.S3SigV4Auth` computes it for this request
+  (the same canonical headers, content-length included and user-agent not; S3's unnormalised path; a test
+  compares both signers' Authorization headers), with the client's credential chain (refreshable
+  credentials are frozen per request, as botocore does). Only the signing key, a function of the secret,
+  the day and the region, is derived once per day rather than per request;
 - the URL: resolved once by botocore itself (a presigned URL for a probe key), so addressing style,
   region endpoints and custom endpoints are botocore's decision;
-- transport: the client's own HTTP session (`URLLib3Session`), hence the same TLS verification, CA
-  bundle, proxies, pool and timeouts, and the same exception classes for connection faults;
+- transport: a kept-alive connection per upload thread (obsbatch.http1) with the client's TLS trust and
+  timeouts and botocore's exception classes for faults; where the client would go through a proxy or
+  present a client certificate, the client's own HTTP session (`URLLib3Session`) instead;
 - errors: the response is parsed by botocore's rest-xml parser and raised as the client's modelled
   `ClientError`, so `s3.error_code` names it exactly as for any other call;
 - retries: botocore's *standard* retry policy objects (the same conditions, the same backoff with the
@@ -25,14 +31,17 @@ the object's metadata), so the server verifies the SHA-256 of every body as well
 botocore skips that over https when Content-MD5 is present; here it costs nothing.
 
 Only used for single-part uploads with `--checksum-mode when_required` (the default); anything else goes
-through boto3's `put_object`. `make` returns None when this botocore lacks a part relied on here, and the
+through botocore's `put_object`. `make` returns None when this botocore lacks a part relied on here, and the
 worker then uses `put_object` for everything.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 import urllib.parse
+from typing import Dict, List, Optional, Tuple
 
 import botocore.auth
 import botocore.awsrequest
@@ -41,28 +50,82 @@ import botocore.parsers
 import structlog
 from botocore.retries import quota, standard
 
-from obsbatch import __version__
+from obsbatch import __version__, http1
 from obsbatch.s3 import BODY_CORRUPTED_CODES
 
 log = structlog.get_logger()
 
 _PROBE_KEY = "obsbatch-url-probe"
 
+#: Headers botocore's SigV4 leaves out of the signature (user-agent among them), from botocore itself so that
+#: both signers agree whatever its version.
+_UNSIGNED = frozenset(botocore.auth.SIGNED_HEADERS_BLACKLIST)
 
-class _KnownPayloadAuth(botocore.auth.S3SigV4Auth):
-    """SigV4 for S3 with the payload hash we already have (the body is hashed once, by the worker)."""
 
-    def payload(self, request):
-        return request.context["sha256"]
+def host_header(url: str) -> str:
+    """The Host value SigV4 signs for `url`: lower case, the port only when it is not the scheme's default
+    (botocore.auth._host_from_url)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    if parts.port is not None and parts.port != {"http": 80, "https": 443}.get(parts.scheme):
+        host = f"{host}:{parts.port}"
+    return host
+
+
+class SigV4:
+    """AWS Signature Version 4 for S3 requests without a query string, as botocore's S3SigV4Auth signs them."""
+
+    def __init__(self, region: str, service: str = "s3"):
+        self.region = region
+        self.service = service
+        self._keys: Dict[Tuple[str, str], bytes] = {}  # (secret key, day) -> signing key
+
+    def _signing_key(self, secret: str, day: str) -> bytes:
+        key = self._keys.get((secret, day))
+        if key is None:
+            key = hmac.new(f"AWS4{secret}".encode(), day.encode(), hashlib.sha256).digest()
+            for part in (self.region, self.service, "aws4_request"):
+                key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+            if len(self._keys) > 8:  # a long run crosses days, or credentials rotate: keep few
+                self._keys.clear()
+            self._keys[(secret, day)] = key
+        return key
+
+    def sign(self, method: str, path: str, headers: Dict[str, str], payload_sha256: str, credentials,
+             timestamp: Optional[str] = None) -> List[Tuple[str, str]]:
+        """The headers to send: `headers` (lower-case names, `host` among them) plus x-amz-date,
+        x-amz-content-sha256, x-amz-security-token if the credentials have one, and authorization."""
+        timestamp = timestamp or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        signed = dict(headers)
+        signed["x-amz-date"] = timestamp
+        signed["x-amz-content-sha256"] = payload_sha256
+        if credentials.token:
+            signed["x-amz-security-token"] = credentials.token
+        names = sorted(name for name in signed if name not in _UNSIGNED)
+        canonical = "\n".join([method, path, "", *(f"{name}:{' '.join(signed[name].split())}" for name in names),
+                               "", ";".join(names), payload_sha256])
+        day = timestamp[:8]
+        scope = f"{day}/{self.region}/{self.service}/aws4_request"
+        to_sign = f"AWS4-HMAC-SHA256\n{timestamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+        signature = hmac.new(self._signing_key(credentials.secret_key, day), to_sign.encode(),
+                             hashlib.sha256).hexdigest()
+        signed["authorization"] = (f"AWS4-HMAC-SHA256 Credential={credentials.access_key}/{scope}, "
+                                   f"SignedHeaders={';'.join(names)}, Signature={signature}")
+        return list(signed.items())
 
 
 class DirectPut:
-    """PutObject for one bucket through a given client's session, signer, parser and retry policy."""
+    """PutObject for one bucket through a given client's credentials, transport settings, parser and
+    retry policy. `transport` (http1.Transport) carries the requests; None: the client's own session."""
 
-    def __init__(self, client, credentials, bucket: str, max_attempts: int, on_send=None, on_answer=None):
+    def __init__(self, client, credentials, bucket: str, max_attempts: int, on_send=None, on_answer=None,
+                 transport: Optional[http1.Transport] = None):
         self._credentials = credentials
-        self._region = client.meta.region_name
-        self._http = client._endpoint.http_session  # the client's transport: TLS, proxies, pool, timeouts
+        self._signer = SigV4(client.meta.region_name)
+        self._http = client._endpoint.http_session  # the client's transport, where `transport` is None
+        self._transport = transport
         self._exceptions = client.exceptions
         self._operation = client.meta.service_model.operation_model("PutObject")
         self._parser = botocore.parsers.create_parser("rest-xml")
@@ -70,7 +133,9 @@ class DirectPut:
         parts = urllib.parse.urlsplit(probe)
         if not parts.path.endswith("/" + _PROBE_KEY):
             raise ValueError(f"unexpected presigned URL shape: {parts.path}")
-        self._url_base = f"{parts.scheme}://{parts.netloc}{parts.path[:-len(_PROBE_KEY)]}"
+        self._origin = f"{parts.scheme}://{parts.netloc}"
+        self._path_base = parts.path[:-len(_PROBE_KEY)]
+        self._host = host_header(probe)
         self._user_agent = f"obsbatch/{__version__} Botocore/{botocore.__version__}"
         throttling = standard.ThrottlingErrorDetector(standard.RetryEventAdapter())
         self._max_attempts = max_attempts
@@ -80,14 +145,22 @@ class DirectPut:
         self._on_send = on_send or (lambda attempt: None)
         self._on_answer = on_answer or (lambda: None)
 
-    def url(self, key: str) -> str:
+    @property
+    def origin(self) -> str:
+        return self._origin
+
+    def path(self, key: str) -> str:
         # The serializer's quoting of the greedy {Key+} label (botocore.serialize, percent_encode safe='/~').
-        return self._url_base + urllib.parse.quote(key, safe="/~")
+        return self._path_base + urllib.parse.quote(key, safe="/~")
+
+    def url(self, key: str) -> str:
+        return self._origin + self.path(key)
 
     def put(self, key: str, body: bytes, md5_b64: str, sha256_hex: str, metadata: dict) -> dict:
         """One PutObject with retries; returns {"ETag", "VersionId"} or raises what client.put_object would."""
-        url = self.url(key)
-        headers = {"Content-MD5": md5_b64, "Content-Length": str(len(body)), "User-Agent": self._user_agent}
+        path = self.path(key)
+        headers = {"host": self._host, "content-length": str(len(body)), "content-md5": md5_b64,
+                   "user-agent": self._user_agent}
         for name, value in metadata.items():
             headers[f"x-amz-meta-{name}"] = value
         request_context: dict = {}
@@ -96,7 +169,7 @@ class DirectPut:
             attempt += 1
             response = parsed = error = None
             try:
-                response = self._send(url, headers, body, sha256_hex, attempt)
+                response = self._send(path, headers, body, sha256_hex, attempt)
                 parsed = self._parse(response)
             except (botocore.exceptions.HTTPClientError, botocore.exceptions.ConnectionError) as exc:
                 error = exc
@@ -123,13 +196,17 @@ class DirectPut:
             return context.attempt_number < self._max_attempts
         return self._conditions.is_retryable(context)
 
-    def _send(self, url: str, headers: dict, body: bytes, sha256_hex: str, attempt: int):
-        request = botocore.awsrequest.AWSRequest("PUT", url, headers=headers, data=body)
-        request.context["sha256"] = sha256_hex
-        # Frozen per attempt: refreshable credentials (instance roles, assumed roles) renew here.
-        _KnownPayloadAuth(self._credentials.get_frozen_credentials(), "s3", self._region).add_auth(request)
+    def _send(self, path: str, headers: dict, body: bytes, sha256_hex: str, attempt: int):
+        # Signed per attempt, as botocore does: a new date, and refreshable credentials (instance roles,
+        # assumed roles) renewed here.
+        signed = self._signer.sign("PUT", path, headers, sha256_hex, self._credentials.get_frozen_credentials())
         self._on_send(attempt=attempt)
         try:
+            if self._transport is not None:
+                return self._transport.send("PUT", path, signed, body)
+            # urllib3 sets Host from the URL itself, as the value signed above.
+            request = botocore.awsrequest.AWSRequest("PUT", self._origin + path, data=body,
+                                                     headers={n: v for n, v in signed if n != "host"})
             return self._http.send(request.prepare())
         finally:
             self._on_answer()
@@ -148,6 +225,18 @@ def make(client, session, bucket: str, max_attempts: int, on_send=None, on_answe
         credentials = session.get_credentials()
         if credentials is None:
             return None, "no credentials"
-        return DirectPut(client, credentials, bucket, max_attempts, on_send, on_answer), ""
+        direct = DirectPut(client, credentials, bucket, max_attempts, on_send, on_answer)
+        direct._transport = _transport_for(client, direct.origin)
+        return direct, ""
     except Exception as exc:  # an internal botocore layout we do not know: fall back to put_object
         return None, f"{type(exc).__name__}: {exc}"
+
+
+def _transport_for(client, origin: str) -> Optional[http1.Transport]:
+    """The kept-alive transport, with the client's resolved TLS trust and timeouts; None where the client's
+    own session must carry the requests (a proxy for this endpoint, or a client certificate)."""
+    session = client._endpoint.http_session
+    if session._proxy_config.proxy_url_for(origin + "/") or session._cert_file:
+        return None
+    config = client.meta.config
+    return http1.Transport(origin, timeout=config.read_timeout, verify=session._verify)
