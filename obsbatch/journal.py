@@ -14,7 +14,6 @@ and makes each commit atomic.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import sqlite3
 import time
@@ -118,13 +117,19 @@ class Journal:
         except sqlite3.Error as exc:
             raise JournalError(f"cannot {action} the state journal {self.path}: {exc}") from None
 
+    def _columns(self) -> str:
+        # The fingerprint, and the ETag only when a remote listing is loaded: a no-op run builds a row per
+        # file, and each column is an object made (issue #12).
+        return "size, mtime_ns, ctime_ns, dev, ino, etag" if self.remote else "size, mtime_ns, ctime_ns, dev, ino"
+
     def _journaled(self, key: str):
         return self.db.execute(
-            "SELECT size, mtime_ns, ctime_ns, dev, ino, etag FROM uploads WHERE endpoint=? AND bucket=? AND key=?",
+            f"SELECT {self._columns()} FROM uploads WHERE endpoint=? AND bucket=? AND key=?",
             (self.endpoint, self.bucket, key)).fetchone()
 
     def _directory(self, directory: str) -> Optional[dict]:
-        """The journal rows of one directory's files ({key: row}), or None if it has too many to hold.
+        """The journal rows of one directory's files ({key: fingerprint [+ etag]}), or None if it has too many
+        to hold.
 
         One query per directory instead of one per file: a no-op run over 20,000 files spent a fifth of its
         time in per-file SELECTs (issue #5). The walk yields a directory's files together, so each
@@ -133,7 +138,7 @@ class Journal:
         rows = self.db.execute(
             # INDEXED BY: without ANALYZE statistics the planner prefers the primary key's (endpoint, bucket)
             # prefix, which scans the whole bucket's rows for every directory.
-            "SELECT key, size, mtime_ns, ctime_ns, dev, ino, etag FROM uploads INDEXED BY uploads_by_directory "
+            f"SELECT key, {self._columns()} FROM uploads INDEXED BY uploads_by_directory "
             "WHERE endpoint=? AND bucket=? AND "
             f"{_DIRECTORY_OF_KEY} = ? LIMIT ?", (self.endpoint, self.bucket, directory, DIRECTORY_ROWS + 1)).fetchall()
         if len(rows) > DIRECTORY_ROWS:
@@ -196,7 +201,7 @@ class Journal:
                     yield item
                     continue
                 if not fingerprint_matches and remote is not None and remote[0] == st.st_size:
-                    yield dataclasses.replace(item, remote_etag=remote[1])
+                    yield item._replace(remote_etag=remote[1])
                     continue
             if fingerprint_matches:
                 if unchanged is not None:
