@@ -150,6 +150,20 @@ def _start_fork_server() -> None:
         forkserver.ensure_running()
 
 
+def start_fork_server() -> threading.Thread:
+    """Start the upload workers' fork server from a helper thread, now; the thread is returned to join.
+
+    Its start (a new interpreter importing botocore and parsing the S3 model, ~0.35 s) is the longest step
+    before a first upload, so a run that will upload starts it as early as it can (cli.main, UploadPool.
+    prewarm), on another core. forkserver.ensure_running() holds the fork server's own lock: whoever asks
+    next waits for this start instead of making a second one.
+    """
+    context()  # the preload must be set before the server starts
+    thread = threading.Thread(target=_start_fork_server, name="obsbatch-forkserver", daemon=True)
+    thread.start()
+    return thread
+
+
 class UploadPool:
     """Config.processes upload worker processes, the batches out to them, the pace they keep, and the level
     of uploads in flight they follow (--max-concurrent: fixed, or tuned by AutoConcurrency).
@@ -179,16 +193,10 @@ class UploadPool:
     # --- start ---------------------------------------------------------------------------------------------
 
     def prewarm(self) -> None:
-        """Start the fork server now, from a helper thread (once).
-
-        Its start (a new interpreter importing botocore and parsing the S3 model, ~0.3 s) is the longest
-        step before a first upload; this way it runs on another core while the main thread scans /proc or
-        runs the pre-flight. forkserver.ensure_running() holds the fork server's own lock, so the executor
-        then finds it up.
-        """
+        """Start the fork server now (once; start_fork_server), while the parent scans /proc or runs the
+        pre-flight on its own core."""
         if self._prewarm is None:
-            self._prewarm = threading.Thread(target=_start_fork_server, name="obsbatch-forkserver", daemon=True)
-            self._prewarm.start()
+            self._prewarm = start_fork_server()
 
     @property
     def started(self) -> bool:
