@@ -75,7 +75,8 @@ class Dispatch:
         self.batch_bytes = 0
         #: Results back from the workers and not yet reported.
         self.returned: Deque[Tuple[WorkItem, Outcome]] = collections.deque()
-        #: Why the endpoint is unavailable, once the pre-flight found it so.
+        #: The pre-flight passed (and the pool started); or why the endpoint is unavailable, once it did not.
+        self.checked = False
         self.down = ""
         #: after_upload raised: a teardown counts the rest as they came back, without trying it again.
         self.settling_failed = False
@@ -140,7 +141,7 @@ class Dispatch:
         """Hand the batch to the pool, once it has room; the pool starts on the first batch."""
         if not self.batch or self.shutdown.stopping:
             return  # a stop: the batch stays, and _not_started reports it
-        if not self.pool.started and not self.down:
+        if not self.checked and not self.down:
             self._start()
             if self.shutdown.stopping:
                 return  # a signal during the pre-flight: nothing is sent
@@ -157,7 +158,7 @@ class Dispatch:
         self.batch, self.batch_bytes = [], 0
 
     def _start(self) -> None:
-        """The pre-flight, then the pool (the fork server starts while the pre-flight waits on the server).
+        """The pre-flight (run by a worker: pool.UploadPool.check_destination), and the pool.
 
         If the endpoint is down, no pool starts: the walk goes on, and every file it would have handed out is
         counted failed, unsent (a 5xx storm or a dead server must not cost a million files a round of
@@ -169,7 +170,9 @@ class Dispatch:
         except EndpointUnavailable as exc:
             self.down = str(exc)
             return
-        self.pool.start()
+        if not self.pool.started:
+            self.pool.start()
+        self.checked = True
 
     def _not_started(self) -> None:
         """A stop: the files taken but never handed to a worker are left for the next run."""

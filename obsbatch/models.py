@@ -163,6 +163,13 @@ def not_started(item: WorkItem) -> Outcome:
                    message="not started: the run was stopping; the next run takes it")
 
 
+def crashed(item: WorkItem, exc: BaseException) -> Outcome:
+    """The Outcome of a file whose upload raised instead of returning one (a bug): FAILED, never lost."""
+    text = " ".join(str(exc).split())[:500] or type(exc).__name__
+    return Outcome(Kind.FAILED, item.display, key=item.key, size=item.size, error_type=type(exc).__name__,
+                   message=f"the upload stopped on an unexpected error: {text}")
+
+
 #: error_type of files not sent because the endpoint did not answer the pre-flight (that exception's name).
 UNAVAILABLE = EndpointUnavailable.__name__
 

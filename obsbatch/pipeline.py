@@ -76,11 +76,11 @@ def _run_locked(config: Config, source: bytes, notifier: Notifier, telemetry: Te
         uploads.prewarm()
     gate = Gate(config.min_age, strict=config.fd_check == "strict")
     gate.current_index()  # the first /proc scan, now: --fd-check strict fails here, before any upload
-    # The parent's own client (pre-flight, remote listing, manifest upload) is built when first needed. The
-    # pre-flight runs before walking on a first run (empty journal), where a mistyped bucket or key is
-    # likeliest, and for --verify-remote; once the journal holds uploads, it runs before the first upload
-    # instead, so a run with nothing to upload contacts no server at all (issue #5). --dry-run never does.
-    remote = Remote(config)
+    # The pre-flight runs in an upload worker (pool.UploadPool.check_destination). It runs before walking on
+    # a first run (empty journal), where a mistyped bucket or key is likeliest, and for --verify-remote;
+    # once the journal holds uploads, it runs before the first upload instead, so a run with nothing to
+    # upload contacts no server at all (issue #5). --dry-run never does.
+    remote = Remote(config, uploads.check_destination)
     if first_run or (config.verify_remote and not config.dry_run):
         with contextlib.suppress(EndpointUnavailable):  # logged once; every file to upload then fails unsent
             remote.checked()

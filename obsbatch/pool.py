@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from obsbatch.concurrency import AutoConcurrency, FixedConcurrency, per_worker
 from obsbatch.config import Config
-from obsbatch.models import Outcome, WorkItem
+from obsbatch.models import Outcome, WorkItem, crashed
 from obsbatch.ratelimit import RateLimit
 
 #: A task for the pool is a batch of files. One task per file cost the parent ~0.4 ms of pickling,
@@ -168,7 +168,7 @@ class UploadPool:
     """Config.processes upload worker processes, the batches out to them, the pace they keep, and the level
     of uploads in flight they follow (--max-concurrent: fixed, or tuned by AutoConcurrency).
 
-    The workers get worker.WorkerSettings (the part of `config` they need) and a Shared (made in `ctx`):
+    The workers get settings.WorkerSettings (the part of `config` they need) and a Shared (made in `ctx`):
     the stop flag, the level, `gauges`, the --max-rps schedule.
     """
 
@@ -203,15 +203,16 @@ class UploadPool:
         return self._executor is not None
 
     def start(self) -> None:
-        from obsbatch import worker
+        from obsbatch import tasks
+        from obsbatch.settings import WorkerSettings
 
         self.prewarm()
         self._prewarm.join()
         self.gauges.prepare_slots()
-        self._task = worker.upload_batch
+        self._task = tasks.upload_batch
         self._executor = concurrent.futures.ProcessPoolExecutor(
-            max_workers=self.processes, mp_context=self.ctx, initializer=worker.init_worker,
-            initargs=(worker.WorkerSettings.from_config(self.config), self.shared))
+            max_workers=self.processes, mp_context=self.ctx, initializer=tasks.init_worker,
+            initargs=(WorkerSettings.from_config(self.config), self.shared))
 
     # --- batches out ---------------------------------------------------------------------------------------
 
@@ -256,6 +257,23 @@ class UploadPool:
         """Feed the controller the workers' counters; publish the level it answers."""
         self.shared.level.value = self.controller.sample(now, *self.gauges.totals())
 
+    def check_destination(self) -> None:
+        """The pre-flight, run by a worker (its client is ready there; the parent then builds none): starts the
+        pool if need be; raises PreflightError or EndpointUnavailable (remote.preflight), or WorkerDied."""
+        from obsbatch import tasks
+        from obsbatch.errors import EndpointUnavailable, PreflightError
+
+        if not self.started:
+            self.start()
+        try:
+            verdict, sentence = self._executor.submit(tasks.check_destination).result()
+        except BrokenProcessPool:
+            raise WorkerDied() from None
+        if verdict == "unavailable":
+            raise EndpointUnavailable(sentence)
+        if verdict != "ok":
+            raise PreflightError(sentence)
+
     def submit(self, batch: List[WorkItem]) -> None:
         """Hand a batch to the workers. Raises WorkerDied if the pool is already broken."""
         try:
@@ -292,13 +310,11 @@ class UploadPool:
         return results
 
     def _results_of(self, future, batch: List[WorkItem]) -> List[Tuple[WorkItem, Outcome]]:
-        from obsbatch import worker
-
         if future.cancelled():
             return []
         exc = future.exception()
         if exc is not None:  # the task could not run or was cut short (not a death: see collect)
-            outcomes = [worker.crashed(item, exc) for item in batch]
+            outcomes = [crashed(item, exc) for item in batch]
         else:
             outcomes = future.result()
             for outcome in outcomes:

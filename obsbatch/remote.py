@@ -1,17 +1,19 @@
-"""The parent's side of the destination: one client, built on first use, and what the parent asks of it.
+"""The destination as the parent sees it: the pre-flight's verdict, and a client of its own for the little
+only the parent asks.
 
-The parent needs S3 only for the pre-flight check, the --verify-remote listing and the manifest upload;
-workers have their own clients. A run that has nothing to upload (the common case for a timer on a quiet
-tree) needs none of it, so nothing here happens until it is asked for, and botocore itself is imported
-only then: importing it and building a client cost ~0.2 s, more than half a no-op run over 20,000 files
-(issue #5).
+The pre-flight itself (`preflight`) runs in an upload worker (pool.UploadPool.check_destination), which
+has botocore loaded and its S3 model parsed by the fork server already: the parent then needs no client of
+its own for a plain run. Importing botocore and building a client cost the parent ~0.3 s of CPU, on the
+path to the first upload (issue #12). The parent builds its client only for the --verify-remote listing and
+the --upload-manifest upload, and a run with nothing to upload (a timer on a quiet tree) contacts no
+server at all (issue #5).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import structlog
 
@@ -31,24 +33,31 @@ def manifest_key(prefix: str, run_id: str) -> str:
 
 
 class Remote:
-    """The destination as the parent sees it. `checked()` runs the pre-flight once and returns the client."""
+    """The destination as the parent sees it.
 
-    def __init__(self, config: Config):
+    check: runs the pre-flight (pool.UploadPool.check_destination) and raises PreflightError or
+        EndpointUnavailable; `checked()` asks it once per run.
+    """
+
+    def __init__(self, config: Config, check: Callable[[], None]):
         self.config = config
+        self._check = check
         self._client = None
         self._checked = False
         #: Why the endpoint did not answer the pre-flight, once it has not (it is not asked again this run).
         self.unavailable = ""
 
     def client(self):
+        """The parent's own client, built on first use (the listing, the manifest upload)."""
         if self._client is None:
             from obsbatch import s3
+            from obsbatch.settings import Endpoint
 
-            self._client = s3.make_client(s3.Endpoint.from_config(self.config), pool_connections=1)
+            self._client = s3.make_client(Endpoint.from_config(self.config), pool_connections=1)
         return self._client
 
-    def checked(self):
-        """The client, after the pre-flight has passed.
+    def checked(self) -> None:
+        """Return once the pre-flight has passed.
 
         Raises PreflightError (exit 2) for what the operator must fix, and EndpointUnavailable when the
         server did not answer; that is logged here, once, and raised again at once on every later call, so
@@ -58,7 +67,7 @@ class Remote:
             raise EndpointUnavailable(self.unavailable)
         if not self._checked:
             try:
-                preflight(self.config, self.client())
+                self._check()
             except EndpointUnavailable as exc:
                 self.unavailable = str(exc)
                 log.error("run.endpoint_unavailable", error=self.unavailable,
@@ -66,7 +75,6 @@ class Remote:
                                  "next run uploads them")
                 raise
             self._checked = True
-        return self._client
 
     def listing(self) -> Iterator[dict]:
         """--verify-remote: ListObjectsV2 pages under the prefix, one at a time (the paginator fetches lazily)."""
@@ -75,9 +83,10 @@ class Remote:
         from obsbatch import s3
 
         config = self.config
+        self.checked()
         try:
-            yield from self.checked().get_paginator("list_objects_v2").paginate(Bucket=config.bucket,
-                                                                                Prefix=config.prefix)
+            yield from self.client().get_paginator("list_objects_v2").paginate(Bucket=config.bucket,
+                                                                               Prefix=config.prefix)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise PreflightError(f"--verify-remote cannot list s3://{config.bucket}/{config.prefix}: "
                                  f"{s3.error_message(exc)}") from None
@@ -88,21 +97,23 @@ class Remote:
 
         from obsbatch import s3
 
+        if self.unavailable:
+            log.error("manifest.upload_failed", key=key, error_type="EndpointUnavailable", error=self.unavailable)
+            return "EndpointUnavailable"
         try:
-            self.checked().put_object(
+            self.client().put_object(
                 Bucket=self.config.bucket, Key=key, Body=body, ContentType="application/jsonl",
                 ContentMD5=base64.b64encode(hashlib.md5(body).digest()).decode())
-        except PreflightError as exc:
-            log.error("manifest.upload_failed", key=key, error_type="Preflight", error=str(exc))
-            return "Preflight"
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             log.error("manifest.upload_failed", key=key, error_type=s3.error_code(exc), error=s3.error_message(exc))
             return s3.error_code(exc)
         return None
 
 
-def preflight(config: Config, client) -> None:
+def preflight(client, bucket: str, prefix: str, where: str, retries: int) -> None:
     """Fail before uploading if the bucket is missing, the credentials are wrong or the endpoint is down.
+
+    `where` names the endpoint in messages; `retries` is --retries, for the message.
 
     HeadBucket needs s3:ListBucket, which write-only backup keys rightly lack. HEAD responses have no body,
     so a 403 cannot say whether the key is bad or merely not allowed to list; a ranged GET of a key that is
@@ -112,9 +123,8 @@ def preflight(config: Config, client) -> None:
 
     from obsbatch import s3
 
-    where = config.endpoint or "AWS"
     try:
-        client.head_bucket(Bucket=config.bucket)
+        client.head_bucket(Bucket=bucket)
         return
     except botocore.exceptions.NoCredentialsError:
         raise PreflightError("no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
@@ -122,30 +132,30 @@ def preflight(config: Config, client) -> None:
     except botocore.exceptions.ClientError as exc:
         status = s3.http_status(exc)
         if status == 404:
-            raise PreflightError(f"bucket '{config.bucket}' does not exist at {where}") from None
+            raise PreflightError(f"bucket '{bucket}' does not exist at {where}") from None
         if status == 301:
-            raise PreflightError(f"bucket '{config.bucket}' is in another region than '{client.meta.region_name}'; "
+            raise PreflightError(f"bucket '{bucket}' is in another region than '{client.meta.region_name}'; "
                                  "set --region") from None
         if status >= 500:
             raise EndpointUnavailable(f"the S3 endpoint {where} is failing (HTTP {status} after "
-                                      f"{config.retries} retries): {s3.error_message(exc)}") from None
+                                      f"{retries} retries): {s3.error_message(exc)}") from None
         if status != 403:
-            raise PreflightError(f"bucket '{config.bucket}' at {where} cannot be used: "
+            raise PreflightError(f"bucket '{bucket}' at {where} cannot be used: "
                                  f"{s3.error_message(exc)}") from None
     except botocore.exceptions.BotoCoreError as exc:
         raise _unreachable(where, exc) from None
     try:
-        client.get_object(Bucket=config.bucket, Key=config.prefix + ".obsbatch-preflight-probe", Range="bytes=0-0")
+        client.get_object(Bucket=bucket, Key=prefix + ".obsbatch-preflight-probe", Range="bytes=0-0")
     except botocore.exceptions.ClientError as exc:
         code = s3.error_code(exc)
         if code in _BAD_CREDENTIAL_CODES:
             raise PreflightError(f"the S3 credentials were rejected by {where} ({code}): check AWS_ACCESS_KEY_ID "
                                  "and AWS_SECRET_ACCESS_KEY") from None
         if code == "NoSuchBucket":
-            raise PreflightError(f"bucket '{config.bucket}' does not exist at {where}") from None
+            raise PreflightError(f"bucket '{bucket}' does not exist at {where}") from None
         if s3.http_status(exc) >= 500:
             raise EndpointUnavailable(f"the S3 endpoint {where} is failing: {s3.error_message(exc)}") from None
-        log.warning("preflight.unverified", bucket=config.bucket, error_type=code,
+        log.warning("preflight.unverified", bucket=bucket, error_type=code,
                     detail="cannot list the bucket (write-only credentials?); uploads will tell")
     except botocore.exceptions.BotoCoreError as exc:
         raise _unreachable(where, exc) from None

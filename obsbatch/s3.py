@@ -13,46 +13,15 @@ retries + 1 times, whatever the faults.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional, Union
-
 import botocore.config
 import botocore.exceptions
 import botocore.session
 
 from obsbatch import __version__
-from obsbatch.config import Config
+from obsbatch.settings import Endpoint
 
 #: Error codes retried by obsbatch itself, on top of botocore (see module docstring).
 BODY_CORRUPTED_CODES = frozenset({"BadDigest", "XAmzContentSHA256Mismatch"})
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """What a process needs to build its own S3 client: plain data, pickled to every worker.
-
-    url: --endpoint (None: AWS). region, addressing_style, checksum_mode: as the flags.
-    http_timeout: connect and read timeout. retries: --retries (a request is sent at most retries + 1 times).
-    verify: False (--no-verify-ssl), a CA bundle path (--ca-bundle), or None (botocore's default trust).
-    """
-
-    url: Optional[str]
-    region: Optional[str]
-    addressing_style: str
-    checksum_mode: str
-    http_timeout: float
-    retries: int
-    verify: Union[bool, str, None]
-
-    @classmethod
-    def from_config(cls, config: Config) -> "Endpoint":
-        return cls(url=config.endpoint, region=config.region, addressing_style=config.addressing_style,
-                   checksum_mode=config.checksum_mode, http_timeout=config.http_timeout, retries=config.retries,
-                   verify=False if config.no_verify_ssl else config.ca_bundle)
-
-    @property
-    def max_attempts(self) -> int:
-        return self.retries + 1
 
 
 def make_client(endpoint: Endpoint, pool_connections: int = 2, session=None):

@@ -1,6 +1,6 @@
 """Stage 5, in the upload worker processes: upload the files of a batch, return one Outcome each.
 
-A worker process is set up once by `init_worker`, the pool's initializer: it leaves signals to the parent,
+A worker process is set up once by `init_worker`, the pool's initializer (reached through obsbatch.tasks): it leaves signals to the parent,
 configures logging, and builds its `WorkerContext` from `WorkerSettings` (the few settings a worker needs,
 not the whole Config) and the `Shared` memory the parent made. The context owns everything the process
 holds: its own S3 client (clients neither pickle nor survive a fork), the lean PUT, upload threads and
@@ -22,8 +22,7 @@ import re
 import signal
 import threading
 import time
-from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import botocore.exceptions
 import botocore.session
@@ -32,9 +31,10 @@ import structlog
 
 from obsbatch import logs, put, s3
 from obsbatch.concurrency import per_worker
-from obsbatch.config import MAX_PARTS, MiB, Config
-from obsbatch.models import Kind, Outcome, Reason, WorkItem, not_started
+from obsbatch.config import MAX_PARTS, MiB
+from obsbatch.models import Kind, Outcome, Reason, WorkItem, crashed, not_started
 from obsbatch.pool import Shared
+from obsbatch.settings import WorkerSettings
 
 log = structlog.get_logger()
 
@@ -42,36 +42,6 @@ READ_BLOCK = 1 * MiB
 #: Bytes of multipart parts a worker holds in memory at once: parts in flight are at most this over the part
 #: size (at least one), whatever the level of uploads in flight (README "Memory").
 PART_BYTES_IN_FLIGHT = 128 * MiB
-
-
-@dataclass(frozen=True)
-class WorkerSettings:
-    """What a worker needs of the Config, pickled once to each worker at its start.
-
-    endpoint: how to build the S3 client (s3.Endpoint). bucket: where every key goes.
-    threads: upload threads per worker process at most (Config.threads); `workers`: how many processes
-        share the level (Config.processes).
-    multipart_threshold, multipart_chunksize, verify_after_upload, follow_symlinks: as the flags.
-    log_level, log_format: the worker's logs go to the same stderr as the parent's, in the same form.
-    """
-
-    endpoint: s3.Endpoint
-    bucket: str
-    threads: int
-    workers: int
-    multipart_threshold: int
-    multipart_chunksize: int
-    verify_after_upload: bool
-    follow_symlinks: bool
-    log_level: str
-    log_format: str
-
-    @classmethod
-    def from_config(cls, config: Config) -> "WorkerSettings":
-        return cls(endpoint=s3.Endpoint.from_config(config), bucket=config.bucket, threads=config.threads,
-                   workers=config.processes, multipart_threshold=config.multipart_threshold, multipart_chunksize=config.multipart_chunksize,
-                   verify_after_upload=config.verify_after_upload, follow_symlinks=config.follow_symlinks,
-                   log_level=config.debug, log_format=config.log_format)
 
 
 class FileChanged(Exception):
@@ -205,12 +175,6 @@ class UploadThreads:
         return results
 
 
-def crashed(item: WorkItem, exc: BaseException) -> Outcome:
-    """The Outcome of a file whose upload raised instead of returning one (a bug): FAILED, never lost."""
-    return Outcome(Kind.FAILED, item.display, key=item.key, size=item.size, error_type=type(exc).__name__,
-                   message=f"the upload stopped on an unexpected error: {s3.error_message(exc)}")
-
-
 def run_batch(items: list, upload: Callable[[WorkItem], Outcome], threads: Optional[UploadThreads],
               in_flight: Optional[InFlight] = None) -> list:
     """upload(item) for each item, on `threads` if given (else here, one after another, each inside
@@ -340,7 +304,25 @@ class WorkerContext:
             self._threads = UploadThreads(self.settings.threads, self.in_flight)
         return self._threads
 
-    # --- a batch, a file ------------------------------------------------------------------------------------
+    # --- the destination, a batch, a file -------------------------------------------------------------------
+
+    def check_destination(self) -> Tuple[str, str]:
+        """The pre-flight (remote.preflight) with this worker's client: ("ok", ""), ("fatal", sentence) or
+        ("unavailable", sentence), plain data for the parent to raise as PreflightError / EndpointUnavailable."""
+        from obsbatch import remote
+        from obsbatch.errors import EndpointUnavailable, PreflightError
+
+        if self.init_error:
+            return "fatal", f"cannot create an S3 client: {self.init_error}"
+        endpoint = self.settings.endpoint
+        try:
+            remote.preflight(self.client, self.settings.bucket, self.settings.prefix, endpoint.url or "AWS",
+                             endpoint.retries)
+        except EndpointUnavailable as exc:
+            return "unavailable", str(exc)
+        except PreflightError as exc:
+            return "fatal", str(exc)
+        return "ok", ""
 
     def upload_batch(self, items: list) -> list:
         """Several files per round trip through the pool (pool.UploadPool): one Outcome each, in order.
@@ -634,3 +616,8 @@ def _exit_on_term(signum, frame):
 def upload_batch(items: list) -> list:
     """The pool's task: this process's context uploads the batch (WorkerContext.upload_batch)."""
     return _context.upload_batch(items)
+
+
+def check_destination() -> Tuple[str, str]:
+    """The pool's pre-flight task (WorkerContext.check_destination)."""
+    return _context.check_destination()

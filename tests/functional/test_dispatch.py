@@ -62,9 +62,10 @@ def test_upload_reports_the_item_a_signal_interrupted_the_making_of(tmp_path, s3
     ctx = pool.context()
     shutdown = Shutdown(ctx, stop_timeout=60)
     uploads = pool.UploadPool(ctx, config, shutdown.workers_flag, pool.Gauges(ctx, config.processes))
+    preflight = Remote(config, uploads.check_destination).checked
     with shutdown.installed():
-        Dispatch(uploads, shutdown, summary, AfterUpload(None, None), Remote(config).checked,
-                 grace=5).run(_items(src, prefix, names, signal_at=7))
+        Dispatch(uploads, shutdown, summary, AfterUpload(None, None), preflight, grace=5).run(
+            _items(src, prefix, names, signal_at=7))
     assert [o.key for o in outcomes] and sorted(o.key for o in outcomes) == sorted(
         f"{prefix}f{n}.txt" for n in range(8))  # items 0..7 taken: one Outcome each, none for 8..
     by_key = {o.key: o for o in outcomes}

@@ -10,7 +10,8 @@ import pytest
 from obsbatch.cli import parse
 from obsbatch.models import Candidate, Kind, Reason
 from obsbatch.plan import work_item
-from obsbatch.worker import WorkerContext, WorkerSettings
+from obsbatch.settings import WorkerSettings
+from obsbatch.worker import WorkerContext
 from tests.support.faultproxy import Fault
 
 

@@ -1,0 +1,31 @@
+"""The functions the upload pool hands its worker processes, importable without botocore.
+
+A task crosses the process boundary by name: the parent must import the module that defines it. These
+names import the worker module (and with it botocore) only when called, in the worker, where the fork
+server has imported it already; the parent, which submits them, never pays for it (issue #12).
+"""
+
+from __future__ import annotations
+
+from typing import List, Tuple
+
+
+def init_worker(settings, shared) -> None:
+    """The pool's initializer (worker.init_worker)."""
+    from obsbatch import worker
+
+    worker.init_worker(settings, shared)
+
+
+def upload_batch(items: list) -> List:
+    """Upload a batch (worker.WorkerContext.upload_batch): one Outcome per WorkItem, in order."""
+    from obsbatch import worker
+
+    return worker.upload_batch(items)
+
+
+def check_destination() -> Tuple[str, str]:
+    """The pre-flight (worker.WorkerContext.check_destination)."""
+    from obsbatch import worker
+
+    return worker.check_destination()
