@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_bench_harness_runs_a_tiny_workload(tmp_path):
     out = tmp_path / "results"
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--tiny", "--rounds", "1",
-                           "--workloads", "small,noop,scale", "--out", str(out), "--work", str(tmp_path / "work")],
+                           "--workloads", "small,wan20-small,noop,scale", "--out", str(out), "--work",
+                           str(tmp_path / "work")],
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((out / "latest.json").read_text())
@@ -35,5 +36,9 @@ def test_bench_harness_runs_a_tiny_workload(tmp_path):
     assert rows[("small", "obsbatch")]["ratio_to_best_peer"] is not None
     assert {w for w, _ in rows if w.startswith("scale")} == {"scale-200", "scale-200-busy", "scale-2000",
                                                              "scale-2000-busy"}
+    # Through the relay: every tool, with the relay's own CPU measured apart.
+    for tool in ("obsbatch", "s5cmd", "rclone", "aws"):
+        row = rows[("wan20-small", tool)]
+        assert row["failed"] == 0 and row["relay_cpu_s"] is not None, row
     assert (out / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| small | obsbatch |" in proc.stdout
