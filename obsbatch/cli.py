@@ -48,15 +48,42 @@ exit codes:
 """
 
 
+#: --help's argument groups, in order, and the Config fields in each (every field in exactly one; a unit test
+#: holds that). argparse-dataclass has no groups, so _Parser.add_argument files each flag here.
+GROUPS = (
+    ("source", ("source", "include", "exclude", "follow_symlinks", "allow_outside_source", "dry_run")),
+    ("destination", ("bucket", "prefix", "endpoint", "region", "addressing_style", "ca_bundle", "no_verify_ssl")),
+    ("stability", ("min_age", "fd_check", "max_defer")),
+    ("integrity", ("checksum_mode", "verify_after_upload", "verify_remote")),
+    ("archive controls", ("object_lock_mode", "object_lock_retain", "legal_hold", "sse", "sse_kms_key_id",
+                          "sse_c_key_file", "storage_class", "tag", "metadata", "no_preserve_attrs")),
+    ("speed", ("max_concurrent", "max_concurrent_limit", "bwlimit", "max_rps", "http_timeout", "retries",
+               "multipart_threshold", "multipart_chunksize", "stop_timeout")),
+    ("state", ("state", "no_state", "delete_source")),
+    ("output", ("debug", "log_format", "summary", "manifest", "upload_manifest", "otel_endpoint", "no_telemetry")),
+)
+
+
 class _Parser(argparse_dataclass.ArgumentParser):
-    """argparse-dataclass, plus repeatable flags and errors raised instead of printed-and-exited."""
+    """argparse-dataclass, plus repeatable flags, argument groups, and errors raised instead of
+    printed-and-exited."""
 
     def add_argument(self, *args, **kwargs):
         # argparse-dataclass has no 'append' action; fields marked append=True get one here.
         name = args[0].lstrip("-").replace("-", "_") if args else ""
-        if name in _FIELDS and _FIELDS[name].metadata.get("append"):
+        if name not in _FIELDS:
+            return super().add_argument(*args, **kwargs)
+        if _FIELDS[name].metadata.get("append"):
             kwargs.update(action="append", type=str, default=None)
-        return super().add_argument(*args, **kwargs)
+        return self._group_of(name).add_argument(*args, **kwargs)
+
+    def _group_of(self, name: str):
+        if not hasattr(self, "_flag_groups"):  # the first flag: make every group, in --help's order
+            self._flag_groups = {}
+            for title, names in GROUPS:
+                group = self.add_argument_group(title)
+                self._flag_groups.update((field_name, group) for field_name in names)
+        return self._flag_groups[name]
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from obsbatch.errors import UsageError
+from obsbatch.ratelimit import bandwidth
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -184,6 +185,27 @@ def region_name(text: str) -> str:
     return text
 
 
+def lock_mode(text: str) -> str:
+    value = str(text).strip().upper()
+    if value not in ("GOVERNANCE", "COMPLIANCE"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an Object Lock mode (GOVERNANCE or COMPLIANCE)")
+    return value
+
+
+def sse_algorithm(text: str) -> str:
+    value = {"aes256": "AES256", "aws:kms": "aws:kms"}.get(str(text).strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a server-side encryption (AES256 or aws:kms; for "
+                                         "customer keys, --sse-c-key-file)")
+    return value
+
+
+def storage_class_name(text: str) -> str:
+    if not re.match(r"^[A-Za-z0-9_]{1,64}$", str(text)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a storage class name (letters, digits and '_')")
+    return str(text)
+
+
 def _opt(help: str, **metadata) -> dict:
     return dict(help=help, **metadata)
 
@@ -260,6 +282,37 @@ class Config:
         "OTLP/HTTP receiver base URL (traces to /v1/traces, metrics to /v1/metrics); default: the OTEL_EXPORTER_OTLP_* "
         "variables, else no telemetry", metavar="URL", type=http_url))
     no_telemetry: bool = field(default=False, metadata=_opt("export no traces or metrics, whatever OTEL_* says"))
+    # --- archive controls (issue #13; obsbatch.archive) ---
+    object_lock_mode: Optional[Literal["GOVERNANCE", "COMPLIANCE"]] = field(default=None, metadata=_opt(
+        "Object Lock retention mode of every object (needs --object-lock-retain and a bucket with Object Lock); "
+        "verified on the stored version and applied after upload where the server ignored it", metavar="MODE",
+        type=lock_mode))
+    object_lock_retain: Optional[float] = field(default=None, metadata=_opt(
+        "with --object-lock-mode: keep each object locked this long after its upload (90s, 30m, 24h, 2555d)",
+        metavar="DURATION", type=duration))
+    legal_hold: bool = field(default=False, metadata=_opt(
+        "put every object under an Object Lock legal hold (verified, like the retention)"))
+    sse: Optional[Literal["AES256", "aws:kms"]] = field(default=None, metadata=_opt(
+        "server-side encryption: AES256 (keys kept by the store) or aws:kms", metavar="ALG", type=sse_algorithm))
+    sse_kms_key_id: Optional[str] = field(default=None, metadata=_opt(
+        "with --sse aws:kms: the KMS key (default: the store's own)", metavar="ID"))
+    sse_c_key_file: Optional[str] = field(default=None, metadata=_opt(
+        "SSE-C: encrypt with the 256-bit key in this file (32 raw bytes or their base64), sent on every request "
+        "of the upload and its read-backs; never over plain http except to loopback", metavar="PATH",
+        type=readable_file))
+    storage_class: Optional[str] = field(default=None, metadata=_opt(
+        "storage class of every object (STANDARD, STANDARD_IA, GLACIER_IR, ...; passed through)", metavar="CLASS",
+        type=storage_class_name))
+    tag: tuple = field(default=(), metadata=_opt("object tag KEY=VALUE (repeatable, at most 10)", metavar="KEY=VALUE",
+                                                   append=True))
+    metadata: tuple = field(default=(), metadata=_opt(
+        "user metadata x-amz-meta-KEY: VALUE (repeatable; not sha256, mtime, mode, uid or gid, which obsbatch "
+        "writes)", metavar="KEY=VALUE", append=True))
+    no_preserve_attrs: bool = field(default=False, metadata=_opt(
+        "do not store mtime, mode, uid and gid as x-amz-meta-* (default: stored, for a restore)"))
+    bwlimit: Optional[tuple] = field(default=None, metadata=_opt(
+        "request bodies at most RATE bytes/s, all workers together (rclone's units: 512K, 4M, 1.5G, off; a plain "
+        "number is KiB/s), or a timetable in local time: '08:00,4M 19:00,off'", metavar="RATE", type=bandwidth))
     summary: Literal["none", "json"] = field(default="none", metadata=_opt("json: print the final summary as one JSON object on stdout"))
 
     # cached_property (it writes the instance __dict__, which a frozen dataclass allows): these are read for
@@ -287,7 +340,7 @@ class Config:
 
     def __post_init__(self) -> None:
         # argparse hands None for a repeatable flag never given; keep the field a tuple.
-        for name in ("include", "exclude"):
+        for name in ("include", "exclude", "tag", "metadata"):
             object.__setattr__(self, name, tuple(getattr(self, name) or ()))
         if not self.source:
             raise UsageError("--source is required (or OBSBATCH_SOURCE)")
@@ -312,3 +365,26 @@ class Config:
             raise UsageError("--upload-manifest needs a --prefix, so that manifests sit beside the data, never among it")
         if self.multipart_threshold > MAX_SINGLE_PUT:
             raise UsageError("--multipart-threshold must be at most 5GiB (S3's single PUT limit)")
+        if bool(self.object_lock_mode) != (self.object_lock_retain is not None):
+            # S3 takes a retention as a mode and a date together (x-amz-object-lock-mode and -retain-until-date).
+            raise UsageError("--object-lock-mode and --object-lock-retain go together; give both")
+        if self.object_lock_retain is not None and self.object_lock_retain <= 0:
+            raise UsageError("--object-lock-retain must be more than zero")
+        if self.sse_kms_key_id and self.sse != "aws:kms":
+            raise UsageError("--sse-kms-key-id needs --sse aws:kms")
+        if self.sse and self.sse_c_key_file:
+            raise UsageError("--sse and --sse-c-key-file are two kinds of encryption; give one")
+        if self.sse_c_key_file:
+            from obsbatch.archive import plain_http_to_remote_host
+
+            if plain_http_to_remote_host(self.endpoint):
+                raise UsageError(f"--sse-c-key-file would send the key in clear text to {_shown(self.endpoint)}; "
+                                 "use an https:// endpoint (plain http is allowed to loopback only)")
+        self.archive  # reads and checks the SSE-C key, the tags and the metadata now: a usage error, exit 2
+
+    @functools.cached_property
+    def archive(self):
+        """The archive controls (obsbatch.archive.ArchiveControls) every object is stored with."""
+        from obsbatch.archive import ArchiveControls
+
+        return ArchiveControls.from_config(self)

@@ -57,7 +57,7 @@ class Manifest:
         self._write({
             "type": "file", "path": outcome.path, "key": outcome.key or None, "size": outcome.size,
             "mtime": _iso(outcome.mtime_ns), "sha256": outcome.sha256 or None, "etag": outcome.etag or None,
-            "version_id": outcome.version_id or None, "outcome": outcome.kind.value,
+            "version_id": outcome.version_id or None, "retain_until": outcome.retain_until or None, "outcome": outcome.kind.value,
             "reason": outcome.reason.value if outcome.reason else None,
             "error_type": outcome.error_type or None,
             "holder_pids": [pid for pid, _, _ in outcome.holders], "deleted": outcome.deleted})

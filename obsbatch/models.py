@@ -130,7 +130,8 @@ class Outcome:
     error_type: S3 error code ("AccessDenied", "SlowDown") or exception class name, FAILED/ERROR only.
     message: one human sentence for FAILED/ERROR/DEFERRED-changed; never holds credentials.
     holders: (pid, process name, user) of writers, for DEFERRED/open_for_write.
-    etag, sha256: what was stored, UPLOADED only; version_id too where the bucket is versioned.
+    etag, sha256: what was stored, UPLOADED only; version_id too where the bucket is versioned, and
+        retain_until (ISO 8601, UTC) where an Object Lock retention holds it.
     mtime_ns: the file's mtime as judged, where the file was statted (0 otherwise).
     deleted: move mode removed the local file after this verified upload.
     multipart: whether the multipart API was used.
@@ -150,6 +151,7 @@ class Outcome:
     etag: str = ""
     sha256: str = ""
     version_id: str = ""
+    retain_until: str = ""
     mtime_ns: int = 0
     deleted: bool = False
     multipart: bool = False

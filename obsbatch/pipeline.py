@@ -29,7 +29,6 @@ from obsbatch.manifest import Manifest
 from obsbatch.models import display
 from obsbatch.plan import plan
 from obsbatch.progress import ProgressBar
-from obsbatch.ratelimit import RateLimit
 from obsbatch.remote import Remote, manifest_key
 from obsbatch.report import StuckFiles, Summary
 from obsbatch.shutdown import Shutdown
@@ -67,8 +66,7 @@ def _run_locked(config: Config, source: bytes, notifier: Notifier, telemetry: Te
     shutdown = Shutdown(ctx, config.stop_timeout)
     gauges = pool.Gauges(ctx, config.processes)
     activity = Activity(gauges.requests)
-    uploads = pool.UploadPool(ctx, config, shutdown.workers_flag, gauges,
-                              RateLimit(ctx, config.max_rps) if config.max_rps else None)
+    uploads = pool.UploadPool(ctx, config, shutdown.workers_flag, gauges)
     first_run = not config.dry_run and (journal_ is None or journal_.empty())
     if first_run:
         # A first run (or --no-state) will upload: the fork server starts now, on another core, while this

@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from obsbatch.concurrency import AutoConcurrency, FixedConcurrency, per_worker
 from obsbatch.config import Config
 from obsbatch.models import Outcome, WorkItem, crashed
-from obsbatch.ratelimit import RateLimit
+from obsbatch.ratelimit import Bandwidth, RateLimit
 
 #: A task for the pool is a batch of files. One task per file cost the parent ~0.4 ms of pickling,
 #: queueing and wake-ups per file, a third of all client CPU on a tree of small files (issue #5). A batch
@@ -97,12 +97,14 @@ class Shared:
         worker keeps its share (concurrency.per_worker) between requests.
     gauges: the workers' counters (Gauges).
     rate: the --max-rps schedule every HTTP request waits for, or None.
+    bandwidth: the --bwlimit schedule every request body waits for, or None.
     """
 
     stopping: Any
     level: Any
     gauges: Gauges
     rate: Optional[RateLimit] = None
+    bandwidth: Optional[Bandwidth] = None
 
 
 class WorkerDied(Exception):
@@ -169,10 +171,10 @@ class UploadPool:
     of uploads in flight they follow (--max-concurrent: fixed, or tuned by AutoConcurrency).
 
     The workers get settings.WorkerSettings (the part of `config` they need) and a Shared (made in `ctx`):
-    the stop flag, the level, `gauges`, the --max-rps schedule.
+    the stop flag, the level, `gauges`, the --max-rps and --bwlimit schedules.
     """
 
-    def __init__(self, ctx, config: Config, stopping, gauges: Gauges, rate: Optional[RateLimit] = None):
+    def __init__(self, ctx, config: Config, stopping, gauges: Gauges):
         self.ctx = ctx
         self.config = config
         self.processes = config.processes
@@ -181,7 +183,9 @@ class UploadPool:
         self.controller = (AutoConcurrency(maximum=config.max_concurrent_limit) if config.max_concurrent is None
                            else FixedConcurrency(config.max_concurrent))
         self.gauges = gauges
-        self.shared = Shared(stopping, ctx.RawValue("i", self.controller.level), gauges, rate)
+        self.shared = Shared(stopping, ctx.RawValue("i", self.controller.level), gauges,
+                             rate=RateLimit(ctx, config.max_rps) if config.max_rps else None,
+                             bandwidth=Bandwidth(ctx, config.bwlimit) if config.bwlimit else None)
         self._executor: Optional[concurrent.futures.ProcessPoolExecutor] = None
         self._task = None  # worker.upload_batch, once started (the worker module imports botocore)
         self._out: Dict[concurrent.futures.Future, List[WorkItem]] = {}

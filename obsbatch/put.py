@@ -142,7 +142,7 @@ class DirectPut:
         self._conditions = standard.StandardRetryConditions(max_attempts=max_attempts)
         self._backoff = standard.ExponentialBackoff(service_name="s3", throttling_detector=throttling)
         self._quota = standard.RetryQuotaChecker(quota.RetryQuota(), throttling)
-        self._on_send = on_send or (lambda attempt: None)
+        self._on_send = on_send or (lambda **kwargs: None)
         self._on_answer = on_answer or (lambda: None)
 
     @property
@@ -156,13 +156,15 @@ class DirectPut:
     def url(self, key: str) -> str:
         return self._origin + self.path(key)
 
-    def put(self, key: str, body: bytes, md5_b64: str, sha256_hex: str, metadata: dict) -> dict:
-        """One PutObject with retries; returns {"ETag", "VersionId"} or raises what client.put_object would."""
+    def put(self, key: str, body: bytes, md5_b64: str, sha256_hex: str, object_headers: dict) -> dict:
+        """One PutObject with retries; returns {"ETag", "VersionId"} or raises what client.put_object would.
+
+        object_headers: lower-case header names and values the object is stored with (x-amz-meta-*, and the
+        archive controls: archive.ArchiveControls.headers); all of them are signed.
+        """
         path = self.path(key)
         headers = {"host": self._host, "content-length": str(len(body)), "content-md5": md5_b64,
-                   "user-agent": self._user_agent}
-        for name, value in metadata.items():
-            headers[f"x-amz-meta-{name}"] = value
+                   "user-agent": self._user_agent, **object_headers}
         request_context: dict = {}
         attempt = 0
         while True:
@@ -200,7 +202,7 @@ class DirectPut:
         # Signed per attempt, as botocore does: a new date, and refreshable credentials (instance roles,
         # assumed roles) renewed here.
         signed = self._signer.sign("PUT", path, headers, sha256_hex, self._credentials.get_frozen_credentials())
-        self._on_send(attempt=attempt)
+        self._on_send(attempt=attempt, size=len(body))
         try:
             if self._transport is not None:
                 return self._transport.send("PUT", path, signed, body)

@@ -13,7 +13,9 @@ that takes it (GCRA without burst). CLOCK_MONOTONIC is system-wide on Linux, so 
 
 from __future__ import annotations
 
+import argparse
 import time
+from typing import Optional, Tuple
 
 
 class RateLimit:
@@ -34,3 +36,87 @@ class RateLimit:
             self._next.value = slot + self.interval
         if slot > now:
             time.sleep(slot - now)
+
+
+# --- --bwlimit ------------------------------------------------------------------------------------------
+
+#: rclone's units for --bwlimit: a plain number is KiB/s; B, K, M, G, T are bytes, KiB, MiB, GiB, TiB per second.
+_RATE_UNITS = {"b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4}
+
+
+def _rate(text: str) -> Optional[float]:
+    """'4M' -> 4 MiB/s in bytes; 'off' -> None (no limit)."""
+    low = text.strip().lower()
+    if low == "off":
+        return None
+    number, unit = (low[:-1], low[-1]) if low[-1:] in _RATE_UNITS else (low, "k")
+    try:
+        value = float(number) * _RATE_UNITS[unit]
+    except ValueError:
+        value = -1.0
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate (examples: 512K, 4M, 1.5G, off)")
+    return value
+
+
+def bandwidth(text: str) -> Tuple[Tuple[int, Optional[float]], ...]:
+    """--bwlimit: a rate ('4M', 'off') or an rclone-style timetable ('08:00,4M 19:00,off'), as a tuple of
+    (minute of the day it starts, bytes per second or None), sorted. A single rate starts at 00:00."""
+    entries = str(text).split()
+    if len(entries) == 1 and "," not in entries[0]:
+        return ((0, _rate(entries[0])),)
+    table = []
+    for entry in entries:
+        when, sep, rate = entry.partition(",")
+        try:
+            hours, minutes = (int(x) for x in when.split(":"))
+            if not (sep and 0 <= hours < 24 and 0 <= minutes < 60):
+                raise ValueError
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{entry!r} is not a timetable entry HH:MM,RATE (example: "
+                                             "'08:00,4M 19:00,off')") from None
+        table.append((hours * 60 + minutes, _rate(rate)))
+    if len({start for start, _ in table}) != len(table):
+        raise argparse.ArgumentTypeError(f"{text!r} names the same time twice")
+    return tuple(sorted(table))
+
+
+def rate_at(table: Tuple[Tuple[int, Optional[float]], ...], minute_of_day: int) -> Optional[float]:
+    """The rate in force at `minute_of_day`: the last entry started by then, else (before the first
+    entry of the day) the day's last entry, still in force from yesterday, as rclone reads a timetable."""
+    current = table[-1][1]
+    for start, rate in table:
+        if start <= minute_of_day:
+            current = rate
+    return current
+
+
+class Bandwidth:
+    """--bwlimit: request-body bytes per second, summed over every process and thread that shares this object.
+
+    The same schedule as RateLimit, weighted by bytes: a body of n bytes takes the next n/rate seconds of
+    the link and is sent when they have passed. So B bytes take at least B/rate seconds, whatever the
+    concurrency (a cap, never a promise of speed). The rate is read from the timetable, in local time, at
+    each body; 'off' lets bodies go at once.
+    """
+
+    def __init__(self, ctx, table):
+        self.table = table
+        self._next = ctx.RawValue("d", 0.0)
+        self._lock = ctx.Lock()
+
+    def wait(self, size: int) -> None:
+        """Block until a body of `size` bytes may be sent. Called before each request that carries one."""
+        if size <= 0:
+            return
+        local = time.localtime()
+        rate = rate_at(self.table, local.tm_hour * 60 + local.tm_min)
+        with self._lock:
+            now = time.monotonic()
+            if rate is None:
+                self._next.value = now
+                return
+            sent_at = max(now, self._next.value) + size / rate
+            self._next.value = sent_at
+        if sent_at > now:
+            time.sleep(sent_at - now)

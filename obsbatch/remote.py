@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import time
 from typing import Callable, Iterator, Optional
 
 import structlog
 
+from obsbatch import archive
 from obsbatch.config import Config
 from obsbatch.errors import EndpointUnavailable, PreflightError
 
@@ -100,25 +102,43 @@ class Remote:
         if self.unavailable:
             log.error("manifest.upload_failed", key=key, error_type="EndpointUnavailable", error=self.unavailable)
             return "EndpointUnavailable"
+        # Stored as the data is (encryption, storage class, tags, lock), and locked the same way: a manifest
+        # that could be deleted or replaced proves nothing about the objects that cannot.
+        controls = self.config.archive
+        retain_until = controls.retain_until(time.time())
         try:
-            self.client().put_object(
+            resp = self.client().put_object(
                 Bucket=self.config.bucket, Key=key, Body=body, ContentType="application/jsonl",
-                ContentMD5=base64.b64encode(hashlib.md5(body).digest()).decode())
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+                ContentMD5=base64.b64encode(hashlib.md5(body).digest()).decode(),
+                **controls.params({"sha256": hashlib.sha256(body).hexdigest()}, retain_until))
+            if controls.locking:
+                version_id = resp.get("VersionId", "")
+                head = self.client().head_object(Bucket=self.config.bucket, Key=key,
+                                                 **archive.version_param(version_id),
+                                                 **controls.customer_key_params())
+                archive.hold(controls, self.client(), self.config.bucket, key, version_id, retain_until, head)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, archive.NotLocked) as exc:
             log.error("manifest.upload_failed", key=key, error_type=s3.error_code(exc), error=s3.error_message(exc))
             return s3.error_code(exc)
         return None
 
 
-def preflight(client, bucket: str, prefix: str, where: str, retries: int) -> None:
+def preflight(client, bucket: str, prefix: str, where: str, retries: int, lock: bool = False) -> None:
     """Fail before uploading if the bucket is missing, the credentials are wrong or the endpoint is down.
 
-    `where` names the endpoint in messages; `retries` is --retries, for the message.
+    `where` names the endpoint in messages; `retries` is --retries, for the message. `lock`: objects are to
+    be locked (--object-lock-mode, --legal-hold), so the bucket must have Object Lock enabled.
 
     HeadBucket needs s3:ListBucket, which write-only backup keys rightly lack. HEAD responses have no body,
     so a 403 cannot say whether the key is bad or merely not allowed to list; a ranged GET of a key that is
     not expected to exist then tells: bad credentials are fatal, AccessDenied/NoSuchKey mean "may write".
     """
+    _check_access(client, bucket, prefix, where, retries)
+    if lock:
+        _check_object_lock(client, bucket, where)
+
+
+def _check_access(client, bucket: str, prefix: str, where: str, retries: int) -> None:
     import botocore.exceptions
 
     from obsbatch import s3
@@ -159,6 +179,39 @@ def preflight(client, bucket: str, prefix: str, where: str, retries: int) -> Non
                     detail="cannot list the bucket (write-only credentials?); uploads will tell")
     except botocore.exceptions.BotoCoreError as exc:
         raise _unreachable(where, exc) from None
+
+
+def _check_object_lock(client, bucket: str, where: str) -> None:
+    """GetObjectLockConfiguration: a bucket without Object Lock enabled cannot lock anything (S3 refuses
+    lock headers there, and some servers silently drop them), so nothing is sent (exit 2). A key not
+    allowed to read the configuration is let through: every upload's read-back still proves its lock."""
+    import botocore.exceptions
+
+    from obsbatch import s3
+
+    missing = (f"bucket '{bucket}' at {where} does not have Object Lock enabled, so --object-lock-mode and "
+               "--legal-hold cannot hold; create the bucket with Object Lock (it cannot be added to most "
+               "servers' existing buckets)")
+    try:
+        enabled = client.get_object_lock_configuration(Bucket=bucket).get(
+            "ObjectLockConfiguration", {}).get("ObjectLockEnabled")
+    except botocore.exceptions.ClientError as exc:
+        code = s3.error_code(exc)
+        if code == "ObjectLockConfigurationNotFoundError":
+            raise PreflightError(missing) from None
+        if s3.http_status(exc) == 403:
+            log.warning("preflight.lock_unverified", bucket=bucket, error_type=code,
+                        detail="cannot read the bucket's Object Lock configuration; each upload's read-back "
+                               "proves its lock")
+            return
+        if s3.http_status(exc) >= 500:
+            raise EndpointUnavailable(f"the S3 endpoint {where} is failing: {s3.error_message(exc)}") from None
+        raise PreflightError(f"cannot read the Object Lock configuration of bucket '{bucket}' at {where}: "
+                             f"{s3.error_message(exc)}") from None
+    except botocore.exceptions.BotoCoreError as exc:
+        raise _unreachable(where, exc) from None
+    if enabled != "Enabled":
+        raise PreflightError(missing)
 
 
 def _unreachable(where: str, exc: Exception) -> PreflightError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Union
 
+from obsbatch.archive import ArchiveControls
 from obsbatch.config import Config
 
 
@@ -49,6 +50,8 @@ class WorkerSettings:
         share the level (Config.processes).
     multipart_threshold, multipart_chunksize, verify_after_upload, follow_symlinks: as the flags.
     log_level, log_format: the worker's logs go to the same stderr as the parent's, in the same form.
+    archive: what every object is stored with (--object-lock-*, --sse*, --storage-class, --tag, --metadata,
+        the POSIX attributes); holds the SSE-C key, and never prints it.
     """
 
     endpoint: Endpoint
@@ -62,6 +65,7 @@ class WorkerSettings:
     follow_symlinks: bool
     log_level: str
     log_format: str
+    archive: ArchiveControls
 
     @classmethod
     def from_config(cls, config: Config) -> "WorkerSettings":
@@ -69,4 +73,4 @@ class WorkerSettings:
                    threads=config.threads,
                    workers=config.processes, multipart_threshold=config.multipart_threshold, multipart_chunksize=config.multipart_chunksize,
                    verify_after_upload=config.verify_after_upload, follow_symlinks=config.follow_symlinks,
-                   log_level=config.debug, log_format=config.log_format)
+                   log_level=config.debug, log_format=config.log_format, archive=config.archive)

@@ -29,7 +29,7 @@ import botocore.session
 from botocore.retries import standard
 import structlog
 
-from obsbatch import logs, put, s3
+from obsbatch import archive, logs, put, s3
 from obsbatch.concurrency import per_worker
 from obsbatch.config import MAX_PARTS, MiB
 from obsbatch.models import Kind, Outcome, Reason, WorkItem, crashed, not_started
@@ -279,14 +279,19 @@ class WorkerContext:
     def _answered(self, **kwargs) -> None:
         self.in_flight.request()
 
-    def _before_send(self, request=None, attempt: Optional[int] = None, **kwargs) -> None:
-        """Just before each HTTP request: pace it (--max-rps), count it, note a re-send.
+    def _before_send(self, request=None, attempt: Optional[int] = None, size: Optional[int] = None,
+                     **kwargs) -> None:
+        """Just before each HTTP request: pace it (--max-rps, --bwlimit), count it, note a re-send.
 
         botocore's before-send passes the request, whose context says which attempt it is (Endpoint.
-        _send_request); DirectPut passes the attempt itself.
+        _send_request) and whose Content-Length its body's size; DirectPut passes both itself.
         """
         if self.shared is not None and self.shared.rate is not None:
             self.shared.rate.wait()
+        if self.shared is not None and self.shared.bandwidth is not None:
+            if size is None and request is not None:
+                size = int(request.headers.get("Content-Length") or 0)
+            self.shared.bandwidth.wait(size or 0)
         self.counts.sent += 1  # returns None: botocore goes on to send the request itself
         if attempt is None and request is not None:
             attempt = request.context.get("retries", {}).get("attempt", 1)
@@ -317,7 +322,7 @@ class WorkerContext:
         endpoint = self.settings.endpoint
         try:
             remote.preflight(self.client, self.settings.bucket, self.settings.prefix, endpoint.url or "AWS",
-                             endpoint.retries)
+                             endpoint.retries, lock=self.settings.archive.locking)
         except EndpointUnavailable as exc:
             return "unavailable", str(exc)
         except PreflightError as exc:
@@ -353,6 +358,8 @@ class WorkerContext:
             fields = dict(kind=Kind.DEFERRED, reason=Reason.CHANGED, message=str(exc))
         except NotVerified as exc:
             fields = dict(kind=Kind.FAILED, error_type="NotVerified", message=str(exc))
+        except archive.NotLocked as exc:
+            fields = dict(kind=Kind.FAILED, error_type="NotLocked", message=str(exc))
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             # Before OSError: botocore's ReadTimeoutError and ConnectTimeoutError are OSErrors too (through
             # requests' exception classes) and are not failures to read the file.
@@ -372,14 +379,14 @@ class WorkerContext:
 
     def _upload(self, item: WorkItem) -> dict:
         with self._open(item) as f:
-            self._check_unchanged(item, f, "before reading")
+            st = self._check_unchanged(item, f, "before reading")
             if item.remote_etag:
                 found = self._already_stored(item, f)
                 if found is not None:
                     return found
             if item.size >= self.settings.multipart_threshold:
-                return self._put_multipart(item, f)
-            return self._put_single(item, f)
+                return self._put_multipart(item, f, st)
+            return self._put_single(item, f, st)
 
     # --- the judged file, read safely ----------------------------------------------------------------------
 
@@ -404,21 +411,25 @@ class WorkerContext:
             raise
         return os.fdopen(fd, "rb")
 
-    def _check_unchanged(self, item: WorkItem, f, what: str) -> None:
-        """The open file and the name both still match the judged stat (borg's stat-before-and-after).
+    def _check_unchanged(self, item: WorkItem, f, what: str) -> os.stat_result:
+        """The open file and the name both still match the judged stat (borg's stat-before-and-after);
+        returns the open file's stat, whose mode and owner go into the object's metadata.
 
         fstat catches writes to the file we hold; stat of the path catches the name now pointing at another
-        file (replaced by rename), whose new content we would otherwise label with the old name's stat.
+        file (replaced by rename), whose new content we would otherwise label with the old name's stat. A
+        chmod or chown changes ctime, so the mode and owner read here are the ones the gate judged.
         """
-        _check_same(item, os.fstat(f.fileno()), what)
+        st = os.fstat(f.fileno())
+        _check_same(item, st, what)
         _check_same(item, os.stat(item.path, follow_symlinks=self.settings.follow_symlinks), what)
+        return st
 
     def _already_stored(self, item: WorkItem, f) -> Optional[dict]:
         """--verify-remote: is the same-size object under the key this file's content? Then nothing to upload.
 
         A single-part object's ETag is its MD5. A multipart ETag cannot be recomputed without the original
-        part size, so the object's sha256 metadata (one HEAD) is compared instead; without it, the file is
-        uploaded.
+        part size, and under SSE-KMS or SSE-C an ETag is no MD5, so the object's sha256 metadata (one HEAD)
+        is compared instead; without it, the file is uploaded.
         """
         md5, sha = hashlib.md5(), hashlib.sha256()
         for block in iter(lambda: f.read(READ_BLOCK), b""):
@@ -426,8 +437,8 @@ class WorkerContext:
             sha.update(block)
         self._check_unchanged(item, f, "while comparing")
         f.seek(0)
-        if "-" in item.remote_etag:
-            head = self.client.head_object(Bucket=self.settings.bucket, Key=item.key)
+        if "-" in item.remote_etag or not self.settings.archive.etag_is_md5:
+            head = self._head(item.key)
             same = head.get("Metadata", {}).get("sha256") == sha.hexdigest() and head.get("ContentLength") == item.size
         else:
             same = item.remote_etag == md5.hexdigest()
@@ -456,33 +467,51 @@ class WorkerContext:
                 counts.recalls += 1
                 time.sleep(_BACKOFF.delay_amount(standard.RetryContext(attempt_number=attempt)))
 
-    def _verify_after_upload(self, item: WorkItem, etag: str, sha256: str) -> None:
-        """--verify-after-upload: read back what is stored under the key (HEAD) and compare."""
-        head = self.client.head_object(Bucket=self.settings.bucket, Key=item.key)
-        stored = (head.get("ContentLength"), head.get("ETag", "").strip('"'), head.get("Metadata", {}).get("sha256"))
-        if stored != (item.size, etag, sha256):
-            raise NotVerified(f"read back {item.key}: length, ETag, sha256 = {stored}, expected "
-                              f"{(item.size, etag, sha256)}")
+    def _head(self, key: str, version_id: str = "") -> dict:
+        """HeadObject of `key` (of one version, if given), with the SSE-C key where objects need it."""
+        return self.client.head_object(Bucket=self.settings.bucket, Key=key, **archive.version_param(version_id),
+                                       **self.settings.archive.customer_key_params())
 
-    def _put_single(self, item: WorkItem, f) -> dict:
+    def _stored(self, item: WorkItem, etag: str, sha256: str, version_id: str, retain_until,
+                multipart: bool = False) -> dict:
+        """The Outcome fields of an upload the server accepted, once the read-back (if any) agrees: one HEAD
+        of the stored version for --verify-after-upload and for an Object Lock, whichever asks."""
+        controls = self.settings.archive
+        if self.settings.verify_after_upload or controls.locking:
+            head = self._head(item.key, version_id)
+            if self.settings.verify_after_upload:
+                stored = (head.get("ContentLength"), head.get("ETag", "").strip('"'),
+                          head.get("Metadata", {}).get("sha256"))
+                if stored != (item.size, etag, sha256):
+                    raise NotVerified(f"read back {item.key}: length, ETag, sha256 = {stored}, expected "
+                                      f"{(item.size, etag, sha256)}")
+            if controls.locking:
+                archive.hold(controls, self.client, self.settings.bucket, item.key, version_id, retain_until, head)
+        return dict(kind=Kind.UPLOADED, etag=etag, sha256=sha256, version_id=version_id, multipart=multipart,
+                    retain_until=f"{retain_until:%Y-%m-%dT%H:%M:%SZ}" if retain_until else "")
+
+
+    def _put_single(self, item: WorkItem, f, st: os.stat_result) -> dict:
         data = f.read(item.size + 1)  # one byte more than judged: a file that grew is caught here
         if len(data) != item.size:
             raise FileChanged(f"read {len(data)} bytes, expected {item.size}; deferred to the next run")
         self._check_unchanged(item, f, "while reading")
         md5_b64, md5_hex = _md5_b64(data)
         sha256 = hashlib.sha256(data).hexdigest()
+        archive = self.settings.archive
+        metadata = archive.object_metadata(sha256, item.mtime_ns, st)
+        retain_until = archive.retain_until(time.time())
         # Content-MD5 makes the server verify the body and reject it (BadDigest) rather than store a torn copy.
         if self.direct is not None:
             self.counts.calls += 1  # one PutObject; DirectPut counts its requests through _before_send
-            resp = self.direct.put(item.key, data, md5_b64, sha256, {"sha256": sha256})
+            resp = self.direct.put(item.key, data, md5_b64, sha256, archive.headers(metadata, retain_until))
         else:
             resp = self.call(self.client.put_object, Bucket=self.settings.bucket, Key=item.key, Body=data,
-                             ContentMD5=md5_b64, Metadata={"sha256": sha256})
+                             ContentMD5=md5_b64, **archive.params(metadata, retain_until))
         etag = resp.get("ETag", "").strip('"')
-        _check_etag(item, etag, md5_hex)
-        if self.settings.verify_after_upload:
-            self._verify_after_upload(item, etag, sha256)
-        return dict(kind=Kind.UPLOADED, etag=etag, sha256=sha256, version_id=resp.get("VersionId", ""))
+        if archive.etag_is_md5:
+            _check_etag(item, etag, md5_hex)
+        return self._stored(item, etag, sha256, resp.get("VersionId", ""), retain_until)
 
     # --- multipart -----------------------------------------------------------------------------------------
 
@@ -497,14 +526,18 @@ class WorkerContext:
             raise FileChanged(f"read {total} bytes, expected {item.size}; deferred to the next run")
         return sha.hexdigest()
 
-    def _put_multipart(self, item: WorkItem, f) -> dict:
+    def _put_multipart(self, item: WorkItem, f, st: os.stat_result) -> dict:
         bucket = self.settings.bucket
+        archive = self.settings.archive
         sha256 = self._hash_file(item, f)
         self._check_unchanged(item, f, "while hashing")
         chunk = part_size(item.size, self.settings.multipart_chunksize)
         numbers = range(1, max(1, math.ceil(item.size / chunk)) + 1)
-        upload_id = self.client.create_multipart_upload(Bucket=bucket, Key=item.key,
-                                                        Metadata={"sha256": sha256})["UploadId"]
+        # The retention counts from the start of the upload: the date goes with CreateMultipartUpload.
+        retain_until = archive.retain_until(time.time())
+        upload_id = self.client.create_multipart_upload(
+            Bucket=bucket, Key=item.key,
+            **archive.params(archive.object_metadata(sha256, item.mtime_ns, st), retain_until))["UploadId"]
         # Parts go up `threads` at a time, as s5cmd and aws-cli send them: a lone big file would otherwise
         # use one connection of the worker's many (issue #5). Each part is read with pread at its own
         # offset. A failed part stops the parts not yet begun; the map returns once the others have ended,
@@ -533,7 +566,8 @@ class WorkerContext:
             # The last chance to refuse: nothing is visible under the key until Complete succeeds.
             self._check_unchanged(item, f, "while uploading")
             resp = self.client.complete_multipart_upload(Bucket=bucket, Key=item.key, UploadId=upload_id,
-                                                         MultipartUpload={"Parts": [part for part, _ in results]})
+                                                         MultipartUpload={"Parts": [part for part, _ in results]},
+                                                         **archive.customer_key_params())
         except BaseException:
             self._abort(item, upload_id)
             raise
@@ -544,10 +578,9 @@ class WorkerContext:
         # After Complete the object exists; a mismatch is reported FAILED (never journaled) and the next run
         # uploads the file again over it.
         digests = b"".join(digest for _, digest in results)
-        _check_etag(item, etag, f"{hashlib.md5(digests).hexdigest()}-{len(results)}")
-        if self.settings.verify_after_upload:
-            self._verify_after_upload(item, etag, sha256)
-        return dict(kind=Kind.UPLOADED, etag=etag, sha256=sha256, multipart=True, version_id=resp.get("VersionId", ""))
+        if archive.etag_is_md5:
+            _check_etag(item, etag, f"{hashlib.md5(digests).hexdigest()}-{len(results)}")
+        return self._stored(item, etag, sha256, resp.get("VersionId", ""), retain_until, multipart=True)
 
     def _upload_part(self, item: WorkItem, fd: int, chunk: int, upload_id: str, spent: Optional[list],
                      failed: threading.Event, memory: threading.BoundedSemaphore, number: int):
@@ -568,7 +601,8 @@ class WorkerContext:
                     raise FileChanged(f"read {offset + len(data)} bytes, expected {item.size}; deferred to the next run")
                 md5_b64, md5_hex = _md5_b64(data)
                 resp = self.call(self.client.upload_part, Bucket=self.settings.bucket, Key=item.key,
-                                 UploadId=upload_id, PartNumber=number, Body=data, ContentMD5=md5_b64)
+                                 UploadId=upload_id, PartNumber=number, Body=data, ContentMD5=md5_b64,
+                                 **self.settings.archive.customer_key_params())
             return {"ETag": resp["ETag"], "PartNumber": number}, bytes.fromhex(md5_hex)
         except BaseException:
             failed.set()

