@@ -216,6 +216,8 @@ def main(argv: Optional[Sequence[str]] = None) -> NoReturn:
         _fail(notifier, tel, exc, f"crashed: {type(exc).__name__}")
         sys.exit(ExitCode.FATAL)
     tel.shutdown()
+    if sys.stderr.isatty():
+        print(summary.human(config.manifest or ""), file=sys.stderr, flush=True)
     if config.summary == "json":
         try:
             print(json.dumps(summary.as_dict(), sort_keys=True), flush=True)

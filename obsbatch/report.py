@@ -164,6 +164,35 @@ class Summary:
                 + (f", {self.errors} unreadable" if self.errors else "")
                 + (f", {self.concurrency} in flight ({self.concurrency_mode})" if self.concurrency else ""))
 
+    def human(self, manifest: str = "") -> str:
+        """A few lines for a person at a terminal, as rclone and restic end a run; pipes and journald get
+        run.summary (JSON) instead. `manifest`: where the manifest went, if anywhere."""
+        seconds = max((self.ended or time.time()) - self.started, 1e-3)
+        if self.planned:
+            head = f"{self.planned} files to upload ({human_size(self.bytes_planned)}), dry run"
+        else:
+            head = (f"{self.uploaded} files uploaded ({human_size(self.bytes_uploaded)}) in {seconds:.1f} s, "
+                    f"{human_size(int(self.bytes_uploaded / seconds))}/s")
+        if self.concurrency:
+            head += f", {self.concurrency} in flight ({self.concurrency_mode})"
+        lines = [f"obsbatch: {head}; {self.scanned} scanned"]
+
+        def by_reason(counts) -> str:
+            return ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+        details = (("skipped: ", self.skipped and by_reason(self.skipped)),
+                   ("deferred:", self.deferred and f"{by_reason(self.deferred)} (the next run takes them)"),
+                   ("FAILED:  ", self.failed and f"{self.failed} ({by_reason(self.failed_by_type)}); each is in "
+                                                 "the log above"),
+                   ("unreadable:", self.errors and f"{self.errors} (see the log above)"),
+                   ("stuck:   ", self.stuck and f"{self.stuck} deferred longer than --max-defer"),
+                   ("aborted: ", self.aborted))
+        lines += [f"  {label} {text}" for label, text in details if text]
+        if manifest:
+            lines.append(f"  manifest: {manifest}")
+        lines.append(f"  exit {int(self.exit_code)}")
+        return "\n".join(lines)
+
     def log_final(self) -> None:
         event = log.warning if self.exit_code is not ExitCode.OK else log.info
         event("run.summary", **self.as_dict())

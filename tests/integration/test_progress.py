@@ -53,3 +53,18 @@ def test_no_progress_output_when_not_a_terminal(tmp_path, s3server, prefix):
     assert result.returncode == 0, result
     assert "file/s" not in result.stderr and "\r" not in result.stderr
     assert all(line.startswith("{") for line in result.stderr.splitlines())
+
+
+def test_a_terminal_run_ends_with_a_human_summary(tmp_path, s3server, prefix):
+    src = tmp_path / "src"
+    make_tree(src, {f"f{j}.txt": b"x" * 1000 for j in range(5)})
+    (src / "fresh.txt").write_bytes(b"just written")
+    os.symlink("f0.txt", src / "link")
+    manifest = tmp_path / "run.jsonl"
+    code, screen = run_on_terminal(["--source", src, *server_args(s3server, prefix), "--manifest", manifest],
+                                   s3server.env())
+    assert code == 0, screen
+    tail = screen[screen.index("obsbatch: "):]
+    assert re.search(r"obsbatch: 5 files uploaded \(4\.9 KiB\) in [\d.]+ s, .*/s, \d+ in flight \(auto\); 7 scanned", tail), tail
+    assert "skipped:  1 symlink" in tail and "deferred: 1 too_new" in tail
+    assert f"manifest: {manifest}" in tail and "exit 0" in tail
