@@ -24,13 +24,18 @@ from obsbatch.config import Config
 from obsbatch.errors import ExitCode, ObsbatchError, UsageError
 
 ENV_PREFIX = "OBSBATCH_"
-_FIELDS = {f.name: f for f in fields(Config)}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 EPILOG = """\
 other command:
-  obsbatch verify-manifest FILE   check a --manifest file's hash chain (exit 0 intact, 1 tampered, 2 unreadable)
+  obsbatch verify-manifest FILE... [--expect-head HEX]
+                                  check manifests' hash chains, their links and the anchor (0 intact,
+                                  1 tampered, 2 unreadable)
+  obsbatch verify --bucket B --prefix P [--manifest FILE] [--read-data PERCENT]
+                                  check the stored objects (obsbatch verify --help)
+  obsbatch restore --bucket B --prefix P --target DIR
+                                  bring a backup back (obsbatch restore --help)
 
 environment:
   OBSBATCH_<FLAG>          any flag, e.g. OBSBATCH_MAX_CONCURRENT=6, OBSBATCH_DRY_RUN=1,
@@ -49,7 +54,7 @@ exit codes:
 
 
 #: --help's argument groups, in order, and the Config fields in each (every field in exactly one; a unit test
-#: holds that). argparse-dataclass has no groups, so _Parser.add_argument files each flag here.
+#: holds that). argparse-dataclass has no groups, so Parser.add_argument files each flag here.
 GROUPS = (
     ("source", ("source", "include", "exclude", "follow_symlinks", "allow_outside_source", "dry_run")),
     ("destination", ("bucket", "prefix", "endpoint", "region", "addressing_style", "ca_bundle", "no_verify_ssl")),
@@ -64,43 +69,70 @@ GROUPS = (
 )
 
 
-class _Parser(argparse_dataclass.ArgumentParser):
-    """argparse-dataclass, plus repeatable flags, argument groups, and errors raised instead of
-    printed-and-exited."""
+class Parser(argparse_dataclass.ArgumentParser):
+    """argparse-dataclass, plus repeatable flags, argument groups (`groups`: (title, field names) in --help's
+    order), and errors raised instead of printed-and-exited. The backup's options are Config; the other
+    commands' (obsbatch.commands) are dataclasses of some of Config's fields and a few of their own."""
+
+    def __init__(self, options_class, groups=GROUPS, **kwargs):
+        self.option_fields = {f.name: f for f in fields(options_class)}
+        self._groups = groups
+        self._flag_groups: Optional[dict] = None
+        super().__init__(options_class, **kwargs)
 
     def add_argument(self, *args, **kwargs):
         # argparse-dataclass has no 'append' action; fields marked append=True get one here.
-        name = args[0].lstrip("-").replace("-", "_") if args else ""
-        if name not in _FIELDS:
+        # A field with its own flag name (metadata `args`) comes with dest= its field name.
+        name = kwargs.get("dest") or (args[0].lstrip("-").replace("-", "_") if args else "")
+        if name not in self.option_fields:
             return super().add_argument(*args, **kwargs)
-        if _FIELDS[name].metadata.get("append"):
+        if self.option_fields[name].metadata.get("append"):
             kwargs.update(action="append", type=str, default=None)
         return self._group_of(name).add_argument(*args, **kwargs)
 
     def _group_of(self, name: str):
-        if not hasattr(self, "_flag_groups"):  # the first flag: make every group, in --help's order
+        if self._flag_groups is None:  # the first flag: make every group, in --help's order
             self._flag_groups = {}
-            for title, names in GROUPS:
+            for title, names in self._groups:
                 group = self.add_argument_group(title)
                 self._flag_groups.update((field_name, group) for field_name in names)
         return self._flag_groups[name]
+
+    def values(self, argv: Optional[Sequence[str]], environ: Mapping[str, str]) -> dict:
+        """The options given, each flag filled from its OBSBATCH_* variable when not on the command line."""
+        # Parse to a namespace first: argparse-dataclass marks a flag not given with dataclasses.MISSING,
+        # which is how we know the environment may fill it.
+        namespace, extra = argparse.ArgumentParser.parse_known_args(self, argv)
+        if extra:
+            raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
+        values = {}
+        for name, f in self.option_fields.items():
+            value = getattr(namespace, name, MISSING)
+            # Not given: MISSING (argparse-dataclass), or None for a repeatable flag. A flag whose parser
+            # returns None (--max-concurrent auto) was given, and beats its variable.
+            if value is MISSING or (value is None and f.metadata.get("append")):
+                raw = environ.get(ENV_PREFIX + name.upper())
+                if raw is not None:
+                    value = _from_env(f, raw)
+            if value is not MISSING and value is not None:
+                values[name] = value
+        return values
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
 
 
-def build_parser() -> _Parser:
-    parser = _Parser(Config, prog="obsbatch", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+def build_parser() -> Parser:
+    parser = Parser(Config, prog="obsbatch", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
                      description="Back up a directory tree to S3-compatible storage, never uploading a file "
                                  "that is still being written.")
     parser.add_argument("--version", action="version", version=f"obsbatch {__version__}")
     return parser
 
 
-def _from_env(name: str, raw: str):
-    """Convert one OBSBATCH_* value with the same rules as its flag."""
-    f = _FIELDS[name]
-    env = ENV_PREFIX + name.upper()
+def _from_env(f: dataclasses.Field, raw: str):
+    """Convert one OBSBATCH_* value with the same rules as its flag (field `f`)."""
+    env = ENV_PREFIX + f.name.upper()
     try:
         if f.type is bool:
             low = raw.strip().lower()
@@ -122,24 +154,7 @@ def _from_env(name: str, raw: str):
 
 def parse(argv: Optional[Sequence[str]], environ: Mapping[str, str]) -> Config:
     """Parse flags, fill the gaps from OBSBATCH_* variables, validate, return the frozen Config."""
-    parser = build_parser()
-    # Parse to a namespace first: argparse-dataclass marks a flag not given with dataclasses.MISSING,
-    # which is how we know the environment may fill it.
-    namespace, extra = argparse.ArgumentParser.parse_known_args(parser, argv)
-    if extra:
-        raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
-    values = {}
-    for name in _FIELDS:
-        value = getattr(namespace, name, MISSING)
-        # Not given: MISSING (argparse-dataclass), or None for a repeatable flag. A flag whose parser returns
-        # None (--max-concurrent auto) was given, and beats its variable.
-        if value is MISSING or (value is None and _FIELDS[name].metadata.get("append")):
-            raw = environ.get(ENV_PREFIX + name.upper())
-            if raw is not None:
-                value = _from_env(name, raw)
-        if value is not MISSING and value is not None:
-            values[name] = value
-    config = Config(**values)
+    config = Config(**build_parser().values(argv, environ))
     if config.state is None and not config.no_state:
         # The default location depends on the environment (systemd's StateDirectory=, XDG); resolve it here,
         # once, so nothing later reads the environment.
@@ -150,28 +165,52 @@ def parse(argv: Optional[Sequence[str]], environ: Mapping[str, str]) -> Config:
 
 
 def verify_manifest(argv: Sequence[str]) -> NoReturn:
-    """`obsbatch verify-manifest FILE`: 0 if the chain holds, 1 if it was tampered with, 2 if unreadable."""
+    """`obsbatch verify-manifest FILE... [--expect-head HEX]`: 0 if every chain holds, each file follows the
+    one before it and the last ends at the expected head; 1 if not; 2 if unreadable or misused."""
     from obsbatch import manifest
 
-    if len(argv) != 1 or argv[0].startswith("-"):
-        print("usage: obsbatch verify-manifest FILE", file=sys.stderr)
-        sys.exit(ExitCode.FATAL)
+    parser = argparse.ArgumentParser(prog="obsbatch verify-manifest", description=(
+        "Check run manifests' hash chains. Several files: consecutive runs, oldest first; each header must cite "
+        "the head of the one before. --expect-head: the head logged when the last run ended (run.summary's "
+        "manifest_head, journald, the trace), which whoever rewrites the file cannot recompute."))
+    parser.add_argument("files", nargs="+", metavar="FILE")
+    parser.add_argument("--expect-head", metavar="HEX", type=_hex_digest)
+    parser.error = lambda message: _usage_exit(f"verify-manifest: {message}")
+    options = parser.parse_args(argv)
     try:
-        files, head = manifest.verify(argv[0])
+        verified = manifest.verify_sequence(options.files, options.expect_head)
     except manifest.Broken as exc:
-        print(f"obsbatch: manifest {argv[0]} does not verify: {exc}", file=sys.stderr)
+        print(f"obsbatch: the manifest does not verify: {exc}", file=sys.stderr)
         sys.exit(ExitCode.PARTIAL)
     except (OSError, UnicodeDecodeError) as exc:
-        print(f"obsbatch: cannot read manifest {argv[0]}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+        print(f"obsbatch: cannot read a manifest: {getattr(exc, 'filename', None) or ''} "
+              f"{getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
         sys.exit(ExitCode.FATAL)
-    print(json.dumps({"manifest": argv[0], "verified": True, "files": files, "chain_head": head}))
+    print(json.dumps({"manifest": options.files[-1], "manifests": len(verified), "verified": True,
+                      "anchored": options.expect_head is not None, "files": sum(v.files for v in verified),
+                      "chain_head": verified[-1].head}))
     sys.exit(ExitCode.OK)
+
+
+def _hex_digest(text: str) -> str:
+    if len(text) != 64 or any(c not in "0123456789abcdefABCDEF" for c in text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a SHA-256 head (64 hex digits)")
+    return text.lower()
+
+
+def _usage_exit(message: str) -> NoReturn:
+    print(f"obsbatch: {message}", file=sys.stderr)
+    sys.exit(ExitCode.FATAL)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> NoReturn:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["verify-manifest"]:
         verify_manifest(argv[1:])
+    if argv[:1] in (["restore"], ["verify"]):
+        from obsbatch import commands
+
+        commands.main(argv[0], argv[1:])
     try:
         config = parse(argv, os.environ)
     except UsageError as exc:

@@ -230,7 +230,7 @@ class Config:
         type=positive_int))
     debug: Literal["error", "warn", "warning", "info", "debug", "trace"] = field(default="info", metadata=_opt("log level: error, warn, info (default), debug, trace", metavar="LEVEL"))
     min_age: float = field(default=2.0, metadata=_opt("a file modified less than S seconds ago is deferred (default 2)", metavar="S", type=non_negative_seconds))
-    include: tuple = field(default=(), metadata=_opt("back up only files whose relative path matches GLOB (repeatable; `*` spans `/`)", metavar="GLOB", append=True))
+    include: tuple = field(default=(), metadata=_opt("take only files whose relative path matches GLOB (repeatable; `*` spans `/`)", metavar="GLOB", append=True))
     exclude: tuple = field(default=(), metadata=_opt("leave out files whose relative path matches GLOB (repeatable; beats --include)", metavar="GLOB", append=True))
     follow_symlinks: bool = field(default=False, metadata=_opt("follow symbolic links (loop-safe); default: skip them"))
     ca_bundle: Optional[str] = field(default=None, metadata=_opt(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-from typing import Iterable, Iterator, Optional, Sequence, Union
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 from obsbatch.models import Candidate, Kind, Outcome, Reason, display
 
@@ -21,18 +21,31 @@ def _compile(globs: Sequence[str]) -> Optional[re.Pattern]:
     return re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in globs))
 
 
+def excluder(include: Sequence[str], exclude: Sequence[str]) -> Optional[Callable[[bytes], bool]]:
+    """excluded(rel) -> whether --include/--exclude leave the relative path out; None when there are no globs
+    (the backup's walk and the restore's listing use the same rule)."""
+    inc, exc = _compile(include), _compile(exclude)
+    if inc is None and exc is None:
+        return None
+
+    def excluded(rel: bytes) -> bool:
+        # fsdecode keeps undecodable bytes as surrogates, so a glob still matches the rest of the name.
+        text = os.fsdecode(rel)
+        return (inc is not None and not inc.match(text)) or (exc is not None and exc.match(text) is not None)
+
+    return excluded
+
+
 def select(items: Iterable[Union[Candidate, Outcome]], include: Sequence[str],
            exclude: Sequence[str]) -> Iterator[Union[Candidate, Outcome]]:
     """Pass Outcomes through; turn excluded Candidates into SKIPPED/excluded Outcomes."""
-    inc, exc = _compile(include), _compile(exclude)
-    if inc is None and exc is None:
+    excluded = excluder(include, exclude)
+    if excluded is None:
         yield from items
         return
     for item in items:
         if isinstance(item, Candidate):
-            # fsdecode keeps undecodable bytes as surrogates, so a glob still matches the rest of the name.
-            rel = os.fsdecode(item.rel)
-            if (inc is not None and not inc.match(rel)) or (exc is not None and exc.match(rel)):
+            if excluded(item.rel):
                 yield Outcome(Kind.SKIPPED, display(item.path), key=item.key, reason=Reason.EXCLUDED,
                               size=item.stat.st_size)
                 continue

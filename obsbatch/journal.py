@@ -67,6 +67,20 @@ CREATE TABLE IF NOT EXISTS deferred (
 ) WITHOUT ROWID
 """
 
+#: The chain head of the last manifest written for each destination (issue #14): the next run's manifest
+#: header cites it, so the manifests of successive runs form one chain (`verify-manifest A B C`).
+_HEADS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS manifest_heads (
+    endpoint TEXT NOT NULL,
+    bucket TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    head TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    written_at REAL NOT NULL,
+    PRIMARY KEY (endpoint, bucket, prefix)
+) WITHOUT ROWID
+"""
+
 #: Rows per transaction, and the longest a verified upload waits to be committed.
 BATCH_ROWS = 500
 BATCH_SECONDS = 2.0
@@ -97,6 +111,7 @@ class Journal:
         self.db.execute(_SCHEMA)
         self.db.execute(_BY_DIRECTORY)
         self.db.execute(_DEFERRED_SCHEMA)
+        self.db.execute(_HEADS_SCHEMA)
         if "run" not in {row[1] for row in self.db.execute("PRAGMA table_info(deferred)")}:
             # A journal from before issue #11: its rows carry no run, so the first complete walk ends those
             # it does not defer again.
@@ -261,6 +276,19 @@ class Journal:
                 "DELETE FROM deferred WHERE endpoint=? AND bucket=? AND run<>? AND substr(key, 1, ?)=?",
                 (self.endpoint, self.bucket, self.run, len(prefix), prefix)).rowcount
         return ended
+
+    def last_manifest_head(self, prefix: str) -> Optional[str]:
+        """The head of the last manifest written for this destination and prefix, or None."""
+        with self._failing_as("read"):
+            row = self.db.execute("SELECT head FROM manifest_heads WHERE endpoint=? AND bucket=? AND prefix=?",
+                                  (self.endpoint, self.bucket, prefix)).fetchone()
+        return row[0] if row else None
+
+    def record_manifest_head(self, prefix: str, head: str, run_id: str) -> None:
+        """Remember this run's manifest head for the next run's header (its own transaction, now)."""
+        with self._failing_as("write"), self.db:
+            self.db.execute("INSERT OR REPLACE INTO manifest_heads VALUES (?,?,?,?,?,?)",
+                            (self.endpoint, self.bucket, prefix, head, run_id, time.time()))
 
     def commit(self) -> None:
         """Write what is pending in one transaction. On failure (JournalError) it all stays pending."""

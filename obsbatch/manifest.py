@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import uuid
-from typing import Optional
+from typing import Iterator, List, NamedTuple, Optional
 
 from obsbatch.errors import ConfigError
 from obsbatch.models import Outcome
@@ -75,9 +75,17 @@ class Broken(Exception):
     """The manifest does not verify; the message says where and why."""
 
 
-def verify(path: str) -> tuple[int, str]:
-    """(number of file records, chain head) of an intact manifest; Broken otherwise."""
-    chain, files, last_type = GENESIS, 0, None
+class Verified(NamedTuple):
+    """An intact manifest: its file records, its head, and the head of the run before it (None if none)."""
+
+    files: int
+    head: str
+    previous_head: Optional[str]
+
+
+def verify(path: str) -> Verified:
+    """Check one manifest's chain: Verified, or Broken with where and why."""
+    chain, files, last_type, previous = GENESIS, 0, None, None
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             try:
@@ -88,10 +96,48 @@ def verify(path: str) -> tuple[int, str]:
             chain = _link(chain, record)
             if claimed != chain:
                 raise Broken(f"line {number} was changed, or a line before it was added, removed or moved")
-            if number == 1 and record.get("type") != "header":
-                raise Broken("line 1 is not the header")
+            if number == 1:
+                if record.get("type") != "header":
+                    raise Broken("line 1 is not the header")
+                previous = record.get("previous_head")
             last_type = record.get("type")
             files += last_type == "file"
     if last_type != "summary":
         raise Broken("the manifest ends before its summary line (cut short)")
-    return files, chain
+    return Verified(files, chain, previous)
+
+
+def verify_sequence(paths: list, expect_head: Optional[str] = None) -> List[Verified]:
+    """Check several manifests of consecutive runs, oldest first: each chain intact, each header citing the
+    head of the one before it, and (given `expect_head`, an anchor kept out of reach of whoever can rewrite
+    the files: journald, the trace backend) the last one ending at that head.
+
+    A chain alone proves nothing against a rewrite: whoever edits a record can recompute every link after
+    it. The anchor can't be recomputed: it was written elsewhere when the run ended.
+    """
+    results: List[Verified] = []
+    for number, path in enumerate(paths):
+        try:
+            result = verify(path)
+        except Broken as exc:
+            raise Broken(f"{path}: {exc}") from None
+        if results and result.previous_head != results[-1].head:
+            raise Broken(f"{path} does not follow {paths[number - 1]}: its header cites the previous head "
+                         f"{result.previous_head}, but that manifest ends at {results[-1].head}")
+        results.append(result)
+    if expect_head is not None and results[-1].head != expect_head.lower():
+        raise Broken(f"{paths[-1]} ends at {results[-1].head}, not at the expected head {expect_head}: it was "
+                     "rewritten, or is not the manifest of that run")
+    return results
+
+
+def stored_records(path: str, prefix: str = "") -> Iterator[dict]:
+    """The file records of each object the manifest says is in the store under `prefix`: uploaded, or found
+    already stored (--verify-remote). Read line by line; check the chain first (verify)."""
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            record = json.loads(line)
+            if record.get("type") != "file" or not (record.get("key") or "").startswith(prefix):
+                continue
+            if record.get("outcome") == "uploaded" or record.get("reason") == "already_stored":
+                yield record

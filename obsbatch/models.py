@@ -49,6 +49,8 @@ class Kind(str, enum.Enum):
     FAILED = "failed"
     #: The walk could not read this directory or entry: the run exits 1 (files may be missing).
     ERROR = "error"
+    #: `obsbatch restore`: brought back, its bytes checked against the sha256 it was stored with.
+    RESTORED = "restored"
 
 
 class Reason(str, enum.Enum):
@@ -68,6 +70,15 @@ class Reason(str, enum.Enum):
     INTERRUPTED = "interrupted"
     UNREADABLE_DIR = "unreadable_dir"
     UNREADABLE_ENTRY = "unreadable_entry"
+    # `obsbatch restore` (issue #14):
+    #: the local file already holds exactly the object's bytes: left as it is.
+    IDENTICAL = "identical"
+    #: a local file differs from the object, and --overwrite was not given: left untouched (exit 1).
+    CONFLICT = "conflict"
+    #: the object is in an archive storage class and must be thawed (RestoreObject) before it can be read.
+    ARCHIVED = "archived"
+    #: a key that would land outside --target (an absolute path, a '..' or empty segment): never written.
+    UNSAFE_KEY = "unsafe_key"
 
 
 class Candidate(NamedTuple):
@@ -157,6 +168,27 @@ class Outcome:
     multipart: bool = False
     started: float = 0.0
     ended: float = 0.0
+
+
+@dataclass(frozen=True)
+class RestoreItem:
+    """One object to bring back (`obsbatch restore`), pickled to a worker like a WorkItem.
+
+    key: the object key. display: the local path for humans. dest: where it goes (bytes, absolute; the
+    parent has checked that it stays under --target). size: the listed size.
+    sha256: what the manifest says the bytes are (--manifest), or "" (then the object's own sha256
+    metadata is the reference). version_id: the manifest's version to read, or "" (the current one).
+    overwrite: --overwrite. chown: restore uid/gid too (the restore runs as root).
+    """
+
+    key: str
+    display: str
+    dest: bytes
+    size: int
+    sha256: str = ""
+    version_id: str = ""
+    overwrite: bool = False
+    chown: bool = False
 
 
 def not_started(item: WorkItem) -> Outcome:

@@ -22,7 +22,7 @@ from obsbatch import __version__, journal, pool
 from obsbatch.after_upload import AfterUpload
 from obsbatch.config import Config
 from obsbatch.dispatch import Dispatch, plan_only
-from obsbatch.errors import EndpointUnavailable, ObsbatchError
+from obsbatch.errors import EndpointUnavailable, JournalError, ObsbatchError
 from obsbatch.filters import select
 from obsbatch.logs import LEVELS
 from obsbatch.manifest import Manifest
@@ -89,9 +89,12 @@ def _run_locked(config: Config, source: bytes, notifier: Notifier, telemetry: Te
     stages = _stages(config, source, journal_, gate, remote, summary, activity, telemetry)
     manifest_ = None
     if config.manifest:
+        # The previous run's head (from the journal) makes successive manifests one chain (issue #14).
+        previous_head = journal_.last_manifest_head(config.prefix) if journal_ is not None else None
         manifest_ = Manifest(config.manifest, {"source": display(source), "bucket": config.bucket,
                                                "prefix": config.prefix, "endpoint": config.endpoint or "aws",
-                                               "started": summary.started, "obsbatch": __version__})
+                                               "started": summary.started, "obsbatch": __version__,
+                                               "previous_head": previous_head})
         summary.observers.append(manifest_.record)
     notifier.ready(f"backing up {display(source)} to s3://{config.bucket}/{config.prefix}")
     with shutdown.installed(), Heartbeat(notifier, activity, summary.status_line, shutdown), \
@@ -114,7 +117,7 @@ def _run_locked(config: Config, source: bytes, notifier: Notifier, telemetry: Te
     if journal_ is not None and not config.dry_run and summary.walk_complete:
         journal_.end_deferrals_not_seen(config.prefix)
     if manifest_ is not None:
-        _finish_manifest(manifest_, summary, config, remote)
+        _finish_manifest(manifest_, summary, config, remote, journal_)
     summary.log_final()
     telemetry.end_run(summary)
     notifier.stopping(summary.status_line())
@@ -141,8 +144,18 @@ def _stages(config: Config, source: bytes, journal_: Optional[journal.Journal], 
     return plan(gate.filter(stages))
 
 
-def _finish_manifest(manifest_: Manifest, summary: Summary, config: Config, remote: Remote) -> None:
+def _finish_manifest(manifest_: Manifest, summary: Summary, config: Config, remote: Remote,
+                     journal_: Optional[journal.Journal]) -> None:
     head = manifest_.close(summary.as_dict())
+    # The anchor: the head goes into run.summary, STATUS= and the trace, out of reach of whoever can rewrite
+    # the file (`verify-manifest FILE --expect-head HEAD`), and to the journal for the next run's header.
+    summary.manifest_head = head
+    if journal_ is not None and not config.dry_run:
+        try:
+            journal_.record_manifest_head(config.prefix, head, manifest_.run_id)
+        except JournalError as exc:
+            log.error("journal.commit_failed", error=str(exc),
+                      detail="the next run's manifest will not cite this one's head")
     key = None
     if config.upload_manifest and not config.dry_run:
         key = manifest_key(config.prefix, manifest_.run_id)

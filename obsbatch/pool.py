@@ -171,10 +171,11 @@ class UploadPool:
     of uploads in flight they follow (--max-concurrent: fixed, or tuned by AutoConcurrency).
 
     The workers get settings.WorkerSettings (the part of `config` they need) and a Shared (made in `ctx`):
-    the stop flag, the level, `gauges`, the --max-rps and --bwlimit schedules.
+    the stop flag, the level, `gauges`, the --max-rps and --bwlimit schedules. restore: the workers bring
+    objects back (RestoreItems, worker.WorkerContext.restore_batch) instead of uploading WorkItems.
     """
 
-    def __init__(self, ctx, config: Config, stopping, gauges: Gauges):
+    def __init__(self, ctx, config: Config, stopping, gauges: Gauges, restore: bool = False):
         self.ctx = ctx
         self.config = config
         self.processes = config.processes
@@ -183,6 +184,7 @@ class UploadPool:
         self.controller = (AutoConcurrency(maximum=config.max_concurrent_limit) if config.max_concurrent is None
                            else FixedConcurrency(config.max_concurrent))
         self.gauges = gauges
+        self.restore = restore
         self.shared = Shared(stopping, ctx.RawValue("i", self.controller.level), gauges,
                              rate=RateLimit(ctx, config.max_rps) if config.max_rps else None,
                              bandwidth=Bandwidth(ctx, config.bwlimit) if config.bwlimit else None)
@@ -213,7 +215,8 @@ class UploadPool:
         self.prewarm()
         self._prewarm.join()
         self.gauges.prepare_slots()
-        self._task = tasks.upload_batch
+        # The same workers bring a backup back (`obsbatch restore`): the same clients, threads and level.
+        self._task = tasks.restore_batch if self.restore else tasks.upload_batch
         self._executor = concurrent.futures.ProcessPoolExecutor(
             max_workers=self.processes, mp_context=self.ctx, initializer=tasks.init_worker,
             initargs=(WorkerSettings.from_config(self.config), self.shared))

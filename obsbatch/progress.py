@@ -12,10 +12,12 @@ import sys
 
 from obsbatch import logs
 from obsbatch.models import Outcome
-from obsbatch.report import Summary, human_size
+from obsbatch.report import Summary
 
 
 class ProgressBar:
+    """summary: a report.Summary, or anything with its `observers` list and `progress_line()` (the restore's)."""
+
     def __init__(self, summary: Summary, enabled: bool):
         self.summary = summary
         self.enabled = enabled
@@ -44,10 +46,7 @@ class ProgressBar:
             self._bar = None
 
     def record(self, outcome: Outcome) -> None:
-        s = self.summary
-        self._bar.set_postfix_str(
-            f"{s.uploaded} up {human_size(s.bytes_uploaded)}, {sum(s.deferred.values())} deferred, "
-            f"{sum(s.skipped.values())} skipped, {s.failed} failed", refresh=False)
+        self._bar.set_postfix_str(self.summary.progress_line(), refresh=False)
         self._bar.update(1)
 
     def walk_done(self, total: int) -> None:

@@ -55,6 +55,9 @@ class Summary:
     #: N), and which of the two; None when nothing was uploaded.
     concurrency: Optional[int] = None
     concurrency_mode: Optional[str] = None
+    #: The chain head of this run's manifest (--manifest), once it is closed: the anchor `verify-manifest
+    #: --expect-head` checks against (issue #14). Not in the manifest's own summary line, which it seals.
+    manifest_head: Optional[str] = None
     started: float = field(default_factory=time.time)
     ended: float = 0.0
     #: Called with every Outcome after it is counted (telemetry); not part of the summary itself.
@@ -154,7 +157,13 @@ class Summary:
             "aborted": self.aborted or None,
             "concurrency": self.concurrency,
             "concurrency_mode": self.concurrency_mode,
+            "manifest_head": self.manifest_head,
         }
+
+    def progress_line(self) -> str:
+        """The counts beside the progress bar (progress.ProgressBar)."""
+        return (f"{self.uploaded} up {human_size(self.bytes_uploaded)}, {sum(self.deferred.values())} deferred, "
+                f"{sum(self.skipped.values())} skipped, {self.failed} failed")
 
     def status_line(self) -> str:
         """One line for systemd's STATUS= (`systemctl status` shows it)."""
@@ -162,7 +171,8 @@ class Summary:
         done = f"{self.planned} planned" if self.planned else f"{self.uploaded} uploaded ({human_size(self.bytes_uploaded)})"
         return (f"{self.scanned} scanned, {done}, {skipped} skipped, {deferred} deferred, {self.failed} failed"
                 + (f", {self.errors} unreadable" if self.errors else "")
-                + (f", {self.concurrency} in flight ({self.concurrency_mode})" if self.concurrency else ""))
+                + (f", {self.concurrency} in flight ({self.concurrency_mode})" if self.concurrency else "")
+                + (f", manifest head {self.manifest_head}" if self.manifest_head else ""))
 
     def human(self, manifest: str = "") -> str:
         """A few lines for a person at a terminal, as rclone and restic end a run; pipes and journald get
@@ -189,7 +199,7 @@ class Summary:
                    ("aborted: ", self.aborted))
         lines += [f"  {label} {text}" for label, text in details if text]
         if manifest:
-            lines.append(f"  manifest: {manifest}")
+            lines.append(f"  manifest: {manifest}" + (f" (head {self.manifest_head})" if self.manifest_head else ""))
         lines.append(f"  exit {int(self.exit_code)}")
         return "\n".join(lines)
 

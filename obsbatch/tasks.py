@@ -24,6 +24,13 @@ def upload_batch(items: list) -> List:
     return worker.upload_batch(items)
 
 
+def restore_batch(items: list) -> List:
+    """Restore a batch (worker.WorkerContext.restore_batch): one Outcome per RestoreItem, in order."""
+    from obsbatch import worker
+
+    return worker.restore_batch(items)
+
+
 def check_destination() -> Tuple[str, str]:
     """The pre-flight (worker.WorkerContext.check_destination)."""
     from obsbatch import worker

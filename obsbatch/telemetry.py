@@ -216,6 +216,8 @@ class Telemetry:
                 "obsbatch.files.failed": summary.failed,
                 "obsbatch.bytes.uploaded": summary.bytes_uploaded,
                 "obsbatch.exit_code": int(summary.exit_code)})
+            if summary.manifest_head:  # the manifest's anchor, kept by the trace backend (issue #14)
+                self._root.set_attribute("obsbatch.manifest.head", summary.manifest_head)
             if summary.exit_code:
                 self._root.set_status(trace.Status(trace.StatusCode.ERROR, f"exit code {int(summary.exit_code)}"))
         if error is not None:

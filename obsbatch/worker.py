@@ -32,7 +32,7 @@ import structlog
 from obsbatch import archive, logs, put, s3
 from obsbatch.concurrency import per_worker
 from obsbatch.config import MAX_PARTS, MiB
-from obsbatch.models import Kind, Outcome, Reason, WorkItem, crashed, not_started
+from obsbatch.models import Kind, Outcome, Reason, RestoreItem, WorkItem, crashed, not_started
 from obsbatch.pool import Shared
 from obsbatch.settings import WorkerSettings
 
@@ -341,6 +341,41 @@ class WorkerContext:
         # A multipart upload's parts go through `in_flight` one by one (on the threads); the file itself not.
         return run_batch(items, self._one_unless_stopping, threads, None if multipart else self.in_flight)
 
+    def restore_batch(self, items: list) -> list:
+        """`obsbatch restore`: bring back a batch of objects (RestoreItems) on this worker's threads."""
+        threads = None if len(items) == 1 else self.threads
+        return run_batch(items, self.restore_one, threads, self.in_flight)
+
+    def restore_one(self, item: RestoreItem) -> Outcome:
+        """One object back (download.restore); never raises: FAILED with a reason, or SKIPPED/archived."""
+        from obsbatch import download
+
+        started = time.time()
+        before = self.counts.snapshot()
+        try:
+            if self.init_error:
+                raise RuntimeError(f"the worker could not create its S3 client: {self.init_error}")
+            fields = download.restore(self.client, self.settings.bucket, self.settings.archive, item)
+        except download.Mismatch as exc:
+            fields = dict(kind=Kind.FAILED, error_type="NotVerified", message=str(exc))
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            if s3.error_code(exc) == "InvalidObjectState":  # S3: an archived object not thawed (GetObject)
+                fields = dict(kind=Kind.SKIPPED, reason=Reason.ARCHIVED,
+                              message="in an archive storage class: restore it (RestoreObject) first, then run again")
+            else:
+                fields = dict(kind=Kind.FAILED, error_type=s3.error_code(exc), message=s3.error_message(exc))
+        except OSError as exc:
+            fields = dict(kind=Kind.FAILED, error_type=type(exc).__name__,
+                          message=f"cannot write {item.display}: {exc.strerror or exc}")
+        return self._outcome(item, started, before, fields)
+
+    def _outcome(self, item, started: float, before: tuple, fields: dict) -> Outcome:
+        """The Outcome of one file or object: `fields`, and the requests this thread sent since `before`."""
+        fields.setdefault("size", item.size)
+        sent, calls, recalls = self.counts.since(before)
+        return Outcome(path=item.display, key=item.key, attempts=sent, retries=max(sent - calls + recalls, 0),
+                       started=started, ended=time.time(), **fields)
+
     def _one_unless_stopping(self, item: WorkItem) -> Outcome:
         if self.shared is not None and self.shared.stopping.value:
             return not_started(item)
@@ -371,11 +406,8 @@ class WorkerContext:
                           message=f"cannot read {item.display}: {exc.strerror or exc}")
         except Exception as exc:  # anything unforeseen: report, never raise
             fields = dict(kind=Kind.FAILED, error_type=s3.error_code(exc), message=s3.error_message(exc))
-        fields.setdefault("size", item.size)
         fields.setdefault("mtime_ns", item.mtime_ns)
-        sent, calls, recalls = self.counts.since(before)
-        return Outcome(path=item.display, key=item.key, attempts=sent, retries=max(sent - calls + recalls, 0),
-                       started=started, ended=time.time(), **fields)
+        return self._outcome(item, started, before, fields)
 
     def _upload(self, item: WorkItem) -> dict:
         with self._open(item) as f:
@@ -650,6 +682,11 @@ def _exit_on_term(signum, frame):
 def upload_batch(items: list) -> list:
     """The pool's task: this process's context uploads the batch (WorkerContext.upload_batch)."""
     return _context.upload_batch(items)
+
+
+def restore_batch(items: list) -> list:
+    """The restore's task: this process's context brings the batch back (WorkerContext.restore_batch)."""
+    return _context.restore_batch(items)
 
 
 def check_destination() -> Tuple[str, str]:

@@ -9,9 +9,9 @@ import pytest
 from tests.conftest import REPO, make_tree, run_obsbatch, server_args
 
 
-def verify(path):
-    return subprocess.run([sys.executable, "-m", "obsbatch", "verify-manifest", str(path)], capture_output=True,
-                          text=True, cwd=str(REPO))
+def verify(*args):
+    return subprocess.run([sys.executable, "-m", "obsbatch", "verify-manifest", *map(str, args)],
+                          capture_output=True, text=True, cwd=str(REPO))
 
 
 @pytest.fixture
@@ -67,3 +67,51 @@ def test_any_tampering_is_detected(manifest_run, tamper):
     check = verify(manifest)
     assert check.returncode == 1, check
     assert "does not verify" in check.stderr and "Traceback" not in check.stderr
+
+
+def _rechain(lines: list) -> list:
+    """What a forger with write access does: edit a record, then recompute every link after it."""
+    from obsbatch.manifest import GENESIS, _canonical, _link
+
+    chain, out = GENESIS, []
+    for line in lines:
+        record = json.loads(line)
+        record.pop("chain")
+        chain = _link(chain, record)
+        out.append(_canonical({**record, "chain": chain}).decode() + "\n")
+    return out
+
+
+def test_a_rewritten_manifest_fails_against_its_anchor(manifest_run):
+    """A chain alone proves nothing against a rewrite; the head logged at the end of the run does (#14)."""
+    result, manifest = manifest_run
+    head = result.summary["manifest_head"]
+    assert head and verify(manifest, "--expect-head", head).returncode == 0
+    lines = manifest.read_text().splitlines(keepends=True)
+    record = json.loads(lines[1])
+    record["sha256"] = "0" * 64
+    lines[1] = json.dumps(record) + "\n"
+    manifest.write_text("".join(_rechain(lines)))
+    assert verify(manifest).returncode == 0  # the recomputed chain holds...
+    check = verify(manifest, "--expect-head", head)  # ...but no longer ends at the anchor
+    assert check.returncode == 1 and "not at the expected head" in check.stderr, check
+
+
+def test_successive_runs_manifests_form_one_chain(tmp_path, s3server, prefix):
+    src, state = tmp_path / "src", tmp_path / "state.db"
+    make_tree(src, {"a.txt": b"alpha"})
+    paths, heads = [tmp_path / f"run{i}.jsonl" for i in range(3)], []
+    for i, path in enumerate(paths):
+        make_tree(src, {f"new{i}.txt": b"x" * i})
+        result = run_obsbatch("--source", src, *server_args(s3server, prefix), "--manifest", path, "--state", state,
+                              env=s3server.env())
+        assert result.returncode == 0, result
+        heads.append(result.summary["manifest_head"])
+    cited = [json.loads(path.read_text().splitlines()[0])["previous_head"] for path in paths]
+    assert cited == [None, heads[0], heads[1]]
+    ok = verify(*paths, "--expect-head", heads[-1])
+    assert ok.returncode == 0 and json.loads(ok.stdout)["manifests"] == 3, ok
+    dropped = verify(paths[0], paths[2])  # a run's manifest left out of the sequence
+    assert dropped.returncode == 1 and "does not follow" in dropped.stderr, dropped
+    assert verify(paths[1], paths[0]).returncode == 1
+    assert verify(paths[0], "--expect-head", "xyz").returncode == 2

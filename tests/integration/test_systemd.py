@@ -56,7 +56,7 @@ def test_ready_status_watchdog_and_stopping_in_order(tmp_path, s3server, prefix,
     proxy.add(Fault(method="PUT", path=r"\.txt", action="hold", delay=0.15, times=None))
     env = dict(s3server.env(), NOTIFY_SOCKET=notify.path, WATCHDOG_USEC="1000000")
     proc = start_obsbatch("--source", src, *server_args(s3server, prefix, proxy.endpoint), "--max-concurrent", 2,
-                          env=env)
+                          "--manifest", tmp_path / "run.jsonl", env=env)
     result = finish(proc, timeout=120)
     assert result.returncode == 0, result
     assert result.summary["uploaded"] == 40
@@ -69,6 +69,7 @@ def test_ready_status_watchdog_and_stopping_in_order(tmp_path, s3server, prefix,
     statuses = [m for m in messages if m.startswith("STATUS=")]
     assert len(statuses) >= 2 and "uploaded" in statuses[-1]
     assert "STOPPING=1" in messages[-1].split("\n") and "40 uploaded" in messages[-1]
+    assert f"manifest head {result.summary['manifest_head']}" in messages[-1]  # the anchor, in journald (#14)
 
     pings = notify.times("WATCHDOG=1")
     assert len(pings) >= 5, f"a run of {pings and pings[-1] - ready_at:.1f}s sent {len(pings)} pings"

@@ -25,7 +25,8 @@ def test_one_trace_per_run_with_summary_upload_spans_skip_events_and_metrics(tmp
     proxy.add(Fault(method="PUT", path=r"denied\.txt", action="status", status=403, code="AccessDenied", times=None))
     busy = holder((src / "busy.log", os.O_WRONLY))
     env = dict(s3server.env(), OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint)
-    result = run_obsbatch("--source", src, *server_args(s3server, prefix, proxy.endpoint), env=env)
+    result = run_obsbatch("--source", src, *server_args(s3server, prefix, proxy.endpoint), "--manifest",
+                          tmp_path / "run.jsonl", env=env)
     assert result.returncode == 1, result  # denied.txt failed
     assert not result.find("telemetry.export_failed") and not result.find("telemetry.disabled")
 
@@ -38,6 +39,7 @@ def test_one_trace_per_run_with_summary_upload_spans_skip_events_and_metrics(tmp
     assert attrs["obsbatch.bytes.uploaded"] == 6 and attrs["obsbatch.bucket"] == s3server.bucket
     assert attrs["obsbatch.prefix"] == prefix and attrs["obsbatch.source"] == str(src)
     assert root.status.code == 2  # ERROR: the run exited 1
+    assert attrs["obsbatch.manifest.head"] == result.summary["manifest_head"]  # the manifest's anchor (#14)
 
     uploads = [s for s, _ in spans if s.name == "obsbatch.upload"]
     assert sorted(otlp.attributes(s.attributes)["obsbatch.key"] for s in uploads) == sorted(

@@ -1,0 +1,77 @@
+"""Pieces of `obsbatch restore`, `obsbatch verify` and anchored manifests (issue #14) that need no server."""
+
+import pytest
+
+from obsbatch import commands, keys, manifest
+from obsbatch.download import mtime_ns
+from obsbatch.errors import UsageError
+from obsbatch.restore import safe_relative
+from obsbatch.verify import sampled
+
+
+@pytest.mark.parametrize("rel", [b"a.txt", b"caf\xe9.txt", b"caf%E9.txt", b"d/e/f g.txt", b"..a", b"a..b/c"])
+def test_a_key_restores_to_exactly_its_original_name(rel):
+    assert safe_relative(keys.encode(rel)) == rel
+
+
+@pytest.mark.parametrize("key", ["", "/etc/passwd", "../x", "a/../../x", "a/./b", "dir/", "a//b", "a/%00b"])
+def test_keys_that_could_leave_the_target_are_refused(key):
+    assert safe_relative(key) is None
+
+
+def test_mtime_metadata_as_rclone_writes_it():
+    assert mtime_ns("1600000000.123456789") == 1_600_000_000_123_456_789
+    assert mtime_ns("1600000000.5") == 1_600_000_000_500_000_000
+    assert mtime_ns("1600000000") == 1_600_000_000_000_000_000
+    assert mtime_ns("") is None and mtime_ns("yesterday") is None and mtime_ns("1.2.3") is None
+
+
+def test_the_read_back_sample_is_deterministic_and_nested():
+    names = [f"p/{i}.bin" for i in range(4000)]
+    ten = {n for n in names if sampled(n, 10)}
+    twenty = {n for n in names if sampled(n, 20)}
+    assert ten < twenty and 300 < len(ten) < 500 and 650 < len(twenty) < 950
+    assert ten == {n for n in names if sampled(n, 10)}
+    assert not any(sampled(n, 0) for n in names) and all(sampled(n, 100) for n in names)
+
+
+def _manifest(path, previous, records):
+    writer = manifest.Manifest(str(path), {"previous_head": previous})
+    for size in records:
+        writer._write({"type": "file", "size": size})
+    return writer.close({"uploaded": len(records)})
+
+
+def test_a_sequence_of_manifests_links_by_head(tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    head_a = _manifest(a, None, [1])
+    head_b = _manifest(b, head_a, [2, 3])
+    head_c = _manifest(c, head_b, [])
+    result = manifest.verify_sequence([str(a), str(b), str(c)], head_c)
+    assert [r.head for r in result] == [head_a, head_b, head_c] and sum(r.files for r in result) == 3
+    with pytest.raises(manifest.Broken, match="does not follow"):
+        manifest.verify_sequence([str(a), str(c)])
+    with pytest.raises(manifest.Broken, match="not at the expected head"):
+        manifest.verify_sequence([str(a), str(b)], head_c)
+
+
+def test_restore_and_verify_take_the_backups_store_flags_and_variables():
+    env = {"OBSBATCH_BUCKET": "b", "OBSBATCH_PREFIX": "daily", "OBSBATCH_TARGET": "/srv/r",
+           "OBSBATCH_MANIFEST": "/not/for/restore.jsonl", "OBSBATCH_RESTORE_MANIFEST": "/m.jsonl",
+           "OBSBATCH_READ_DATA": "5"}
+    config, own = commands.parse("restore", ["--overwrite"], env)
+    assert (config.bucket, config.prefix, config.source) == ("b", "daily/", "/srv/r")
+    assert own == {"target": "/srv/r", "overwrite": True, "restore_manifest": "/m.jsonl"}
+    config, own = commands.parse("verify", ["--read-data", "50"], env)
+    assert own == {"read_data": 50.0} and config.bucket == "b"
+    with pytest.raises(UsageError, match="--target is required"):
+        commands.parse("restore", ["--bucket", "b"], {})
+    with pytest.raises(UsageError, match="percentage"):
+        commands.parse("verify", ["--bucket", "b", "--read-data", "150"], {})
+
+
+@pytest.mark.parametrize("command", ["restore", "verify"])
+def test_every_flag_of_the_commands_is_in_a_help_group(command):
+    text = commands.build_parser(command).format_help()
+    body = text[text.index("\noptions:"):]
+    assert body.count("\n  --") == body[body.index("\n" + command + ":"):].count("\n  --")  # none left ungrouped
