@@ -213,6 +213,10 @@ class ArchiveControls:
             headers.update(self.customer_key.headers())
         return headers
 
+    def customer_key_headers(self) -> Dict[str, str]:
+        """The SSE-C request headers for the lean GET (put.DirectPut.get); empty without SSE-C."""
+        return self.customer_key.headers() if self.customer_key is not None else {}
+
     def customer_key_params(self) -> Dict[str, object]:
         """What every request on an SSE-C object carries (UploadPart, HeadObject); empty without SSE-C."""
         return self.customer_key.params() if self.customer_key is not None else {}

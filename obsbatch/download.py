@@ -69,8 +69,12 @@ def mtime_ns(text: str) -> Optional[int]:
     return int(seconds) * 1_000_000_000 + int((fraction + "000000000")[:9] or 0)
 
 
-def restore(client, bucket: str, controls: archive.ArchiveControls, item: RestoreItem) -> Dict:
-    """Restore one object; returns the Outcome's fields (kind, reason, sha256, message...)."""
+def restore(client, bucket: str, controls: archive.ArchiveControls, item: RestoreItem, fetch=None) -> Dict:
+    """Restore one object; returns the Outcome's fields (kind, reason, sha256, message...).
+
+    fetch(item): the GetObject response for the item's current version, through a cheaper path than
+    `client` (the worker's lean GET for small objects); None, or a None answer, means client.get_object.
+    """
     version = archive.version_param(item.version_id)
     try:
         local = os.lstat(item.dest)
@@ -89,7 +93,9 @@ def restore(client, bucket: str, controls: archive.ArchiveControls, item: Restor
                         message=f"{what} is in the way; left untouched (--overwrite replaces a file)")
     directory = os.path.dirname(item.dest)
     os.makedirs(directory, exist_ok=True)
-    response = client.get_object(Bucket=bucket, Key=item.key, **version, **controls.customer_key_params())
+    response = fetch(item) if fetch is not None and not version else None
+    if response is None:
+        response = client.get_object(Bucket=bucket, Key=item.key, **version, **controls.customer_key_params())
     metadata = response.get("Metadata", {})
     expected = item.sha256 or metadata.get("sha256", "")
     temp = os.path.join(directory, b"." + os.path.basename(item.dest)[:200] + TEMP_MARK + os.urandom(6).hex().encode())

@@ -1,4 +1,6 @@
-"""A lean PutObject for small files: the request botocore would send, without its per-call machinery.
+"""A lean PutObject for small files: the request botocore would send, without its per-call machinery; and,
+the same way, GetObject of small objects for `obsbatch restore` (DirectPut.get, issue #14: botocore's
+get_object cost a small object's restore ~2 ms of CPU, as put_object did an upload).
 
 Why (issues #5, #12): `client.put_object` costs about 2 ms of CPU per 4 KiB PUT on the bench machine, the
 same request through botocore's signer and urllib3 ~0.7 ms, and through this module ~0.15 ms. The rest is
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import time
 import urllib.parse
 from typing import Dict, List, Optional, Tuple
@@ -56,6 +59,8 @@ from obsbatch.s3 import BODY_CORRUPTED_CODES
 log = structlog.get_logger()
 
 _PROBE_KEY = "obsbatch-url-probe"
+#: The SigV4 payload hash of a request without a body (a GET), as botocore signs it over http.
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 #: Headers botocore's SigV4 leaves out of the signature (user-agent among them), from botocore itself so that
 #: both signers agree whatever its version.
@@ -128,6 +133,7 @@ class DirectPut:
         self._transport = transport
         self._exceptions = client.exceptions
         self._operation = client.meta.service_model.operation_model("PutObject")
+        self._get_operation = client.meta.service_model.operation_model("GetObject")
         self._parser = botocore.parsers.create_parser("rest-xml")
         probe = client.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": _PROBE_KEY})
         parts = urllib.parse.urlsplit(probe)
@@ -162,26 +168,46 @@ class DirectPut:
         object_headers: lower-case header names and values the object is stored with (x-amz-meta-*, and the
         archive controls: archive.ArchiveControls.headers); all of them are signed.
         """
-        path = self.path(key)
         headers = {"host": self._host, "content-length": str(len(body)), "content-md5": md5_b64,
                    "user-agent": self._user_agent, **object_headers}
+        response = self._call("PUT", key, headers, body, sha256_hex, self._operation)
+        return {"ETag": response.headers.get("ETag", ""), "VersionId": response.headers.get("x-amz-version-id", "")}
+
+    def get(self, key: str, request_headers: dict) -> dict:
+        """One GetObject with retries, its body read whole (for small objects: `obsbatch restore`, issue #14).
+
+        Returns what client.get_object returns and download.restore reads (Body, ContentLength, ETag,
+        VersionId, Metadata), or raises what it would raise (NoSuchKey, InvalidObjectState...).
+        request_headers: the SSE-C headers, if any (signed).
+        """
+        headers = {"host": self._host, "user-agent": self._user_agent, **request_headers}
+        response = self._call("GET", key, headers, b"", _EMPTY_SHA256, self._get_operation)
+        metadata = {name[11:].lower(): value for name, value in response.headers.items()
+                    if name.lower().startswith("x-amz-meta-")}
+        return {"Body": io.BytesIO(response.content), "ContentLength": len(response.content),
+                "ETag": response.headers.get("ETag", ""), "VersionId": response.headers.get("x-amz-version-id", ""),
+                "Metadata": metadata}
+
+    def _call(self, method: str, key: str, headers: dict, body: bytes, sha256_hex: str, operation):
+        """Send one request with botocore's retry policy; the response (status < 300), or raise what the
+        client would for `operation`."""
+        path = self.path(key)
         request_context: dict = {}
         attempt = 0
         while True:
             attempt += 1
             response = parsed = error = None
             try:
-                response = self._send(path, headers, body, sha256_hex, attempt)
-                parsed = self._parse(response)
+                response = self._send(method, path, headers, body, sha256_hex, attempt)
+                parsed = self._parse(response, operation)
             except (botocore.exceptions.HTTPClientError, botocore.exceptions.ConnectionError) as exc:
                 error = exc
-            context = standard.RetryContext(attempt_number=attempt, operation_model=self._operation,
+            context = standard.RetryContext(attempt_number=attempt, operation_model=operation,
                                             parsed_response=parsed, http_response=response,
                                             caught_exception=error, request_context=request_context)
             if error is None and response.status_code < 300:
                 self._quota.release_retry_quota(request_context, response)
-                return {"ETag": response.headers.get("ETag", ""),
-                        "VersionId": response.headers.get("x-amz-version-id", "")}
+                return response
             code = (parsed or {}).get("Error", {}).get("Code", "")
             if self._retryable(context, code) and self._quota.acquire_retry_quota(context):
                 if code in BODY_CORRUPTED_CODES:
@@ -190,7 +216,7 @@ class DirectPut:
                 continue
             if error is not None:
                 raise error
-            raise self._exceptions.from_code(code)(parsed, "PutObject")
+            raise self._exceptions.from_code(code)(parsed, operation.name)
 
     def _retryable(self, context: standard.RetryContext, code: str) -> bool:
         """botocore's standard conditions, or a body that reached the server corrupted (Content-MD5 mismatch)."""
@@ -198,27 +224,28 @@ class DirectPut:
             return context.attempt_number < self._max_attempts
         return self._conditions.is_retryable(context)
 
-    def _send(self, path: str, headers: dict, body: bytes, sha256_hex: str, attempt: int):
+    def _send(self, method: str, path: str, headers: dict, body: bytes, sha256_hex: str, attempt: int):
         # Signed per attempt, as botocore does: a new date, and refreshable credentials (instance roles,
         # assumed roles) renewed here.
-        signed = self._signer.sign("PUT", path, headers, sha256_hex, self._credentials.get_frozen_credentials())
+        signed = self._signer.sign(method, path, headers, sha256_hex, self._credentials.get_frozen_credentials())
         self._on_send(attempt=attempt, size=len(body))
         try:
             if self._transport is not None:
-                return self._transport.send("PUT", path, signed, body)
+                return self._transport.send(method, path, signed, body)
             # urllib3 sets Host from the URL itself, as the value signed above.
-            request = botocore.awsrequest.AWSRequest("PUT", self._origin + path, data=body,
+            request = botocore.awsrequest.AWSRequest(method, self._origin + path, data=body,
                                                      headers={n: v for n, v in signed if n != "host"})
             return self._http.send(request.prepare())
         finally:
             self._on_answer()
 
-    def _parse(self, response) -> dict:
+    def _parse(self, response, operation) -> dict:
         if response.status_code < 300:
             return {}
+        # A HEAD-like error (no body) still gets its code from the status: the parser does that too.
         return self._parser.parse({"headers": response.headers, "status_code": response.status_code,
-                                   "body": response.content, "context": {"operation_name": "PutObject"}},
-                                  self._operation.output_shape)
+                                   "body": response.content, "context": {"operation_name": operation.name}},
+                                  operation.output_shape)
 
 
 def make(client, session, bucket: str, max_attempts: int, on_send=None, on_answer=None):

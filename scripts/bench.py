@@ -66,9 +66,12 @@ WORKLOADS = {
     # leaves the *next* request on that connection unanswered until aws-cli's 60 s read timeout.
     "noop-200k": dict(files=200000, size=16, what="200,000 files already uploaded, rerun"),
     "scale": dict(files=200000, size=0, what="200,000 files, --dry-run walk+gate"),
+    # Issue #14: the download direction. obsbatch restore against each peer's copy from the store.
+    "restore-small": dict(files=5000, size=4096, what="restore 5,000 x 4 KiB from the store"),
+    "restore-large": dict(files=3, size=96 * MiB, what="restore 3 x 96 MiB from the store"),
 }
 DEFAULT_WORKLOADS = ("small", "medium", "large", "wan20-small", "wan80-small", "wan20-large", "memory", "noop",
-                     "scale")
+                     "scale", "restore-small", "restore-large")
 
 
 @dataclass
@@ -287,6 +290,21 @@ class Bench:
                     "--only-show-errors"]
         raise ValueError(tool)
 
+    def restore_command(self, tool: str, prefix: str, dest: Path) -> list:
+        """Bring s3://bucket/prefix back into dest, each tool at its defaults."""
+        bucket, ep = self.server.bucket, self.server.endpoint
+        if tool == "obsbatch":
+            return [str(BIN / "obsbatch"), "restore", "--target", str(dest), "--bucket", bucket, "--prefix", prefix,
+                    "--endpoint", ep, "--region", "us-east-1", "--debug", "warning", "--summary", "json"]
+        if tool == "s5cmd":
+            return [str(BIN / "s5cmd"), "--endpoint-url", ep, "cp", f"s3://{bucket}/{prefix}*", f"{dest}/"]
+        if tool == "rclone":
+            return [str(BIN / "rclone"), "copy", f"bench:{bucket}/{prefix}", str(dest)]
+        if tool == "aws":
+            return [str(BIN / "aws"), "s3", "cp", "--recursive", f"s3://{bucket}/{prefix}", str(dest),
+                    "--endpoint-url", ep, "--only-show-errors"]
+        raise ValueError(tool)
+
     def tools(self) -> list:
         return [t for t in self.args.tools if t == "obsbatch" or shutil.which(str(BIN / t))]
 
@@ -363,6 +381,28 @@ class Bench:
                     if summary.get("uploaded"):
                         run.ok, run.note = False, f"uploaded {summary['uploaded']} files on a no-op rerun"
 
+    def restore_workload(self, name: str) -> None:
+        spec = self.scaled(name)
+        src = self.work / "data" / f"{spec['files']}x{spec['size']}"
+        nbytes = make_files(src, spec["files"], spec["size"])
+        prefix = f"{name}/seed/"
+        result = measure(self.command("obsbatch", src, prefix), self.env, self.keep, self.server.process.pid)
+        print(f"  {name:11} seed     obsbatch wall {result[0]:7.2f}s", flush=True)
+        if result[5] != 0:
+            raise RuntimeError(f"obsbatch could not seed {name}: {result[6][-500:]}")
+        tools = self.tools()
+        for rnd in range(self.args.rounds):
+            order = tools[rnd % len(tools):] + tools[:rnd % len(tools)]
+            for tool in order:
+                dest = self.work / "restored" / f"{name}-{tool}-{rnd}"
+                result = measure(self.restore_command(tool, prefix, dest), self.env, self.keep,
+                                 self.server.process.pid)
+                run = self.record(tool, name, rnd, result, spec["files"], nbytes)
+                got = sum(len(names) for _, _, names in os.walk(dest))
+                if run.ok and got != spec["files"]:
+                    run.ok, run.note = False, f"restored {got} of {spec['files']} files"
+                shutil.rmtree(dest, ignore_errors=True)
+
     def scale_workload(self, name: str) -> None:
         spec = self.scaled(name)
         busy_count = 10 if self.args.tiny else 1000
@@ -390,6 +430,8 @@ class Bench:
                 self.noop_workload(name)
             elif name == "scale":
                 self.scale_workload(name)
+            elif name.startswith("restore"):
+                self.restore_workload(name)
             else:
                 self.upload_workload(name)
 

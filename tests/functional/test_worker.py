@@ -5,6 +5,7 @@ import base64
 import hashlib
 import os
 
+import botocore.exceptions
 import pytest
 
 from obsbatch.cli import parse
@@ -318,3 +319,24 @@ def test_lean_put_quotes_keys_as_botocore_does(tmp_path, s3, s3server, prefix, s
                            hashlib.sha256(body).hexdigest(), {})
     stored = {o["Key"][len(prefix):] for o in s3.list_objects_v2(Bucket=s3server.bucket, Prefix=prefix)["Contents"]}
     assert stored == set(names)
+
+
+def test_the_lean_get_returns_what_get_object_returns(tmp_path, s3, s3server, prefix, setup_worker, proxy):
+    """Issue #14: the restore's GetObject of small objects through put.DirectPut.get, against botocore's."""
+    key_file = tmp_path / "k"
+    key = os.urandom(32)
+    key_file.write_bytes(key)
+    worker = setup_worker(prefix, proxy.endpoint, "--sse-c-key-file", str(key_file))
+    body = os.urandom(5000)
+    sse = dict(SSECustomerAlgorithm="AES256", SSECustomerKey=key)
+    s3.put_object(Bucket=s3server.bucket, Key=prefix + "a b%41.bin", Body=body,
+                  Metadata={"sha256": hashlib.sha256(body).hexdigest(), "mtime": "1.5", "Mode": "640"}, **sse)
+    proxy.add(Fault(method="GET", path=r"a%20b%2541\.bin", status=503, code="SlowDown", times=1))
+    lean = worker.direct.get(prefix + "a b%41.bin", worker.settings.archive.customer_key_headers())
+    full = s3.get_object(Bucket=s3server.bucket, Key=prefix + "a b%41.bin", **sse)
+    assert lean["Body"].read() == full["Body"].read() == body
+    assert lean["Metadata"] == full["Metadata"] and lean["ETag"] == full["ETag"]
+    assert proxy.count("GET", r"a%20b%2541\.bin") == 2  # the 503 was retried, as botocore would
+    with pytest.raises(botocore.exceptions.ClientError) as missing:
+        worker.direct.get(prefix + "nothing-here", {})
+    assert missing.value.response["Error"]["Code"] == "NoSuchKey"

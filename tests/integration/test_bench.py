@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_bench_harness_runs_a_tiny_workload(tmp_path):
     out = tmp_path / "results"
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--tiny", "--rounds", "1",
-                           "--workloads", "small,wan20-small,noop,scale", "--out", str(out), "--work",
+                           "--workloads", "small,wan20-small,noop,scale,restore-small", "--out", str(out), "--work",
                            str(tmp_path / "work")],
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -40,5 +40,8 @@ def test_bench_harness_runs_a_tiny_workload(tmp_path):
     for tool in ("obsbatch", "s5cmd", "rclone", "aws"):
         row = rows[("wan20-small", tool)]
         assert row["failed"] == 0 and row["relay_cpu_s"] is not None, row
+    # The download direction (issue #14): every tool brought the whole tree back.
+    for tool in ("obsbatch", "s5cmd", "rclone", "aws"):
+        assert rows[("restore-small", tool)]["failed"] == 0, rows[("restore-small", tool)]
     assert (out / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| small | obsbatch |" in proc.stdout
