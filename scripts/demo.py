@@ -65,6 +65,16 @@ def main() -> int:
             for obj in client.list_objects_v2(Bucket=server.bucket, Prefix="daily/").get("Contents", []):
                 print(f"   {obj['Size']:>8}  {obj['Key']}")
             print("== not uploaded, and why: see the file.skipped / file.deferred lines above")
+            # A backup is only as good as its restore: read everything back, then bring the tree back.
+            store = ["--bucket", server.bucket, "--prefix", "daily/", "--endpoint", server.endpoint, "--region",
+                     "us-east-1", "--log-format", "console", "--summary", "json"]
+            checks = [("verify", ["--read-data", "100"]), ("restore", ["--target", str(Path(tmp) / "restored")])]
+            for command, extra in checks:
+                print(f"== obsbatch {command} {' '.join(extra)}", flush=True)
+                done = subprocess.run([cmd[0], command, *store, *extra], env=env, stdout=subprocess.PIPE, text=True)
+                print(f"   exit {done.returncode}: {done.stdout.strip()}", flush=True)
+                if done.returncode:
+                    return done.returncode
         return run.returncode
 
 
