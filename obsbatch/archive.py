@@ -227,9 +227,9 @@ class ArchiveControls:
         if self.lock_mode and retain_until is not None:
             stored = head.get("ObjectLockRetainUntilDate")
             if head.get("ObjectLockMode") != self.lock_mode or stored is None or stored < retain_until:
+                shown = stored.astimezone(datetime.timezone.utc).strftime(" until %Y-%m-%dT%H:%M:%SZ") if stored else ""
                 missing.append(f"retention {self.lock_mode} until {retain_until:%Y-%m-%dT%H:%M:%SZ} "
-                               f"(stored: {head.get('ObjectLockMode') or 'none'}"
-                               f"{' until ' + stored.strftime('%Y-%m-%dT%H:%M:%SZ') if stored else ''})")
+                               f"(stored: {head.get('ObjectLockMode') or 'none'}{shown})")
         if self.legal_hold and head.get("ObjectLockLegalHoldStatus") != "ON":
             missing.append("legal hold ON")
         return ", ".join(missing)

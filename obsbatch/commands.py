@@ -127,6 +127,13 @@ def main(command: str, argv: Sequence[str]) -> NoReturn:
     except ObsbatchError as exc:
         log.error(f"{command}.fatal", error=str(exc), error_type=type(exc).__name__, exit_code=int(exc.exit_code))
         sys.exit(exc.exit_code)
+    except KeyboardInterrupt:  # verify's thread pool, or a restore before its workers started
+        log.warning(f"{command}.interrupted")
+        sys.exit(ExitCode.INTERRUPTED)
+    except Exception as exc:  # a bug: one line; the traceback only at debug level
+        log.error(f"{command}.crashed", error=f"{type(exc).__name__}: {exc}",
+                  exc_info=config.debug in ("debug", "trace"))
+        sys.exit(ExitCode.FATAL)
     report = summary.as_dict()
     (log.info if summary.exit_code == ExitCode.OK else log.warning)(f"{command}.summary", **report)
     if config.summary == "json":

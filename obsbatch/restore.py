@@ -201,7 +201,10 @@ def run(job: RestoreJob, summary: RestoreSummary) -> RestoreSummary:
     from obsbatch.settings import Endpoint
 
     config = job.config
-    os.makedirs(job.target, exist_ok=True)
+    try:
+        os.makedirs(job.target, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the target {os.fsdecode(job.target)}: {exc.strerror}") from None
     client = s3.make_client(Endpoint.from_config(config), pool_connections=1)
     index = ManifestIndex(job.manifest, config.prefix) if job.manifest else None
     listing = client.get_paginator("list_objects_v2").paginate(Bucket=config.bucket, Prefix=config.prefix)

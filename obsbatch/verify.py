@@ -19,6 +19,7 @@ at once; 32 with `auto`), not through the upload workers; nothing here talks to 
 from __future__ import annotations
 
 import concurrent.futures
+import datetime
 import hashlib
 import threading
 import time
@@ -124,6 +125,8 @@ class Checker:
             found.append(f"version {head.get('VersionId')}, expected {expected.version_id}")
         if expected.retain_until:
             until = head.get("ObjectLockRetainUntilDate")
+            # botocore gives the date in the local zone (tzlocal); the manifest's is UTC.
+            until = until.astimezone(datetime.timezone.utc) if until is not None else None
             if until is None or until.strftime("%Y-%m-%dT%H:%M:%SZ") < expected.retain_until:
                 found.append(f"retained until {until:%Y-%m-%dT%H:%M:%SZ}" if until else "no retention")
                 found[-1] += f", the manifest says until {expected.retain_until}"

@@ -175,6 +175,14 @@ def run_obsbatch(*args, env: dict | None = None, timeout: float = 120, unprivile
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+def run_command(command: str, *args, env: dict | None = None, timeout: float = 120) -> Result:
+    """Run `obsbatch restore|verify ...` as a real process (JSON logs on stderr, --summary json on stdout)."""
+    full_env = dict(os.environ, **(env or {}), PYTHONPATH=str(REPO))
+    proc = subprocess.run(obsbatch_cmd(command, *args, "--summary", "json", "--log-format", "json"), env=full_env,
+                          capture_output=True, text=True, timeout=timeout, cwd=str(REPO))
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
 def server_args(server, prefix: str, endpoint: str | None = None) -> list:
     return ["--bucket", server.bucket, "--prefix", prefix, "--endpoint", endpoint or server.endpoint,
             "--region", "us-east-1", "--addressing-style", "path"]

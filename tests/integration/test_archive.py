@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import make_tree, run_obsbatch, server_args
+from tests.conftest import make_tree, run_command, run_obsbatch, server_args
 from tests.support.faultproxy import Fault, FaultProxy
 
 MiB = 1024 * 1024
@@ -100,6 +100,9 @@ def test_object_lock_holds_on_seaweedfs_single_multipart_and_manifest(tmp_path, 
         assert records[name]["retain_until"] == stored.strftime("%Y-%m-%dT%H:%M:%SZ")
     [written] = result.find("manifest.written")
     _assert_locked(s3, bucket, written["key"], "GOVERNANCE", at_least)
+    # issue #14: verify holds each object to the manifest's version and retain-until
+    checked = run_command("verify", *_args(s3server, bucket, prefix), "--manifest", manifest, env=s3server.env())
+    assert checked.returncode == 0 and checked.summary["checked"] == 2, checked
 
 
 def test_a_lock_ignored_on_multipart_is_applied_after_upload(tmp_path, moto, prefix):

@@ -4,24 +4,14 @@ drill of issue #14, conflicts, a replaced object caught by the manifest, unsafe 
 import hashlib
 import os
 import stat
-import subprocess
-import sys
 import uuid
 
 import pytest
 
-from tests.conftest import REPO, Result, make_tree, run_obsbatch, server_args
+from tests.conftest import make_tree, run_command, run_obsbatch, server_args
 
 MiB = 1024 * 1024
 SMALL_MULTIPART = ["--multipart-threshold", "5MiB", "--multipart-chunksize", "5MiB"]
-
-
-def run_command(command, *args, env=None, timeout=120) -> Result:
-    full_env = dict(os.environ, **(env or {}), PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-m", "obsbatch", command, *map(str, args), "--summary", "json",
-                           "--log-format", "json"], env=full_env, capture_output=True, text=True, timeout=timeout,
-                          cwd=str(REPO))
-    return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
 def store_args(server, prefix):
@@ -200,3 +190,17 @@ def test_restore_with_an_sse_c_key(tmp_path, s3server, prefix):
                          key_file, env=s3server.env())
     assert result.returncode == 0 and result.summary["restored"] == 2, result
     assert {k: v[0] for k, v in tree_state(tmp_path / "t2").items()} == {k: v[0] for k, v in tree_state(src).items()}
+
+
+def test_bad_input_to_restore_and_verify_is_one_sentence(tmp_path, s3server, prefix):
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"not a directory")
+    cases = [(["restore", "--target", blocker / "sub", *store_args(s3server, prefix)], "cannot create the target"),
+             (["restore", *store_args(s3server, prefix)], "--target is required"),
+             (["verify", *store_args(s3server, prefix), "--manifest", tmp_path / "absent.jsonl"], "cannot read the manifest"),
+             (["verify", "--bucket", "no-such-bucket-here", "--endpoint", s3server.endpoint, "--region", "us-east-1",
+               "--addressing-style", "path"], "cannot read s3://no-such-bucket-here/")]
+    for args, sentence in cases:
+        result = run_command(*args, env=s3server.env())
+        assert result.returncode == 2, (args, result)
+        assert sentence in result.stderr and "Traceback" not in result.stderr, (args, result.stderr[-800:])

@@ -138,3 +138,17 @@ def test_a_timetable_wraps_around_midnight():
     assert rate_at(table, 12 * 60 + 29) == 4 * MiB
     assert rate_at(table, 13 * 60) == MiB
     assert rate_at(table, 23 * 60) is None
+
+
+def test_the_lock_read_back_compares_instants_not_zones():
+    controls = ArchiveControls(lock_mode="COMPLIANCE", lock_retain=60, legal_hold=True)
+    until = controls.retain_until(1_700_000_000)
+    moscow = datetime.timezone(datetime.timedelta(hours=3))
+    same_instant = until.astimezone(moscow)  # botocore hands dates in the local zone
+    assert controls.lock_held({"ObjectLockMode": "COMPLIANCE", "ObjectLockRetainUntilDate": same_instant,
+                               "ObjectLockLegalHoldStatus": "ON"}, until) == ""
+    early = same_instant - datetime.timedelta(seconds=1)
+    missing = controls.lock_held({"ObjectLockMode": "COMPLIANCE", "ObjectLockRetainUntilDate": early}, until)
+    assert missing == ("retention COMPLIANCE until 2023-11-14T22:14:20Z (stored: COMPLIANCE until "
+                       "2023-11-14T22:14:19Z), legal hold ON")
+    assert controls.lock_held({}, until).startswith("retention COMPLIANCE until 2023-11-14T22:14:20Z (stored: none)")
