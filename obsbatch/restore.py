@@ -241,6 +241,10 @@ def run(job: RestoreJob, summary: RestoreSummary) -> RestoreSummary:
             workers.close()
         if index is not None:
             index.close()
+    if summary.listed == 0 and summary.interrupted_by is None:
+        # Most often a mistyped --prefix or bucket: say so, rather than a silent "0 restored".
+        log.warning("restore.empty", bucket=config.bucket, prefix=config.prefix,
+                    detail="no object under this prefix; nothing was restored (check --prefix)")
     return summary
 
 

@@ -182,6 +182,9 @@ def run(job: VerifyJob) -> VerifySummary:
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         tally.summary.errors += 1
         raise PreflightError(f"cannot read s3://{config.bucket}/{config.prefix}: {s3.error_message(exc)}") from None
+    if tally.summary.checked == 0:
+        log.warning("verify.empty", bucket=config.bucket, prefix=config.prefix, manifest=job.manifest,
+                    detail="nothing to check: no object under this prefix (or no upload in the manifest)")
     return tally.summary
 
 

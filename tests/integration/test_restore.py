@@ -204,3 +204,10 @@ def test_bad_input_to_restore_and_verify_is_one_sentence(tmp_path, s3server, pre
         result = run_command(*args, env=s3server.env())
         assert result.returncode == 2, (args, result)
         assert sentence in result.stderr and "Traceback" not in result.stderr, (args, result.stderr[-800:])
+
+
+def test_an_empty_prefix_is_said_not_silently_zero(tmp_path, s3server, prefix):
+    restored = run_command("restore", "--target", tmp_path / "t", *store_args(s3server, prefix), env=s3server.env())
+    assert restored.returncode == 0 and restored.summary["listed"] == 0 and restored.find("restore.empty"), restored
+    verified = run_command("verify", *store_args(s3server, prefix), env=s3server.env())
+    assert verified.returncode == 0 and verified.find("verify.empty"), verified
