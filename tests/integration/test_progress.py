@@ -68,3 +68,13 @@ def test_a_terminal_run_ends_with_a_human_summary(tmp_path, s3server, prefix):
     assert re.search(r"obsbatch: 5 files uploaded \(4\.9 KiB\) in [\d.]+ s, .*/s, \d+ in flight \(auto\); 7 scanned", tail), tail
     assert "skipped:  1 symlink" in tail and "deferred: 1 too_new" in tail
     assert f"manifest: {manifest}" in tail and "exit 0" in tail
+
+
+def test_a_restore_on_a_terminal_shows_its_progress(tmp_path, s3server, prefix):
+    src = tmp_path / "src"
+    make_tree(src, {f"f{j}.txt": b"x" * 100 for j in range(12)})
+    assert run_obsbatch("--source", src, *server_args(s3server, prefix), "--no-state", env=s3server.env()).returncode == 0
+    code, screen = run_on_terminal(["restore", "--target", tmp_path / "back", *server_args(s3server, prefix)],
+                                   s3server.env())
+    assert code == 0, screen
+    assert "12 restored, 0 identical, 0 conflicts, 0 failed" in screen and "file/s" in screen, screen
