@@ -99,7 +99,11 @@ def restore(client, bucket: str, controls: archive.ArchiveControls, item: Restor
     metadata = response.get("Metadata", {})
     expected = item.sha256 or metadata.get("sha256", "")
     temp = os.path.join(directory, b"." + os.path.basename(item.dest)[:200] + TEMP_MARK + os.urandom(6).hex().encode())
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except BaseException:
+        response["Body"].close()  # its connection goes back to the pool (or is dropped), not left half-read
+        raise
     try:
         digest, size = read_body(response["Body"], functools.partial(_write_all, fd))
         if size != response.get("ContentLength", size):
@@ -127,13 +131,14 @@ def restore(client, bucket: str, controls: archive.ArchiveControls, item: Restor
 
 
 def _apply_attributes(fd: int, metadata: Dict[str, str], chown: bool) -> None:
-    """mode, owner (as root) and mtime from the object's metadata, on the open temporary file. mtime last:
+    """owner (as root), mode and mtime from the object's metadata, on the open temporary file. The owner
+    first: chown(2) clears the set-user-ID and set-group-ID bits, which the mode then puts back. mtime last:
     nothing after it writes to the file. atime is set to the mtime (what was stored has no atime)."""
+    if chown and metadata.get("uid", "").isdigit() and metadata.get("gid", "").isdigit():
+        os.fchown(fd, int(metadata["uid"]), int(metadata["gid"]))
     mode = metadata.get("mode", "")
     if mode and all(c in "01234567" for c in mode):
         os.fchmod(fd, int(mode, 8) & 0o7777)
-    if chown and metadata.get("uid", "").isdigit() and metadata.get("gid", "").isdigit():
-        os.fchown(fd, int(metadata["uid"]), int(metadata["gid"]))
     ns = mtime_ns(metadata.get("mtime", ""))
     if ns is not None:
         os.utime(fd, ns=(ns, ns))

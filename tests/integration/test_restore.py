@@ -32,6 +32,7 @@ def hostile_tree(root):
         b"big.bin": os.urandom(6 * MiB + 123),
         b"/".join(b"d%d" % i for i in range(20)) + b"/deep.txt": b"deep",
         b"mode0600": b"secret", b"mode0640": b"group", b"mode0444": b"read-only", b"mode0755": b"#!/bin/sh\n",
+        b"mode2755": b"setgid: chown(2) clears it, so a restore as root must set the mode after the owner",
     }
     root_b = os.fsencode(root)
     for rel, data in files.items():
@@ -39,7 +40,7 @@ def hostile_tree(root):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as f:
             f.write(data)
-    for rel in (b"mode0600", b"mode0640", b"mode0444", b"mode0755"):
+    for rel in (b"mode0600", b"mode0640", b"mode0444", b"mode0755", b"mode2755"):
         os.chmod(os.path.join(root_b, rel), int(rel[-4:], 8))
     for number, rel in enumerate(files):
         ns = 1_500_000_000_000_000_000 + number * 1_000_000_007 + 123_456_789
