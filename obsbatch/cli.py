@@ -29,7 +29,7 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 EPILOG = """\
 other command:
-  obsbatch verify-manifest FILE... [--expect-head HEX]
+  obsbatch verify-manifest FILE... [--expect-head HEX] [--public-key PEM]
                                   check manifests' hash chains, their links and the anchor (0 intact,
                                   1 tampered, 2 unreadable)
   obsbatch verify --bucket B --prefix P [--manifest FILE] [--read-data PERCENT]
@@ -65,7 +65,8 @@ GROUPS = (
     ("speed", ("max_concurrent", "max_concurrent_limit", "bwlimit", "max_rps", "http_timeout", "retries",
                "multipart_threshold", "multipart_chunksize", "stop_timeout")),
     ("state", ("state", "no_state", "delete_source")),
-    ("output", ("debug", "log_format", "summary", "manifest", "upload_manifest", "otel_endpoint", "no_telemetry")),
+    ("output", ("debug", "log_format", "summary", "manifest", "upload_manifest", "manifest_signing_key",
+                "otel_endpoint", "no_telemetry")),
 )
 
 
@@ -175,19 +176,31 @@ def verify_manifest(argv: Sequence[str]) -> NoReturn:
         "manifest_head, journald, the trace), which whoever rewrites the file cannot recompute."))
     parser.add_argument("files", nargs="+", metavar="FILE")
     parser.add_argument("--expect-head", metavar="HEX", type=_hex_digest)
+    parser.add_argument("--public-key", metavar="PEM", help="each FILE's head must carry a valid Ed25519 "
+                        "signature by this key, in FILE.sig (written by --manifest-signing-key)")
     parser.error = lambda message: _usage_exit(f"verify-manifest: {message}")
     options = parser.parse_args(argv)
     try:
         verified = manifest.verify_sequence(options.files, options.expect_head)
+        if options.public_key:
+            from obsbatch import signing
+
+            for path, result in zip(options.files, verified):
+                why = signing.check(path, result.head, options.public_key)
+                if why:
+                    raise manifest.Broken(f"{path}: {why}")
     except manifest.Broken as exc:
         print(f"obsbatch: the manifest does not verify: {exc}", file=sys.stderr)
         sys.exit(ExitCode.PARTIAL)
+    except UsageError as exc:
+        _usage_exit(f"verify-manifest: {exc}")
     except (OSError, UnicodeDecodeError) as exc:
         print(f"obsbatch: cannot read a manifest: {getattr(exc, 'filename', None) or ''} "
               f"{getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
         sys.exit(ExitCode.FATAL)
     print(json.dumps({"manifest": options.files[-1], "manifests": len(verified), "verified": True,
-                      "anchored": options.expect_head is not None, "files": sum(v.files for v in verified),
+                      "anchored": options.expect_head is not None, "signed": bool(options.public_key),
+                      "files": sum(v.files for v in verified),
                       "chain_head": verified[-1].head}))
     sys.exit(ExitCode.OK)
 

@@ -278,6 +278,9 @@ class Config:
         metavar="PATH"))
     upload_manifest: bool = field(default=False, metadata=_opt(
         "also store the manifest at <prefix without '/'>.obsbatch/manifests/<run-id>.jsonl, beside the data"))
+    manifest_signing_key: Optional[str] = field(default=None, metadata=_opt(
+        "sign the manifest's chain head with this Ed25519 private key (PEM), into <manifest>.sig; check with "
+        "obsbatch verify-manifest --public-key (needs the 'signing' extra)", metavar="PATH", type=readable_file))
     otel_endpoint: Optional[str] = field(default=None, metadata=_opt(
         "OTLP/HTTP receiver base URL (traces to /v1/traces, metrics to /v1/metrics); default: the OTEL_EXPORTER_OTLP_* "
         "variables, else no telemetry", metavar="URL", type=http_url))
@@ -361,6 +364,12 @@ class Config:
             raise UsageError("--verify-remote reconciles the destination with the journal; it cannot go with --no-state")
         if self.upload_manifest and not self.manifest:
             raise UsageError("--upload-manifest needs --manifest PATH")
+        if self.manifest_signing_key:
+            if not self.manifest:
+                raise UsageError("--manifest-signing-key signs a manifest; it needs --manifest PATH")
+            from obsbatch.signing import load_private_key
+
+            load_private_key(self.manifest_signing_key)  # a bad key is a usage error now, not after the run
         if self.upload_manifest and not self.prefix:
             raise UsageError("--upload-manifest needs a --prefix, so that manifests sit beside the data, never among it")
         if self.multipart_threshold > MAX_SINGLE_PUT:

@@ -156,16 +156,37 @@ def _finish_manifest(manifest_: Manifest, summary: Summary, config: Config, remo
         except JournalError as exc:
             log.error("journal.commit_failed", error=str(exc),
                       detail="the next run's manifest will not cite this one's head")
+    signature = None
+    if config.manifest_signing_key:
+        from obsbatch import signing
+
+        try:
+            signing.sign(manifest_.path, head, config.manifest_signing_key)
+            signature = manifest_.path + signing.SUFFIX
+        except (OSError, ObsbatchError) as exc:
+            log.error("manifest.sign_failed", path=manifest_.path, error=str(exc))
+            summary.failed += 1
+            summary.failed_by_type["ManifestSignature"] += 1
     key = None
     if config.upload_manifest and not config.dry_run:
         key = manifest_key(config.prefix, manifest_.run_id)
-        with open(manifest_.path, "rb") as handle:
-            body = handle.read()
-        if remote.put_manifest(key, body) is not None:
-            summary.failed += 1
-            summary.failed_by_type["ManifestUpload"] += 1
-            key = None
-    log.info("manifest.written", path=manifest_.path, chain_head=head, run_id=manifest_.run_id, key=key)
+        stored = _store_beside(remote, manifest_.path, key, summary)
+        if stored and signature is not None:
+            _store_beside(remote, signature, key + ".sig", summary)
+        key = key if stored else None
+    log.info("manifest.written", path=manifest_.path, chain_head=head, run_id=manifest_.run_id, key=key,
+             signature=signature)
+
+
+def _store_beside(remote: Remote, path: str, key: str, summary: Summary) -> bool:
+    """--upload-manifest: store one file (the manifest, its signature) under `key`; a failure is counted."""
+    with open(path, "rb") as handle:
+        body = handle.read()
+    if remote.put_manifest(key, body) is None:
+        return True
+    summary.failed += 1
+    summary.failed_by_type["ManifestUpload"] += 1
+    return False
 
 
 def _unchanged(summary: Summary, activity: Activity) -> None:

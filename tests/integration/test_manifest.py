@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO, make_tree, run_obsbatch, server_args
+from tests.support.ed25519keys import keypair
 
 
 def verify(*args):
@@ -115,3 +116,22 @@ def test_successive_runs_manifests_form_one_chain(tmp_path, s3server, prefix):
     assert dropped.returncode == 1 and "does not follow" in dropped.stderr, dropped
     assert verify(paths[1], paths[0]).returncode == 1
     assert verify(paths[0], "--expect-head", "xyz").returncode == 2
+
+
+def test_a_signed_manifest_verifies_with_the_public_key(tmp_path, s3server, prefix):
+    private, public = keypair(tmp_path)
+    _, other = keypair(tmp_path, "other")
+    src, manifest = tmp_path / "src", tmp_path / "run.jsonl"
+    make_tree(src, {"a.txt": b"alpha"})
+    result = run_obsbatch("--source", src, *server_args(s3server, prefix), "--no-state", "--manifest", manifest,
+                          "--manifest-signing-key", private, env=s3server.env())
+    assert result.returncode == 0, result
+    [written] = result.find("manifest.written")
+    assert written["signature"] == str(manifest) + ".sig"
+    ok = verify(manifest, "--public-key", public, "--expect-head", result.summary["manifest_head"])
+    assert ok.returncode == 0 and json.loads(ok.stdout)["signed"] is True, ok
+    wrong = verify(manifest, "--public-key", other)
+    assert wrong.returncode == 1 and "does not verify with this public key" in wrong.stderr
+    unusable = run_obsbatch("--source", src, *server_args(s3server, prefix), "--manifest", manifest,
+                            "--manifest-signing-key", public, env=s3server.env())
+    assert unusable.returncode == 2 and "Traceback" not in unusable.stderr, unusable

@@ -1,0 +1,97 @@
+"""Ed25519 signatures over a manifest's chain head (issue #14, optional): `--manifest-signing-key` and
+`verify-manifest --public-key`.
+
+The head seals every line of the manifest; a signature over it, by a key the backup host holds and the
+auditor's public key checks, proves who wrote that manifest, where the journald/trace anchor proves only
+that it is the one the run logged. The signature goes to a sidecar file, `<manifest>.sig` (JSON: the head,
+the base64 signature, the signer's raw public key): it can't sit inside the chained lines it signs.
+
+Ed25519 comes from the `cryptography` package (the `signing` extra): the standard library has none, and a
+signature scheme is not code to write by hand. It is imported only when a key is given.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Optional
+
+from obsbatch.errors import UsageError
+
+SUFFIX = ".sig"
+_MISSING = "needs the cryptography package: pip install 'obsbatch[signing]'"
+
+
+def _serialization():
+    try:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+    except ImportError:
+        raise UsageError(f"Ed25519 signing {_MISSING}") from None
+    return serialization, ed25519
+
+
+def load_private_key(path: str):
+    """The Ed25519 private key in a PEM file (`openssl genpkey -algorithm ed25519`); UsageError otherwise,
+    never with the file's content."""
+    serialization, ed25519 = _serialization()
+    return _load_pem(path, "--manifest-signing-key", lambda data: serialization.load_pem_private_key(data, None),
+                     ed25519.Ed25519PrivateKey)
+
+
+def load_public_key(path: str):
+    """The Ed25519 public key in a PEM file (`openssl pkey -pubout`); UsageError otherwise."""
+    serialization, ed25519 = _serialization()
+    return _load_pem(path, "--public-key", serialization.load_pem_public_key, ed25519.Ed25519PublicKey)
+
+
+def _load_pem(path: str, flag: str, load, kind: type):
+    try:
+        with open(path, "rb") as f:
+            key = load(f.read())
+    except OSError as exc:
+        raise UsageError(f"{flag} {path!r} cannot be read: {exc.strerror}") from None
+    except (ValueError, TypeError):
+        raise UsageError(f"{flag} {path!r} is not an unencrypted PEM key") from None
+    if not isinstance(key, kind):
+        raise UsageError(f"{flag} {path!r} is not an Ed25519 key")
+    return key
+
+
+def _raw_public(public_key) -> str:
+    serialization, _ = _serialization()
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+def sign(manifest_path: str, head: str, key_path: str) -> str:
+    """Sign `head` with the key in `key_path`, write `<manifest>.sig`; returns the base64 signature."""
+    key = load_private_key(key_path)
+    signature = base64.b64encode(key.sign(head.encode("ascii"))).decode()
+    with open(manifest_path + SUFFIX, "w", encoding="utf-8") as f:
+        json.dump({"alg": "ed25519", "head": head, "signature": signature,
+                   "public_key": _raw_public(key.public_key())}, f, sort_keys=True)
+        f.write("\n")
+    return signature
+
+
+def check(manifest_path: str, head: str, public_key_path: str) -> Optional[str]:
+    """None if `<manifest>.sig` holds a valid signature of `head` by the public key; else why not."""
+    from cryptography.exceptions import InvalidSignature
+
+    public_key = load_public_key(public_key_path)
+    try:
+        with open(manifest_path + SUFFIX, encoding="utf-8") as f:
+            record = json.load(f)
+        signature = base64.b64decode(record["signature"], validate=True)
+    except OSError as exc:
+        return f"no signature beside it ({manifest_path + SUFFIX}: {exc.strerror})"
+    except (ValueError, KeyError, TypeError):
+        return f"{manifest_path + SUFFIX} is not a signature file"
+    if record.get("head") != head:
+        return f"the signature is over head {record.get('head')}, but the manifest ends at {head}"
+    try:
+        public_key.verify(signature, head.encode("ascii"))
+    except InvalidSignature:
+        return "the signature does not verify with this public key"
+    return None
