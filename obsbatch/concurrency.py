@@ -13,9 +13,14 @@ level, and at least MIN_ROUND_SECONDS):
   to hide its latency; a loopback one is CPU-bound at a few.
 - **Steady.** Every PROBE_EVERY rounds the level is raised by a quarter; the step is kept only if the rate
   rises by PROBE_GAIN, and undone otherwise (the link or server may have got faster).
-- **Back-off.** A round in which any request had to be re-sent (503 SlowDown, 429, another 5xx, a timeout,
-  a reset: the server or the link is struggling) multiplies the level by BACKOFF, and ends slow start:
-  after that the level only grows by the steady probes (additive increase, multiplicative decrease).
+- **Back-off.** A round in which more than NOISE_SHARE of the requests completed, and more than NOISE_COUNT,
+  had to be re-sent (503 SlowDown, 429, another 5xx, a timeout, a reset: the server or the link is
+  struggling) multiplies the level by BACKOFF, and ends slow start: after that the level only grows by the
+  steady probes (additive increase, multiplicative decrease). Fewer re-sends are noise, the round is judged
+  as any other: a link that drops a request now and then, whatever the load, would otherwise hold the level
+  at its floor (measured: a 5 % fault rate, as scripts/soak injects, kept `auto` at 1 in flight and made it
+  twice as slow as a fixed 8), the way loss-based TCP starves on a lossy radio link. A server that
+  throttles refuses a growing share as the load grows past its limit, far past NOISE_SHARE.
 - A round in which the requests in flight never came near the level (the walk, not the uploads, was the
   limit) says nothing about the level, and changes nothing. The peak, not the average: a worker's batch
   ends with its slowest file, so the average dips between batches even when the level is the limit.
@@ -55,6 +60,10 @@ class AutoConcurrency:
     MIN_ROUND_REQUESTS = 16
     #: A round counts as limited by the level when requests in flight reached this share of it.
     SATURATED = 0.9
+    #: Re-sends a round takes as noise rather than as a struggling server: at most this share of the
+    #: requests it completed, or at most this many (module docstring, Back-off).
+    NOISE_SHARE = 0.1
+    NOISE_COUNT = 2
 
     def __init__(self, maximum: int = 256, minimum: int = 1, initial: int = INITIAL):
         self.minimum = minimum
@@ -84,7 +93,7 @@ class AutoConcurrency:
             return self.level
         if completed < max(self.MIN_ROUND_REQUESTS, self.level) and elapsed < self.MAX_ROUND_SECONDS:
             return self.level
-        if resent > resent0:
+        if resent - resent0 > max(self.NOISE_COUNT, self.NOISE_SHARE * completed):
             self._back_off()
         elif completed and self._busy_peak >= self.SATURATED * self.level:
             self._judge(completed / elapsed)
