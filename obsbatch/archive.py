@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
+import functools
 import hashlib
 import math
 import os
@@ -182,7 +183,11 @@ class ArchiveControls:
         meta.update(self.metadata)
         return meta
 
-    def _plain(self, retain_until: Optional[datetime.datetime]) -> Dict[str, str]:
+    # The headers that are the same for every object of a run are built once, not per file: the lean PUT's
+    # path is per file (cached_property writes the instance __dict__, which a frozen dataclass allows).
+    @functools.cached_property
+    def _constant(self) -> Dict[str, str]:
+        """botocore parameter -> value, for everything but the retention date (which runs from each upload)."""
         values = {}
         if self.sse:
             values["ServerSideEncryption"] = self.sse
@@ -192,34 +197,50 @@ class ArchiveControls:
             values["StorageClass"] = self.storage_class
         if self.tags:
             values["Tagging"] = urllib.parse.urlencode(self.tags, quote_via=urllib.parse.quote)
-        if self.lock_mode and retain_until is not None:
+        if self.lock_mode:
             values["ObjectLockMode"] = self.lock_mode
-            values["ObjectLockRetainUntilDate"] = retain_until.strftime("%Y-%m-%dT%H:%M:%SZ")
         if self.legal_hold:
             values["ObjectLockLegalHoldStatus"] = "ON"
         return values
 
+    @functools.cached_property
+    def _constant_headers(self) -> Dict[str, str]:
+        headers = {_HEADERS[name]: value for name, value in self._constant.items()}
+        headers.update(self.customer_key_headers())
+        return headers
+
+    @staticmethod
+    def _date(retain_until: Optional[datetime.datetime]) -> Dict[str, str]:
+        return {"ObjectLockRetainUntilDate": retain_until.strftime("%Y-%m-%dT%H:%M:%SZ")} if retain_until else {}
+
     def params(self, metadata: Dict[str, str], retain_until: Optional[datetime.datetime]) -> Dict[str, object]:
         """Parameters for botocore's put_object / create_multipart_upload."""
-        params: Dict[str, object] = {"Metadata": metadata, **self._plain(retain_until)}
-        params.update(self.customer_key_params())
-        return params
+        return {"Metadata": metadata, **self._constant, **self._date(retain_until), **self.customer_key_params()}
 
     def headers(self, metadata: Dict[str, str], retain_until: Optional[datetime.datetime]) -> Dict[str, str]:
         """The same as HTTP headers, for the lean PUT (put.DirectPut)."""
-        headers = {_HEADERS[name]: value for name, value in self._plain(retain_until).items()}
+        headers = dict(self._constant_headers)
+        for name, value in self._date(retain_until).items():
+            headers[_HEADERS[name]] = value
         headers.update((f"x-amz-meta-{name}", value) for name, value in metadata.items())
-        if self.customer_key is not None:
-            headers.update(self.customer_key.headers())
         return headers
+
+    @functools.cached_property
+    def _customer_key_headers(self) -> Dict[str, str]:
+        return self.customer_key.headers() if self.customer_key is not None else {}
 
     def customer_key_headers(self) -> Dict[str, str]:
         """The SSE-C request headers for the lean GET (put.DirectPut.get); empty without SSE-C."""
-        return self.customer_key.headers() if self.customer_key is not None else {}
+        return self._customer_key_headers
 
     def customer_key_params(self) -> Dict[str, object]:
         """What every request on an SSE-C object carries (UploadPart, HeadObject); empty without SSE-C."""
         return self.customer_key.params() if self.customer_key is not None else {}
+
+    def read_params(self, version_id: str = "") -> Dict[str, object]:
+        """What a HeadObject or GetObject of one stored version carries: its version (version_param) and the
+        SSE-C key, if any."""
+        return {**version_param(version_id), **self.customer_key_params()}
 
     def lock_held(self, head: dict, retain_until: Optional[datetime.datetime]) -> str:
         """'' if the HEAD of the stored version shows the lock asked for, else what is missing."""
@@ -250,8 +271,9 @@ class NotLocked(Exception):
 
 
 def hold(controls: ArchiveControls, client, bucket: str, key: str, version_id: str,
-         retain_until: Optional[datetime.datetime], head: dict) -> None:
-    """Make the Object Lock asked for hold on the stored version whose HEAD is `head`, or raise NotLocked.
+         retain_until: Optional[datetime.datetime], head: Optional[dict] = None) -> None:
+    """Make the Object Lock asked for hold on the stored version (whose HEAD is `head`, or is read here), or
+    raise NotLocked.
 
     Some servers accept the lock headers and ignore them (moto's server on CreateMultipartUpload; rclone
     documents the same for several providers), so the HEAD decides. What is missing is applied to that
@@ -263,6 +285,8 @@ def hold(controls: ArchiveControls, client, bucket: str, key: str, version_id: s
 
     from obsbatch import s3
 
+    if head is None:
+        head = client.head_object(Bucket=bucket, Key=key, **controls.read_params(version_id))
     missing = controls.lock_held(head, retain_until)
     if not missing:
         return
@@ -275,7 +299,7 @@ def hold(controls: ArchiveControls, client, bucket: str, key: str, version_id: s
                                         Retention={"Mode": controls.lock_mode, "RetainUntilDate": retain_until})
         if controls.legal_hold:
             client.put_object_legal_hold(Bucket=bucket, Key=key, **version, LegalHold={"Status": "ON"})
-        head = client.head_object(Bucket=bucket, Key=key, **version, **controls.customer_key_params())
+        head = client.head_object(Bucket=bucket, Key=key, **controls.read_params(version_id))
     except botocore.exceptions.ClientError as exc:
         raise NotLocked(f"{key} is stored without its lock ({missing}), and applying it failed: "
                         f"{s3.error_message(exc)}") from None

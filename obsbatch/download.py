@@ -76,14 +76,15 @@ def restore(client, bucket: str, controls: archive.ArchiveControls, item: Restor
     `client` (the worker's lean GET for small objects); None, or a None answer, means client.get_object.
     """
     version = archive.version_param(item.version_id)
+    read = controls.read_params(item.version_id)
     try:
         local = os.lstat(item.dest)
     except FileNotFoundError:
         local = None
     if local is not None:
         if stat.S_ISREG(local.st_mode) and local.st_size == item.size:
-            expected = item.sha256 or client.head_object(Bucket=bucket, Key=item.key, **version,
-                                                         **controls.customer_key_params()).get("Metadata", {}).get("sha256")
+            expected = item.sha256 or client.head_object(Bucket=bucket, Key=item.key, **read).get(
+                "Metadata", {}).get("sha256")
             if expected and _file_sha256(item.dest) == expected:
                 return dict(kind=Kind.SKIPPED, reason=Reason.IDENTICAL, sha256=expected,
                             message="the local file already holds these bytes")
@@ -95,7 +96,7 @@ def restore(client, bucket: str, controls: archive.ArchiveControls, item: Restor
     os.makedirs(directory, exist_ok=True)
     response = fetch(item) if fetch is not None and not version else None
     if response is None:
-        response = client.get_object(Bucket=bucket, Key=item.key, **version, **controls.customer_key_params())
+        response = client.get_object(Bucket=bucket, Key=item.key, **read)
     metadata = response.get("Metadata", {})
     expected = item.sha256 or metadata.get("sha256", "")
     temp = os.path.join(directory, b"." + os.path.basename(item.dest)[:200] + TEMP_MARK + os.urandom(6).hex().encode())

@@ -112,11 +112,8 @@ class Remote:
                 ContentMD5=base64.b64encode(hashlib.md5(body).digest()).decode(),
                 **controls.params({"sha256": hashlib.sha256(body).hexdigest()}, retain_until))
             if controls.locking:
-                version_id = resp.get("VersionId", "")
-                head = self.client().head_object(Bucket=self.config.bucket, Key=key,
-                                                 **archive.version_param(version_id),
-                                                 **controls.customer_key_params())
-                archive.hold(controls, self.client(), self.config.bucket, key, version_id, retain_until, head)
+                archive.hold(controls, self.client(), self.config.bucket, key, resp.get("VersionId", ""),
+                             retain_until)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, archive.NotLocked) as exc:
             log.error("manifest.upload_failed", key=key, error_type=s3.error_code(exc), error=s3.error_message(exc))
             return s3.error_code(exc)

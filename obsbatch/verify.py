@@ -28,7 +28,7 @@ from typing import Iterator, List, Optional, Tuple
 
 import structlog
 
-from obsbatch import archive, download
+from obsbatch import download
 from obsbatch.config import Config
 from obsbatch.errors import ConfigError, ExitCode, ObsbatchError, PreflightError
 
@@ -102,10 +102,9 @@ class Checker:
 
         from obsbatch import s3
 
-        version = archive.version_param(expected.version_id)
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=expected.key, **version,
-                                           **self.controls.customer_key_params())
+            head = self.client.head_object(Bucket=self.bucket, Key=expected.key,
+                                           **self.controls.read_params(expected.version_id))
         except botocore.exceptions.ClientError as exc:
             if s3.http_status(exc) == 404:
                 return ["missing"], ""
@@ -135,8 +134,7 @@ class Checker:
     def read_back(self, expected: Expected) -> tuple:
         """(SHA-256 of the object's bytes as read now, bytes read)."""
         response = self.client.get_object(Bucket=self.bucket, Key=expected.key,
-                                          **archive.version_param(expected.version_id),
-                                          **self.controls.customer_key_params())
+                                          **self.controls.read_params(expected.version_id))
         return download.read_body(response["Body"])
 
 

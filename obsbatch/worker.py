@@ -516,8 +516,8 @@ class WorkerContext:
 
     def _head(self, key: str, version_id: str = "") -> dict:
         """HeadObject of `key` (of one version, if given), with the SSE-C key where objects need it."""
-        return self.client.head_object(Bucket=self.settings.bucket, Key=key, **archive.version_param(version_id),
-                                       **self.settings.archive.customer_key_params())
+        return self.client.head_object(Bucket=self.settings.bucket, Key=key,
+                                       **self.settings.archive.read_params(version_id))
 
     def _stored(self, item: WorkItem, etag: str, sha256: str, version_id: str, retain_until,
                 multipart: bool = False) -> dict:
