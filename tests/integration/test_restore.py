@@ -42,6 +42,9 @@ def hostile_tree(root):
             f.write(data)
     for rel in (b"mode0600", b"mode0640", b"mode0444", b"mode0755", b"mode2755"):
         os.chmod(os.path.join(root_b, rel), int(rel[-4:], 8))
+    if os.geteuid() == 0:  # a restore as root gives files back their owner: one that isn't root proves it
+        os.chown(os.path.join(root_b, b"mode2755"), 1234, 5678)
+        os.chmod(os.path.join(root_b, b"mode2755"), 0o2755)  # chown cleared the set-group-ID bit
     for number, rel in enumerate(files):
         ns = 1_500_000_000_000_000_000 + number * 1_000_000_007 + 123_456_789
         os.utime(os.path.join(root_b, rel), ns=(ns, ns))
@@ -49,7 +52,7 @@ def hostile_tree(root):
 
 
 def tree_state(root) -> dict:
-    """{relative path (bytes): (content SHA-256, mode bits, mtime_ns)} of every regular file."""
+    """{relative path (bytes): (content SHA-256, mode bits, mtime_ns, uid, gid)} of every regular file."""
     out = {}
     root_b = os.fsencode(root)
     for directory, _, names in os.walk(root_b):
@@ -58,7 +61,8 @@ def tree_state(root) -> dict:
             st = os.lstat(path)
             with open(path, "rb") as f:
                 digest = hashlib.sha256(f.read()).hexdigest()
-            out[os.path.relpath(path, root_b)] = (digest, stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+            out[os.path.relpath(path, root_b)] = (digest, stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_uid,
+                                                  st.st_gid)
     return out
 
 
