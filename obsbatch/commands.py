@@ -63,7 +63,8 @@ COMMANDS = {
                     "or access errors.",
         groups=(("restore", ("target", "overwrite", "restore_manifest", "include", "exclude")),
                 ("store", _STORE),
-                ("speed", ("max_concurrent", "max_concurrent_limit", "http_timeout", "retries")),
+                ("speed", ("max_concurrent", "max_concurrent_limit", "bwlimit", "max_rps", "http_timeout", "retries",
+                           "stop_timeout")),
                 ("output", _OUTPUT))),
     "verify": dict(
         description="Check what is stored: every object present, with its size, ETag, version, sha256 "

@@ -21,7 +21,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import time
-from typing import Callable, Deque, Iterable, List, Tuple, Union
+from typing import Callable, Deque, Iterable, List, Optional, Tuple, Union
 
 import structlog
 
@@ -59,17 +59,22 @@ class Dispatch:
     preflight(): checks the destination before the first upload; EndpointUnavailable means the server is
         down, and every file is then failed unsent.
     grace: seconds the workers get to exit after SIGTERM before they are killed.
+    abandon(item): clears up after an item whose worker was torn down before it reported (a restore removes
+        the temporary file it may have left); None: nothing to clear.
+    summary: the command's own (report.Summary for a backup, restore.RestoreSummary): add, abort, and the
+        concurrency figures.
     """
 
     def __init__(self, pool: UploadPool, shutdown: Shutdown, summary: Summary,
                  after_upload: Callable[[WorkItem, Outcome], Outcome], preflight: Callable[[], object],
-                 grace: float):
+                 grace: float, abandon: Optional[Callable[[WorkItem], None]] = None):
         self.pool = pool
         self.shutdown = shutdown
         self.summary = summary
         self.after_upload = after_upload
         self.preflight = preflight
         self.grace = grace
+        self.abandon = abandon
         #: Files taken from the walk and not yet handed to the pool (the batch being formed).
         self.batch: List[WorkItem] = []
         self.batch_bytes = 0
@@ -237,6 +242,9 @@ class Dispatch:
                     self.settling_failed = True  # count the rest as they came back
             self._count(outcome)
         for item in lost:
+            if self.abandon is not None:
+                with contextlib.suppress(Exception):
+                    self.abandon(item)
             self._count(leftover(item))
         for item in self.batch:
             self._count(not_started(item))

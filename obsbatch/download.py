@@ -109,6 +109,10 @@ def restore(client, bucket: str, controls: archive.ArchiveControls, item: Restor
         digest, size = read_body(response["Body"], functools.partial(_write_all, fd))
         if size != response.get("ContentLength", size):
             raise Mismatch(f"read {size} bytes of {item.key}, the server announced {response.get('ContentLength')}")
+        if size != item.size:
+            # The listing (or the manifest) said how big this object is: other bytes are another object, or
+            # one replaced since it was listed. Either way not what this name should get (issue #18).
+            raise Mismatch(f"read {size} bytes of {item.key}, but it was listed with {item.size}")
         if expected and digest != expected:
             source = "the manifest" if item.sha256 else "its sha256 metadata"
             raise Mismatch(f"{item.key} holds bytes with SHA-256 {digest}, but {source} says {expected}")

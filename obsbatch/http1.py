@@ -147,6 +147,13 @@ class Connection:
         except (OSError, ValueError) as exc:  # reset, broken pipe, EOF mid-response, a malformed response
             self.close()
             raise botocore.exceptions.ConnectionClosedError(endpoint_url=self.url, error=exc) from None
+        except BaseException:
+            # Anything else cut the exchange short (SIGTERM's SystemExit in a worker, issue #18): the rest of
+            # this response may still be on its way. Kept, the connection would hand it to the next request
+            # as that request's answer, another object's headers and bytes, whose own sha256 metadata
+            # would then "verify" them under the wrong name. A half-used connection is never reused.
+            self.close()
+            raise
         if not keep:
             self.close()
         return response

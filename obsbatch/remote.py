@@ -82,16 +82,14 @@ class Remote:
         """--verify-remote: ListObjectsV2 pages under the prefix, one at a time (the paginator fetches lazily)."""
         import botocore.exceptions
 
-        from obsbatch import s3
-
         config = self.config
         self.checked()
         try:
             yield from self.client().get_paginator("list_objects_v2").paginate(Bucket=config.bucket,
                                                                                Prefix=config.prefix)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise PreflightError(f"--verify-remote cannot list s3://{config.bucket}/{config.prefix}: "
-                                 f"{s3.error_message(exc)}") from None
+            raise store_error(exc, config.bucket, config.endpoint or "AWS",
+                              f"list s3://{config.bucket}/{config.prefix} (--verify-remote)") from None
 
     def put_manifest(self, key: str, body: bytes) -> Optional[str]:
         """Upload the run manifest; returns None when stored, else the S3 error code (already logged)."""
@@ -225,3 +223,36 @@ def _unreachable(where: str, exc: Exception) -> PreflightError:
     if isinstance(exc, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError)):
         return EndpointUnavailable(message)
     return PreflightError(message)
+
+
+def store_error(exc: BaseException, bucket: str, where: str, doing: str) -> PreflightError:
+    """One sentence, and the exit code every command gives for it (issue #18), for an S3 call that failed
+    while `doing` ("list s3://b/p/"): the same fault is the same exit in backup, restore and verify.
+
+    Never botocore's own text for the faults it names ("An error occurred (X) when calling ..."): the user is
+    told what is wrong and what to check. EndpointUnavailable (exit 1: try again later) for a server that is
+    down or failing, PreflightError (exit 2: fix the configuration) for the rest.
+    """
+    import botocore.exceptions
+
+    from obsbatch import s3
+
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return PreflightError("no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                              "or AWS_PROFILE")
+    if isinstance(exc, botocore.exceptions.BotoCoreError):
+        return _unreachable(where, exc)
+    code, status = s3.error_code(exc), s3.http_status(exc)
+    if code in _BAD_CREDENTIAL_CODES:
+        return PreflightError(f"the S3 credentials were rejected by {where} ({code}): check AWS_ACCESS_KEY_ID "
+                              "and AWS_SECRET_ACCESS_KEY")
+    if code == "NoSuchBucket" or (status == 404 and code in ("404", "NotFound")):
+        return PreflightError(f"bucket '{bucket}' does not exist at {where}")
+    if status == 301 or code == "PermanentRedirect":
+        return PreflightError(f"bucket '{bucket}' is in another region; set --region")
+    if code == "AccessDenied" or status == 403:
+        return PreflightError(f"access denied by {where}: these credentials may not {doing}")
+    if status >= 500:
+        return EndpointUnavailable(f"the S3 endpoint {where} is failing (HTTP {status}, {code}) and did not "
+                                   f"recover within the retries: cannot {doing}")
+    return PreflightError(f"cannot {doing}: {where} answered {code} (HTTP {status})")

@@ -16,19 +16,19 @@ in memory: a manifest of millions of files stays out of RAM.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
-import signal
 import sqlite3
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional, Tuple, Union
+from typing import Iterator, Optional, Tuple, Union
 
 import structlog
 
-from obsbatch import keys, pool
+from obsbatch import download, keys, pool, remote
 from obsbatch.config import Config
-from obsbatch.errors import ConfigError, ExitCode, ObsbatchError, PreflightError
+from obsbatch.errors import ConfigError, ExitCode, ObsbatchError
 from obsbatch.filters import excluder
 from obsbatch.models import Kind, Outcome, Reason, RestoreItem
 
@@ -60,7 +60,15 @@ class RestoreSummary:
     unverified: int = 0
     failed: int = 0
     failed_by_type: collections.Counter = field(default_factory=collections.Counter)
+    #: Objects not restored because the restore was stopping (not begun, or cut short): a next restore
+    #: takes them.
+    interrupted: int = 0
     interrupted_by: Optional[ExitCode] = None
+    #: Why the restore stopped before the listing ended, other than a signal (a worker process killed).
+    aborted: str = ""
+    #: The level of downloads in flight (dispatch.Dispatch keeps it), and whether fixed or auto.
+    concurrency: Optional[int] = None
+    concurrency_mode: Optional[str] = None
     started: float = field(default_factory=time.time)
     observers: list = field(default_factory=list, repr=False)
 
@@ -87,6 +95,9 @@ class RestoreSummary:
             log.error("restore.unsafe_key", key=outcome.key, detail=outcome.message)
         elif outcome.reason is Reason.EXCLUDED:
             self.excluded += 1
+        elif outcome.kind is Kind.DEFERRED:  # not begun, or cut short, by a stop: nothing was written
+            self.interrupted += 1
+            log.info("restore.interrupted", path=outcome.path, key=outcome.key, detail=outcome.message)
         else:
             self.failed += 1
             self.failed_by_type[outcome.error_type or "failed"] += 1
@@ -95,11 +106,17 @@ class RestoreSummary:
         for observer in self.observers:
             observer(outcome)
 
+    def abort(self, reason: str, exit_code: Optional[ExitCode] = None) -> None:
+        """The restore could not go on (dispatch.Dispatch: a worker died); the objects not reached are not
+        restored."""
+        self.aborted = reason
+
     @property
     def exit_code(self) -> ExitCode:
         if self.interrupted_by is not None:
             return self.interrupted_by
-        if self.failed or self.conflicts or self.archived or self.unsafe:
+        # Nothing listed is exit 1: most often a mistyped --prefix, which must not pass for a restore.
+        if self.failed or self.conflicts or self.archived or self.unsafe or self.aborted or not self.listed:
             return ExitCode.PARTIAL
         return ExitCode.OK
 
@@ -108,6 +125,7 @@ class RestoreSummary:
                 "identical": self.identical, "conflicts": self.conflicts, "archived": self.archived,
                 "unsafe_keys": self.unsafe, "excluded": self.excluded, "unverified": self.unverified,
                 "failed": self.failed, "failed_by_type": dict(self.failed_by_type),
+                "interrupted": self.interrupted, "aborted": self.aborted or None,
                 "seconds": round(time.time() - self.started, 3), "exit_code": int(self.exit_code)}
 
     def progress_line(self) -> str:
@@ -185,7 +203,9 @@ def _items(job: RestoreJob, listing, index: Optional[ManifestIndex], summary: Re
                 continue
             record = index.lookup(key) if index is not None else None
             sha256, version_id = (record[0] or "", record[2] or "") if record else ("", "")
-            yield RestoreItem(key=key, display=os.fsdecode(dest), dest=dest, size=obj.get("Size", 0),
+            # The manifest's size goes with the manifest's version; the listing's with the current one.
+            size = record[1] if record and version_id else obj.get("Size", 0)
+            yield RestoreItem(key=key, display=os.fsdecode(dest), dest=dest, size=size,
                               sha256=sha256, version_id=version_id, overwrite=job.overwrite, chown=chown)
     if index is not None:
         for key, path in index.unseen():
@@ -194,11 +214,20 @@ def _items(job: RestoreJob, listing, index: Optional[ManifestIndex], summary: Re
 
 
 def run(job: RestoreJob, summary: RestoreSummary) -> RestoreSummary:
-    """Restore everything under the prefix into job.target; every object is counted in `summary`."""
+    """Restore everything under the prefix into job.target; every object is counted in `summary`.
+
+    The same engine as a backup (issue #18): dispatch.Dispatch hands RestoreItems to the UploadPool's workers
+    and accounts for each one; shutdown.Shutdown records SIGTERM/SIGINT/SIGHUP, so a first signal lets the
+    objects in flight finish (within --stop-timeout) and starts no other, a second one or the timeout tears
+    the workers down; what they were writing is removed (`remove_temporaries`). Whatever the stop, a name
+    under --target holds either its checked bytes or what was there before.
+    """
     import botocore.exceptions
 
     from obsbatch import s3
+    from obsbatch.dispatch import Dispatch
     from obsbatch.settings import Endpoint
+    from obsbatch.shutdown import Shutdown
 
     config = job.config
     try:
@@ -209,88 +238,48 @@ def run(job: RestoreJob, summary: RestoreSummary) -> RestoreSummary:
     index = ManifestIndex(job.manifest, config.prefix) if job.manifest else None
     listing = client.get_paginator("list_objects_v2").paginate(Bucket=config.bucket, Prefix=config.prefix)
     ctx = pool.context()
-    workers = pool.UploadPool(ctx, config, ctx.RawValue("b", 0), pool.Gauges(ctx, config.processes), restore=True)
-    previous = signal.signal(signal.SIGTERM, _terminated)
+    shutdown = Shutdown(ctx, config.stop_timeout)
+    workers = pool.UploadPool(ctx, config, shutdown.workers_flag, pool.Gauges(ctx, config.processes), restore=True)
+    dispatch = Dispatch(workers, shutdown, summary, _as_returned, preflight=_listed, grace=config.http_timeout + 5,
+                        abandon=remove_temporaries)
     log.info("restore.start", bucket=config.bucket, prefix=config.prefix, target=os.fsdecode(job.target),
              manifest=job.manifest, overwrite=job.overwrite)
     try:
-        _dispatch(workers, _items(job, listing, index, summary), summary)
+        with shutdown.installed():
+            dispatch.run(_items(job, listing, index, summary))
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         # The listing failed: the bucket is gone, the key may not list, the endpoint is down.
-        raise PreflightError(f"cannot list s3://{config.bucket}/{config.prefix}: {s3.error_message(exc)}") from None
-    except pool.WorkerDied:
-        returned, lost = workers.leftovers()
-        _report(returned, summary)
-        log.error("worker.died", files=len(lost), detail="a worker process was killed from outside; the restore "
-                                                         "stops, and these files were not restored")
-        for item in lost:
-            summary.add(Outcome(Kind.FAILED, item.display, key=item.key, error_type="WorkerDied",
-                                message="its worker process died before reporting"))
-    except KeyboardInterrupt:
-        summary.interrupted_by = ExitCode.INTERRUPTED
-    except _Terminated:
-        summary.interrupted_by = ExitCode.TERMINATED
+        raise remote.store_error(exc, config.bucket, config.endpoint or "AWS",
+                                 f"list s3://{config.bucket}/{config.prefix}") from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        if summary.interrupted_by is not None or workers.batches_out:
-            # Workers cut short remove their temporary file on the way out (download.restore), except on
-            # upload threads, which die with the process: a `.NAME.obsbatch-restore-*` file may remain; it
-            # is never under a real name.
-            workers.terminate(grace=5)
-        else:
-            workers.close()
+        summary.interrupted_by = shutdown.exit_code
         if index is not None:
             index.close()
     if summary.listed == 0 and summary.interrupted_by is None:
         # Most often a mistyped --prefix or bucket: say so, rather than a silent "0 restored".
         log.warning("restore.empty", bucket=config.bucket, prefix=config.prefix,
-                    detail="no object under this prefix; nothing was restored (check --prefix)")
+                    detail="no object under this prefix; nothing was restored (check --prefix); exit 1")
     return summary
 
 
-class _Terminated(Exception):
-    pass
+def _as_returned(item: RestoreItem, outcome: Outcome) -> Outcome:
+    return outcome  # a restore has no after-upload step (journal, move mode)
 
 
-def _terminated(signum, frame):
-    raise _Terminated()
+def _listed() -> None:
+    """The restore's pre-flight is its listing, which has already answered when the first object is sent."""
 
 
-def _dispatch(workers: pool.UploadPool, items, summary: RestoreSummary) -> None:
-    """Batches out to the workers (at most two per worker), results in, every item counted once."""
-    batch: List[RestoreItem] = []
-    size = 0
-    last_tick = 0.0
-    for item in items:
-        if isinstance(item, Outcome):
-            summary.add(item)
-            continue
-        if not workers.started:
-            workers.start()
-        batch.append(item)
-        size += item.size
-        if workers.batch_full(len(batch), size):
-            _send(workers, batch, summary)
-            batch, size = [], 0
-        now = time.monotonic()
-        if now - last_tick > 0.05:
-            workers.tick(now)
-            last_tick = now
-        _report(workers.collect(0), summary)
-    if batch:
-        _send(workers, batch, summary)
-    while workers.batches_out:
-        workers.tick(time.monotonic())
-        _report(workers.collect(0.05), summary)
-
-
-def _send(workers: pool.UploadPool, batch: List[RestoreItem], summary: RestoreSummary) -> None:
-    while workers.full:
-        workers.tick(time.monotonic())
-        _report(workers.collect(0.05), summary)
-    workers.submit(batch)
-
-
-def _report(results, summary: RestoreSummary) -> None:
-    for _, outcome in results:
-        summary.add(outcome)
+def remove_temporaries(item: RestoreItem) -> None:
+    """Remove what a torn-down worker may have left of `item`: its `.NAME.obsbatch-restore-*` temporary
+    (download.restore; a worker killed mid-object leaves it, never a file under the real name)."""
+    directory, name = os.path.split(item.dest)
+    mark = b"." + name[:200] + download.TEMP_MARK
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for other in names:
+        if other.startswith(mark) and len(other) == len(mark) + 12:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, other))

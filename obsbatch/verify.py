@@ -28,9 +28,9 @@ from typing import Iterator, List, Optional, Tuple
 
 import structlog
 
-from obsbatch import download
+from obsbatch import download, remote
 from obsbatch.config import Config
-from obsbatch.errors import ConfigError, ExitCode, ObsbatchError, PreflightError
+from obsbatch.errors import ConfigError, ExitCode, ObsbatchError
 
 log = structlog.get_logger()
 
@@ -72,7 +72,8 @@ class VerifySummary:
     def exit_code(self) -> ExitCode:
         if self.errors:
             return ExitCode.FATAL
-        return ExitCode.PARTIAL if self.missing or self.different else ExitCode.OK
+        # Nothing checked is exit 1: a mistyped --prefix must not pass for a verified backup (issue #18).
+        return ExitCode.PARTIAL if self.missing or self.different or not self.checked else ExitCode.OK
 
     def as_dict(self) -> dict:
         return {"checked": self.checked, "ok": self.ok, "missing": self.missing, "different": self.different,
@@ -179,10 +180,11 @@ def run(job: VerifyJob) -> VerifySummary:
         _bounded_map(tally.check, expected, threads)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         tally.summary.errors += 1
-        raise PreflightError(f"cannot read s3://{config.bucket}/{config.prefix}: {s3.error_message(exc)}") from None
+        raise remote.store_error(exc, config.bucket, config.endpoint or "AWS",
+                                 f"read s3://{config.bucket}/{config.prefix}") from None
     if tally.summary.checked == 0:
         log.warning("verify.empty", bucket=config.bucket, prefix=config.prefix, manifest=job.manifest,
-                    detail="nothing to check: no object under this prefix (or no upload in the manifest)")
+                    detail="nothing to check: no object under this prefix (or no upload in the manifest); exit 1")
     return tally.summary
 
 

@@ -346,7 +346,14 @@ class WorkerContext:
     def restore_batch(self, items: list) -> list:
         """`obsbatch restore`: bring back a batch of objects (RestoreItems) on this worker's threads."""
         threads = None if len(items) == 1 else self.threads
-        return run_batch(items, self.restore_one, threads, self.in_flight)
+        return run_batch(items, self._restore_unless_stopping, threads, self.in_flight)
+
+    def _restore_unless_stopping(self, item: RestoreItem) -> Outcome:
+        # As for uploads: on a stop, an object not begun comes back not started, so the drain waits for one
+        # object per thread, never for whole batches.
+        if self.stopping:
+            return not_started(item)
+        return self.restore_one(item)
 
     def restore_one(self, item: RestoreItem) -> Outcome:
         """One object back (download.restore); never raises: FAILED with a reason, or SKIPPED/archived."""
@@ -391,8 +398,13 @@ class WorkerContext:
         return Outcome(path=item.display, key=item.key, attempts=sent, retries=max(sent - calls + recalls, 0),
                        started=started, ended=time.time(), **fields)
 
+    @property
+    def stopping(self) -> bool:
+        """The parent is stopping (Shutdown.workers_flag): begin no new file or object."""
+        return self.shared is not None and bool(self.shared.stopping.value)
+
     def _one_unless_stopping(self, item: WorkItem) -> Outcome:
-        if self.shared is not None and self.shared.stopping.value:
+        if self.stopping:
             return not_started(item)
         return self.upload_one(item)
 

@@ -204,15 +204,16 @@ def test_bad_input_to_restore_and_verify_is_one_sentence(tmp_path, s3server, pre
              (["restore", *store_args(s3server, prefix)], "--target is required"),
              (["verify", *store_args(s3server, prefix), "--manifest", tmp_path / "absent.jsonl"], "cannot read the manifest"),
              (["verify", "--bucket", "no-such-bucket-here", "--endpoint", s3server.endpoint, "--region", "us-east-1",
-               "--addressing-style", "path"], "cannot read s3://no-such-bucket-here/")]
+               "--addressing-style", "path"], "bucket 'no-such-bucket-here' does not exist at")]
     for args, sentence in cases:
         result = run_command(*args, env=s3server.env())
         assert result.returncode == 2, (args, result)
         assert sentence in result.stderr and "Traceback" not in result.stderr, (args, result.stderr[-800:])
 
 
-def test_an_empty_prefix_is_said_not_silently_zero(tmp_path, s3server, prefix):
+def test_an_empty_prefix_is_exit_1_with_a_sentence_not_a_silent_zero(tmp_path, s3server, prefix):
+    # A mistyped --prefix must not turn a monitoring job green while it checks nothing (issue #18).
     restored = run_command("restore", "--target", tmp_path / "t", *store_args(s3server, prefix), env=s3server.env())
-    assert restored.returncode == 0 and restored.summary["listed"] == 0 and restored.find("restore.empty"), restored
+    assert restored.returncode == 1 and restored.summary["listed"] == 0 and restored.find("restore.empty"), restored
     verified = run_command("verify", *store_args(s3server, prefix), env=s3server.env())
-    assert verified.returncode == 0 and verified.find("verify.empty"), verified
+    assert verified.returncode == 1 and verified.find("verify.empty"), verified
