@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import os
 import sys
@@ -28,7 +29,9 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 EPILOG = """\
-other command:
+commands (obsbatch COMMAND --help for each; without a command word, obsbatch runs backup):
+  obsbatch [backup] --source DIR --bucket B ...
+                                  back up a directory tree (the flags above)
   obsbatch verify-manifest FILE... [--expect-head HEX] [--public-key PEM]
                                   check manifests' hash chains, their links and the anchor (0 intact,
                                   1 tampered, 2 unreadable)
@@ -79,6 +82,9 @@ class Parser(argparse_dataclass.ArgumentParser):
         self.option_fields = {f.name: f for f in fields(options_class)}
         self._groups = groups
         self._flag_groups: Optional[dict] = None
+        # No abbreviations (issue #18): argparse's prefix matching took `--delete` for --delete-source and
+        # `--dry` for --dry-run, so a new flag could silently change what an old command line means.
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(options_class, **kwargs)
 
     def add_argument(self, *args, **kwargs):
@@ -105,7 +111,7 @@ class Parser(argparse_dataclass.ArgumentParser):
         # which is how we know the environment may fill it.
         namespace, extra = argparse.ArgumentParser.parse_known_args(self, argv)
         if extra:
-            raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
+            raise UsageError(unrecognized(extra, self._option_string_actions))
         values = {}
         for name, f in self.option_fields.items():
             value = getattr(namespace, name, MISSING)
@@ -121,6 +127,30 @@ class Parser(argparse_dataclass.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
+
+
+def nearest(word: str, choices) -> str:
+    """' (did you mean X?)' for the closest of `choices`, or '' when none is close."""
+    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def unrecognized(extra: Sequence[str], flags) -> str:
+    """One sentence for arguments the parser does not know, naming the nearest valid flag."""
+    first = next((arg for arg in extra if arg.startswith("-")), extra[0])
+    name = first.split("=", 1)[0]
+    hint = nearest(name, [f for f in flags if f.startswith("--")]) if name.startswith("--") else ""
+    return (f"unrecognized arguments: {' '.join(extra)}{hint}; flags are never abbreviated")
+
+
+def check_environment(environ: Mapping[str, str], known: Sequence[str]) -> None:
+    """Strict environment (issue #18): an OBSBATCH_* variable that names no flag of any command is an error, so
+    a typo in an EnvironmentFile (OBSBATCH_DRYRUN=1) cannot turn a dry run into a real one. A variable of
+    another command's flag is fine: one EnvironmentFile serves the backup and a verify timer alike."""
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name not in known:
+            raise UsageError(f"the environment variable {name} names no flag of any obsbatch command"
+                             f"{nearest(name, known)}; correct or remove it")
 
 
 def build_parser() -> Parser:
@@ -170,7 +200,7 @@ def verify_manifest(argv: Sequence[str]) -> NoReturn:
     one before it and the last ends at the expected head; 1 if not; 2 if unreadable or misused."""
     from obsbatch import manifest
 
-    parser = argparse.ArgumentParser(prog="obsbatch verify-manifest", description=(
+    parser = argparse.ArgumentParser(prog="obsbatch verify-manifest", allow_abbrev=False, description=(
         "Check run manifests' hash chains. Several files: consecutive runs, oldest first; each header must cite "
         "the head of the one before. --expect-head: the head logged when the last run ended (run.summary's "
         "manifest_head, journald, the trace), which whoever rewrites the file cannot recompute."))
@@ -216,14 +246,37 @@ def _usage_exit(message: str) -> NoReturn:
     sys.exit(ExitCode.FATAL)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> NoReturn:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["verify-manifest"]:
-        verify_manifest(argv[1:])
-    if argv[:1] in (["restore"], ["verify"]):
-        from obsbatch import commands
+#: The commands besides the bare backup, routed by their word.
+COMMAND_WORDS = ("backup", "restore", "verify", "verify-manifest")
+#: Output flags every command has, which may come before the command word (`obsbatch --debug info restore`).
+OUTPUT_FLAGS = ("--debug", "--log-format", "--summary")
 
-        commands.main(argv[0], argv[1:])
+
+def split_command(argv: Sequence[str]) -> tuple:
+    """(command word, its arguments): `obsbatch [OUTPUT FLAGS] [COMMAND] FLAGS...`; no word is `backup` (the
+    original's command line, verbatim). Output flags before the word are handed to the command after it."""
+    argv = list(argv)
+    leading = []
+    while argv and argv[0].split("=", 1)[0] in OUTPUT_FLAGS:
+        take = 1 if "=" in argv[0] else 2
+        leading, argv = leading + argv[:take], argv[take:]
+    if argv and argv[0] in COMMAND_WORDS:
+        return argv[0], leading + argv[1:]
+    return "backup", leading + argv
+
+
+def main(argv: Optional[Sequence[str]] = None) -> NoReturn:
+    command, argv = split_command(sys.argv[1:] if argv is None else argv)
+    from obsbatch import commands
+
+    try:
+        check_environment(os.environ, commands.environment_names())
+    except UsageError as exc:
+        _usage_exit(str(exc))
+    if command == "verify-manifest":
+        verify_manifest(argv)
+    if command in ("restore", "verify"):
+        commands.main(command, argv)
     try:
         config = parse(argv, os.environ)
     except UsageError as exc:

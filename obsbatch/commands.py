@@ -19,7 +19,7 @@ from typing import NoReturn, Optional, Sequence
 import structlog
 
 from obsbatch import logs
-from obsbatch.cli import Parser
+from obsbatch.cli import ENV_PREFIX, Parser
 from obsbatch.config import Config
 from obsbatch.errors import ExitCode, ObsbatchError, UsageError
 
@@ -75,6 +75,12 @@ COMMANDS = {
                 ("speed", ("max_concurrent", "http_timeout", "retries")),
                 ("output", _OUTPUT))),
 }
+
+
+def environment_names() -> frozenset:
+    """Every OBSBATCH_* variable some command reads: one per flag of the backup (Config) and of restore and
+    verify (their own options)."""
+    return frozenset(ENV_PREFIX + name.upper() for name in [f.name for f in dataclasses.fields(Config)] + list(_OWN))
 
 
 def options_class(command: str) -> type:

@@ -66,3 +66,10 @@ def test_lifecycle_example_is_accepted_by_a_real_s3_server(s3):
         assert rule["Status"] == "Enabled" and rule["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
     finally:
         s3.delete_bucket(Bucket=bucket)
+
+
+def test_env_example_lists_only_variables_obsbatch_reads():
+    from obsbatch import commands
+
+    names = re.findall(rf"^#?({ENV_PREFIX}[A-Z0-9_]+)=", (CONTRIB / "obsbatch.env.example").read_text(), re.M)
+    assert names and sorted(set(names) - commands.environment_names()) == []

@@ -123,3 +123,47 @@ def test_invalid_environment_value_names_the_variable():
                                         ("1GiB", 1024 * MiB), ("5 KiB", 5 * 1024)])
 def test_parse_size(text, value):
     assert parse_size(text) == value
+
+
+# --- issue #18: no abbreviations, the nearest flag, a strict environment, one command line ---
+
+@pytest.mark.parametrize("flag,nearest", [("--delete", "--delete-source"), ("--dry", "--dry-run"),
+                                          ("--max-concurrency", "--max-concurrent")])
+def test_no_flag_is_ever_abbreviated_and_the_nearest_is_named(flag, nearest):
+    # argparse's prefix matching once took `--delete` (rsync's reflex) for --delete-source: data removed.
+    with pytest.raises(UsageError) as info:
+        parse(["--source", "/s", "--bucket", "b", flag], {})
+    assert f"unrecognized arguments: {flag} (did you mean {nearest}?)" in str(info.value)
+
+
+def test_restore_and_verify_flags_are_not_abbreviated_either():
+    from obsbatch import commands
+
+    with pytest.raises(UsageError, match=r"--overwr \(did you mean --overwrite\?\)"):
+        commands.parse("restore", ["--bucket", "b", "--target", "/t", "--overwr"], {})
+    with pytest.raises(UsageError, match="--read-dat"):
+        commands.parse("verify", ["--bucket", "b", "--read-dat", "5"], {})
+
+
+def test_an_unknown_obsbatch_variable_is_an_error_naming_the_nearest():
+    from obsbatch import commands
+    from obsbatch.cli import check_environment
+
+    known = commands.environment_names()
+    with pytest.raises(UsageError, match=r"OBSBATCH_DRYRUN names no flag .*did you mean OBSBATCH_DRY_RUN\?"):
+        check_environment({"OBSBATCH_DRYRUN": "1", "PATH": "/bin"}, known)
+    # Another command's variable is known: one EnvironmentFile serves backup, restore and verify.
+    check_environment({"OBSBATCH_TARGET": "/t", "OBSBATCH_READ_DATA": "5", "OBSBATCH_DRY_RUN": "1"}, known)
+
+
+@pytest.mark.parametrize("argv,command,rest", [
+    (["--source", "/s"], "backup", ["--source", "/s"]),
+    (["backup", "--source", "/s"], "backup", ["--source", "/s"]),
+    (["--debug", "info", "restore", "--target", "/t"], "restore", ["--debug", "info", "--target", "/t"]),
+    (["--log-format=json", "--summary", "json", "verify"], "verify", ["--log-format=json", "--summary", "json"]),
+    (["--source", "restore"], "backup", ["--source", "restore"]),  # a value, not a command word
+])
+def test_output_flags_may_come_before_the_command_word(argv, command, rest):
+    from obsbatch.cli import split_command
+
+    assert split_command(argv) == (command, rest)
