@@ -8,6 +8,7 @@ Only this module ends the process (`sys.exit`, and `_leave` after a run).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import json
@@ -22,7 +23,7 @@ import structlog
 
 from obsbatch import __version__, logs
 from obsbatch.config import Config
-from obsbatch.errors import ExitCode, ObsbatchError, UsageError
+from obsbatch.errors import ExitCode, FatalExit, ObsbatchError, UsageError
 
 ENV_PREFIX = "OBSBATCH_"
 _TRUE = {"1", "true", "yes", "on"}
@@ -243,7 +244,7 @@ def _hex_digest(text: str) -> str:
 
 def _usage_exit(message: str) -> NoReturn:
     print(f"obsbatch: {message}", file=sys.stderr)
-    sys.exit(ExitCode.FATAL)
+    raise FatalExit(ExitCode.FATAL, message)
 
 
 #: The commands besides the bare backup, routed by their word.
@@ -265,8 +266,26 @@ def split_command(argv: Sequence[str]) -> tuple:
     return "backup", leading + argv
 
 
+def wants_json(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
+    """--summary json (or OBSBATCH_SUMMARY=json), read before anything else can fail."""
+    given = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--summary"]
+    given += [arg.split("=", 1)[1] for arg in argv if arg.startswith("--summary=")]
+    return (given[-1] if given else environ.get(ENV_PREFIX + "SUMMARY", "")) == "json"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> NoReturn:
     command, argv = split_command(sys.argv[1:] if argv is None else argv)
+    try:
+        _run(command, argv)
+    except FatalExit as stop:
+        # --summary json always prints one JSON object, a fatal error at start included (issue #18).
+        if wants_json(argv, os.environ):
+            with contextlib.suppress(OSError):
+                print(json.dumps({"command": command, "exit_code": stop.code, "error": stop.error}), flush=True)
+        sys.exit(stop.code)
+
+
+def _run(command: str, argv: Sequence[str]) -> NoReturn:
     from obsbatch import commands
 
     try:
@@ -281,7 +300,7 @@ def main(argv: Optional[Sequence[str]] = None) -> NoReturn:
         config = parse(argv, os.environ)
     except UsageError as exc:
         print(f"obsbatch: {exc} (see obsbatch --help)", file=sys.stderr)
-        sys.exit(ExitCode.FATAL)
+        raise FatalExit(ExitCode.FATAL, str(exc)) from None
 
     # Everything obsbatch creates (the state journal and its -wal/-shm files, the lock, the manifest, and any
     # directory for them) is for its own user only: 0600 files in 0700 directories. The journal names every
@@ -311,15 +330,15 @@ def main(argv: Optional[Sequence[str]] = None) -> NoReturn:
     except KeyboardInterrupt as exc:  # Ctrl-C before the upload loop took over the signal
         log.warning("run.interrupted", detail="stopped before any upload")
         _fail(notifier, tel, exc, "interrupted before any upload")
-        sys.exit(ExitCode.INTERRUPTED)
+        raise FatalExit(ExitCode.INTERRUPTED, "interrupted before any upload") from None
     except ObsbatchError as exc:
         log.error("run.fatal", error=str(exc), error_type=type(exc).__name__, exit_code=int(exc.exit_code))
         _fail(notifier, tel, exc, f"failed: {exc}")
-        sys.exit(exc.exit_code)
+        raise FatalExit(exc.exit_code, str(exc)) from None
     except Exception as exc:  # a bug: say so in one line; the traceback only at debug level
         log.error("run.crashed", error=f"{type(exc).__name__}: {exc}", exc_info=config.debug in ("debug", "trace"))
         _fail(notifier, tel, exc, f"crashed: {type(exc).__name__}")
-        sys.exit(ExitCode.FATAL)
+        raise FatalExit(ExitCode.FATAL, f"crashed: {type(exc).__name__}: {exc}") from None
     tel.shutdown()
     if sys.stderr.isatty():
         print(summary.human(config.manifest or ""), file=sys.stderr, flush=True)

@@ -21,7 +21,7 @@ import structlog
 from obsbatch import logs
 from obsbatch.cli import ENV_PREFIX, Parser
 from obsbatch.config import Config
-from obsbatch.errors import ExitCode, ObsbatchError, UsageError
+from obsbatch.errors import ExitCode, FatalExit, ObsbatchError, UsageError
 
 _STORE = ("bucket", "prefix", "endpoint", "region", "addressing_style", "ca_bundle", "no_verify_ssl", "sse_c_key_file")
 _OUTPUT = ("debug", "log_format", "summary")
@@ -121,7 +121,7 @@ def main(command: str, argv: Sequence[str]) -> NoReturn:
         config, own = parse(command, argv, os.environ)
     except UsageError as exc:
         print(f"obsbatch {command}: {exc} (see obsbatch {command} --help)", file=sys.stderr)
-        sys.exit(ExitCode.FATAL)
+        raise FatalExit(ExitCode.FATAL, str(exc)) from None
     logs.configure(config.debug, config.log_format)
     log = structlog.get_logger()
     try:
@@ -133,14 +133,14 @@ def main(command: str, argv: Sequence[str]) -> NoReturn:
             summary = verify.run(verify.VerifyJob(config, own.get("verify_manifest"), own.get("read_data", 0.0)))
     except ObsbatchError as exc:
         log.error(f"{command}.fatal", error=str(exc), error_type=type(exc).__name__, exit_code=int(exc.exit_code))
-        sys.exit(exc.exit_code)
+        raise FatalExit(exc.exit_code, str(exc)) from None
     except KeyboardInterrupt:  # verify's thread pool, or a restore before its workers started
         log.warning(f"{command}.interrupted")
-        sys.exit(ExitCode.INTERRUPTED)
+        raise FatalExit(ExitCode.INTERRUPTED, "interrupted") from None
     except Exception as exc:  # a bug: one line; the traceback only at debug level
         log.error(f"{command}.crashed", error=f"{type(exc).__name__}: {exc}",
                   exc_info=config.debug in ("debug", "trace"))
-        sys.exit(ExitCode.FATAL)
+        raise FatalExit(ExitCode.FATAL, f"crashed: {type(exc).__name__}: {exc}") from None
     report = summary.as_dict()
     (log.info if summary.exit_code == ExitCode.OK else log.warning)(f"{command}.summary", **report)
     if config.summary == "json":

@@ -68,3 +68,12 @@ class AlreadyRunning(ObsbatchError):
     """Another obsbatch run holds the lock for this state file and source."""
 
     exit_code = ExitCode.ALREADY_RUNNING
+
+
+class FatalExit(SystemExit):
+    """The process ends here with `code` because of `error` (one sentence, already said on stderr or in the
+    log); cli.main adds the one JSON object `--summary json` promises (issue #18), then exits."""
+
+    def __init__(self, code: int, error: str):
+        super().__init__(int(code))
+        self.error = error

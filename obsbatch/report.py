@@ -171,7 +171,8 @@ class Summary:
         done = f"{self.planned} planned" if self.planned else f"{self.uploaded} uploaded ({human_size(self.bytes_uploaded)})"
         return (f"{self.scanned} scanned, {done}, {skipped} skipped, {deferred} deferred, {self.failed} failed"
                 + (f", {self.errors} unreadable" if self.errors else "")
-                + (f", {self.concurrency} in flight ({self.concurrency_mode})" if self.concurrency else "")
+                + (f", {self.concurrency} in flight ({self.concurrency_mode})" if self.concurrency and self.attempts
+                   else "")
                 + (f", manifest head {self.manifest_head}" if self.manifest_head else ""))
 
     def human(self, manifest: str = "") -> str:
@@ -183,7 +184,7 @@ class Summary:
         else:
             head = (f"{self.uploaded} files uploaded ({human_size(self.bytes_uploaded)}) in {seconds:.1f} s, "
                     f"{human_size(int(self.bytes_uploaded / seconds))}/s")
-        if self.concurrency:
+        if self.concurrency and self.attempts:  # "in flight" only when something was sent (issue #18)
             head += f", {self.concurrency} in flight ({self.concurrency_mode})"
         lines = [f"obsbatch: {head}; {self.scanned} scanned"]
 
@@ -192,8 +193,9 @@ class Summary:
 
         details = (("skipped: ", self.skipped and by_reason(self.skipped)),
                    ("deferred:", self.deferred and f"{by_reason(self.deferred)} (the next run takes them)"),
-                   ("FAILED:  ", self.failed and f"{self.failed} ({by_reason(self.failed_by_type)}); each is in "
-                                                 "the log above"),
+                   ("FAILED:  ", self.failed and f"{self.failed} ({by_reason(self.failed_by_type)})"
+                    + ("; each is in the log above" if set(self.failed_by_type) - {UNAVAILABLE} else
+                       "; the endpoint did not answer (run.endpoint_unavailable above), nothing was sent")),
                    ("unreadable:", self.errors and f"{self.errors} (see the log above)"),
                    ("stuck:   ", self.stuck and f"{self.stuck} deferred longer than --max-defer"),
                    ("aborted: ", self.aborted))

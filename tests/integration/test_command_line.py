@@ -36,3 +36,51 @@ def test_delete_is_refused_not_taken_for_delete_source(tmp_path):
                            "--delete"], capture_output=True, text=True)
     assert proc.returncode == 2 and "did you mean --delete-source?" in proc.stderr, proc.stderr
     assert kept.read_bytes() == b"must stay"
+
+
+def _obsbatch(*args, env=None):
+    import os
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("OBSBATCH_", "AWS_"))}
+    base.update(AWS_ACCESS_KEY_ID="AKIDEXAMPLE", AWS_SECRET_ACCESS_KEY="not-a-real-secret",
+                AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "obsbatch", *map(str, args)], capture_output=True, text=True,
+                          env=base, timeout=120)
+
+
+def test_summary_json_prints_one_object_even_for_a_fatal_error_at_start(tmp_path):
+    import json
+
+    for args in (["--source", tmp_path / "absent", "--bucket", "b", "--no-state", "--summary", "json"],
+                 ["restore", "--bucket", "b", "--summary=json"],
+                 ["--summary", "json", "verify", "--bucket", "b", "--no-such-flag"]):
+        proc = _obsbatch(*args)
+        [line] = proc.stdout.splitlines()
+        report = json.loads(line)
+        assert proc.returncode == 2 and report["exit_code"] == 2 and report["error"], (args, proc)
+        assert "Traceback" not in proc.stderr
+
+
+def test_an_unreachable_endpoint_is_the_same_exit_in_every_command(tmp_path):
+    import json
+
+    (tmp_path / "src").mkdir()
+    old = tmp_path / "src" / "a.txt"
+    old.write_bytes(b"a")
+    os_utime_past(old)
+    store = ["--bucket", "b", "--endpoint", "http://127.0.0.1:9", "--region", "us-east-1", "--retries", "0",
+             "--summary", "json"]
+    codes = {}
+    for name, args in (("backup", ["--source", tmp_path / "src", "--no-state"]),
+                       ("restore", ["restore", "--target", tmp_path / "t"]), ("verify", ["verify"])):
+        proc = _obsbatch(*args, *store)
+        codes[name] = (proc.returncode, json.loads(proc.stdout.splitlines()[-1])["exit_code"])
+        assert "An error occurred" not in proc.stderr and "Traceback" not in proc.stderr
+    assert codes == {"backup": (1, 1), "restore": (1, 1), "verify": (1, 1)}, codes
+
+
+def os_utime_past(path):
+    import os
+    import time
+
+    os.utime(path, (time.time() - 3600, time.time() - 3600))
