@@ -50,6 +50,9 @@ _OWN = {
         args=["--manifest"], help="the manifest is the truth: every object it says was uploaded must be there, "
         "in the recorded version, size, ETag, sha256 and retain-until (default: check the listing)",
         metavar="FILE"))),
+    "restore_dry_run": (bool, field(default=False, metadata=dict(
+        args=["--dry-run"], help="say what would be written, left as identical, and refused as a conflict; "
+        "write nothing"))),
     "read_data": (float, field(default=0.0, metadata=dict(
         help="also read this share of the objects back in full and recompute their SHA-256 (a deterministic "
         "sample; 100: all)", metavar="PERCENT", type=percent))),
@@ -61,7 +64,7 @@ COMMANDS = {
                     "manifest), written under a temporary name and renamed, original names, mtime and mode "
                     "restored. Exit 0 all restored or identical, 1 conflicts, archived or failed objects, 2 usage "
                     "or access errors.",
-        groups=(("restore", ("target", "overwrite", "restore_manifest", "include", "exclude")),
+        groups=(("restore", ("target", "overwrite", "restore_manifest", "include", "exclude", "restore_dry_run")),
                 ("store", _STORE),
                 ("speed", ("max_concurrent", "max_concurrent_limit", "bwlimit", "max_rps", "http_timeout", "retries",
                            "stop_timeout")),
@@ -154,6 +157,6 @@ def _restore(config: Config, own: dict):
 
     summary = restore.RestoreSummary()
     job = restore.RestoreJob(config, os.fsencode(os.path.abspath(own["target"])), own.get("overwrite", False),
-                             own.get("restore_manifest"))
+                             own.get("restore_manifest"), own.get("restore_dry_run", False))
     with ProgressBar.for_terminal(summary):
         return restore.run(job, summary)

@@ -69,6 +69,27 @@ def mtime_ns(text: str) -> Optional[int]:
     return int(seconds) * 1_000_000_000 + int((fraction + "000000000")[:9] or 0)
 
 
+def local_verdict(client, bucket: str, controls: archive.ArchiveControls, item: RestoreItem) -> Optional[Dict]:
+    """What is already at the destination decides: the Outcome fields of an identical file (left as it is) or
+    of a conflict (left untouched); None when the object is to be written (nothing there, or --overwrite of a
+    file). Reads the local file, and HEADs the object for its sha256 when no manifest gave one."""
+    try:
+        local = os.lstat(item.dest)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISREG(local.st_mode) and local.st_size == item.size:
+        expected = item.sha256 or client.head_object(Bucket=bucket, Key=item.key, **controls.read_params(
+            item.version_id)).get("Metadata", {}).get("sha256")
+        if expected and _file_sha256(item.dest) == expected:
+            return dict(kind=Kind.SKIPPED, reason=Reason.IDENTICAL, sha256=expected,
+                        message="the local file already holds these bytes")
+    if not item.overwrite or not stat.S_ISREG(local.st_mode):
+        what = "a local file with other content" if stat.S_ISREG(local.st_mode) else "something that is not a file"
+        return dict(kind=Kind.SKIPPED, reason=Reason.CONFLICT,
+                    message=f"{what} is in the way; left untouched (--overwrite replaces a file)")
+    return None
+
+
 def restore(client, bucket: str, controls: archive.ArchiveControls, item: RestoreItem, fetch=None) -> Dict:
     """Restore one object; returns the Outcome's fields (kind, reason, sha256, message...).
 
@@ -77,21 +98,9 @@ def restore(client, bucket: str, controls: archive.ArchiveControls, item: Restor
     """
     version = archive.version_param(item.version_id)
     read = controls.read_params(item.version_id)
-    try:
-        local = os.lstat(item.dest)
-    except FileNotFoundError:
-        local = None
-    if local is not None:
-        if stat.S_ISREG(local.st_mode) and local.st_size == item.size:
-            expected = item.sha256 or client.head_object(Bucket=bucket, Key=item.key, **read).get(
-                "Metadata", {}).get("sha256")
-            if expected and _file_sha256(item.dest) == expected:
-                return dict(kind=Kind.SKIPPED, reason=Reason.IDENTICAL, sha256=expected,
-                            message="the local file already holds these bytes")
-        if not item.overwrite or not stat.S_ISREG(local.st_mode):
-            what = "a local file with other content" if stat.S_ISREG(local.st_mode) else "something that is not a file"
-            return dict(kind=Kind.SKIPPED, reason=Reason.CONFLICT,
-                        message=f"{what} is in the way; left untouched (--overwrite replaces a file)")
+    verdict = local_verdict(client, bucket, controls, item)
+    if verdict is not None:
+        return verdict
     directory = os.path.dirname(item.dest)
     os.makedirs(directory, exist_ok=True)
     response = fetch(item) if fetch is not None and not version else None

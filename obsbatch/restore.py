@@ -39,17 +39,22 @@ log = structlog.get_logger()
 class RestoreJob:
     """config: the store, the connection, the concurrency and the SSE-C key, as a backup has them (its
     `source` is the target). target: where the tree goes. overwrite: replace local files that differ.
-    manifest: a run manifest to check every object against, or None."""
+    manifest: a run manifest to check every object against, or None. dry_run: say what would be written, left
+    or refused, and write nothing (no worker, no temporary file, not even the target directory)."""
 
     config: Config
     target: bytes
     overwrite: bool = False
     manifest: Optional[str] = None
+    dry_run: bool = False
 
 
 @dataclass
 class RestoreSummary:
     listed: int = 0
+    #: --dry-run: objects that would be written (absent locally, or replaced with --overwrite).
+    planned: int = 0
+    bytes_planned: int = 0
     restored: int = 0
     bytes_restored: int = 0
     identical: int = 0
@@ -81,6 +86,11 @@ class RestoreSummary:
                 log.warning("restore.unverified", path=outcome.path, key=outcome.key, detail=outcome.message)
             else:
                 log.debug("restore.ok", path=outcome.path, key=outcome.key, bytes=outcome.size)
+        elif outcome.kind is Kind.PLANNED:
+            self.planned += 1
+            self.bytes_planned += outcome.size
+            log.info("restore.planned", path=outcome.path, key=outcome.key, bytes=outcome.size,
+                     detail=outcome.message)
         elif outcome.reason is Reason.IDENTICAL:
             self.identical += 1
             log.debug("restore.identical", path=outcome.path, key=outcome.key)
@@ -121,7 +131,8 @@ class RestoreSummary:
         return ExitCode.OK
 
     def as_dict(self) -> dict:
-        return {"listed": self.listed, "restored": self.restored, "bytes_restored": self.bytes_restored,
+        return {"listed": self.listed, "planned": self.planned, "bytes_planned": self.bytes_planned,
+                "restored": self.restored, "bytes_restored": self.bytes_restored,
                 "identical": self.identical, "conflicts": self.conflicts, "archived": self.archived,
                 "unsafe_keys": self.unsafe, "excluded": self.excluded, "unverified": self.unverified,
                 "failed": self.failed, "failed_by_type": dict(self.failed_by_type),
@@ -230,13 +241,24 @@ def run(job: RestoreJob, summary: RestoreSummary) -> RestoreSummary:
     from obsbatch.shutdown import Shutdown
 
     config = job.config
-    try:
-        os.makedirs(job.target, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create the target {os.fsdecode(job.target)}: {exc.strerror}") from None
+    if not job.dry_run:
+        try:
+            os.makedirs(job.target, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the target {os.fsdecode(job.target)}: {exc.strerror}") from None
     client = s3.make_client(Endpoint.from_config(config), pool_connections=1)
     index = ManifestIndex(job.manifest, config.prefix) if job.manifest else None
     listing = client.get_paginator("list_objects_v2").paginate(Bucket=config.bucket, Prefix=config.prefix)
+    if job.dry_run:
+        try:
+            _plan_only(client, config, _items(job, listing, index, summary), summary)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise remote.store_error(exc, config.bucket, config.endpoint or "AWS",
+                                     f"list s3://{config.bucket}/{config.prefix}") from None
+        finally:
+            if index is not None:
+                index.close()
+        return summary
     ctx = pool.context()
     shutdown = Shutdown(ctx, config.stop_timeout)
     workers = pool.UploadPool(ctx, config, shutdown.workers_flag, pool.Gauges(ctx, config.processes), restore=True)
@@ -260,6 +282,21 @@ def run(job: RestoreJob, summary: RestoreSummary) -> RestoreSummary:
         log.warning("restore.empty", bucket=config.bucket, prefix=config.prefix,
                     detail="no object under this prefix; nothing was restored (check --prefix); exit 1")
     return summary
+
+
+def _plan_only(client, config: Config, items, summary: RestoreSummary) -> None:
+    """--dry-run: each object judged against what is at its destination, as the workers would judge it
+    (download.local_verdict), and nothing written. A signal simply stops it: nothing is in flight."""
+    for item in items:
+        if isinstance(item, Outcome):
+            summary.add(item)
+            continue
+        verdict = download.local_verdict(client, config.bucket, config.archive, item)
+        if verdict is None:
+            replacing = os.path.lexists(item.dest)
+            verdict = dict(kind=Kind.PLANNED, message="would replace the local file (--overwrite)" if replacing
+                           else "would be written")
+        summary.add(Outcome(path=item.display, key=item.key, size=item.size, **verdict))
 
 
 def _as_returned(item: RestoreItem, outcome: Outcome) -> Outcome:

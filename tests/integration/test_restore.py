@@ -217,3 +217,24 @@ def test_an_empty_prefix_is_exit_1_with_a_sentence_not_a_silent_zero(tmp_path, s
     assert restored.returncode == 1 and restored.summary["listed"] == 0 and restored.find("restore.empty"), restored
     verified = run_command("verify", *store_args(s3server, prefix), env=s3server.env())
     assert verified.returncode == 1 and verified.find("verify.empty"), verified
+
+
+def test_restore_dry_run_names_what_it_would_write_leave_and_refuse_and_writes_nothing(tmp_path, s3server, prefix,
+                                                                                        backed_up):
+    src, files, _ = backed_up
+    untouched = tmp_path / "never-created"
+    planned = run_command("restore", "--target", untouched, *store_args(s3server, prefix), "--dry-run",
+                          env=s3server.env())
+    assert planned.returncode == 0 and planned.summary["planned"] == len(files), planned
+    assert planned.summary["restored"] == 0 and not untouched.exists()
+
+    target = tmp_path / "restored"
+    assert run_command("restore", "--target", target, *store_args(s3server, prefix), env=s3server.env()).returncode == 0
+    (target / "mode0640").write_bytes(b"changed locally")
+    (target / "mode0600").unlink()
+    before = tree_state(target)
+    dry = run_command("restore", "--target", target, *store_args(s3server, prefix), "--dry-run", env=s3server.env())
+    assert dry.returncode == 1, dry  # the conflict a real restore would meet
+    assert (dry.summary["planned"], dry.summary["conflicts"], dry.summary["identical"]) == (1, 1, len(files) - 2)
+    assert [e["path"] for e in dry.find("restore.planned")] == [str(target / "mode0600")]
+    assert tree_state(target) == before
