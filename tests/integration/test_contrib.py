@@ -73,3 +73,32 @@ def test_env_example_lists_only_variables_obsbatch_reads():
 
     names = re.findall(rf"^#?({ENV_PREFIX}[A-Z0-9_]+)=", (CONTRIB / "obsbatch.env.example").read_text(), re.M)
     assert names and sorted(set(names) - commands.environment_names()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze (Debian package systemd) missing")
+def test_the_unit_verifies_against_obsbatch_installed_as_readme_says(tmp_path):
+    """README installs into a venv under /opt/obsbatch (PEP 668 refuses `sudo pip install .` on Debian and
+    Ubuntu); the unit's ExecStart must be that venv's obsbatch. Here the venv goes under tmp_path/opt/obsbatch,
+    made by README's own commands, and only that prefix of ExecStart is moved there."""
+    import sys
+
+    readme = (CONTRIB.parent / "README.md").read_text()
+    assert "sudo python3 -m venv /opt/obsbatch" in readme and "sudo /opt/obsbatch/bin/pip install ." in readme
+    unit = (CONTRIB / "obsbatch.service").read_text()
+    [exec_start] = re.findall(r"^ExecStart=(\S+)", unit, re.M)
+    assert exec_start == "/opt/obsbatch/bin/obsbatch"
+    venv = tmp_path / "opt" / "obsbatch"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    # The project's own pip installs into the new venv's interpreter; --no-deps: the unit check needs the
+    # console script, not boto3 and the rest again.
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--quiet",
+                    "--no-deps", str(CONTRIB.parent)], check=True, capture_output=True)
+    assert (venv / "bin" / "obsbatch").is_file()
+    text = unit.replace("ExecStart=/opt/obsbatch/", f"ExecStart={venv}/")
+    text = re.sub(r"^EnvironmentFile=.*$", f"EnvironmentFile={CONTRIB / 'obsbatch.env.example'}", text, flags=re.M)
+    (tmp_path / "obsbatch.service").write_text(text)
+    (tmp_path / "obsbatch.timer").write_text((CONTRIB / "obsbatch.timer").read_text())
+    proc = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "obsbatch.service"),
+                           str(tmp_path / "obsbatch.timer")], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == "", proc.stderr
