@@ -146,6 +146,8 @@ def main(command: str, argv: Sequence[str]) -> NoReturn:
         raise FatalExit(ExitCode.FATAL, f"crashed: {type(exc).__name__}: {exc}") from None
     report = summary.as_dict()
     (log.info if summary.exit_code == ExitCode.OK else log.warning)(f"{command}.summary", **report)
+    if sys.stderr.isatty():  # every command ends with the human summary on a terminal (issue #18)
+        print(summary.human(), file=sys.stderr, flush=True)
     if config.summary == "json":
         print(json.dumps(report, sort_keys=True), flush=True)
     sys.exit(summary.exit_code)

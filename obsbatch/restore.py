@@ -139,6 +139,32 @@ class RestoreSummary:
                 "interrupted": self.interrupted, "aborted": self.aborted or None,
                 "seconds": round(time.time() - self.started, 3), "exit_code": int(self.exit_code)}
 
+    def human(self) -> str:
+        """A few lines for a person at a terminal, as a backup ends (report.Summary.human)."""
+        from obsbatch.report import human_size
+
+        seconds = max(time.time() - self.started, 1e-3)
+        if self.planned or not self.restored:
+            head = f"{self.planned} objects to restore ({human_size(self.bytes_planned)}), dry run" if self.planned \
+                else f"0 objects restored in {seconds:.1f} s"
+        else:
+            head = (f"{self.restored} objects restored ({human_size(self.bytes_restored)}) in {seconds:.1f} s, "
+                    f"{human_size(int(self.bytes_restored / seconds))}/s")
+        details = (("identical:", self.identical and f"{self.identical} (left as they were)"),
+                   ("CONFLICTS:", self.conflicts and f"{self.conflicts} local files differ; left untouched "
+                                                     "(restore.conflict above; --overwrite replaces them)"),
+                   ("archived:", self.archived and f"{self.archived} (thaw them with RestoreObject first)"),
+                   ("unsafe:  ", self.unsafe and f"{self.unsafe} keys that would leave --target; not written"),
+                   ("unverified:", self.unverified and f"{self.unverified} without sha256 to check against"),
+                   ("FAILED:  ", self.failed and f"{self.failed} ({', '.join(f'{n} {t}' for t, n in self.failed_by_type.most_common())}); "
+                                                 "each is in the log above"),
+                   ("stopped: ", self.interrupted and f"{self.interrupted} not restored (the next restore takes them)"),
+                   ("empty:   ", not self.listed and "no object under this prefix (check --prefix)"))
+        lines = [f"obsbatch restore: {head}; {self.listed} listed"]
+        lines += [f"  {label} {text}" for label, text in details if text]
+        lines.append(f"  exit {int(self.exit_code)}")
+        return "\n".join(lines)
+
     def progress_line(self) -> str:
         return (f"{self.restored} restored, {self.identical} identical, {self.conflicts} conflicts, "
                 f"{self.failed} failed")

@@ -81,6 +81,22 @@ class VerifySummary:
                 "seconds": round(time.time() - self.started, 3), "exit_code": int(self.exit_code)}
 
 
+    def human(self) -> str:
+        """A few lines for a person at a terminal, as a backup ends (report.Summary.human)."""
+        from obsbatch.report import human_size
+
+        lines = [f"obsbatch verify: {self.ok} of {self.checked} objects as stored, {self.read} read back in full "
+                 f"({human_size(self.bytes_read)}) in {time.time() - self.started:.1f} s"]
+        if self.missing:
+            lines.append(f"  MISSING:   {self.missing} (verify.missing above)")
+        if self.different:
+            lines.append(f"  DIFFERENT: {self.different} (verify.different above)")
+        if not self.checked:
+            lines.append("  empty:     nothing to check under this prefix (check --prefix)")
+        lines.append(f"  exit {int(self.exit_code)}")
+        return "\n".join(lines)
+
+
 def sampled(key: str, percent: float) -> bool:
     """Whether `key` is in the deterministic `percent` share of objects (module docstring)."""
     if percent <= 0:
