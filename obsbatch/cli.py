@@ -14,6 +14,7 @@ import difflib
 import json
 import os
 import sys
+import time
 import typing
 from dataclasses import MISSING, fields
 from typing import Mapping, NoReturn, Optional, Sequence
@@ -274,9 +275,10 @@ def wants_json(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> NoReturn:
+    started = time.time()
     command, argv = split_command(sys.argv[1:] if argv is None else argv)
     try:
-        _run(command, argv)
+        _run(command, argv, started)
     except FatalExit as stop:
         # --summary json always prints one JSON object, a fatal error at start included (issue #18).
         if wants_json(argv, os.environ):
@@ -285,7 +287,7 @@ def main(argv: Optional[Sequence[str]] = None) -> NoReturn:
         sys.exit(stop.code)
 
 
-def _run(command: str, argv: Sequence[str]) -> NoReturn:
+def _run(command: str, argv: Sequence[str], started: float) -> NoReturn:
     from obsbatch import commands
 
     try:
@@ -326,7 +328,7 @@ def _run(command: str, argv: Sequence[str]) -> NoReturn:
     notifier = systemd.Notifier.from_environ(os.environ, os.getpid())
     tel = telemetry.Telemetry.from_config(config, os.environ)
     try:
-        summary = pipeline.run(config, notifier, tel)
+        summary = pipeline.run(config, notifier, tel, started)
     except KeyboardInterrupt as exc:  # Ctrl-C before the upload loop took over the signal
         log.warning("run.interrupted", detail="stopped before any upload")
         _fail(notifier, tel, exc, "interrupted before any upload")
