@@ -19,7 +19,7 @@ from typing import NoReturn, Optional, Sequence
 import structlog
 
 from obsbatch import logs
-from obsbatch.cli import ENV_PREFIX, Parser
+from obsbatch.options import ENV_PREFIX, Parser
 from obsbatch.config import Config
 from obsbatch.errors import ExitCode, FatalExit, ObsbatchError, UsageError
 

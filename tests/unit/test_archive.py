@@ -3,6 +3,7 @@
 
 import argparse
 import base64
+import dataclasses
 import datetime
 import hashlib
 import os
@@ -22,7 +23,7 @@ MiB = 1024 * 1024
 
 def test_every_flag_is_in_exactly_one_help_group():
     grouped = [name for _, names in cli.GROUPS for name in names]
-    assert sorted(grouped) == sorted(f.name for f in cli.fields(Config))
+    assert sorted(grouped) == sorted(f.name for f in dataclasses.fields(Config))
     help_text = cli.build_parser().format_help()
     positions = [help_text.index(f"\n{title}:\n") for title, _ in cli.GROUPS]
     assert positions == sorted(positions)
