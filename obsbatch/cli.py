@@ -23,10 +23,12 @@ from obsbatch.config import Config
 from obsbatch.errors import ExitCode, FatalExit, ObsbatchError, UsageError
 from obsbatch.options import ENV_PREFIX, Parser, check_environment
 
-EPILOG = """\
+DESCRIPTION = """\
+Back up a directory tree to S3-compatible storage, never uploading a file that is still being written.
+
 commands (obsbatch COMMAND --help for each; without a command word, obsbatch runs backup):
   obsbatch [backup] --source DIR --bucket B ...
-                                  back up a directory tree (the flags above)
+                                  back up a directory tree (the flags below)
   obsbatch verify-manifest FILE... [--expect-head HEX] [--public-key PEM]
                                   check manifests' hash chains, their links and the anchor (0 intact,
                                   1 tampered, 2 unreadable)
@@ -34,7 +36,9 @@ commands (obsbatch COMMAND --help for each; without a command word, obsbatch run
                                   check the stored objects (obsbatch verify --help)
   obsbatch restore --bucket B --prefix P --target DIR
                                   bring a backup back (obsbatch restore --help)
+"""
 
+EPILOG = """\
 environment:
   OBSBATCH_<FLAG>          any flag, e.g. OBSBATCH_MAX_CONCURRENT=6, OBSBATCH_DRY_RUN=1,
                            OBSBATCH_EXCLUDE='*.tmp,*.part' (repeatable flags: comma-separated)
@@ -70,8 +74,7 @@ GROUPS = (
 
 def build_parser() -> Parser:
     parser = Parser(Config, GROUPS, prog="obsbatch", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-                     description="Back up a directory tree to S3-compatible storage, never uploading a file "
-                                 "that is still being written.")
+                     usage="obsbatch [COMMAND] [FLAGS]", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"obsbatch {__version__}")
     return parser
 

@@ -16,6 +16,9 @@ def test_help_lists_exit_codes_and_environment():
     proc = subprocess.run([sys.executable, "-m", "obsbatch", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0
     assert "OBSBATCH_<FLAG>" in proc.stdout and "143" in proc.stdout and "--fd-check" in proc.stdout
+    # It opens with the commands, one line each, before any flag (issue #18).
+    opening = proc.stdout[:proc.stdout.index("--source DIR  ")]
+    assert all(f"obsbatch {word}" in opening for word in ("[backup]", "restore", "verify ", "verify-manifest"))
 
 
 def test_a_misspelt_variable_in_an_environment_file_stops_the_run():
