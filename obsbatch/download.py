@@ -14,6 +14,7 @@ second restore over the same tree changes nothing; other bytes are a conflict, l
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import hashlib
@@ -69,6 +70,30 @@ def mtime_ns(text: str) -> Optional[int]:
     return int(seconds) * 1_000_000_000 + int((fraction + "000000000")[:9] or 0)
 
 
+#: Random bytes in a temporary's name (hex: twice as many characters).
+_TEMP_RANDOM = 6
+
+
+def temp_stem(dest: bytes) -> bytes:
+    """The path of `dest`'s temporaries less their random tail: `DIR/.NAME.obsbatch-restore-`."""
+    directory, name = os.path.split(dest)
+    return os.path.join(directory, b"." + name[:200] + TEMP_MARK)
+
+
+def remove_temporaries(dest: bytes) -> None:
+    """Remove what a worker torn down mid-object may have left of `dest` (its temporaries, never `dest`)."""
+    stem = temp_stem(dest)
+    directory, prefix = os.path.split(stem)
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(prefix) and len(name) == len(prefix) + 2 * _TEMP_RANDOM:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
+
+
 def local_verdict(client, bucket: str, controls: archive.ArchiveControls, item: RestoreItem) -> Optional[Dict]:
     """What is already at the destination decides: the Outcome fields of an identical file (left as it is) or
     of a conflict (left untouched); None when the object is to be written (nothing there, or --overwrite of a
@@ -108,7 +133,7 @@ def restore(client, bucket: str, controls: archive.ArchiveControls, item: Restor
         response = client.get_object(Bucket=bucket, Key=item.key, **read)
     metadata = response.get("Metadata", {})
     expected = item.sha256 or metadata.get("sha256", "")
-    temp = os.path.join(directory, b"." + os.path.basename(item.dest)[:200] + TEMP_MARK + os.urandom(6).hex().encode())
+    temp = temp_stem(item.dest) + os.urandom(_TEMP_RANDOM).hex().encode()
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except BaseException:

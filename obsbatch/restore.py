@@ -16,7 +16,6 @@ in memory: a manifest of millions of files stays out of RAM.
 from __future__ import annotations
 
 import collections
-import contextlib
 import os
 import sqlite3
 import tempfile
@@ -256,15 +255,13 @@ def run(job: RestoreJob, summary: RestoreSummary) -> RestoreSummary:
     The same engine as a backup (issue #18): dispatch.Dispatch hands RestoreItems to the UploadPool's workers
     and accounts for each one; shutdown.Shutdown records SIGTERM/SIGINT/SIGHUP, so a first signal lets the
     objects in flight finish (within --stop-timeout) and starts no other, a second one or the timeout tears
-    the workers down; what they were writing is removed (`remove_temporaries`). Whatever the stop, a name
+    the workers down; what they were writing is removed (download.remove_temporaries). Whatever the stop, a name
     under --target holds either its checked bytes or what was there before.
     """
     import botocore.exceptions
 
     from obsbatch import s3
-    from obsbatch.dispatch import Dispatch
     from obsbatch.settings import Endpoint
-    from obsbatch.shutdown import Shutdown
 
     config = job.config
     if not job.dry_run:
@@ -275,32 +272,16 @@ def run(job: RestoreJob, summary: RestoreSummary) -> RestoreSummary:
     client = s3.make_client(Endpoint.from_config(config), pool_connections=1)
     index = ManifestIndex(job.manifest, config.prefix) if job.manifest else None
     listing = client.get_paginator("list_objects_v2").paginate(Bucket=config.bucket, Prefix=config.prefix)
-    if job.dry_run:
-        try:
-            _plan_only(client, config, _items(job, listing, index, summary), summary)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise remote.store_error(exc, config.bucket, config.endpoint or "AWS",
-                                     f"list s3://{config.bucket}/{config.prefix}") from None
-        finally:
-            if index is not None:
-                index.close()
-        return summary
-    ctx = pool.context()
-    shutdown = Shutdown(ctx, config.stop_timeout)
-    workers = pool.UploadPool(ctx, config, shutdown.workers_flag, pool.Gauges(ctx, config.processes), restore=True)
-    dispatch = Dispatch(workers, shutdown, summary, _as_returned, preflight=_listed, grace=config.http_timeout + 5,
-                        abandon=remove_temporaries)
-    log.info("restore.start", bucket=config.bucket, prefix=config.prefix, target=os.fsdecode(job.target),
-             manifest=job.manifest, overwrite=job.overwrite)
     try:
-        with shutdown.installed():
-            dispatch.run(_items(job, listing, index, summary))
+        if job.dry_run:
+            _plan_only(client, config, _items(job, listing, index, summary), summary)
+        else:
+            _dispatch(job, _items(job, listing, index, summary), summary)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         # The listing failed: the bucket is gone, the key may not list, the endpoint is down.
         raise remote.store_error(exc, config.bucket, config.endpoint or "AWS",
                                  f"list s3://{config.bucket}/{config.prefix}") from None
     finally:
-        summary.interrupted_by = shutdown.exit_code
         if index is not None:
             index.close()
     if summary.listed == 0 and summary.interrupted_by is None:
@@ -308,6 +289,26 @@ def run(job: RestoreJob, summary: RestoreSummary) -> RestoreSummary:
         log.warning("restore.empty", bucket=config.bucket, prefix=config.prefix,
                     detail="no object under this prefix; nothing was restored (check --prefix); exit 1")
     return summary
+
+
+def _dispatch(job: RestoreJob, items, summary: RestoreSummary) -> None:
+    """The objects to the workers, through the backup's engine; the stop signal, if any, into the summary."""
+    from obsbatch.dispatch import Dispatch
+    from obsbatch.shutdown import Shutdown
+
+    config = job.config
+    ctx = pool.context()
+    shutdown = Shutdown(ctx, config.stop_timeout)
+    workers = pool.UploadPool(ctx, config, shutdown.workers_flag, pool.Gauges(ctx, config.processes), restore=True)
+    dispatch = Dispatch(workers, shutdown, summary, _as_returned, preflight=_listed, grace=config.http_timeout + 5,
+                        abandon=_abandoned)
+    log.info("restore.start", bucket=config.bucket, prefix=config.prefix, target=os.fsdecode(job.target),
+             manifest=job.manifest, overwrite=job.overwrite)
+    try:
+        with shutdown.installed():
+            dispatch.run(items)
+    finally:
+        summary.interrupted_by = shutdown.exit_code
 
 
 def _plan_only(client, config: Config, items, summary: RestoreSummary) -> None:
@@ -333,16 +334,6 @@ def _listed() -> None:
     """The restore's pre-flight is its listing, which has already answered when the first object is sent."""
 
 
-def remove_temporaries(item: RestoreItem) -> None:
-    """Remove what a torn-down worker may have left of `item`: its `.NAME.obsbatch-restore-*` temporary
-    (download.restore; a worker killed mid-object leaves it, never a file under the real name)."""
-    directory, name = os.path.split(item.dest)
-    mark = b"." + name[:200] + download.TEMP_MARK
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return
-    for other in names:
-        if other.startswith(mark) and len(other) == len(mark) + 12:
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(directory, other))
+def _abandoned(item: RestoreItem) -> None:
+    """Dispatch's `abandon`: a torn-down worker may have left a temporary of this object."""
+    download.remove_temporaries(item.dest)

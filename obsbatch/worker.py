@@ -341,19 +341,13 @@ class WorkerContext:
         multipart = any(item.size >= self.settings.multipart_threshold for item in items)
         threads = None if len(items) == 1 or multipart else self.threads
         # A multipart upload's parts go through `in_flight` one by one (on the threads); the file itself not.
-        return run_batch(items, self._one_unless_stopping, threads, None if multipart else self.in_flight)
+        return run_batch(items, functools.partial(self._unless_stopping, self.upload_one), threads,
+                         None if multipart else self.in_flight)
 
     def restore_batch(self, items: list) -> list:
         """`obsbatch restore`: bring back a batch of objects (RestoreItems) on this worker's threads."""
         threads = None if len(items) == 1 else self.threads
-        return run_batch(items, self._restore_unless_stopping, threads, self.in_flight)
-
-    def _restore_unless_stopping(self, item: RestoreItem) -> Outcome:
-        # As for uploads: on a stop, an object not begun comes back not started, so the drain waits for one
-        # object per thread, never for whole batches.
-        if self.stopping:
-            return not_started(item)
-        return self.restore_one(item)
+        return run_batch(items, functools.partial(self._unless_stopping, self.restore_one), threads, self.in_flight)
 
     def restore_one(self, item: RestoreItem) -> Outcome:
         """One object back (download.restore); never raises: FAILED with a reason, or SKIPPED/archived."""
@@ -398,15 +392,12 @@ class WorkerContext:
         return Outcome(path=item.display, key=item.key, attempts=sent, retries=max(sent - calls + recalls, 0),
                        started=started, ended=time.time(), **fields)
 
-    @property
-    def stopping(self) -> bool:
-        """The parent is stopping (Shutdown.workers_flag): begin no new file or object."""
-        return self.shared is not None and bool(self.shared.stopping.value)
-
-    def _one_unless_stopping(self, item: WorkItem) -> Outcome:
-        if self.stopping:
+    def _unless_stopping(self, task: Callable, item) -> Outcome:
+        """task(item), unless the parent is stopping (Shutdown.workers_flag): then the file or object comes back
+        not started, so a stop waits for one per upload thread, never for whole batches."""
+        if self.shared is not None and self.shared.stopping.value:
             return not_started(item)
-        return self.upload_one(item)
+        return task(item)
 
     def upload_one(self, item: WorkItem) -> Outcome:
         """Upload one file, verified; DEFERRED/changed if it moved under us; FAILED with a reason otherwise."""
