@@ -1,6 +1,6 @@
 """Archive controls (issue #13): what a regulated archive sets on each object at upload, as one frozen value.
 
-`ArchiveControls` is built once from the Config (`Config.archive`, which also validates it) and pickled to
+`ArchiveControls` is built once from the config (`BackupConfig.archive`, which also validates it) and pickled to
 every worker inside WorkerSettings. It says which headers go with a PutObject and a CreateMultipartUpload
 (`headers` for the lean PUT, `params` for botocore: both from one table), which go with every request on an
 SSE-C object (`customer_key_params`: UploadPart and the HEADs), and what the read-back must find
@@ -94,7 +94,7 @@ def key_value(flag: str, text: str) -> Tuple[str, str]:
     return name.strip(), value
 
 
-def _metadata(pairs: Tuple[str, ...]) -> Tuple[Tuple[str, str], ...]:
+def metadata_pairs(pairs: Tuple[str, ...]) -> Tuple[Tuple[str, str], ...]:
     out = []
     for text in pairs:
         name, value = key_value("--metadata", text)
@@ -110,7 +110,7 @@ def _metadata(pairs: Tuple[str, ...]) -> Tuple[Tuple[str, str], ...]:
     return tuple(out)
 
 
-def _tags(pairs: Tuple[str, ...]) -> Tuple[Tuple[str, str], ...]:
+def tag_pairs(pairs: Tuple[str, ...]) -> Tuple[Tuple[str, str], ...]:
     tags = tuple(key_value("--tag", text) for text in pairs)
     if len(tags) > MAX_TAGS:
         raise UsageError(f"--tag given {len(tags)} times; S3 allows at most {MAX_TAGS} tags per object")
@@ -142,14 +142,6 @@ class ArchiveControls:
     tags: Tuple[Tuple[str, str], ...] = ()
     metadata: Tuple[Tuple[str, str], ...] = ()
     preserve_attrs: bool = True
-
-    @classmethod
-    def from_config(cls, config) -> "ArchiveControls":
-        return cls(lock_mode=config.object_lock_mode, lock_retain=config.object_lock_retain,
-                   legal_hold=config.legal_hold, sse=config.sse, sse_kms_key_id=config.sse_kms_key_id,
-                   customer_key=CustomerKey.read(config.sse_c_key_file) if config.sse_c_key_file else None,
-                   storage_class=config.storage_class, tags=_tags(config.tag), metadata=_metadata(config.metadata),
-                   preserve_attrs=not config.no_preserve_attrs)
 
     @property
     def locking(self) -> bool:

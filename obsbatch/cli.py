@@ -1,4 +1,4 @@
-"""Command line: parse and validate the one `Config`, set up logging, run, exit.
+"""Command line: route the command word, parse and validate the backup's config, set up logging, run, exit.
 
 Every flag may also come from `OBSBATCH_<FLAG>` (dashes as underscores, upper case), so a systemd
 EnvironmentFile can hold a whole job. A flag on the command line beats its environment variable.
@@ -19,7 +19,7 @@ from typing import Mapping, NoReturn, Optional, Sequence
 import structlog
 
 from obsbatch import __version__, logs
-from obsbatch.config import Config
+from obsbatch.config import BackupConfig, compose, options_class
 from obsbatch.errors import ExitCode, FatalExit, ObsbatchError, UsageError
 from obsbatch.options import ENV_PREFIX, Parser, check_environment
 
@@ -55,33 +55,16 @@ exit codes:
 """
 
 
-#: --help's argument groups, in order, and the Config fields in each (every field in exactly one; a unit test
-#: holds that). argparse-dataclass has no groups, so Parser.add_argument files each flag here.
-GROUPS = (
-    ("source", ("source", "include", "exclude", "follow_symlinks", "allow_outside_source", "dry_run")),
-    ("destination", ("bucket", "prefix", "endpoint", "region", "addressing_style", "ca_bundle", "no_verify_ssl")),
-    ("stability", ("min_age", "fd_check", "max_defer")),
-    ("integrity", ("checksum_mode", "verify_after_upload", "verify_remote")),
-    ("archive controls", ("object_lock_mode", "object_lock_retain", "legal_hold", "sse", "sse_kms_key_id",
-                          "sse_c_key_file", "storage_class", "tag", "metadata", "no_preserve_attrs")),
-    ("speed", ("max_concurrent", "max_concurrent_limit", "bwlimit", "max_rps", "http_timeout", "retries",
-               "multipart_threshold", "multipart_chunksize", "stop_timeout")),
-    ("state", ("state", "no_state", "delete_source")),
-    ("output", ("debug", "log_format", "summary", "manifest", "upload_manifest", "manifest_signing_key",
-                "otel_endpoint", "no_telemetry")),
-)
-
-
 def build_parser() -> Parser:
-    parser = Parser(Config, GROUPS, prog="obsbatch", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = Parser(options_class(BackupConfig), BackupConfig.GROUPS, prog="obsbatch", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
                      usage="obsbatch [COMMAND] [FLAGS]", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"obsbatch {__version__}")
     return parser
 
 
-def parse(argv: Optional[Sequence[str]], environ: Mapping[str, str]) -> Config:
-    """Parse flags, fill the gaps from OBSBATCH_* variables, validate, return the frozen Config."""
-    config = Config(**build_parser().values(argv, environ))
+def parse(argv: Optional[Sequence[str]], environ: Mapping[str, str]) -> BackupConfig:
+    """Parse flags, fill the gaps from OBSBATCH_* variables, validate, return the frozen BackupConfig."""
+    config = compose(BackupConfig, build_parser().values(argv, environ))
     if config.state is None and not config.no_state:
         # The default location depends on the environment (systemd's StateDirectory=, XDG); resolve it here,
         # once, so nothing later reads the environment.
@@ -144,8 +127,10 @@ def _usage_exit(message: str) -> NoReturn:
 
 #: The commands besides the bare backup, routed by their word.
 COMMAND_WORDS = ("backup", "restore", "verify", "verify-manifest")
-#: Output flags every command has, which may come before the command word (`obsbatch --debug info restore`).
+#: Output flags every command has, which may come before the command word (`obsbatch --debug info restore`):
+#: those that take a value, and those that do not.
 OUTPUT_FLAGS = ("--debug", "--log-format", "--summary")
+OUTPUT_SWITCHES = ("-v", "--verbose", "-q", "--quiet", "--progress", "--no-progress")
 
 
 def split_command(argv: Sequence[str]) -> tuple:
@@ -153,8 +138,8 @@ def split_command(argv: Sequence[str]) -> tuple:
     original's command line, verbatim). Output flags before the word are handed to the command after it."""
     argv = list(argv)
     leading = []
-    while argv and argv[0].split("=", 1)[0] in OUTPUT_FLAGS:
-        take = 1 if "=" in argv[0] else 2
+    while argv and (argv[0] in OUTPUT_SWITCHES or argv[0].split("=", 1)[0] in OUTPUT_FLAGS):
+        take = 1 if "=" in argv[0] or argv[0] in OUTPUT_SWITCHES else 2
         leading, argv = leading + argv[:take], argv[take:]
     if argv and argv[0] in COMMAND_WORDS:
         return argv[0], leading + argv[1:]
@@ -209,13 +194,13 @@ def _run(command: str, argv: Sequence[str], started: float) -> NoReturn:
         from obsbatch import pool
 
         pool.start_fork_server()
-    logs.configure(config.debug, config.log_format)
+    logs.configure(config.output.level, config.output.log_format)
     log = structlog.get_logger()
     # Imported here so that `--help` and usage errors do not pay for the pipeline's imports.
     from obsbatch import pipeline, systemd, telemetry
 
-    if config.no_verify_ssl:
-        log.warning("tls.unverified", endpoint=config.endpoint or "aws",
+    if config.store.no_verify_ssl:
+        log.warning("tls.unverified", endpoint=config.store.server,
                     detail="--no-verify-ssl: the endpoint's certificate is not checked; anyone on the network path "
                            "can read and alter what is backed up")
     # systemd's and OpenTelemetry's own variables, read once here like everything else from the environment.
@@ -232,13 +217,13 @@ def _run(command: str, argv: Sequence[str], started: float) -> NoReturn:
         _fail(notifier, tel, exc, f"failed: {exc}")
         raise FatalExit(exc.exit_code, str(exc)) from None
     except Exception as exc:  # a bug: say so in one line; the traceback only at debug level
-        log.error("run.crashed", error=f"{type(exc).__name__}: {exc}", exc_info=config.debug in ("debug", "trace"))
+        log.error("run.crashed", error=f"{type(exc).__name__}: {exc}", exc_info=config.output.traceback)
         _fail(notifier, tel, exc, f"crashed: {type(exc).__name__}")
         raise FatalExit(ExitCode.FATAL, f"crashed: {type(exc).__name__}: {exc}") from None
     tel.shutdown()
-    if sys.stderr.isatty():
+    if config.output.human_summary(sys.stderr.isatty()):
         print(summary.human(config.manifest or ""), file=sys.stderr, flush=True)
-    if config.summary == "json":
+    if config.output.summary == "json":
         try:
             print(json.dumps(summary.as_dict(), sort_keys=True), flush=True)
         except BrokenPipeError:

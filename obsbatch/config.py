@@ -1,21 +1,26 @@
-"""The one frozen `Config`, its value parsers and its cross-field validation.
+"""Configuration from parts (issue #18): one frozen dataclass per concern, composed into one per command.
 
-`cli.py` builds the argument parser from this dataclass (argparse-dataclass), so a flag, its help text and
-its type live in one place. Each value parser raises `argparse.ArgumentTypeError` with a sentence that
-names the problem; argparse prefixes it with the flag.
+`StoreConfig` (where the objects are and how to reach them), `TransferConfig` (how much in flight, how fast,
+how patient), `OutputConfig` (logs, summary, progress) are shared; `BackupConfig`, `RestoreConfig` and
+`VerifyConfig` each hold those three and their own fields, so no command carries another's. A check lives in
+the `__post_init__` of the part that holds the values it checks.
+
+The parsers are built from these fields (obsbatch.options, argparse-dataclass), so a flag, its help text, its
+type and its OBSBATCH_* variable live in one place. Each value parser raises `argparse.ArgumentTypeError` with
+a sentence that names the problem; argparse prefixes it with the flag.
 """
 
 # No `from __future__ import annotations` here: argparse-dataclass reads the real types (bool, Literal).
 import argparse
+import dataclasses
 import functools
 import os
 import re
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal, Optional, Tuple
 
 from obsbatch.errors import UsageError
-from obsbatch.ratelimit import bandwidth
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -206,63 +211,254 @@ def storage_class_name(text: str) -> str:
     return str(text)
 
 
+#: rclone's units for --bwlimit: a plain number is KiB/s; B, K, M, G, T are bytes, KiB, MiB, GiB, TiB per second.
+_RATE_UNITS = {"b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4}
+
+
+def _rate(text: str) -> Optional[float]:
+    """'4M' -> 4 MiB/s in bytes; 'off' -> None (no limit)."""
+    low = text.strip().lower()
+    if low == "off":
+        return None
+    number, unit = (low[:-1], low[-1]) if low[-1:] in _RATE_UNITS else (low, "k")
+    try:
+        value = float(number) * _RATE_UNITS[unit]
+    except ValueError:
+        value = -1.0
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate (examples: 512K, 4M, 1.5G, off)")
+    return value
+
+
+def bandwidth(text: str) -> Tuple[Tuple[int, Optional[float]], ...]:
+    """--bwlimit: a rate ('4M', 'off') or an rclone-style timetable ('08:00,4M 19:00,off'), as a tuple of
+    (minute of the day it starts, bytes per second or None), sorted. A single rate starts at 00:00."""
+    entries = str(text).split()
+    if len(entries) == 1 and "," not in entries[0]:
+        return ((0, _rate(entries[0])),)
+    table = []
+    for entry in entries:
+        when, sep, rate = entry.partition(",")
+        try:
+            hours, minutes = (int(x) for x in when.split(":"))
+            if not (sep and 0 <= hours < 24 and 0 <= minutes < 60):
+                raise ValueError
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{entry!r} is not a timetable entry HH:MM,RATE (example: "
+                                             "'08:00,4M 19:00,off')") from None
+        table.append((hours * 60 + minutes, _rate(rate)))
+    if len({start for start, _ in table}) != len(table):
+        raise argparse.ArgumentTypeError(f"{text!r} names the same time twice")
+    return tuple(sorted(table))
+
+
+
 def _opt(help: str, **metadata) -> dict:
     return dict(help=help, **metadata)
 
 
-@dataclass(frozen=True)
-class Config:
-    """Everything a run needs, validated once. Field names are the flags (`--max-concurrent`) and, upper-cased
-    with an `OBSBATCH_` prefix, the environment fallbacks (`OBSBATCH_MAX_CONCURRENT`)."""
+# Fields more than one command has, made by a function each: a dataclasses.Field belongs to one class.
+def _include_field():
+    return field(default=(), metadata=_opt("take only files whose relative path matches GLOB (repeatable; `*` spans "
+                                           "`/`)", metavar="GLOB", append=True))
 
-    source: Optional[str] = field(default=None, metadata=_opt("directory tree to back up (required)", metavar="DIR"))
-    bucket: Optional[str] = field(default=None, metadata=_opt("destination bucket (required)", metavar="NAME", type=bucket_name))
+
+def _exclude_field():
+    return field(default=(), metadata=_opt("leave out files whose relative path matches GLOB (repeatable; beats "
+                                           "--include)", metavar="GLOB", append=True))
+
+
+def _tuples(config, names) -> None:
+    # argparse hands None for a repeatable flag never given; keep the field a tuple.
+    for name in names:
+        object.__setattr__(config, name, tuple(getattr(config, name) or ()))
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where the objects are and how to reach them: the same for every command."""
+
+    bucket: Optional[str] = field(default=None, metadata=_opt("the bucket (required)", metavar="NAME", type=bucket_name))
     prefix: str = field(default="", metadata=_opt("key prefix; a missing trailing '/' is added, as `aws s3 sync` does", metavar="PREFIX"))
     endpoint: Optional[str] = field(default=None, metadata=_opt("S3 endpoint URL (default: AWS)", metavar="URL", type=endpoint_url))
     region: Optional[str] = field(default=None, metadata=_opt("signing region (default: the AWS chain, else us-east-1)", metavar="R", type=region_name))
-    http_timeout: float = field(default=15.0, metadata=_opt("connect and read timeout per HTTP request, seconds (default 15)", metavar="S", type=positive_seconds))
-    max_concurrent: Optional[int] = field(default=None, metadata=_opt(
-        "uploads in flight at once: auto (default) starts at 8 and tunes it from the completion rate and the "
-        "server's throttling, up to --max-concurrent-limit; a number fixes it. Worker processes up to the number "
-        "of CPUs, each with threads for the rest", metavar="N|auto", type=concurrency))
-    max_concurrent_limit: int = field(default=256, metadata=_opt(
-        "with --max-concurrent auto: the most uploads in flight it may reach (default 256)", metavar="N",
-        type=positive_int))
-    debug: Literal["error", "warn", "warning", "info", "debug", "trace"] = field(default="info", metadata=_opt("log level: error, warn, info (default), debug, trace", metavar="LEVEL"))
-    min_age: float = field(default=2.0, metadata=_opt("a file modified less than S seconds ago is deferred (default 2)", metavar="S", type=non_negative_seconds))
-    include: tuple = field(default=(), metadata=_opt("take only files whose relative path matches GLOB (repeatable; `*` spans `/`)", metavar="GLOB", append=True))
-    exclude: tuple = field(default=(), metadata=_opt("leave out files whose relative path matches GLOB (repeatable; beats --include)", metavar="GLOB", append=True))
-    follow_symlinks: bool = field(default=False, metadata=_opt("follow symbolic links (loop-safe); default: skip them"))
-    ca_bundle: Optional[str] = field(default=None, metadata=_opt(
-        "PEM file of the CA certificates to trust for an https endpoint; default: botocore's (AWS_CA_BUNDLE)",
-        metavar="PATH", type=readable_file))
-    no_verify_ssl: bool = field(default=False, metadata=_opt(
-        "do not verify the endpoint's TLS certificate (insecure: anyone on the path can read and alter the backup)"))
-    allow_outside_source: bool = field(default=False, metadata=_opt(
-        "with --follow-symlinks, also follow links that lead outside --source; default: skip them"))
-    dry_run: bool = field(default=False, metadata=_opt("walk and judge, upload nothing, contact no server"))
     addressing_style: Literal["auto", "path", "virtual"] = field(default="auto", metadata=_opt("S3 addressing style (default auto)"))
     checksum_mode: Literal["when_required", "when_supported"] = field(default="when_required", metadata=_opt(
         "botocore's extra flexible checksums; when_required (default) works with Huawei OBS and Ceph (boto/boto3#4392). "
         "Content-MD5 is sent either way"))
-    multipart_threshold: int = field(default=64 * MiB, metadata=_opt("files at least this big go multipart (default 64MiB)", metavar="SIZE", type=parse_size))
-    multipart_chunksize: int = field(default=16 * MiB, metadata=_opt("multipart part size (default 16MiB; min 5MiB; raised to fit 10,000 parts)", metavar="SIZE", type=parse_size))
+    ca_bundle: Optional[str] = field(default=None, metadata=_opt(
+        "PEM file of the CA certificates to trust for an https endpoint; default: botocore's (AWS_CA_BUNDLE)",
+        metavar="PATH", type=readable_file))
+    no_verify_ssl: bool = field(default=False, metadata=_opt(
+        "do not verify the endpoint's TLS certificate (insecure: anyone on the path can read and alter the data)"))
+    sse_c_key_file: Optional[str] = field(default=None, metadata=_opt(
+        "SSE-C: the objects are encrypted with the 256-bit key in this file (32 raw bytes or their base64), sent "
+        "on every request that writes or reads them; never over plain http except to loopback", metavar="PATH",
+        type=readable_file))
+
+    def __post_init__(self) -> None:
+        if not self.bucket:
+            raise UsageError("--bucket is required (or OBSBATCH_BUCKET)")
+        prefix = self.prefix
+        if prefix.startswith("/"):
+            raise UsageError(f"--prefix {prefix!r} must not start with '/'")
+        if ".." in prefix.split("/"):
+            raise UsageError(f"--prefix {prefix!r} must not contain a '..' segment")
+        if prefix and not prefix.endswith("/"):
+            object.__setattr__(self, "prefix", prefix + "/")
+        if self.ca_bundle and self.no_verify_ssl:
+            raise UsageError("--ca-bundle and --no-verify-ssl contradict each other; give one")
+        if self.sse_c_key_file:
+            from obsbatch.archive import plain_http_to_remote_host
+
+            if plain_http_to_remote_host(self.endpoint):
+                raise UsageError(f"--sse-c-key-file would send the key in clear text to {_shown(self.endpoint)}; "
+                                 "use an https:// endpoint (plain http is allowed to loopback only)")
+        self.customer_key  # reads and checks the SSE-C key now: a usage error, exit 2
+
+    @property
+    def server(self) -> str:
+        """The endpoint as messages name it."""
+        return self.endpoint or "AWS"
+
+    @property
+    def location(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    @functools.cached_property
+    def customer_key(self):
+        """The SSE-C key (obsbatch.archive.CustomerKey), or None."""
+        from obsbatch.archive import CustomerKey
+
+        return CustomerKey.read(self.sse_c_key_file) if self.sse_c_key_file else None
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """How much is in flight, how fast, and how patient: uploads, downloads and checks alike."""
+
+    max_concurrent: Optional[int] = field(default=None, metadata=_opt(
+        "requests in flight at once: auto (default) starts at 8 and tunes it from the completion rate and the "
+        "server's throttling, up to --max-concurrent-limit; a number fixes it. Worker processes up to the number "
+        "of CPUs, each with threads for the rest", metavar="N|auto", type=concurrency))
+    max_concurrent_limit: int = field(default=256, metadata=_opt(
+        "with --max-concurrent auto: the most requests in flight it may reach (default 256)", metavar="N",
+        type=positive_int))
+    bwlimit: Optional[tuple] = field(default=None, metadata=_opt(
+        "bytes sent or received at most RATE bytes/s, all workers together (rclone's units: 512K, 4M, 1.5G, off; "
+        "a plain number is KiB/s), or a timetable in local time: '08:00,4M 19:00,off'", metavar="RATE",
+        type=bandwidth))
     max_rps: Optional[float] = field(default=None, metadata=_opt(
         "at most N HTTP requests per second to the endpoint, summed over all workers and retries included "
         "(default: no limit); keeps a server that throttles bursts (503 SlowDown) from being pushed into it",
         metavar="N", type=positive_number))
+    http_timeout: float = field(default=15.0, metadata=_opt("connect and read timeout per HTTP request, seconds (default 15)", metavar="S", type=positive_seconds))
     retries: int = field(default=5, metadata=_opt("retries per request after the first attempt (default 5)", metavar="N", type=non_negative_int))
+    stop_timeout: float = field(default=60.0, metadata=_opt(
+        "after SIGTERM/SIGINT/SIGHUP, let the transfers in flight finish for at most S seconds, then abort them "
+        "(default 60)", metavar="S", type=non_negative_seconds))
+
+    # cached_property (it writes the instance __dict__, which a frozen dataclass allows): these are read for
+    # every file and batch, and os.cpu_count() is a system call's worth of work each time.
+    @functools.cached_property
+    def most_in_flight(self) -> int:
+        """The most requests that may ever be in flight: --max-concurrent N, or auto's --max-concurrent-limit."""
+        return self.max_concurrent or self.max_concurrent_limit
+
+    @functools.cached_property
+    def processes(self) -> int:
+        """Worker processes: one per CPU at most. Python code is bound to one core per process."""
+        return max(1, min(self.most_in_flight, os.cpu_count() or 1))
+
+    @functools.cached_property
+    def threads(self) -> int:
+        """Threads per worker process at most, so that processes x threads >= most_in_flight; a worker starts
+        them as the level it must follow needs them.
+
+        A small PUT spends most of its time waiting on the server, during which a thread gives up the GIL;
+        and an S3 server does less work per request with more of them in flight (SeaweedFS: ~1.1 ms of
+        CPU per PUT with 4 in flight, ~0.85 ms with 8; issue #5).
+        """
+        return -(-self.most_in_flight // self.processes)
+
+    @property
+    def grace(self) -> float:
+        """How long past the stop a worker may take to answer: one request's timeout, and some."""
+        return self.http_timeout + 5
+
+
+_LEVELS = ("error", "warn", "warning", "info", "debug", "trace")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """What a person or a log collector sees: the log, the progress bar, the summary."""
+
+    # Not a Literal: None (not given) is how -v and -q are told apart from an explicit --debug.
+    debug: Optional[str] = field(default=None, metadata=_opt(
+        "log level: error, warn, info (default), debug, trace", metavar="LEVEL", choices=_LEVELS))
+    verbose: bool = field(default=False, metadata=_opt("log level debug (--debug debug)", args=["-v", "--verbose"]))
+    quiet: bool = field(default=False, metadata=_opt(
+        "warnings and errors only: log level warn, no progress bar, no summary on the terminal",
+        args=["-q", "--quiet"]))
+    log_format: Literal["auto", "json", "console"] = field(default="auto", metadata=_opt("auto: console on a TTY, else JSON lines (default)"))
+    progress: Optional[bool] = field(default=None, metadata=_opt(
+        "draw a progress bar on stderr (default: when stdout and stderr are both terminals)", negatable=True))
+    summary: Literal["none", "json"] = field(default="none", metadata=_opt("json: print the final summary as one JSON object on stdout"))
+
+    def __post_init__(self) -> None:
+        given = [flag for flag, on in (("--debug", self.debug), ("--verbose", self.verbose), ("--quiet", self.quiet)) if on]
+        if len(given) > 1:
+            raise UsageError(f"{' and '.join(given)} each set the log level; give one")
+
+    @property
+    def level(self) -> str:
+        """The log level: --debug, or -v (debug), or -q (warn), else info."""
+        return self.debug or ("debug" if self.verbose else "warn" if self.quiet else "info")
+
+    @property
+    def traceback(self) -> bool:
+        """Whether a crash logs its traceback (debug level and below)."""
+        return self.level in ("debug", "trace")
+
+    def bar(self, terminal: bool) -> bool:
+        """Whether to draw the progress bar, given whether stdout and stderr are both terminals."""
+        return not self.quiet and (terminal if self.progress is None else self.progress)
+
+    def human_summary(self, terminal: bool) -> bool:
+        """Whether to print the human summary, given whether stderr is a terminal."""
+        return terminal and not self.quiet
+
+
+#: The parts every command's config holds, by field name.
+PARTS = {"store": StoreConfig, "transfer": TransferConfig, "output": OutputConfig}
+
+
+@dataclass(frozen=True)
+class BackupConfig:
+    """Everything a backup run needs, validated once. Field names are the flags (`--max-concurrent`) and,
+    upper-cased with an `OBSBATCH_` prefix, the environment fallbacks (`OBSBATCH_MAX_CONCURRENT`)."""
+
+    store: StoreConfig
+    transfer: TransferConfig
+    output: OutputConfig
+    source: Optional[str] = field(default=None, metadata=_opt("directory tree to back up (required)", metavar="DIR"))
+    min_age: float = field(default=2.0, metadata=_opt("a file modified less than S seconds ago is deferred (default 2)", metavar="S", type=non_negative_seconds))
+    include: tuple = _include_field()
+    exclude: tuple = _exclude_field()
+    follow_symlinks: bool = field(default=False, metadata=_opt("follow symbolic links (loop-safe); default: skip them"))
+    allow_outside_source: bool = field(default=False, metadata=_opt(
+        "with --follow-symlinks, also follow links that lead outside --source; default: skip them"))
+    dry_run: bool = field(default=False, metadata=_opt("walk and judge, upload nothing, contact no server"))
+    multipart_threshold: int = field(default=64 * MiB, metadata=_opt("files at least this big go multipart (default 64MiB)", metavar="SIZE", type=parse_size))
+    multipart_chunksize: int = field(default=16 * MiB, metadata=_opt("multipart part size (default 16MiB; min 5MiB; raised to fit 10,000 parts)", metavar="SIZE", type=parse_size))
     fd_check: Literal["best-effort", "strict"] = field(default="best-effort", metadata=_opt(
         "strict: exit 2 if any process's open files cannot be inspected (default best-effort: warn once)"))
-    log_format: Literal["auto", "json", "console"] = field(default="auto", metadata=_opt("auto: console on a TTY, else JSON lines (default)"))
     verify_after_upload: bool = field(default=False, metadata=_opt(
         "read each object back (HEAD) after uploading it and compare length, ETag and sha256 metadata"))
     verify_remote: bool = field(default=False, metadata=_opt(
         "list the destination once and reconcile it with the journal: re-upload what is missing or differs, "
         "record identical objects without uploading them (recovers a lost journal cheaply)"))
-    stop_timeout: float = field(default=60.0, metadata=_opt(
-        "after SIGTERM/SIGINT/SIGHUP, let uploads in flight finish for at most S seconds, then abort them (default 60)",
-        metavar="S", type=non_negative_seconds))
     max_defer: float = field(default=86400.0, metadata=_opt(
         "a file deferred for longer than this (across runs, with a journal) is reported as stuck: warning "
         "file.stuck and exit 3 (default 24h)", metavar="DURATION", type=duration))
@@ -299,10 +495,6 @@ class Config:
         "server-side encryption: AES256 (keys kept by the store) or aws:kms", metavar="ALG", type=sse_algorithm))
     sse_kms_key_id: Optional[str] = field(default=None, metadata=_opt(
         "with --sse aws:kms: the KMS key (default: the store's own)", metavar="ID"))
-    sse_c_key_file: Optional[str] = field(default=None, metadata=_opt(
-        "SSE-C: encrypt with the 256-bit key in this file (32 raw bytes or their base64), sent on every request "
-        "of the upload and its read-backs; never over plain http except to loopback", metavar="PATH",
-        type=readable_file))
     storage_class: Optional[str] = field(default=None, metadata=_opt(
         "storage class of every object (STANDARD, STANDARD_IA, GLACIER_IR, ...; passed through)", metavar="CLASS",
         type=storage_class_name))
@@ -313,53 +505,30 @@ class Config:
         "writes)", metavar="KEY=VALUE", append=True))
     no_preserve_attrs: bool = field(default=False, metadata=_opt(
         "do not store mtime, mode, uid and gid as x-amz-meta-* (default: stored, for a restore)"))
-    bwlimit: Optional[tuple] = field(default=None, metadata=_opt(
-        "request bodies at most RATE bytes/s, all workers together (rclone's units: 512K, 4M, 1.5G, off; a plain "
-        "number is KiB/s), or a timetable in local time: '08:00,4M 19:00,off'", metavar="RATE", type=bandwidth))
-    summary: Literal["none", "json"] = field(default="none", metadata=_opt("json: print the final summary as one JSON object on stdout"))
 
-    # cached_property (it writes the instance __dict__, which a frozen dataclass allows): these are read for
-    # every file and batch, and os.cpu_count() is a system call's worth of work each time.
-    @functools.cached_property
-    def most_in_flight(self) -> int:
-        """The most uploads that may ever be in flight: --max-concurrent N, or auto's --max-concurrent-limit."""
-        return self.max_concurrent or self.max_concurrent_limit
-
-    @functools.cached_property
-    def processes(self) -> int:
-        """Upload worker processes: one per CPU at most. Python code is bound to one core per process."""
-        return max(1, min(self.most_in_flight, os.cpu_count() or 1))
-
-    @functools.cached_property
-    def threads(self) -> int:
-        """Upload threads per worker process at most, so that processes x threads >= most_in_flight; a
-        worker starts them as the level it must follow needs them.
-
-        A small PUT spends most of its time waiting on the server, during which a thread gives up the GIL;
-        and an S3 server does less work per request with more of them in flight (SeaweedFS: ~1.1 ms of
-        CPU per PUT with 4 in flight, ~0.85 ms with 8; issue #5).
-        """
-        return -(-self.most_in_flight // self.processes)
+    #: --help's argument groups, in order, and the flags in each (every flag in exactly one; a unit test holds that).
+    GROUPS = (
+        ("source", ("source", "include", "exclude", "follow_symlinks", "allow_outside_source", "dry_run")),
+        ("destination", ("bucket", "prefix", "endpoint", "region", "addressing_style", "ca_bundle", "no_verify_ssl")),
+        ("stability", ("min_age", "fd_check", "max_defer")),
+        ("integrity", ("checksum_mode", "verify_after_upload", "verify_remote")),
+        ("archive controls", ("object_lock_mode", "object_lock_retain", "legal_hold", "sse", "sse_kms_key_id",
+                              "sse_c_key_file", "storage_class", "tag", "metadata", "no_preserve_attrs")),
+        ("speed", ("max_concurrent", "max_concurrent_limit", "bwlimit", "max_rps", "http_timeout", "retries",
+                   "multipart_threshold", "multipart_chunksize", "stop_timeout")),
+        ("state", ("state", "no_state", "delete_source")),
+        ("output", ("debug", "verbose", "quiet", "log_format", "progress", "summary", "manifest", "upload_manifest",
+                    "manifest_signing_key", "otel_endpoint", "no_telemetry")),
+    )
 
     def __post_init__(self) -> None:
-        # argparse hands None for a repeatable flag never given; keep the field a tuple.
-        for name in ("include", "exclude", "tag", "metadata"):
-            object.__setattr__(self, name, tuple(getattr(self, name) or ()))
+        _tuples(self, ("include", "exclude", "tag", "metadata"))
         if not self.source:
             raise UsageError("--source is required (or OBSBATCH_SOURCE)")
-        if not self.bucket:
-            raise UsageError("--bucket is required (or OBSBATCH_BUCKET)")
-        prefix = self.prefix
-        if prefix.startswith("/"):
-            raise UsageError(f"--prefix {prefix!r} must not start with '/'")
-        if ".." in prefix.split("/"):
-            raise UsageError(f"--prefix {prefix!r} must not contain a '..' segment")
-        if prefix and not prefix.endswith("/"):
-            object.__setattr__(self, "prefix", prefix + "/")
         if self.multipart_chunksize < MIN_PART_SIZE or self.multipart_chunksize > MAX_PART_SIZE:
             raise UsageError("--multipart-chunksize must be between 5MiB and 5GiB (S3's part size limits)")
-        if self.ca_bundle and self.no_verify_ssl:
-            raise UsageError("--ca-bundle and --no-verify-ssl contradict each other; give one")
+        if self.multipart_threshold > MAX_SINGLE_PUT:
+            raise UsageError("--multipart-threshold must be at most 5GiB (S3's single PUT limit)")
         if self.verify_remote and self.no_state:
             raise UsageError("--verify-remote reconciles the destination with the journal; it cannot go with --no-state")
         if self.upload_manifest and not self.manifest:
@@ -370,10 +539,8 @@ class Config:
             from obsbatch.signing import load_private_key
 
             load_private_key(self.manifest_signing_key)  # a bad key is a usage error now, not after the run
-        if self.upload_manifest and not self.prefix:
+        if self.upload_manifest and not self.store.prefix:
             raise UsageError("--upload-manifest needs a --prefix, so that manifests sit beside the data, never among it")
-        if self.multipart_threshold > MAX_SINGLE_PUT:
-            raise UsageError("--multipart-threshold must be at most 5GiB (S3's single PUT limit)")
         if bool(self.object_lock_mode) != (self.object_lock_retain is not None):
             # S3 takes a retention as a mode and a date together (x-amz-object-lock-mode and -retain-until-date).
             raise UsageError("--object-lock-mode and --object-lock-retain go together; give both")
@@ -381,19 +548,112 @@ class Config:
             raise UsageError("--object-lock-retain must be more than zero")
         if self.sse_kms_key_id and self.sse != "aws:kms":
             raise UsageError("--sse-kms-key-id needs --sse aws:kms")
-        if self.sse and self.sse_c_key_file:
+        if self.sse and self.store.sse_c_key_file:
             raise UsageError("--sse and --sse-c-key-file are two kinds of encryption; give one")
-        if self.sse_c_key_file:
-            from obsbatch.archive import plain_http_to_remote_host
-
-            if plain_http_to_remote_host(self.endpoint):
-                raise UsageError(f"--sse-c-key-file would send the key in clear text to {_shown(self.endpoint)}; "
-                                 "use an https:// endpoint (plain http is allowed to loopback only)")
-        self.archive  # reads and checks the SSE-C key, the tags and the metadata now: a usage error, exit 2
+        self.archive  # checks the tags and the metadata now: a usage error, exit 2
 
     @functools.cached_property
     def archive(self):
         """The archive controls (obsbatch.archive.ArchiveControls) every object is stored with."""
-        from obsbatch.archive import ArchiveControls
+        from obsbatch.archive import ArchiveControls, metadata_pairs, tag_pairs
 
-        return ArchiveControls.from_config(self)
+        return ArchiveControls(lock_mode=self.object_lock_mode, lock_retain=self.object_lock_retain,
+                               legal_hold=self.legal_hold, sse=self.sse, sse_kms_key_id=self.sse_kms_key_id,
+                               customer_key=self.store.customer_key, storage_class=self.storage_class,
+                               tags=tag_pairs(self.tag), metadata=metadata_pairs(self.metadata),
+                               preserve_attrs=not self.no_preserve_attrs)
+
+
+def percent(text: str) -> float:
+    """A share from 0 to 100."""
+    value = _finite(text, "percentage from 0 to 100")
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage from 0 to 100")
+    return value
+
+
+@dataclass(frozen=True)
+class RestoreConfig:
+    """Everything a restore needs: the store, the transfer, the output, and where the tree goes."""
+
+    store: StoreConfig
+    transfer: TransferConfig
+    output: OutputConfig
+    target: Optional[str] = field(default=None, metadata=_opt(
+        "directory to restore into (required); created if missing", metavar="DIR"))
+    overwrite: bool = field(default=False, metadata=_opt(
+        "replace local files whose content differs (default: leave them, report restore.conflict, exit 1)"))
+    # Its own variable (OBSBATCH_RESTORE_MANIFEST), not the backup's OBSBATCH_MANIFEST: there the manifest is
+    # written, here it is the truth to check against; one EnvironmentFile serves both.
+    restore_manifest: Optional[str] = field(default=None, metadata=_opt(
+        "a run manifest to check every object against (its chain first): the bytes must have the SHA-256 it "
+        "records, and every object it lists must be in the store", args=["--manifest"], metavar="FILE"))
+    include: tuple = _include_field()
+    exclude: tuple = _exclude_field()
+    restore_dry_run: bool = field(default=False, metadata=_opt(
+        "say what would be written, left as identical, and refused as a conflict; write nothing",
+        args=["--dry-run"]))
+
+    GROUPS = (
+        ("restore", ("target", "overwrite", "restore_manifest", "include", "exclude", "restore_dry_run")),
+        ("store", ("bucket", "prefix", "endpoint", "region", "addressing_style", "checksum_mode", "ca_bundle",
+                   "no_verify_ssl", "sse_c_key_file")),
+        ("speed", ("max_concurrent", "max_concurrent_limit", "bwlimit", "max_rps", "http_timeout", "retries",
+                   "stop_timeout")),
+        ("output", ("debug", "verbose", "quiet", "log_format", "progress", "summary")),
+    )
+
+    def __post_init__(self) -> None:
+        _tuples(self, ("include", "exclude"))
+        if not self.target:
+            raise UsageError("--target is required (or OBSBATCH_TARGET)")
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """Everything a verify needs: the store, the transfer, the output, and what to hold the store against."""
+
+    store: StoreConfig
+    transfer: TransferConfig
+    output: OutputConfig
+    verify_manifest: Optional[str] = field(default=None, metadata=_opt(
+        "the manifest is the truth: every object it says was uploaded must be there, in the recorded version, "
+        "size, ETag, sha256 and retain-until (default: check the listing)", args=["--manifest"], metavar="FILE"))
+    read_data: float = field(default=0.0, metadata=_opt(
+        "also read this share of the objects back in full and recompute their SHA-256 (a deterministic sample; "
+        "100: all)", metavar="PERCENT", type=percent))
+
+    GROUPS = (
+        ("verify", ("verify_manifest", "read_data")),
+        ("store", ("bucket", "prefix", "endpoint", "region", "addressing_style", "checksum_mode", "ca_bundle",
+                   "no_verify_ssl", "sse_c_key_file")),
+        ("speed", ("max_concurrent", "max_concurrent_limit", "bwlimit", "max_rps", "http_timeout", "retries",
+                   "stop_timeout")),
+        ("output", ("debug", "verbose", "quiet", "log_format", "progress", "summary")),
+    )
+
+
+#: The commands whose flags come from a config class.
+COMMAND_CONFIGS = {"backup": BackupConfig, "restore": RestoreConfig, "verify": VerifyConfig}
+
+
+def flag_fields(config_class) -> list:
+    """Every flag of a command as a dataclass field: its parts' fields, then its own (GROUPS aside)."""
+    own = [f for f in dataclasses.fields(config_class) if f.name not in PARTS]
+    return [f for part in PARTS.values() for f in dataclasses.fields(part)] + own
+
+
+def options_class(config_class) -> type:
+    """One flat dataclass of every flag of the command, which its parser is built from (argparse-dataclass
+    knows no nesting)."""
+    specs = [(f.name, f.type, field(default=f.default, metadata=f.metadata)) for f in flag_fields(config_class)]
+    return dataclasses.make_dataclass(config_class.__name__.replace("Config", "Options"), specs, frozen=True)
+
+
+def compose(config_class, values: dict):
+    """The command's config from the flat values its parser gave: each part from its own fields, then the
+    whole (each checks its own fields as it is made)."""
+    values = dict(values)
+    parts = {name: part(**{f.name: values.pop(f.name) for f in dataclasses.fields(part) if f.name in values})
+             for name, part in PARTS.items()}
+    return config_class(**parts, **values)

@@ -23,8 +23,8 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 class Parser(argparse_dataclass.ArgumentParser):
     """argparse-dataclass, plus repeatable flags, argument groups (`groups`: (title, field names) in --help's
-    order), and errors raised instead of printed-and-exited. The backup's options are Config; the other
-    commands' (obsbatch.commands) are dataclasses of some of Config's fields and a few of their own."""
+    order), and errors raised instead of printed-and-exited.
+    `options_class` is the command's flags as one flat dataclass (obsbatch.config.options_class)."""
 
     def __init__(self, options_class, groups, **kwargs):
         self.option_fields = {f.name: f for f in fields(options_class)}
@@ -41,8 +41,11 @@ class Parser(argparse_dataclass.ArgumentParser):
         name = kwargs.get("dest") or (args[0].lstrip("-").replace("-", "_") if args else "")
         if name not in self.option_fields:
             return super().add_argument(*args, **kwargs)
-        if self.option_fields[name].metadata.get("append"):
+        metadata = self.option_fields[name].metadata
+        if metadata.get("append"):
             kwargs.update(action="append", type=str, default=None)
+        if metadata.get("negatable"):  # --progress / --no-progress; None when neither is given
+            kwargs = dict(dest=name, help=kwargs.get("help"), action=argparse.BooleanOptionalAction, default=None)
         return self._group_of(name).add_argument(*args, **kwargs)
 
     def _group_of(self, name: str):
@@ -65,8 +68,10 @@ class Parser(argparse_dataclass.ArgumentParser):
             value = getattr(namespace, name, MISSING)
             # Not given: MISSING (argparse-dataclass), or None for a repeatable flag. A flag whose parser
             # returns None (--max-concurrent auto) was given, and beats its variable.
-            if value is MISSING or (value is None and f.metadata.get("append")):
+            if value is MISSING or (value is None and (f.metadata.get("append") or f.metadata.get("negatable"))):
                 raw = environ.get(ENV_PREFIX + name.upper())
+                if f.metadata.get("negatable") and raw is not None and not raw.strip():
+                    raw = None  # OBSBATCH_PROGRESS= : neither on nor off, the default
                 if raw is not None:
                     value = _from_env(f, raw)
             if value is not MISSING and value is not None:
@@ -105,14 +110,14 @@ def _from_env(f: dataclasses.Field, raw: str):
     """Convert one OBSBATCH_* value with the same rules as its flag (field `f`)."""
     env = ENV_PREFIX + f.name.upper()
     try:
-        if f.type is bool:
+        if f.type in (bool, Optional[bool]):
             low = raw.strip().lower()
             if low not in _TRUE | _FALSE:
                 raise argparse.ArgumentTypeError(f"{raw!r} is not a boolean (1/0, true/false, yes/no)")
             return low in _TRUE
         if f.metadata.get("append"):
             return tuple(p for p in raw.split(",") if p)
-        choices = typing.get_args(f.type) if typing.get_origin(f.type) is typing.Literal else ()
+        choices = typing.get_args(f.type) if typing.get_origin(f.type) is typing.Literal else f.metadata.get("choices", ())
         if choices:
             if raw not in choices:
                 raise argparse.ArgumentTypeError(f"invalid choice {raw!r} (choose from {', '.join(choices)})")

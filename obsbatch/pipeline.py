@@ -21,7 +21,7 @@ import structlog
 
 from obsbatch import __version__, journal, pool
 from obsbatch.after_upload import AfterUpload
-from obsbatch.config import Config
+from obsbatch.config import BackupConfig
 from obsbatch.dispatch import Dispatch, plan_only
 from obsbatch.errors import EndpointUnavailable, JournalError, ObsbatchError
 from obsbatch.filters import select
@@ -30,6 +30,7 @@ from obsbatch.manifest import Manifest
 from obsbatch.models import display
 from obsbatch.plan import plan
 from obsbatch.progress import ProgressBar
+from obsbatch.settings import WorkerSettings
 from obsbatch.remote import Remote, manifest_key
 from obsbatch.report import StuckFiles, Summary
 from obsbatch.shutdown import Shutdown
@@ -41,7 +42,7 @@ from obsbatch.walk import check_source, walk
 log = structlog.get_logger()
 
 
-def run(config: Config, notifier: Optional[Notifier] = None, telemetry: Optional[Telemetry] = None,
+def run(config: BackupConfig, notifier: Optional[Notifier] = None, telemetry: Optional[Telemetry] = None,
         started: Optional[float] = None) -> Summary:
     """One backup pass. Raises ObsbatchError (exit 2) for what makes the run impossible; else a Summary.
 
@@ -55,7 +56,7 @@ def run(config: Config, notifier: Optional[Notifier] = None, telemetry: Optional
     telemetry.start_run(display(os.fsencode(os.path.abspath(config.source))), config)
     source = check_source(config.source)
     with journal.lock_run(config.state, source):
-        journal_ = journal.open_journal(config.state, config.endpoint or "aws", config.bucket) if config.state else None
+        journal_ = journal.open_journal(config.state, config.store.endpoint or "aws", config.store.bucket) if config.state else None
         try:
             return _run_locked(config, source, notifier, telemetry, journal_, started or time.time())
         finally:
@@ -63,15 +64,15 @@ def run(config: Config, notifier: Optional[Notifier] = None, telemetry: Optional
                 journal_.close()  # commits what is pending, on every way out (signals included)
 
 
-def _run_locked(config: Config, source: bytes, notifier: Notifier, telemetry: Telemetry,
+def _run_locked(config: BackupConfig, source: bytes, notifier: Notifier, telemetry: Telemetry,
                 journal_: Optional[journal.Journal], started: float) -> Summary:
     # The first /proc scan and the pre-flight may outlast TimeoutStartSec= on a big host or a slow endpoint.
     notifier.extend_timeout(_start_budget(config), "scanning open files and checking the destination")
     ctx = pool.context()
-    shutdown = Shutdown(ctx, config.stop_timeout)
-    gauges = pool.Gauges(ctx, config.processes)
+    shutdown = Shutdown(ctx, config.transfer.stop_timeout)
+    gauges = pool.Gauges(ctx, config.transfer.processes)
     activity = Activity(gauges.requests)
-    uploads = pool.UploadPool(ctx, config, shutdown.workers_flag, gauges)
+    uploads = pool.UploadPool(ctx, config.transfer, WorkerSettings.for_backup(config), shutdown.workers_flag, gauges)
     first_run = not config.dry_run and (journal_ is None or journal_.empty())
     if first_run:
         # A first run (or --no-state) will upload: the fork server starts now, on another core, while this
@@ -87,30 +88,30 @@ def _run_locked(config: Config, source: bytes, notifier: Notifier, telemetry: Te
     if first_run or (config.verify_remote and not config.dry_run):
         with contextlib.suppress(EndpointUnavailable):  # logged once; every file to upload then fails unsent
             remote.checked()
-    log.info("run.start", source=display(source), bucket=config.bucket, prefix=config.prefix,
-             endpoint=config.endpoint or "aws", workers=config.processes, max_concurrent=config.max_concurrent or "auto",
+    log.info("run.start", source=display(source), bucket=config.store.bucket, prefix=config.store.prefix,
+             endpoint=config.store.endpoint or "aws", workers=config.transfer.processes, max_concurrent=config.transfer.max_concurrent or "auto",
              min_age=config.min_age, dry_run=config.dry_run)
     summary = Summary(observers=[activity.saw] + ([telemetry.record] if telemetry.enabled else []), started=started)
     stages = _stages(config, source, journal_, gate, remote, summary, activity, telemetry)
     manifest_ = None
     if config.manifest:
         # The previous run's head (from the journal) makes successive manifests one chain (issue #14).
-        previous_head = journal_.last_manifest_head(config.prefix) if journal_ is not None else None
-        manifest_ = Manifest(config.manifest, {"source": display(source), "bucket": config.bucket,
-                                               "prefix": config.prefix, "endpoint": config.endpoint or "aws",
+        previous_head = journal_.last_manifest_head(config.store.prefix) if journal_ is not None else None
+        manifest_ = Manifest(config.manifest, {"source": display(source), "bucket": config.store.bucket,
+                                               "prefix": config.store.prefix, "endpoint": config.store.endpoint or "aws",
                                                "started": summary.started, "obsbatch": __version__,
                                                "previous_head": previous_head})
         summary.observers.append(manifest_.record)
-    notifier.ready(f"backing up {display(source)} to s3://{config.bucket}/{config.prefix}")
+    notifier.ready(f"backing up {display(source)} to s3://{config.store.bucket}/{config.store.prefix}")
     with shutdown.installed(), Heartbeat(notifier, activity, summary.status_line, shutdown), \
-            ProgressBar.for_terminal(summary) as bar:
+            ProgressBar.for_terminal(summary, config.output) as bar:
         stages = _counted(stages, activity, bar.walk_done)
         try:
             if config.dry_run:
                 plan_only(stages, shutdown, summary)
             else:
                 Dispatch(uploads, shutdown, summary, AfterUpload(journal_, gate if config.delete_source else None),
-                         remote.checked, grace=config.http_timeout + 5).run(stages)
+                         remote.checked, grace=config.transfer.grace).run(stages)
                 if journal_ is not None:
                     journal_.commit()  # before the summary: a journal that cannot be written is in it
         except ObsbatchError as exc:
@@ -120,7 +121,7 @@ def _run_locked(config: Config, source: bytes, notifier: Notifier, telemetry: Te
             summary.abort(str(exc), exc.exit_code)
         summary.finish(shutdown.exit_code)
     if journal_ is not None and not config.dry_run and summary.walk_complete:
-        journal_.end_deferrals_not_seen(config.prefix)
+        journal_.end_deferrals_not_seen(config.store.prefix)
     if manifest_ is not None:
         _finish_manifest(manifest_, summary, config, remote, journal_)
     summary.log_final()
@@ -129,10 +130,10 @@ def _run_locked(config: Config, source: bytes, notifier: Notifier, telemetry: Te
     return summary
 
 
-def _stages(config: Config, source: bytes, journal_: Optional[journal.Journal], gate: Gate, remote: Remote,
+def _stages(config: BackupConfig, source: bytes, journal_: Optional[journal.Journal], gate: Gate, remote: Remote,
             summary: Summary, activity: Activity, telemetry: Telemetry) -> Iterable:
     """The chain from the walk to WorkItems (and the Outcomes of everything that will not be uploaded)."""
-    stages = select(walk(source, config.prefix, config.follow_symlinks, config.allow_outside_source),
+    stages = select(walk(source, config.store.prefix, config.follow_symlinks, config.allow_outside_source),
                     config.include, config.exclude)
     # The journal's comparison comes before the stability gate: a file that is unchanged since its verified
     # upload is backed up already, even if a process holds it open right now, and must not be reported as
@@ -140,16 +141,16 @@ def _stages(config: Config, source: bytes, journal_: Optional[journal.Journal], 
     if journal_ is not None:
         if config.verify_remote and not config.dry_run and not remote.unavailable:
             listed = journal_.load_remote(remote.listing())
-            log.info("journal.remote_listed", objects=listed, prefix=config.prefix)
+            log.info("journal.remote_listed", objects=listed, prefix=config.store.prefix)
         # Unchanged files are only counted when no one reads their records one by one.
-        quiet = not (config.manifest or telemetry.enabled or LEVELS[config.debug] <= logging.DEBUG)
+        quiet = not (config.manifest or telemetry.enabled or LEVELS[config.output.level] <= logging.DEBUG)
         stages = journal_.filter(stages, functools.partial(_unchanged, summary, activity) if quiet else None)
         if not config.dry_run:  # a dry run reads the journal, never writes it
             summary.observers.append(StuckFiles(journal_, config.max_defer, summary, telemetry))
     return plan(gate.filter(stages))
 
 
-def _finish_manifest(manifest_: Manifest, summary: Summary, config: Config, remote: Remote,
+def _finish_manifest(manifest_: Manifest, summary: Summary, config: BackupConfig, remote: Remote,
                      journal_: Optional[journal.Journal]) -> None:
     head = manifest_.close(summary.as_dict())
     # The anchor: the head goes into run.summary, STATUS= and the trace, out of reach of whoever can rewrite
@@ -157,7 +158,7 @@ def _finish_manifest(manifest_: Manifest, summary: Summary, config: Config, remo
     summary.manifest_head = head
     if journal_ is not None and not config.dry_run:
         try:
-            journal_.record_manifest_head(config.prefix, head, manifest_.run_id)
+            journal_.record_manifest_head(config.store.prefix, head, manifest_.run_id)
         except JournalError as exc:
             log.error("journal.commit_failed", error=str(exc),
                       detail="the next run's manifest will not cite this one's head")
@@ -174,7 +175,7 @@ def _finish_manifest(manifest_: Manifest, summary: Summary, config: Config, remo
             summary.failed_by_type["ManifestSignature"] += 1
     key = None
     if config.upload_manifest and not config.dry_run:
-        key = manifest_key(config.prefix, manifest_.run_id)
+        key = manifest_key(config.store.prefix, manifest_.run_id)
         stored = _store_beside(remote, manifest_.path, key, summary)
         if stored and signature is not None:
             _store_beside(remote, signature, key + ".sig", summary)
@@ -209,6 +210,6 @@ def _counted(items, activity: Activity, walk_done):
     walk_done(total)
 
 
-def _start_budget(config: Config) -> float:
+def _start_budget(config: BackupConfig) -> float:
     """Seconds the start may take: a /proc scan plus two pre-flight requests with all their retries."""
-    return 60 + 2 * config.http_timeout * (config.retries + 1)
+    return 60 + 2 * config.transfer.http_timeout * (config.transfer.retries + 1)

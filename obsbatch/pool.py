@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 from obsbatch.concurrency import AutoConcurrency, FixedConcurrency, per_worker
-from obsbatch.config import Config
+from obsbatch.config import TransferConfig
 from obsbatch.models import Outcome, WorkItem, crashed
 from obsbatch.ratelimit import Bandwidth, RateLimit
 
@@ -167,27 +167,28 @@ def start_fork_server() -> threading.Thread:
 
 
 class UploadPool:
-    """Config.processes upload worker processes, the batches out to them, the pace they keep, and the level
-    of uploads in flight they follow (--max-concurrent: fixed, or tuned by AutoConcurrency).
+    """TransferConfig.processes worker processes, the batches out to them, the pace they keep, and the level
+    of requests in flight they follow (--max-concurrent: fixed, or tuned by AutoConcurrency).
 
-    The workers get settings.WorkerSettings (the part of `config` they need) and a Shared (made in `ctx`):
-    the stop flag, the level, `gauges`, the --max-rps and --bwlimit schedules. restore: the workers bring
-    objects back (RestoreItems, worker.WorkerContext.restore_batch) instead of uploading WorkItems.
+    The workers get `settings` (settings.WorkerSettings: what they need of the command's config) and a Shared
+    (made in `ctx`): the stop flag, the level, `gauges`, the --max-rps and --bwlimit schedules. `task` names
+    what they do with each item (obsbatch.tasks): "upload" (WorkItems, worker.WorkerContext.upload_batch) or
+    "restore" (RestoreItems, worker.WorkerContext.restore_batch).
     """
 
-    def __init__(self, ctx, config: Config, stopping, gauges: Gauges, restore: bool = False):
+    def __init__(self, ctx, transfer: TransferConfig, settings, stopping, gauges: Gauges, task: str = "upload"):
         self.ctx = ctx
-        self.config = config
-        self.processes = config.processes
-        self.multipart_threshold = config.multipart_threshold
+        self.settings = settings
+        self.processes = transfer.processes
+        self.multipart_threshold = settings.multipart_threshold
         self.pace = Pace()
-        self.controller = (AutoConcurrency(maximum=config.max_concurrent_limit) if config.max_concurrent is None
-                           else FixedConcurrency(config.max_concurrent))
+        self.controller = (AutoConcurrency(maximum=transfer.max_concurrent_limit) if transfer.max_concurrent is None
+                           else FixedConcurrency(transfer.max_concurrent))
         self.gauges = gauges
-        self.restore = restore
+        self.task_name = task
         self.shared = Shared(stopping, ctx.RawValue("i", self.controller.level), gauges,
-                             rate=RateLimit(ctx, config.max_rps) if config.max_rps else None,
-                             bandwidth=Bandwidth(ctx, config.bwlimit) if config.bwlimit else None)
+                             rate=RateLimit(ctx, transfer.max_rps) if transfer.max_rps else None,
+                             bandwidth=Bandwidth(ctx, transfer.bwlimit) if transfer.bwlimit else None)
         self._executor: Optional[concurrent.futures.ProcessPoolExecutor] = None
         self._task = None  # worker.upload_batch, once started (the worker module imports botocore)
         self._out: Dict[concurrent.futures.Future, List[WorkItem]] = {}
@@ -210,16 +211,15 @@ class UploadPool:
 
     def start(self) -> None:
         from obsbatch import tasks
-        from obsbatch.settings import WorkerSettings
 
         self.prewarm()
         self._prewarm.join()
         self.gauges.prepare_slots()
         # The same workers bring a backup back (`obsbatch restore`): the same clients, threads and level.
-        self._task = tasks.restore_batch if self.restore else tasks.upload_batch
+        self._task = tasks.BATCH_TASKS[self.task_name]
         self._executor = concurrent.futures.ProcessPoolExecutor(
             max_workers=self.processes, mp_context=self.ctx, initializer=tasks.init_worker,
-            initargs=(WorkerSettings.from_config(self.config), self.shared))
+            initargs=(self.settings, self.shared))
 
     # --- batches out ---------------------------------------------------------------------------------------
 

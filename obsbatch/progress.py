@@ -2,8 +2,8 @@
 
 tqdm draws it on stderr: files done (and, once the walk has finished and the total is known, a bar and an
 ETA), the file rate, and the counts that matter. Log lines are routed through `tqdm.write` meanwhile
-(logs.route_lines), so they print above the bar instead of through it. Nothing at all is drawn unless both
-stdout and stderr are terminals: journald, pipes and files get the log stream alone.
+(logs.route_lines), so they print above the bar instead of through it. By default nothing at all is drawn
+unless both stdout and stderr are terminals: journald, pipes and files get the log stream alone.
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ class ProgressBar:
         self._bar = None
 
     @classmethod
-    def for_terminal(cls, summary: Summary) -> "ProgressBar":
-        return cls(summary, enabled=sys.stderr.isatty() and sys.stdout.isatty())
+    def for_terminal(cls, summary: Summary, output) -> "ProgressBar":
+        """Drawn as `output` (config.OutputConfig) says: --progress, --no-progress, -q, else when stdout and
+        stderr are both terminals."""
+        return cls(summary, enabled=output.bar(sys.stderr.isatty() and sys.stdout.isatty()))
 
     def __enter__(self) -> "ProgressBar":
         if self.enabled:

@@ -13,7 +13,6 @@ that takes it (GCRA without burst). CLOCK_MONOTONIC is system-wide on Linux, so 
 
 from __future__ import annotations
 
-import argparse
 import time
 from typing import Optional, Tuple
 
@@ -40,45 +39,7 @@ class RateLimit:
 
 # --- --bwlimit ------------------------------------------------------------------------------------------
 
-#: rclone's units for --bwlimit: a plain number is KiB/s; B, K, M, G, T are bytes, KiB, MiB, GiB, TiB per second.
-_RATE_UNITS = {"b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4}
-
-
-def _rate(text: str) -> Optional[float]:
-    """'4M' -> 4 MiB/s in bytes; 'off' -> None (no limit)."""
-    low = text.strip().lower()
-    if low == "off":
-        return None
-    number, unit = (low[:-1], low[-1]) if low[-1:] in _RATE_UNITS else (low, "k")
-    try:
-        value = float(number) * _RATE_UNITS[unit]
-    except ValueError:
-        value = -1.0
-    if not (0 < value < float("inf")):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a rate (examples: 512K, 4M, 1.5G, off)")
-    return value
-
-
-def bandwidth(text: str) -> Tuple[Tuple[int, Optional[float]], ...]:
-    """--bwlimit: a rate ('4M', 'off') or an rclone-style timetable ('08:00,4M 19:00,off'), as a tuple of
-    (minute of the day it starts, bytes per second or None), sorted. A single rate starts at 00:00."""
-    entries = str(text).split()
-    if len(entries) == 1 and "," not in entries[0]:
-        return ((0, _rate(entries[0])),)
-    table = []
-    for entry in entries:
-        when, sep, rate = entry.partition(",")
-        try:
-            hours, minutes = (int(x) for x in when.split(":"))
-            if not (sep and 0 <= hours < 24 and 0 <= minutes < 60):
-                raise ValueError
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{entry!r} is not a timetable entry HH:MM,RATE (example: "
-                                             "'08:00,4M 19:00,off')") from None
-        table.append((hours * 60 + minutes, _rate(rate)))
-    if len({start for start, _ in table}) != len(table):
-        raise argparse.ArgumentTypeError(f"{text!r} names the same time twice")
-    return tuple(sorted(table))
+# The --bwlimit value (a rate, or a timetable) is parsed by obsbatch.config.bandwidth.
 
 
 def rate_at(table: Tuple[Tuple[int, Optional[float]], ...], minute_of_day: int) -> Optional[float]:

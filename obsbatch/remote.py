@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Optional
 import structlog
 
 from obsbatch import archive
-from obsbatch.config import Config
+from obsbatch.config import BackupConfig
 from obsbatch.errors import EndpointUnavailable, PreflightError
 
 log = structlog.get_logger()
@@ -41,7 +41,7 @@ class Remote:
         EndpointUnavailable; `checked()` asks it once per run.
     """
 
-    def __init__(self, config: Config, check: Callable[[], None]):
+    def __init__(self, config: BackupConfig, check: Callable[[], None]):
         self.config = config
         self._check = check
         self._client = None
@@ -85,11 +85,11 @@ class Remote:
         config = self.config
         self.checked()
         try:
-            yield from self.client().get_paginator("list_objects_v2").paginate(Bucket=config.bucket,
-                                                                               Prefix=config.prefix)
+            yield from self.client().get_paginator("list_objects_v2").paginate(Bucket=config.store.bucket,
+                                                                               Prefix=config.store.prefix)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise store_error(exc, config.bucket, config.endpoint or "AWS",
-                              f"list s3://{config.bucket}/{config.prefix} (--verify-remote)") from None
+            raise store_error(exc, config.store.bucket, config.store.server,
+                              f"list s3://{config.store.bucket}/{config.store.prefix} (--verify-remote)") from None
 
     def put_manifest(self, key: str, body: bytes) -> Optional[str]:
         """Upload the run manifest; returns None when stored, else the S3 error code (already logged)."""
@@ -106,11 +106,11 @@ class Remote:
         retain_until = controls.retain_until(time.time())
         try:
             resp = self.client().put_object(
-                Bucket=self.config.bucket, Key=key, Body=body, ContentType="application/jsonl",
+                Bucket=self.config.store.bucket, Key=key, Body=body, ContentType="application/jsonl",
                 ContentMD5=base64.b64encode(hashlib.md5(body).digest()).decode(),
                 **controls.params({"sha256": hashlib.sha256(body).hexdigest()}, retain_until))
             if controls.locking:
-                archive.hold(controls, self.client(), self.config.bucket, key, resp.get("VersionId", ""),
+                archive.hold(controls, self.client(), self.config.store.bucket, key, resp.get("VersionId", ""),
                              retain_until)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, archive.NotLocked) as exc:
             log.error("manifest.upload_failed", key=key, error_type=s3.error_code(exc), error=s3.error_message(exc))

@@ -26,26 +26,13 @@ from typing import Iterator, Optional, Tuple, Union
 import structlog
 
 from obsbatch import download, keys, pool, remote
-from obsbatch.config import Config
+from obsbatch.archive import ArchiveControls
+from obsbatch.config import RestoreConfig
 from obsbatch.errors import ConfigError, ExitCode, ObsbatchError
 from obsbatch.filters import excluder
 from obsbatch.models import Kind, Outcome, Reason, RestoreItem
 
 log = structlog.get_logger()
-
-
-@dataclass(frozen=True)
-class RestoreJob:
-    """config: the store, the connection, the concurrency and the SSE-C key, as a backup has them (its
-    `source` is the target). target: where the tree goes. overwrite: replace local files that differ.
-    manifest: a run manifest to check every object against, or None. dry_run: say what would be written, left
-    or refused, and write nothing (no worker, no temporary file, not even the target directory)."""
-
-    config: Config
-    target: bytes
-    overwrite: bool = False
-    manifest: Optional[str] = None
-    dry_run: bool = False
 
 
 @dataclass
@@ -219,21 +206,20 @@ class ManifestIndex:
         self._file.close()
 
 
-def _items(job: RestoreJob, listing, index: Optional[ManifestIndex], summary: RestoreSummary
+def _items(config: RestoreConfig, target: bytes, listing, index: Optional[ManifestIndex], summary: RestoreSummary
            ) -> Iterator[Union[RestoreItem, Outcome]]:
-    config = job.config
     excluded = excluder(config.include, config.exclude)
     chown = os.geteuid() == 0
     for page in listing:
         for obj in page.get("Contents", ()):
             key = obj["Key"]
             summary.listed += 1
-            rel = safe_relative(key[len(config.prefix):])
+            rel = safe_relative(key[len(config.store.prefix):])
             if rel is None:
                 yield Outcome(Kind.SKIPPED, key, key=key, reason=Reason.UNSAFE_KEY,
                               message="this key would land outside --target, or names no file; not written")
                 continue
-            dest = os.path.join(job.target, rel)
+            dest = os.path.join(target, rel)
             if excluded is not None and excluded(rel):
                 yield Outcome(Kind.SKIPPED, os.fsdecode(dest), key=key, reason=Reason.EXCLUDED)
                 continue
@@ -242,15 +228,15 @@ def _items(job: RestoreJob, listing, index: Optional[ManifestIndex], summary: Re
             # The manifest's size goes with the manifest's version; the listing's with the current one.
             size = record[1] if record and version_id else obj.get("Size", 0)
             yield RestoreItem(key=key, display=os.fsdecode(dest), dest=dest, size=size,
-                              sha256=sha256, version_id=version_id, overwrite=job.overwrite, chown=chown)
+                              sha256=sha256, version_id=version_id, overwrite=config.overwrite, chown=chown)
     if index is not None:
         for key, path in index.unseen():
             yield Outcome(Kind.FAILED, path or key, key=key, error_type="Missing",
                           message="the manifest says it was uploaded, but the store has no such object")
 
 
-def run(job: RestoreJob, summary: RestoreSummary) -> RestoreSummary:
-    """Restore everything under the prefix into job.target; every object is counted in `summary`.
+def run(config: RestoreConfig, summary: RestoreSummary) -> RestoreSummary:
+    """Restore everything under the prefix into --target; every object is counted in `summary`.
 
     The same engine as a backup (issue #18): dispatch.Dispatch hands RestoreItems to the UploadPool's workers
     and accounts for each one; shutdown.Shutdown records SIGTERM/SIGINT/SIGHUP, so a first signal lets the
@@ -263,47 +249,50 @@ def run(job: RestoreJob, summary: RestoreSummary) -> RestoreSummary:
     from obsbatch import s3
     from obsbatch.settings import Endpoint
 
-    config = job.config
-    if not job.dry_run:
+    target = os.fsencode(os.path.abspath(config.target))
+    if not config.restore_dry_run:
         try:
-            os.makedirs(job.target, exist_ok=True)
+            os.makedirs(target, exist_ok=True)
         except OSError as exc:
-            raise ConfigError(f"cannot create the target {os.fsdecode(job.target)}: {exc.strerror}") from None
+            raise ConfigError(f"cannot create the target {config.target}: {exc.strerror}") from None
     client = s3.make_client(Endpoint.from_config(config), pool_connections=1)
-    index = ManifestIndex(job.manifest, config.prefix) if job.manifest else None
-    listing = client.get_paginator("list_objects_v2").paginate(Bucket=config.bucket, Prefix=config.prefix)
+    index = ManifestIndex(config.restore_manifest, config.store.prefix) if config.restore_manifest else None
+    listing = client.get_paginator("list_objects_v2").paginate(Bucket=config.store.bucket, Prefix=config.store.prefix)
+    items = _items(config, target, listing, index, summary)
     try:
-        if job.dry_run:
-            _plan_only(client, config, _items(job, listing, index, summary), summary)
+        if config.restore_dry_run:
+            _plan_only(client, config.store, items, summary)
         else:
-            _dispatch(job, _items(job, listing, index, summary), summary)
+            _dispatch(config, items, summary)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         # The listing failed: the bucket is gone, the key may not list, the endpoint is down.
-        raise remote.store_error(exc, config.bucket, config.endpoint or "AWS",
-                                 f"list s3://{config.bucket}/{config.prefix}") from None
+        raise remote.store_error(exc, config.store.bucket, config.store.server,
+                                 f"list s3://{config.store.bucket}/{config.store.prefix}") from None
     finally:
         if index is not None:
             index.close()
     if summary.listed == 0 and summary.interrupted_by is None:
         # Most often a mistyped --prefix or bucket: say so, rather than a silent "0 restored".
-        log.warning("restore.empty", bucket=config.bucket, prefix=config.prefix,
+        log.warning("restore.empty", bucket=config.store.bucket, prefix=config.store.prefix,
                     detail="no object under this prefix; nothing was restored (check --prefix); exit 1")
     return summary
 
 
-def _dispatch(job: RestoreJob, items, summary: RestoreSummary) -> None:
+def _dispatch(config: RestoreConfig, items, summary: RestoreSummary) -> None:
     """The objects to the workers, through the backup's engine; the stop signal, if any, into the summary."""
     from obsbatch.dispatch import Dispatch
     from obsbatch.shutdown import Shutdown
 
-    config = job.config
+    from obsbatch.settings import WorkerSettings
+
     ctx = pool.context()
-    shutdown = Shutdown(ctx, config.stop_timeout)
-    workers = pool.UploadPool(ctx, config, shutdown.workers_flag, pool.Gauges(ctx, config.processes), restore=True)
-    dispatch = Dispatch(workers, shutdown, summary, _as_returned, preflight=_listed, grace=config.http_timeout + 5,
+    shutdown = Shutdown(ctx, config.transfer.stop_timeout)
+    workers = pool.UploadPool(ctx, config.transfer, WorkerSettings.for_restore(config), shutdown.workers_flag,
+                              pool.Gauges(ctx, config.transfer.processes), task="restore")
+    dispatch = Dispatch(workers, shutdown, summary, _as_returned, preflight=_listed, grace=config.transfer.grace,
                         abandon=_abandoned)
-    log.info("restore.start", bucket=config.bucket, prefix=config.prefix, target=os.fsdecode(job.target),
-             manifest=job.manifest, overwrite=job.overwrite)
+    log.info("restore.start", bucket=config.store.bucket, prefix=config.store.prefix, target=config.target,
+             manifest=config.restore_manifest, overwrite=config.overwrite)
     try:
         with shutdown.installed():
             dispatch.run(items)
@@ -311,14 +300,15 @@ def _dispatch(job: RestoreJob, items, summary: RestoreSummary) -> None:
         summary.interrupted_by = shutdown.exit_code
 
 
-def _plan_only(client, config: Config, items, summary: RestoreSummary) -> None:
+def _plan_only(client, store, items, summary: RestoreSummary) -> None:
     """--dry-run: each object judged against what is at its destination, as the workers would judge it
     (download.local_verdict), and nothing written. A signal simply stops it: nothing is in flight."""
+    reading = ArchiveControls(customer_key=store.customer_key)
     for item in items:
         if isinstance(item, Outcome):
             summary.add(item)
             continue
-        verdict = download.local_verdict(client, config.bucket, config.archive, item)
+        verdict = download.local_verdict(client, store.bucket, reading, item)
         if verdict is None:
             replacing = os.path.lexists(item.dest)
             verdict = dict(kind=Kind.PLANNED, message="would replace the local file (--overwrite)" if replacing

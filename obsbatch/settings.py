@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 from obsbatch.archive import ArchiveControls
-from obsbatch.config import Config
+from obsbatch.config import MiB, BackupConfig, RestoreConfig
 
 
 @dataclass(frozen=True)
@@ -31,10 +31,12 @@ class Endpoint:
     verify: Union[bool, str, None]
 
     @classmethod
-    def from_config(cls, config: Config) -> "Endpoint":
-        return cls(url=config.endpoint, region=config.region, addressing_style=config.addressing_style,
-                   checksum_mode=config.checksum_mode, http_timeout=config.http_timeout, retries=config.retries,
-                   verify=False if config.no_verify_ssl else config.ca_bundle)
+    def from_config(cls, config) -> "Endpoint":
+        """From any command's config: its store and transfer parts."""
+        store, transfer = config.store, config.transfer
+        return cls(url=store.endpoint, region=store.region, addressing_style=store.addressing_style,
+                   checksum_mode=store.checksum_mode, http_timeout=transfer.http_timeout, retries=transfer.retries,
+                   verify=False if store.no_verify_ssl else store.ca_bundle)
 
     @property
     def max_attempts(self) -> int:
@@ -43,15 +45,17 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """What a worker needs of the Config, pickled once to each worker at its start.
+    """What a worker needs of the command's config, pickled once to each worker at its start.
 
-    endpoint: how to build the S3 client (Endpoint). bucket, prefix: where every key goes.
-    threads: upload threads per worker process at most (Config.threads); `workers`: how many processes
-        share the level (Config.processes).
-    multipart_threshold, multipart_chunksize, verify_after_upload, follow_symlinks: as the flags.
+    endpoint: how to build the S3 client (Endpoint). bucket, prefix: where every key is.
+    threads: threads per worker process at most (TransferConfig.threads); `workers`: how many processes
+        share the level (TransferConfig.processes).
     log_level, log_format: the worker's logs go to the same stderr as the parent's, in the same form.
     archive: what every object is stored with (--object-lock-*, --sse*, --storage-class, --tag, --metadata,
-        the POSIX attributes); holds the SSE-C key, and never prints it.
+        the POSIX attributes), or for a restore only the SSE-C key it is read with; never prints the key.
+    multipart_threshold, multipart_chunksize, verify_after_upload, follow_symlinks: a backup's flags. A
+        restore leaves them at their defaults: only the threshold is read, by the pool, which sends an object
+        that big in a batch of its own.
     """
 
     endpoint: Endpoint
@@ -59,18 +63,26 @@ class WorkerSettings:
     prefix: str
     threads: int
     workers: int
-    multipart_threshold: int
-    multipart_chunksize: int
-    verify_after_upload: bool
-    follow_symlinks: bool
     log_level: str
     log_format: str
     archive: ArchiveControls
+    multipart_threshold: int = 64 * MiB
+    multipart_chunksize: int = 16 * MiB
+    verify_after_upload: bool = False
+    follow_symlinks: bool = False
 
     @classmethod
-    def from_config(cls, config: Config) -> "WorkerSettings":
-        return cls(endpoint=Endpoint.from_config(config), bucket=config.bucket, prefix=config.prefix,
-                   threads=config.threads,
-                   workers=config.processes, multipart_threshold=config.multipart_threshold, multipart_chunksize=config.multipart_chunksize,
-                   verify_after_upload=config.verify_after_upload, follow_symlinks=config.follow_symlinks,
-                   log_level=config.debug, log_format=config.log_format, archive=config.archive)
+    def _common(cls, config, archive: ArchiveControls, **own) -> "WorkerSettings":
+        return cls(endpoint=Endpoint.from_config(config), bucket=config.store.bucket, prefix=config.store.prefix,
+                   threads=config.transfer.threads, workers=config.transfer.processes,
+                   log_level=config.output.level, log_format=config.output.log_format, archive=archive, **own)
+
+    @classmethod
+    def for_backup(cls, config: BackupConfig) -> "WorkerSettings":
+        return cls._common(config, config.archive, multipart_threshold=config.multipart_threshold,
+                           multipart_chunksize=config.multipart_chunksize,
+                           verify_after_upload=config.verify_after_upload, follow_symlinks=config.follow_symlinks)
+
+    @classmethod
+    def for_restore(cls, config: RestoreConfig) -> "WorkerSettings":
+        return cls._common(config, ArchiveControls(customer_key=config.store.customer_key))

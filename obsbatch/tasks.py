@@ -31,6 +31,10 @@ def restore_batch(items: list) -> List:
     return worker.restore_batch(items)
 
 
+#: What a pool's workers do with each batch, by the name UploadPool is given.
+BATCH_TASKS = {"upload": upload_batch, "restore": restore_batch}
+
+
 def check_destination() -> Tuple[str, str]:
     """The pre-flight (worker.WorkerContext.check_destination)."""
     from obsbatch import worker

@@ -24,7 +24,7 @@ from typing import Mapping, Optional
 
 import structlog
 
-from obsbatch.config import Config
+from obsbatch.config import BackupConfig
 from obsbatch.models import Kind, Outcome, Reason
 
 log = structlog.get_logger()
@@ -85,7 +85,7 @@ class Telemetry:
         return cls()
 
     @classmethod
-    def from_config(cls, config: Config, environ: Mapping[str, str]) -> "Telemetry":
+    def from_config(cls, config: BackupConfig, environ: Mapping[str, str]) -> "Telemetry":
         """Set up exporters if an endpoint is configured and telemetry is not turned off."""
         telemetry = cls()
         if config.no_telemetry or environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
@@ -101,7 +101,7 @@ class Telemetry:
             log.warning("telemetry.disabled", error=f"{type(exc).__name__}: {exc}")
         return telemetry
 
-    def _setup(self, config: Config, environ: Mapping[str, str], wanted: dict) -> None:
+    def _setup(self, config: BackupConfig, environ: Mapping[str, str], wanted: dict) -> None:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.metrics import MeterProvider
@@ -153,11 +153,11 @@ class Telemetry:
             self._files = None
 
     @_guarded
-    def start_run(self, source: str, config: Config) -> None:
+    def start_run(self, source: str, config: BackupConfig) -> None:
         if self._tracer is not None:
             self._root = self._tracer.start_span("obsbatch.run", attributes={
-                "obsbatch.source": source, "obsbatch.bucket": config.bucket, "obsbatch.prefix": config.prefix,
-                "obsbatch.endpoint": config.endpoint or "aws", "obsbatch.dry_run": config.dry_run})
+                "obsbatch.source": source, "obsbatch.bucket": config.store.bucket, "obsbatch.prefix": config.store.prefix,
+                "obsbatch.endpoint": config.store.endpoint or "aws", "obsbatch.dry_run": config.dry_run})
 
     @_guarded
     def record(self, outcome: Outcome) -> None:

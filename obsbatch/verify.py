@@ -24,25 +24,19 @@ import hashlib
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Tuple
 
 import structlog
 
 from obsbatch import download, remote
-from obsbatch.config import Config
+from obsbatch.archive import ArchiveControls
+from obsbatch.config import StoreConfig, VerifyConfig
 from obsbatch.errors import ConfigError, ExitCode, ObsbatchError
 
 log = structlog.get_logger()
 
 #: Requests in flight with --max-concurrent auto: HEADs are small, so more than a backup's start.
 AUTO_THREADS = 32
-
-
-@dataclass(frozen=True)
-class VerifyJob:
-    config: Config
-    manifest: Optional[str] = None
-    read_data: float = 0.0  # percent of the objects read back in full
 
 
 @dataclass(frozen=True)
@@ -107,10 +101,10 @@ def sampled(key: str, percent: float) -> bool:
 class Checker:
     """One object against what it must be: its HEAD, and a full read of its bytes."""
 
-    def __init__(self, client, config: Config):
+    def __init__(self, client, store: StoreConfig):
         self.client = client
-        self.bucket = config.bucket
-        self.controls = config.archive
+        self.bucket = store.bucket
+        self.controls = ArchiveControls(customer_key=store.customer_key)
 
     def problems(self, expected: Expected) -> Tuple[List[str], str]:
         """(what is wrong with the object, [] if nothing; its sha256 metadata). Raises ClientError for
@@ -155,8 +149,8 @@ class Checker:
         return download.read_body(response["Body"])
 
 
-def _from_listing(client, config: Config) -> Iterator[Expected]:
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=config.bucket, Prefix=config.prefix):
+def _from_listing(client, store: StoreConfig) -> Iterator[Expected]:
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=store.bucket, Prefix=store.prefix):
         for obj in page.get("Contents", ()):
             yield Expected(obj["Key"], obj.get("Size", 0), obj.get("ETag", "").strip('"'))
 
@@ -169,37 +163,36 @@ def _from_manifest(path: str, prefix: str) -> Iterator[Expected]:
                        record.get("version_id") or "", record.get("retain_until") or "")
 
 
-def run(job: VerifyJob) -> VerifySummary:
+def run(config: VerifyConfig) -> VerifySummary:
     import botocore.exceptions
 
     from obsbatch import manifest, s3
     from obsbatch.settings import Endpoint
 
-    config = job.config
-    threads = config.max_concurrent or AUTO_THREADS
+    threads = config.transfer.max_concurrent or AUTO_THREADS
     client = s3.make_client(Endpoint.from_config(config), pool_connections=threads)
-    if job.manifest:
+    if config.verify_manifest:
         try:
-            manifest.verify(job.manifest)
+            manifest.verify(config.verify_manifest)
         except manifest.Broken as exc:
-            raise ObsbatchError(f"the manifest {job.manifest} does not verify, so it proves nothing: {exc}") from None
+            raise ObsbatchError(f"the manifest {config.verify_manifest} does not verify, so it proves nothing: {exc}") from None
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read the manifest {job.manifest}: "
+            raise ConfigError(f"cannot read the manifest {config.verify_manifest}: "
                               f"{getattr(exc, 'strerror', None) or exc}") from None
-        expected = _from_manifest(job.manifest, config.prefix)
+        expected = _from_manifest(config.verify_manifest, config.store.prefix)
     else:
-        expected = _from_listing(client, config)
-    tally = Tally(Checker(client, config), job.read_data)
-    log.info("verify.start", bucket=config.bucket, prefix=config.prefix, manifest=job.manifest,
-             read_data=job.read_data)
+        expected = _from_listing(client, config.store)
+    tally = Tally(Checker(client, config.store), config.read_data)
+    log.info("verify.start", bucket=config.store.bucket, prefix=config.store.prefix, manifest=config.verify_manifest,
+             read_data=config.read_data)
     try:
         _bounded_map(tally.check, expected, threads)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         tally.summary.errors += 1
-        raise remote.store_error(exc, config.bucket, config.endpoint or "AWS",
-                                 f"read s3://{config.bucket}/{config.prefix}") from None
+        raise remote.store_error(exc, config.store.bucket, config.store.server,
+                                 f"read s3://{config.store.bucket}/{config.store.prefix}") from None
     if tally.summary.checked == 0:
-        log.warning("verify.empty", bucket=config.bucket, prefix=config.prefix, manifest=job.manifest,
+        log.warning("verify.empty", bucket=config.store.bucket, prefix=config.store.prefix, manifest=config.verify_manifest,
                     detail="nothing to check: no object under this prefix (or no upload in the manifest); exit 1")
     return tally.summary
 

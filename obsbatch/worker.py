@@ -2,7 +2,7 @@
 
 A worker process is set up once by `init_worker`, the pool's initializer (reached through obsbatch.tasks): it leaves signals to the parent,
 configures logging, and builds its `WorkerContext` from `WorkerSettings` (the few settings a worker needs,
-not the whole Config) and the `Shared` memory the parent made. The context owns everything the process
+not the whole config) and the `Shared` memory the parent made. The context owns everything the process
 holds: its own S3 client (clients neither pickle nor survive a fork), the lean PUT, upload threads and
 request counters. `WorkerContext.upload_one` never raises: every path through it returns an Outcome of plain
 data, and `run_batch` turns anything that escapes it anyway into a FAILED Outcome.

@@ -14,6 +14,7 @@ from obsbatch.models import Candidate, Kind, Reason
 from obsbatch.plan import work_item
 from obsbatch.remote import Remote
 from obsbatch.report import Summary
+from obsbatch.settings import WorkerSettings
 from obsbatch.shutdown import Shutdown
 from tests.conftest import make_tree, objects, server_args
 
@@ -61,7 +62,8 @@ def test_upload_reports_the_item_a_signal_interrupted_the_making_of(tmp_path, s3
                     "--log-format", "json"], {})
     ctx = pool.context()
     shutdown = Shutdown(ctx, stop_timeout=60)
-    uploads = pool.UploadPool(ctx, config, shutdown.workers_flag, pool.Gauges(ctx, config.processes))
+    uploads = pool.UploadPool(ctx, config.transfer, WorkerSettings.for_backup(config), shutdown.workers_flag,
+                              pool.Gauges(ctx, config.transfer.processes))
     preflight = Remote(config, uploads.check_destination).checked
     with shutdown.installed():
         Dispatch(uploads, shutdown, summary, AfterUpload(None, None), preflight, grace=5).run(

@@ -26,7 +26,7 @@ def setup_worker(s3server, monkeypatch):
                         "--endpoint", endpoint or s3server.endpoint, "--addressing-style", "path",
                         "--multipart-threshold", "5MiB", "--multipart-chunksize", "5MiB", "--retries", "3",
                         "--log-format", "json", *extra], {})
-        return WorkerContext(WorkerSettings.from_config(config))
+        return WorkerContext(WorkerSettings.for_backup(config))
     return setup
 
 
@@ -168,10 +168,12 @@ def test_server_verifies_content_md5(s3, s3server, prefix):
 
 def test_worker_whose_client_cannot_be_built_reports_instead_of_crashing(tmp_path, setup_worker):
     """A raising Pool initializer would be respawned forever; the worker must report per file instead."""
-    from obsbatch.config import Config
+    from obsbatch.config import BackupConfig, OutputConfig, StoreConfig, TransferConfig
 
     # Built directly, skipping the parser's region check, to get a region botocore refuses.
-    worker = WorkerContext(WorkerSettings.from_config(Config(source="/unused", bucket="b", region="not a region!")))
+    config = BackupConfig(StoreConfig(bucket="b", region="not a region!"), TransferConfig(), OutputConfig(),
+                          source="/unused")
+    worker = WorkerContext(WorkerSettings.for_backup(config))
     path = tmp_path / "f"
     path.write_bytes(b"x")
     outcome = worker.upload_one(item_for(path, "p/"))

@@ -3,7 +3,6 @@
 
 import argparse
 import base64
-import dataclasses
 import datetime
 import hashlib
 import os
@@ -13,19 +12,19 @@ import pytest
 from obsbatch import cli
 from obsbatch.archive import ArchiveControls
 from obsbatch.cli import parse
-from obsbatch.config import Config
+from obsbatch.config import BackupConfig, bandwidth, flag_fields
 from obsbatch.errors import UsageError
-from obsbatch.ratelimit import bandwidth, rate_at
+from obsbatch.ratelimit import rate_at
 
 BASE = ["--source", "/s", "--bucket", "b"]
 MiB = 1024 * 1024
 
 
 def test_every_flag_is_in_exactly_one_help_group():
-    grouped = [name for _, names in cli.GROUPS for name in names]
-    assert sorted(grouped) == sorted(f.name for f in dataclasses.fields(Config))
+    grouped = [name for _, names in BackupConfig.GROUPS for name in names]
+    assert sorted(grouped) == sorted(f.name for f in flag_fields(BackupConfig))
     help_text = cli.build_parser().format_help()
-    positions = [help_text.index(f"\n{title}:\n") for title, _ in cli.GROUPS]
+    positions = [help_text.index(f"\n{title}:\n") for title, _ in BackupConfig.GROUPS]
     assert positions == sorted(positions)
     assert help_text.index("\n  --legal-hold") > help_text.index("\narchive controls:\n") > help_text.index("\n  --verify-remote")
 
@@ -118,7 +117,7 @@ def test_archive_flags_from_the_environment():
     config = parse(BASE, {"OBSBATCH_TAG": "a=1,b=2", "OBSBATCH_LEGAL_HOLD": "1", "OBSBATCH_STORAGE_CLASS": "COLD",
                           "OBSBATCH_BWLIMIT": "08:00,4M 19:00,off", "OBSBATCH_NO_PRESERVE_ATTRS": "yes"})
     assert config.archive.tags == (("a", "1"), ("b", "2")) and config.legal_hold and config.storage_class == "COLD"
-    assert config.bwlimit == ((8 * 60, 4 * MiB), (19 * 60, None)) and config.no_preserve_attrs
+    assert config.transfer.bwlimit == ((8 * 60, 4 * MiB), (19 * 60, None)) and config.no_preserve_attrs
 
 
 def test_bwlimit_units_are_rclones():

@@ -12,18 +12,18 @@ ORIGINAL = ("--source /sftp/export --bucket my-backups --prefix daily/ --endpoin
 def test_original_command_line_verbatim():
     config = parse(ORIGINAL, {})
     assert config.source == "/sftp/export"
-    assert config.bucket == "my-backups"
-    assert config.prefix == "daily/"
-    assert config.endpoint == "https://obs.ru-moscow-1.hc.sbercloud.ru"
-    assert config.region == "ru-moscow-1"
-    assert config.http_timeout == 15.0
-    assert config.max_concurrent == 6
-    assert config.debug == "info"
+    assert config.store.bucket == "my-backups"
+    assert config.store.prefix == "daily/"
+    assert config.store.endpoint == "https://obs.ru-moscow-1.hc.sbercloud.ru"
+    assert config.store.region == "ru-moscow-1"
+    assert config.transfer.http_timeout == 15.0
+    assert config.transfer.max_concurrent == 6
+    assert config.output.debug == "info"
 
 
 def test_defaults():
     config = parse(["--source", "/s", "--bucket", "b"], {})
-    assert (config.min_age, config.retries, config.checksum_mode) == (2.0, 5, "when_required")
+    assert (config.min_age, config.transfer.retries, config.store.checksum_mode) == (2.0, 5, "when_required")
     assert (config.multipart_threshold, config.multipart_chunksize) == (64 * MiB, 16 * MiB)
     assert config.include == () and config.exclude == () and config.dry_run is False
 
@@ -33,8 +33,8 @@ def test_every_flag_falls_back_to_environment():
            "OBSBATCH_DRY_RUN": "yes", "OBSBATCH_FOLLOW_SYMLINKS": "0", "OBSBATCH_EXCLUDE": "*.tmp,*.part",
            "OBSBATCH_MULTIPART_THRESHOLD": "8MiB", "OBSBATCH_FD_CHECK": "strict", "OBSBATCH_MIN_AGE": "0.5"}
     config = parse([], env)
-    assert config.source == "/env/src" and config.bucket == "envbucket"
-    assert config.max_concurrent == 3 and config.dry_run is True and config.follow_symlinks is False
+    assert config.source == "/env/src" and config.store.bucket == "envbucket"
+    assert config.transfer.max_concurrent == 3 and config.dry_run is True and config.follow_symlinks is False
     assert config.exclude == ("*.tmp", "*.part")
     assert config.multipart_threshold == 8 * MiB
     assert config.fd_check == "strict" and config.min_age == 0.5
@@ -42,21 +42,21 @@ def test_every_flag_falls_back_to_environment():
 
 def test_max_concurrent_is_auto_by_default_and_a_number_fixes_it():
     auto = parse(["--source", "/s", "--bucket", "b"], {})
-    assert auto.max_concurrent is None and auto.max_concurrent_limit == 256 and auto.most_in_flight == 256
+    assert auto.transfer.max_concurrent is None and auto.transfer.max_concurrent_limit == 256 and auto.transfer.most_in_flight == 256
     limited = parse(["--source", "/s", "--bucket", "b", "--max-concurrent-limit", "32"], {})
-    assert limited.max_concurrent is None and limited.most_in_flight == 32
+    assert limited.transfer.max_concurrent is None and limited.transfer.most_in_flight == 32
     fixed = parse(["--source", "/s", "--bucket", "b", "--max-concurrent", "6"], {"OBSBATCH_MAX_CONCURRENT": "auto"})
-    assert fixed.max_concurrent == 6 and fixed.most_in_flight == 6
+    assert fixed.transfer.max_concurrent == 6 and fixed.transfer.most_in_flight == 6
     # "auto" given on the command line is given: it beats the variable.
     assert parse(["--source", "/s", "--bucket", "b", "--max-concurrent", "auto"],
-                 {"OBSBATCH_MAX_CONCURRENT": "6"}).max_concurrent is None
+                 {"OBSBATCH_MAX_CONCURRENT": "6"}).transfer.max_concurrent is None
 
 
 def test_command_line_beats_environment():
     env = {"OBSBATCH_SOURCE": "/env", "OBSBATCH_BUCKET": "envbucket", "OBSBATCH_EXCLUDE": "*.tmp",
            "OBSBATCH_MAX_CONCURRENT": "3"}
     config = parse(["--bucket", "clibucket", "--exclude", "*.log", "--max-concurrent", "9"], env)
-    assert config.bucket == "clibucket" and config.exclude == ("*.log",) and config.max_concurrent == 9
+    assert config.store.bucket == "clibucket" and config.exclude == ("*.log",) and config.transfer.max_concurrent == 9
     assert config.source == "/env"
 
 
@@ -67,7 +67,7 @@ def test_repeatable_flags():
 
 @pytest.mark.parametrize("prefix,expected", [("daily", "daily/"), ("daily/", "daily/"), ("", ""), ("a/b", "a/b/")])
 def test_prefix_gets_trailing_slash_like_aws_s3_sync(prefix, expected):
-    assert parse(["--source", "/s", "--bucket", "b", "--prefix", prefix], {}).prefix == expected
+    assert parse(["--source", "/s", "--bucket", "b", "--prefix", prefix], {}).store.prefix == expected
 
 
 @pytest.mark.parametrize("args,message", [
@@ -162,8 +162,38 @@ def test_an_unknown_obsbatch_variable_is_an_error_naming_the_nearest():
     (["--debug", "info", "restore", "--target", "/t"], "restore", ["--debug", "info", "--target", "/t"]),
     (["--log-format=json", "--summary", "json", "verify"], "verify", ["--log-format=json", "--summary", "json"]),
     (["--source", "restore"], "backup", ["--source", "restore"]),  # a value, not a command word
+    (["-q", "--no-progress", "verify", "--bucket", "b"], "verify", ["-q", "--no-progress", "--bucket", "b"]),
+    (["-v", "--progress", "restore"], "restore", ["-v", "--progress"]),
 ])
 def test_output_flags_may_come_before_the_command_word(argv, command, rest):
     from obsbatch.cli import split_command
 
     assert split_command(argv) == (command, rest)
+
+
+@pytest.mark.parametrize("command", ["backup", "restore", "verify"])
+def test_output_flags_mean_the_same_in_every_command(command):
+    """-v/-q/--debug set the level (one of them), --progress/--no-progress the bar, the same in each command."""
+    from obsbatch import commands
+
+    base = {"backup": ["--source", "/s", "--bucket", "b"], "restore": ["--bucket", "b", "--target", "/t"],
+            "verify": ["--bucket", "b"]}[command]
+
+    def output(argv, environ=None):
+        given = base + argv
+        config = parse(given, environ or {}) if command == "backup" else commands.parse(command, given, environ or {})
+        return config.output
+
+    assert output([]).level == "info" and output([]).bar(True) and not output([]).bar(False)
+    assert output(["-v"]).level == "debug" and output(["--verbose"]).traceback
+    quiet = output(["-q"])
+    assert quiet.level == "warn" and not quiet.bar(True) and not quiet.human_summary(True)
+    assert output(["--debug", "error"]).level == "error"
+    assert output(["--progress"]).bar(False) and not output(["--no-progress"]).bar(True)
+    assert output([], {"OBSBATCH_PROGRESS": "1"}).bar(False) and output([], {"OBSBATCH_PROGRESS": ""}).progress is None
+    assert output(["--progress"], {"OBSBATCH_PROGRESS": "0"}).bar(False)  # the command line beats the variable
+    for argv in (["-v", "-q"], ["--debug", "info", "-q"]):
+        with pytest.raises(UsageError, match="each set the log level; give one"):
+            output(argv)
+    with pytest.raises(UsageError, match="unrecognized arguments: -x"):
+        output(["-x"])

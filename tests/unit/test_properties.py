@@ -110,7 +110,7 @@ def test_any_flag_value_gives_a_config_or_one_usage_sentence_never_another_excep
         message = str(exc)
         assert message and "\n" not in message and "Traceback" not in message
     else:
-        assert config.most_in_flight >= 1 and config.http_timeout > 0 and config.retries >= 0
+        assert config.transfer.most_in_flight >= 1 and config.transfer.http_timeout > 0 and config.transfer.retries >= 0
         assert config.multipart_chunksize >= 5 * 2 ** 20 and config.multipart_threshold <= 5 * 2 ** 30
 
 

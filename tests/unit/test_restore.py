@@ -59,11 +59,12 @@ def test_restore_and_verify_take_the_backups_store_flags_and_variables():
     env = {"OBSBATCH_BUCKET": "b", "OBSBATCH_PREFIX": "daily", "OBSBATCH_TARGET": "/srv/r",
            "OBSBATCH_MANIFEST": "/not/for/restore.jsonl", "OBSBATCH_RESTORE_MANIFEST": "/m.jsonl",
            "OBSBATCH_READ_DATA": "5"}
-    config, own = commands.parse("restore", ["--overwrite"], env)
-    assert (config.bucket, config.prefix, config.source) == ("b", "daily/", "/srv/r")
-    assert own == {"target": "/srv/r", "overwrite": True, "restore_manifest": "/m.jsonl"}
-    config, own = commands.parse("verify", ["--read-data", "50"], env)
-    assert own == {"read_data": 50.0} and config.bucket == "b"
+    config = commands.parse("restore", ["--overwrite"], env)
+    assert (config.store.bucket, config.store.prefix, config.target) == ("b", "daily/", "/srv/r")
+    assert (config.overwrite, config.restore_manifest) == (True, "/m.jsonl")
+    assert not hasattr(config, "source") and not hasattr(config, "read_data")  # no command carries another's fields
+    config = commands.parse("verify", ["--read-data", "50"], env)
+    assert config.read_data == 50.0 and config.store.bucket == "b" and not hasattr(config, "target")
     with pytest.raises(UsageError, match="--target is required"):
         commands.parse("restore", ["--bucket", "b"], {})
     with pytest.raises(UsageError, match="percentage"):
