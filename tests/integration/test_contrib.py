@@ -71,7 +71,7 @@ def test_lifecycle_example_is_accepted_by_a_real_s3_server(s3):
 def test_env_example_lists_only_variables_obsbatch_reads():
     from obsbatch import commands
 
-    names = re.findall(rf"^#?(OBSBATCH_[A-Z0-9_]+)=", (CONTRIB / "obsbatch.env.example").read_text(), re.M)
+    names = re.findall(r"^#?(OBSBATCH_[A-Z0-9_]+)=", (CONTRIB / "obsbatch.env.example").read_text(), re.M)
     assert names and sorted(set(names) - commands.environment_names()) == []
 
 
