@@ -51,6 +51,8 @@ class Kind(str, enum.Enum):
     ERROR = "error"
     #: `obsbatch restore`: brought back, its bytes checked against the sha256 it was stored with.
     RESTORED = "restored"
+    #: `obsbatch verify`: the stored object is what it must be (and, if read back, its bytes too).
+    VERIFIED = "verified"
 
 
 class Reason(str, enum.Enum):
@@ -189,6 +191,34 @@ class RestoreItem:
     version_id: str = ""
     overwrite: bool = False
     chown: bool = False
+
+
+@dataclass(frozen=True)
+class VerifyItem:
+    """One object to check (`obsbatch verify`), pickled to a worker like a WorkItem.
+
+    key: the object key (also its display). object_size: the size it must have. etag, sha256, version_id,
+    retain_until: what it must have, where known ("": not checked; from the manifest, or the listing's ETag).
+    read: read its bytes back in full and recompute their SHA-256 (the --read-data sample).
+    size: the bytes the check moves (object_size when read, else 0), which is what the pool's batching and
+    --bwlimit weigh.
+    """
+
+    key: str
+    object_size: int
+    etag: str = ""
+    sha256: str = ""
+    version_id: str = ""
+    retain_until: str = ""
+    read: bool = False
+
+    @property
+    def display(self) -> str:
+        return self.key
+
+    @property
+    def size(self) -> int:
+        return self.object_size if self.read else 0
 
 
 def not_started(item: WorkItem) -> Outcome:

@@ -14,6 +14,7 @@ from typing import Mapping, NoReturn, Optional, Sequence
 
 import argparse_dataclass
 
+from obsbatch.config import COMMAND_CONFIGS, flag_fields
 from obsbatch.errors import UsageError
 
 ENV_PREFIX = "OBSBATCH_"
@@ -94,6 +95,12 @@ def unrecognized(extra: Sequence[str], flags) -> str:
     name = first.split("=", 1)[0]
     hint = nearest(name, [f for f in flags if f.startswith("--")]) if name.startswith("--") else ""
     return (f"unrecognized arguments: {' '.join(extra)}{hint}; flags are never abbreviated")
+
+
+def environment_names() -> frozenset:
+    """Every OBSBATCH_* variable some command reads: one per flag of backup, restore and verify."""
+    return frozenset(ENV_PREFIX + f.name.upper() for config_class in COMMAND_CONFIGS.values()
+                     for f in flag_fields(config_class))
 
 
 def check_environment(environ: Mapping[str, str], known: Sequence[str]) -> None:

@@ -9,7 +9,7 @@ Honest by construction:
 - client CPU counts every process of the tool's tree: this process is a child subreaper, so the tool's
   orphaned descendants (obsbatch's fork server and workers) are reaped here and their CPU lands in
   RUSAGE_CHILDREN; the server's CPU is not the client's and is reported apart;
-- the `wan*` workloads put a relay of the project's own (tests/support/relay.py: a fixed one-way delay, one
+- the `wan*` workloads put a relay of the project's own (obsbatch/testing/relay.py: a fixed one-way delay, one
   more round trip for a new connection) between every tool and the same server: a store in another city.
   The relay runs in its own process and its CPU is reported per run, so that it is seen not to be the
   bottleneck.
@@ -41,8 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support import seaweed  # noqa: E402  (the same launcher the test fixture uses)
-from tests.support.relay import Relay  # noqa: E402
+from obsbatch.testing import seaweed  # noqa: E402  (the same launcher the test fixture uses)
+from obsbatch.testing.relay import Relay  # noqa: E402
 
 BIN = Path(sys.executable).parent
 MiB = 1024 * 1024

@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support import seaweed  # noqa: E402  (the same launcher the test fixture uses)
+from obsbatch.testing import seaweed  # noqa: E402  (the same launcher the test fixture uses)
 
 
 def build_tree(src: Path) -> subprocess.Popen:

@@ -43,8 +43,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support import seaweed  # noqa: E402
-from tests.support.faultproxy import Chaos, Fault, FaultProxy  # noqa: E402
+from obsbatch.testing import seaweed  # noqa: E402
+from obsbatch.testing.faultproxy import Chaos, Fault, FaultProxy  # noqa: E402
 
 MiB = 1024 * 1024
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import faultproxy, motoserver, seaweed
-from tests.support.holders import Holder
+from obsbatch.testing import faultproxy, motoserver, seaweed
+from obsbatch.testing.holders import Holder
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,7 +43,7 @@ def s3server(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def moto(tmp_path_factory):
-    """moto's standalone S3 server: a second implementation, with other quirks (tests.support.motoserver)."""
+    """moto's standalone S3 server: a second implementation, with other quirks (obsbatch.testing.motoserver)."""
     server = motoserver.start(tmp_path_factory.mktemp("moto") / "moto.log")
     yield server
     server.stop()

@@ -6,16 +6,16 @@ import signal
 
 import pytest
 
-from obsbatch import pool
-from obsbatch.after_upload import AfterUpload
-from obsbatch.cli import parse
-from obsbatch.dispatch import Dispatch, plan_only
+from obsbatch.engine import pool
+from obsbatch.stages.after_upload import AfterUpload
+from obsbatch.commands.backup import parse
+from obsbatch.engine.dispatch import Dispatch, plan_only
 from obsbatch.models import Candidate, Kind, Reason
-from obsbatch.plan import work_item
-from obsbatch.remote import Remote
-from obsbatch.report import Summary
-from obsbatch.settings import WorkerSettings
-from obsbatch.shutdown import Shutdown
+from obsbatch.stages.plan import work_item
+from obsbatch.s3.remote import Remote
+from obsbatch.reporting.summary import Summary
+from obsbatch.engine.settings import WorkerSettings
+from obsbatch.engine.shutdown import Shutdown
 from tests.conftest import make_tree, objects, server_args
 
 

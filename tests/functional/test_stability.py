@@ -1,4 +1,4 @@
-"""The gate and the /proc index against real processes that hold files open (tests/support/holders.py)."""
+"""The gate and the /proc index against real processes that hold files open (obsbatch/testing/holders.py)."""
 
 import os
 import pwd
@@ -9,8 +9,8 @@ import time
 import pytest
 
 from obsbatch.models import Candidate, Kind, Reason
-from obsbatch.stability import Gate, build_index
-from tests.support.holders import Holder
+from obsbatch.stages.stability import Gate, build_index
+from obsbatch.testing.holders import Holder
 
 
 def test_index_has_writer_of_other_process_keyed_by_inode(tmp_path):
@@ -69,7 +69,7 @@ def test_gate_refreshes_index_older_than_min_age(tmp_path):
 SCANNER = """
 import json, os, sys
 from obsbatch.models import Candidate
-from obsbatch.stability import Gate
+from obsbatch.stages.stability import Gate
 seen = []
 def hook(event, args):
     if event in ("open", "os.scandir", "os.listdir") or event.startswith(

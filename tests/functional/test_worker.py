@@ -8,12 +8,12 @@ import os
 import botocore.exceptions
 import pytest
 
-from obsbatch.cli import parse
+from obsbatch.commands.backup import parse
 from obsbatch.models import Candidate, Kind, Reason
-from obsbatch.plan import work_item
-from obsbatch.settings import WorkerSettings
-from obsbatch.worker import WorkerContext
-from tests.support.faultproxy import Fault
+from obsbatch.stages.plan import work_item
+from obsbatch.engine.settings import WorkerSettings
+from obsbatch.engine.worker import WorkerContext
+from obsbatch.testing.faultproxy import Fault
 
 
 @pytest.fixture
@@ -249,7 +249,7 @@ def test_multipart_etag_is_md5_of_part_md5s(tmp_path, s3, s3server, prefix, setu
 ], ids=["ok", "503x2", "500", "reset", "403", "404", "baddigest-x2", "baddigest-always"])
 def test_lean_put_and_boto3_put_object_behave_alike(tmp_path, s3, s3server, prefix, setup_worker, proxy, path,
                                                      fault, expected):
-    """obsbatch.put must keep put_object's retries, error names and attempt counts (issue #5); a corrupted
+    """obsbatch.s3.put must keep put_object's retries, error names and attempt counts (issue #5); a corrupted
     body is retried by DirectPut itself, and around put_object by WorkerContext.call (issue #11)."""
     worker = setup_worker(prefix, proxy.endpoint)
     assert worker.direct is not None  # the default for single-part uploads

@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from tests.conftest import make_tree, run_command, run_obsbatch, server_args
-from tests.support.faultproxy import Fault, FaultProxy
+from obsbatch.testing.faultproxy import Fault, FaultProxy
 
 MiB = 1024 * 1024
 SMALL_MULTIPART = ["--multipart-threshold", "5MiB", "--multipart-chunksize", "5MiB"]

@@ -46,7 +46,8 @@ def _obsbatch(*args, env=None):
 
     base = {k: v for k, v in os.environ.items() if not k.startswith(("OBSBATCH_", "AWS_"))}
     base.update(AWS_ACCESS_KEY_ID="AKIDEXAMPLE", AWS_SECRET_ACCESS_KEY="not-a-real-secret",
-                AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull, **(env or {}))
+                AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull)
+    base.update(env or {})
     return subprocess.run([sys.executable, "-m", "obsbatch", *map(str, args)], capture_output=True, text=True,
                           env=base, timeout=120)
 
@@ -87,3 +88,34 @@ def os_utime_past(path):
     import time
 
     os.utime(path, (time.time() - 3600, time.time() - 3600))
+
+
+def test_the_same_store_fault_is_the_same_sentence_and_exit_in_every_command(tmp_path, s3server, prefix):
+    """A missing bucket, rejected credentials, a host name that does not resolve (issue #18): backup, restore,
+    verify and verify --manifest each give one sentence, no botocore text, and the same exit code."""
+    import json
+
+    from tests.conftest import make_tree, run_obsbatch, server_args
+
+    src = tmp_path / "src"
+    make_tree(src, {"a.txt": b"a"})
+    manifest = tmp_path / "m.jsonl"
+    assert run_obsbatch("--source", src, *server_args(s3server, prefix), "--no-state", "--manifest", manifest,
+                        env=s3server.env()).returncode == 0
+    good = s3server.env()
+    faults = {
+        "absent bucket": (["--bucket", "no-such-bucket-here", "--endpoint", s3server.endpoint], good, 2),
+        "rejected credentials": (["--bucket", s3server.bucket, "--endpoint", s3server.endpoint],
+                                 dict(good, AWS_SECRET_ACCESS_KEY="wrong-secret"), 2),
+        "unresolvable host": (["--bucket", s3server.bucket, "--endpoint", "http://no-such-host.invalid:8333"], good, 1),
+    }
+    for fault, (store, env, expected) in faults.items():
+        common = [*store, "--prefix", prefix, "--region", "us-east-1", "--retries", "0", "--summary", "json"]
+        for command, args in (("backup", ["--source", src, "--no-state"]),
+                              ("restore", ["restore", "--target", tmp_path / "t"]), ("verify", ["verify"]),
+                              ("verify --manifest", ["verify", "--manifest", manifest])):
+            proc = _obsbatch(*args, *common, env=env)
+            report = json.loads(proc.stdout.splitlines()[-1])
+            assert (proc.returncode, report["exit_code"]) == (expected, expected), (fault, command, proc)
+            assert "An error occurred" not in proc.stderr and "Traceback" not in proc.stderr, (fault, command, proc)
+    assert not (tmp_path / "t").exists() or not any((tmp_path / "t").iterdir())

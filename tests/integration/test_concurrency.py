@@ -5,8 +5,8 @@ import os
 import pytest
 
 from tests.conftest import make_tree, objects, run_obsbatch, server_args
-from tests.support.faultproxy import Throttle
-from tests.support.relay import Relay
+from obsbatch.testing.faultproxy import Throttle
+from obsbatch.testing.relay import Relay
 
 
 def _levels(result) -> list:

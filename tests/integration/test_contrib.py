@@ -36,7 +36,7 @@ def test_service_keeps_what_obsbatch_relies_on():
 
 def test_env_example_names_every_option():
     """Every variable of every command (backup, restore, verify) is in the example."""
-    from obsbatch import commands
+    from obsbatch import options as commands
 
     text = (CONTRIB / "obsbatch.env.example").read_text()
     missing = [name for name in sorted(commands.environment_names()) if not re.search(rf"^#?{name}=", text, re.M)]
@@ -44,7 +44,7 @@ def test_env_example_names_every_option():
 
 
 def test_env_example_parses_into_a_valid_config():
-    from obsbatch.cli import parse
+    from obsbatch.commands.backup import parse
 
     env = dict(line.split("=", 1) for line in (CONTRIB / "obsbatch.env.example").read_text().splitlines()
                if line and not line.startswith("#"))
@@ -69,7 +69,7 @@ def test_lifecycle_example_is_accepted_by_a_real_s3_server(s3):
 
 
 def test_env_example_lists_only_variables_obsbatch_reads():
-    from obsbatch import commands
+    from obsbatch import options as commands
 
     names = re.findall(r"^#?(OBSBATCH_[A-Z0-9_]+)=", (CONTRIB / "obsbatch.env.example").read_text(), re.M)
     assert names and sorted(set(names) - commands.environment_names()) == []

@@ -13,8 +13,8 @@ import time
 import pytest
 
 from tests.conftest import finish, make_tree, objects, run_obsbatch, server_args, start_obsbatch
-from tests.support import seaweed
-from tests.support.faultproxy import Fault, Throttle
+from obsbatch.testing import seaweed
+from obsbatch.testing.faultproxy import Fault, Throttle
 
 
 @pytest.mark.slow
@@ -103,7 +103,7 @@ def own_server(tmp_path_factory):
 
 @pytest.mark.slow
 def test_a_server_restarting_mid_run_loses_nothing(tmp_path, own_server, prefix):
-    from tests.support.faultproxy import FaultProxy
+    from obsbatch.testing.faultproxy import FaultProxy
 
     files = make_tree(tmp_path, {f"d{i % 4}/f{i}.bin": os.urandom(5000) for i in range(80)})
     files.update(make_tree(tmp_path, {"big.bin": os.urandom(11 * 1024 * 1024)}))  # multipart, 3 parts

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.conftest import finish, make_tree, objects, run_obsbatch, server_args, start_obsbatch
-from tests.support.faultproxy import Fault
+from obsbatch.testing.faultproxy import Fault
 
 
 def test_no_change_rerun_sends_no_upload_and_edits_are_uploaded(tmp_path, s3, s3server, prefix, proxy):

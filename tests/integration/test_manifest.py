@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO, make_tree, run_obsbatch, server_args
-from tests.support.ed25519keys import keypair
+from obsbatch.testing.ed25519keys import keypair
 
 
 def verify(*args):
@@ -72,7 +72,7 @@ def test_any_tampering_is_detected(manifest_run, tamper):
 
 def _rechain(lines: list) -> list:
     """What a forger with write access does: edit a record, then recompute every link after it."""
-    from obsbatch.manifest import GENESIS, _canonical, _link
+    from obsbatch.reporting.manifest import GENESIS, _canonical, _link
 
     chain, out = GENESIS, []
     for line in lines:

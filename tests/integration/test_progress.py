@@ -39,8 +39,10 @@ def test_progress_bar_on_a_terminal_keeps_log_lines_whole(tmp_path, s3server, pr
     (src / "fresh.txt").write_bytes(b"just written")  # deferred: one log line while the bar is up
     code, screen = run_on_terminal(["--source", src, *server_args(s3server, prefix)], s3server.env())
     assert code == 0, screen
-    assert "31/31" in screen and "100%" in screen  # the total became known when the walk ended
-    assert "file/s" in screen
+    # The total became known when the walk ended, in bytes (issue #18: the ETA from bytes, not file counts):
+    # 30 files of 1000 bytes and the deferred one of 12.
+    assert re.search(r"100%\|[^|]*\| 29\.3k/29\.3k \[", screen), screen
+    assert "B/s" in screen
     lines = [line.rstrip("\r").split("\r")[-1] for line in screen.split("\n")]
     [deferred] = [line for line in lines if "file.deferred" in line]
     assert re.match(r"^\d{4}-\d\d-\d\dT", deferred), repr(deferred)  # whole: not glued to a bar fragment
@@ -51,8 +53,23 @@ def test_no_progress_output_when_not_a_terminal(tmp_path, s3server, prefix):
     make_tree(tmp_path, {"a.txt": b"a"})
     result = run_obsbatch("--source", tmp_path, *server_args(s3server, prefix), env=s3server.env())
     assert result.returncode == 0, result
-    assert "file/s" not in result.stderr and "\r" not in result.stderr
+    assert "[00:" not in result.stderr  # the bar's timer (stderr is read as text: a "\r" would read as "\n")
     assert all(line.startswith("{") for line in result.stderr.splitlines())
+    # --progress draws it anyway (a person watching a pipe, or a pty-less terminal multiplexer).
+    forced = run_obsbatch("--source", tmp_path, *server_args(s3server, prefix + "forced/"), "--progress",
+                          env=s3server.env())
+    assert forced.returncode == 0 and "obsbatch: 100%" in forced.stderr and "[00:" in forced.stderr, forced
+
+
+def test_no_progress_and_quiet_on_a_terminal(tmp_path, s3server, prefix):
+    make_tree(tmp_path / "src", {f"f{j}.txt": b"x" * 100 for j in range(3)})
+    code, screen = run_on_terminal(["--source", tmp_path / "src", *server_args(s3server, prefix), "--no-progress",
+                                    "--no-state"], s3server.env())
+    assert code == 0 and "[00:" not in screen and "obsbatch: 3 files uploaded" in screen, screen  # no bar timer
+    code, screen = run_on_terminal(["-q", "--source", tmp_path / "src", *server_args(s3server, prefix + "q/"),
+                                    "--no-state"], s3server.env())
+    # -q: warnings and errors only; a clean run prints nothing at all.
+    assert code == 0 and screen.strip() == "", screen
 
 
 def test_a_terminal_run_ends_with_a_human_summary(tmp_path, s3server, prefix):
@@ -77,10 +94,13 @@ def test_restore_and_verify_on_a_terminal_show_progress_and_end_with_a_human_sum
     code, screen = run_on_terminal(["restore", "--target", tmp_path / "back", *server_args(s3server, prefix)],
                                    s3server.env())
     assert code == 0, screen
-    assert "12 restored, 0 identical, 0 conflicts, 0 failed" in screen and "file/s" in screen, screen
+    assert "12 restored, 0 identical, 0 conflicts, 0 failed" in screen and "B/s" in screen, screen
     tail = screen[screen.index("obsbatch restore: "):]
     assert re.search(r"obsbatch restore: 12 objects restored \(1\.2 KiB\) in [\d.]+ s, .*/s; 12 listed", tail), tail
     assert "exit 0" in tail
     code, screen = run_on_terminal(["verify", *server_args(s3server, prefix), "--read-data", "100"], s3server.env())
     assert code == 0, screen
     assert re.search(r"obsbatch verify: 12 of 12 objects as stored, 12 read back in full \(1\.2 KiB\)", screen), screen
+    # HEADs only: nothing moves but objects, so the bar counts objects.
+    code, screen = run_on_terminal(["verify", *server_args(s3server, prefix)], s3server.env())
+    assert code == 0 and "12/12" in screen and "object/s" in screen, screen

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tests.conftest import finish, make_tree, obsbatch_cmd, REPO, run_command, run_obsbatch, server_args
-from tests.support.relay import Relay
+from obsbatch.testing.relay import Relay
 
 FILES = 120
 SIZE = 96 * 1024

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import (UNPRIVILEGED, age, finish, make_tree, objects, run_obsbatch, server_args,
                             start_obsbatch)
-from tests.support.faultproxy import Fault
+from obsbatch.testing.faultproxy import Fault
 
 
 def test_nested_tree_lands_byte_identical_under_prefix(tmp_path, s3, s3server, prefix):
@@ -322,7 +322,7 @@ def test_signal_finishes_uploads_in_flight_and_exits_128_plus_signal(tmp_path, s
 
 def test_write_only_credentials_are_enough(tmp_path, s3, s3server, prefix):
     """Least-privilege backup keys cannot HeadBucket (needs s3:ListBucket); the run must still go ahead."""
-    from tests.support import seaweed
+    from obsbatch.testing import seaweed
 
     files = make_tree(tmp_path, {"a.txt": b"a", "b/c.txt": b"c"})
     env = {"AWS_ACCESS_KEY_ID": seaweed.WRITE_ONLY_KEY, "AWS_SECRET_ACCESS_KEY": seaweed.WRITE_ONLY_SECRET}

@@ -11,8 +11,8 @@ import os
 import pytest
 
 from tests.conftest import make_tree, run_obsbatch, server_args
-from tests.support import otlp, seaweed
-from tests.support.faultproxy import Fault
+from obsbatch.testing import otlp, seaweed
+from obsbatch.testing.faultproxy import Fault
 
 TOKEN = "IQoJb3JpZ2luX2VjEXAMPLE-session-token-7f3a9c"
 WRONG_SECRET = "wrong-secret-that-must-not-leak-4d2b"

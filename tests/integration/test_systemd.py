@@ -7,7 +7,7 @@ import time
 import pytest
 
 from tests.conftest import finish, make_tree, server_args, start_obsbatch
-from tests.support.faultproxy import Fault
+from obsbatch.testing.faultproxy import Fault
 
 
 class NotifySocket:

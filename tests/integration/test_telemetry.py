@@ -7,8 +7,8 @@ import time
 import pytest
 
 from tests.conftest import make_tree, objects, run_obsbatch, server_args
-from tests.support import otlp
-from tests.support.faultproxy import Fault
+from obsbatch.testing import otlp
+from obsbatch.testing.faultproxy import Fault
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def test_one_trace_per_run_with_summary_upload_spans_skip_events_and_metrics(tmp
     assert attrs["obsbatch.bytes.uploaded"] == 6 and attrs["obsbatch.bucket"] == s3server.bucket
     assert attrs["obsbatch.prefix"] == prefix and attrs["obsbatch.source"] == str(src)
     assert root.status.code == 2  # ERROR: the run exited 1
-    assert attrs["obsbatch.manifest.head"] == result.summary["manifest_head"]  # the manifest's anchor (#14)
+    assert attrs["obsbatch.reporting.manifest.head"] == result.summary["manifest_head"]  # the manifest's anchor (#14)
 
     uploads = [s for s, _ in spans if s.name == "obsbatch.upload"]
     assert sorted(otlp.attributes(s.attributes)["obsbatch.key"] for s in uploads) == sorted(

@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from tests.conftest import make_tree, objects, run_obsbatch
-from tests.support.tlsfront import TLSFront, make_certificate
+from obsbatch.testing.tlsfront import TLSFront, make_certificate
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a certificate")
 

@@ -9,12 +9,12 @@ import os
 
 import pytest
 
-from obsbatch import cli
+from obsbatch.commands import backup
 from obsbatch.archive import ArchiveControls
-from obsbatch.cli import parse
+from obsbatch.commands.backup import parse
 from obsbatch.config import BackupConfig, bandwidth, flag_fields
 from obsbatch.errors import UsageError
-from obsbatch.ratelimit import rate_at
+from obsbatch.engine.ratelimit import rate_at
 
 BASE = ["--source", "/s", "--bucket", "b"]
 MiB = 1024 * 1024
@@ -23,7 +23,7 @@ MiB = 1024 * 1024
 def test_every_flag_is_in_exactly_one_help_group():
     grouped = [name for _, names in BackupConfig.GROUPS for name in names]
     assert sorted(grouped) == sorted(f.name for f in flag_fields(BackupConfig))
-    help_text = cli.build_parser().format_help()
+    help_text = backup.build_parser().format_help()
     positions = [help_text.index(f"\n{title}:\n") for title, _ in BackupConfig.GROUPS]
     assert positions == sorted(positions)
     assert help_text.index("\n  --legal-hold") > help_text.index("\narchive controls:\n") > help_text.index("\n  --verify-remote")

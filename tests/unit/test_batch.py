@@ -3,7 +3,7 @@
 import pytest
 
 from obsbatch.models import Kind, Outcome, WorkItem
-from obsbatch.worker import InFlight, UploadThreads, run_batch
+from obsbatch.engine.worker import InFlight, UploadThreads, run_batch
 
 
 def _item(n: int) -> WorkItem:

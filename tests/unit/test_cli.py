@@ -1,6 +1,6 @@
 import pytest
 
-from obsbatch.cli import parse
+from obsbatch.commands.backup import parse
 from obsbatch.config import MiB, parse_size
 from obsbatch.errors import UsageError
 
@@ -137,7 +137,7 @@ def test_no_flag_is_ever_abbreviated_and_the_nearest_is_named(flag, nearest):
 
 
 def test_restore_and_verify_flags_are_not_abbreviated_either():
-    from obsbatch import commands
+    from obsbatch.commands import runner as commands
 
     with pytest.raises(UsageError, match=r"--overwr \(did you mean --overwrite\?\)"):
         commands.parse("restore", ["--bucket", "b", "--target", "/t", "--overwr"], {})
@@ -146,8 +146,8 @@ def test_restore_and_verify_flags_are_not_abbreviated_either():
 
 
 def test_an_unknown_obsbatch_variable_is_an_error_naming_the_nearest():
-    from obsbatch import commands
-    from obsbatch.cli import check_environment
+    from obsbatch import options as commands
+    from obsbatch.options import check_environment
 
     known = commands.environment_names()
     with pytest.raises(UsageError, match=r"OBSBATCH_DRYRUN names no flag .*did you mean OBSBATCH_DRY_RUN\?"):
@@ -174,7 +174,7 @@ def test_output_flags_may_come_before_the_command_word(argv, command, rest):
 @pytest.mark.parametrize("command", ["backup", "restore", "verify"])
 def test_output_flags_mean_the_same_in_every_command(command):
     """-v/-q/--debug set the level (one of them), --progress/--no-progress the bar, the same in each command."""
-    from obsbatch import commands
+    from obsbatch.commands import runner as commands
 
     base = {"backup": ["--source", "/s", "--bucket", "b"], "restore": ["--bucket", "b", "--target", "/t"],
             "verify": ["--bucket", "b"]}[command]
@@ -197,3 +197,4 @@ def test_output_flags_mean_the_same_in_every_command(command):
             output(argv)
     with pytest.raises(UsageError, match="unrecognized arguments: -x"):
         output(["-x"])
+

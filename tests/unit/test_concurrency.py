@@ -5,7 +5,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from obsbatch.concurrency import AutoConcurrency, FixedConcurrency, per_worker
+from obsbatch.engine.concurrency import AutoConcurrency, FixedConcurrency, per_worker
 
 
 class Link:

@@ -4,7 +4,7 @@ import sqlite3
 import pytest
 
 from obsbatch.errors import AlreadyRunning
-from obsbatch.journal import Journal, default_path, lock_run
+from obsbatch.stages.journal import Journal, default_path, lock_run
 from obsbatch.models import Candidate, Kind, Outcome, Reason, WorkItem
 
 

@@ -101,7 +101,7 @@ VALUE_FLAGS = ["--prefix", "--endpoint", "--region", "--http-timeout", "--max-co
 @example("--max-concurrent", "٣")  # a non-ASCII digit, which int() accepts
 @example("--http-timeout", "1e400")
 def test_any_flag_value_gives_a_config_or_one_usage_sentence_never_another_exception(flag, value):
-    from obsbatch.cli import parse
+    from obsbatch.commands.backup import parse
     from obsbatch.errors import UsageError
 
     try:

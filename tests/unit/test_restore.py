@@ -2,11 +2,13 @@
 
 import pytest
 
-from obsbatch import commands, keys, manifest
-from obsbatch.download import mtime_ns
+from obsbatch import keys
+from obsbatch.commands import runner
+from obsbatch.reporting import manifest
+from obsbatch.engine.download import mtime_ns
 from obsbatch.errors import UsageError
-from obsbatch.restore import safe_relative
-from obsbatch.verify import sampled
+from obsbatch.commands.restore import safe_relative
+from obsbatch.commands.verify import sampled
 
 
 @pytest.mark.parametrize("rel", [b"a.txt", b"caf\xe9.txt", b"caf%E9.txt", b"d/e/f g.txt", b"..a", b"a..b/c"])
@@ -59,20 +61,20 @@ def test_restore_and_verify_take_the_backups_store_flags_and_variables():
     env = {"OBSBATCH_BUCKET": "b", "OBSBATCH_PREFIX": "daily", "OBSBATCH_TARGET": "/srv/r",
            "OBSBATCH_MANIFEST": "/not/for/restore.jsonl", "OBSBATCH_RESTORE_MANIFEST": "/m.jsonl",
            "OBSBATCH_READ_DATA": "5"}
-    config = commands.parse("restore", ["--overwrite"], env)
+    config = runner.parse("restore", ["--overwrite"], env)
     assert (config.store.bucket, config.store.prefix, config.target) == ("b", "daily/", "/srv/r")
     assert (config.overwrite, config.restore_manifest) == (True, "/m.jsonl")
     assert not hasattr(config, "source") and not hasattr(config, "read_data")  # no command carries another's fields
-    config = commands.parse("verify", ["--read-data", "50"], env)
+    config = runner.parse("verify", ["--read-data", "50"], env)
     assert config.read_data == 50.0 and config.store.bucket == "b" and not hasattr(config, "target")
     with pytest.raises(UsageError, match="--target is required"):
-        commands.parse("restore", ["--bucket", "b"], {})
+        runner.parse("restore", ["--bucket", "b"], {})
     with pytest.raises(UsageError, match="percentage"):
-        commands.parse("verify", ["--bucket", "b", "--read-data", "150"], {})
+        runner.parse("verify", ["--bucket", "b", "--read-data", "150"], {})
 
 
 @pytest.mark.parametrize("command", ["restore", "verify"])
 def test_every_flag_of_the_commands_is_in_a_help_group(command):
-    text = commands.build_parser(command).format_help()
+    text = runner.build_parser(command).format_help()
     body = text[text.index("\noptions:"):]
     assert body.count("\n  --") == body[body.index("\n" + command + ":"):].count("\n  --")  # none left ungrouped

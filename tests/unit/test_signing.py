@@ -6,7 +6,7 @@ import pytest
 
 from obsbatch import signing
 from obsbatch.errors import UsageError
-from tests.support.ed25519keys import keypair
+from obsbatch.testing.ed25519keys import keypair
 
 HEAD = "ab" * 32
 

@@ -9,7 +9,7 @@ import botocore.awsrequest
 import botocore.credentials
 import pytest
 
-from obsbatch.put import SigV4, host_header
+from obsbatch.s3.put import SigV4, host_header
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:8333/bucket/", "https://bucket.s3.eu-central-1.amazonaws.com/",

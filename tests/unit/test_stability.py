@@ -8,7 +8,7 @@ import time
 import pytest
 
 from obsbatch.models import Candidate
-from obsbatch.stability import Gate, is_write_mode
+from obsbatch.stages.stability import Gate, is_write_mode
 
 MODES = [
     ("O_RDONLY", os.O_RDONLY, False),

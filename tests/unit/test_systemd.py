@@ -2,7 +2,7 @@
 
 
 def test_watchdog_of_another_pid_is_ignored_and_no_socket_means_silence():
-    from obsbatch.systemd import Notifier
+    from obsbatch.reporting.systemd import Notifier
 
     assert Notifier.from_environ({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "2000000"}, 42).watchdog_seconds == 2.0
     assert Notifier.from_environ({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "7"},

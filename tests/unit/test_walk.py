@@ -1,9 +1,9 @@
 import os
 
 from obsbatch import keys
-from obsbatch.filters import select
+from obsbatch.stages.filters import select
 from obsbatch.models import Candidate, Kind, Reason
-from obsbatch.walk import walk
+from obsbatch.stages.walk import walk
 
 
 def _by_rel(items):

@@ -1,0 +1,2 @@
+"""One module per command: backup, restore, verify, verify_manifest; runner ends restore and verify.
+"""

@@ -1,0 +1,214 @@
+"""The backup's run, wired in one place: its lifecycle, and the chain of stages (obsbatch.commands.backup
+parses its flags and calls `run`).
+
+walk (scandir, keys) -> filters (--include/--exclude) -> journal (unchanged since the last verified upload?)
+-> stability (too new? open for writing?) -> plan (WorkItems) -> dispatch (the upload pool; after_upload:
+journal, move mode) -> report (Summary, its observers: manifest, telemetry, stuck files, progress bar).
+
+The parent walks, judges and aggregates; workers only upload. The parent owns signals (shutdown.Shutdown),
+systemd (systemd.Notifier, Heartbeat) and telemetry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import time
+from typing import Iterable, Optional
+
+import structlog
+
+from obsbatch import __version__
+from obsbatch.stages import journal
+from obsbatch.engine import pool
+from obsbatch.stages.after_upload import AfterUpload
+from obsbatch.config import BackupConfig
+from obsbatch.engine.dispatch import Dispatch, plan_only
+from obsbatch.errors import EndpointUnavailable, JournalError, ObsbatchError
+from obsbatch.stages.filters import select
+from obsbatch.logs import LEVELS
+from obsbatch.reporting.manifest import Manifest
+from obsbatch.models import display
+from obsbatch.stages.plan import plan
+from obsbatch.reporting.progress import ProgressBar
+from obsbatch.engine.settings import WorkerSettings
+from obsbatch.s3.remote import Remote, manifest_key
+from obsbatch.reporting.summary import StuckFiles, Summary
+from obsbatch.engine.shutdown import Shutdown
+from obsbatch.stages.stability import Gate
+from obsbatch.reporting.systemd import Activity, Heartbeat, Notifier
+from obsbatch.reporting.telemetry import Telemetry
+from obsbatch.stages.walk import check_source, walk
+
+log = structlog.get_logger()
+
+def run(config: BackupConfig, notifier: Optional[Notifier] = None, telemetry: Optional[Telemetry] = None,
+        started: Optional[float] = None) -> Summary:
+    """One backup pass. Raises ObsbatchError (exit 2) for what makes the run impossible; else a Summary.
+
+    started: when the command began (time.time()), so the summary's seconds are the whole wall time, the
+    /proc scan and the pre-flight included (issue #18: "in 0.1 s" was said of a 4.9 s run); default now.
+
+    The caller owns `telemetry`: it ends the root span itself when this raises, and shuts telemetry down.
+    """
+    notifier = notifier or Notifier(enabled=False, watchdog_seconds=None)
+    telemetry = telemetry or Telemetry.disabled()
+    telemetry.start_run(display(os.fsencode(os.path.abspath(config.source))), config)
+    source = check_source(config.source)
+    with journal.lock_run(config.state, source):
+        journal_ = journal.open_journal(config.state, config.store.endpoint or "aws", config.store.bucket) if config.state else None
+        try:
+            return _run_locked(config, source, notifier, telemetry, journal_, started or time.time())
+        finally:
+            if journal_ is not None:
+                journal_.close()  # commits what is pending, on every way out (signals included)
+
+
+def _run_locked(config: BackupConfig, source: bytes, notifier: Notifier, telemetry: Telemetry,
+                journal_: Optional[journal.Journal], started: float) -> Summary:
+    # The first /proc scan and the pre-flight may outlast TimeoutStartSec= on a big host or a slow endpoint.
+    notifier.extend_timeout(_start_budget(config), "scanning open files and checking the destination")
+    ctx = pool.context()
+    shutdown = Shutdown(ctx, config.transfer.stop_timeout)
+    gauges = pool.Gauges(ctx, config.transfer.processes)
+    activity = Activity(gauges.requests)
+    uploads = pool.UploadPool(ctx, config.transfer, WorkerSettings.for_backup(config), shutdown.workers_flag, gauges)
+    first_run = not config.dry_run and (journal_ is None or journal_.empty())
+    if first_run:
+        # A first run (or --no-state) will upload: the fork server starts now, on another core, while this
+        # thread scans /proc and runs the pre-flight.
+        uploads.prewarm()
+    gate = Gate(config.min_age, strict=config.fd_check == "strict")
+    gate.current_index()  # the first /proc scan, now: --fd-check strict fails here, before any upload
+    # The pre-flight runs in an upload worker (pool.UploadPool.check_destination). It runs before walking on
+    # a first run (empty journal), where a mistyped bucket or key is likeliest, and for --verify-remote;
+    # once the journal holds uploads, it runs before the first upload instead, so a run with nothing to
+    # upload contacts no server at all (issue #5). --dry-run never does.
+    remote = Remote(config, uploads.check_destination)
+    if first_run or (config.verify_remote and not config.dry_run):
+        with contextlib.suppress(EndpointUnavailable):  # logged once; every file to upload then fails unsent
+            remote.checked()
+    log.info("run.start", source=display(source), bucket=config.store.bucket, prefix=config.store.prefix,
+             endpoint=config.store.endpoint or "aws", workers=config.transfer.processes, max_concurrent=config.transfer.max_concurrent or "auto",
+             min_age=config.min_age, dry_run=config.dry_run)
+    summary = Summary(observers=[activity.saw] + ([telemetry.record] if telemetry.enabled else []), started=started)
+    stages = _stages(config, source, journal_, gate, remote, summary, activity, telemetry)
+    manifest_ = None
+    if config.manifest:
+        # The previous run's head (from the journal) makes successive manifests one chain (issue #14).
+        previous_head = journal_.last_manifest_head(config.store.prefix) if journal_ is not None else None
+        manifest_ = Manifest(config.manifest, {"source": display(source), "bucket": config.store.bucket,
+                                               "prefix": config.store.prefix, "endpoint": config.store.endpoint or "aws",
+                                               "started": summary.started, "obsbatch": __version__,
+                                               "previous_head": previous_head})
+        summary.observers.append(manifest_.record)
+    notifier.ready(f"backing up {display(source)} to s3://{config.store.bucket}/{config.store.prefix}")
+    with shutdown.installed(), Heartbeat(notifier, activity, summary.status_line, shutdown), \
+            ProgressBar.for_terminal(summary, config.output) as bar:
+        stages = _counted(stages, activity, bar)
+        try:
+            if config.dry_run:
+                plan_only(stages, shutdown, summary)
+            else:
+                Dispatch(uploads, shutdown, summary, AfterUpload(journal_, gate if config.delete_source else None),
+                         remote.checked, grace=config.transfer.grace).run(stages)
+                if journal_ is not None:
+                    journal_.commit()  # before the summary: a journal that cannot be written is in it
+        except ObsbatchError as exc:
+            # The run cannot go on (the journal cannot be written, --fd-check strict went blind, the bucket
+            # is gone): every file handed out is accounted for, and the summary says why it stopped.
+            log.error("run.fatal", error=str(exc), error_type=type(exc).__name__, exit_code=int(exc.exit_code))
+            summary.abort(str(exc), exc.exit_code)
+        summary.finish(shutdown.exit_code)
+    if journal_ is not None and not config.dry_run and summary.walk_complete:
+        journal_.end_deferrals_not_seen(config.store.prefix)
+    if manifest_ is not None:
+        _finish_manifest(manifest_, summary, config, remote, journal_)
+    summary.log_final()
+    telemetry.end_run(summary)
+    notifier.stopping(summary.status_line())
+    return summary
+
+
+def _stages(config: BackupConfig, source: bytes, journal_: Optional[journal.Journal], gate: Gate, remote: Remote,
+            summary: Summary, activity: Activity, telemetry: Telemetry) -> Iterable:
+    """The chain from the walk to WorkItems (and the Outcomes of everything that will not be uploaded)."""
+    stages = select(walk(source, config.store.prefix, config.follow_symlinks, config.allow_outside_source),
+                    config.include, config.exclude)
+    # The journal's comparison comes before the stability gate: a file that is unchanged since its verified
+    # upload is backed up already, even if a process holds it open right now, and must not be reported as
+    # deferred run after run.
+    if journal_ is not None:
+        if config.verify_remote and not config.dry_run and not remote.unavailable:
+            listed = journal_.load_remote(remote.listing())
+            log.info("journal.remote_listed", objects=listed, prefix=config.store.prefix)
+        # Unchanged files are only counted when no one reads their records one by one.
+        quiet = not (config.manifest or telemetry.enabled or LEVELS[config.output.level] <= logging.DEBUG)
+        stages = journal_.filter(stages, functools.partial(_unchanged, summary, activity) if quiet else None)
+        if not config.dry_run:  # a dry run reads the journal, never writes it
+            summary.observers.append(StuckFiles(journal_, config.max_defer, summary, telemetry))
+    return plan(gate.filter(stages))
+
+
+def _finish_manifest(manifest_: Manifest, summary: Summary, config: BackupConfig, remote: Remote,
+                     journal_: Optional[journal.Journal]) -> None:
+    head = manifest_.close(summary.as_dict())
+    # The anchor: the head goes into run.summary, STATUS= and the trace, out of reach of whoever can rewrite
+    # the file (`verify-manifest FILE --expect-head HEAD`), and to the journal for the next run's header.
+    summary.manifest_head = head
+    if journal_ is not None and not config.dry_run:
+        try:
+            journal_.record_manifest_head(config.store.prefix, head, manifest_.run_id)
+        except JournalError as exc:
+            log.error("journal.commit_failed", error=str(exc),
+                      detail="the next run's manifest will not cite this one's head")
+    signature = None
+    if config.manifest_signing_key:
+        from obsbatch import signing
+
+        try:
+            signing.sign(manifest_.path, head, config.manifest_signing_key)
+            signature = manifest_.path + signing.SUFFIX
+        except (OSError, ObsbatchError) as exc:
+            log.error("manifest.sign_failed", path=manifest_.path, error=str(exc))
+            summary.failed += 1
+            summary.failed_by_type["ManifestSignature"] += 1
+    key = None
+    if config.upload_manifest and not config.dry_run:
+        key = manifest_key(config.store.prefix, manifest_.run_id)
+        stored = _store_beside(remote, manifest_.path, key, summary)
+        if stored and signature is not None:
+            _store_beside(remote, signature, key + ".sig", summary)
+        key = key if stored else None
+    log.info("manifest.written", path=manifest_.path, chain_head=head, run_id=manifest_.run_id, key=key,
+             signature=signature)
+
+
+def _store_beside(remote: Remote, path: str, key: str, summary: Summary) -> bool:
+    """--upload-manifest: store one file (the manifest, its signature) under `key`; a failure is counted."""
+    with open(path, "rb") as handle:
+        body = handle.read()
+    if remote.put_manifest(key, body) is None:
+        return True
+    summary.failed += 1
+    summary.failed_by_type["ManifestUpload"] += 1
+    return False
+
+
+def _unchanged(summary: Summary, activity: Activity) -> None:
+    activity.parent += 1
+    summary.add_unchanged()
+
+
+def _counted(items, activity: Activity, bar: ProgressBar):
+    """Pass the stages' items through, counting each as activity; their bytes are the bar's total at the end."""
+    for item in bar.counted(items):
+        activity.parent += 1
+        yield item
+
+
+def _start_budget(config: BackupConfig) -> float:
+    """Seconds the start may take: a /proc scan plus two pre-flight requests with all their retries."""
+    return 60 + 2 * config.transfer.http_timeout * (config.transfer.retries + 1)

@@ -1,0 +1,349 @@
+"""`obsbatch restore`: bring a backup back into a directory, exactly (issue #14).
+
+The parent lists the objects under the prefix (one page at a time), maps each key back to the exact
+original name (keys.decode: the injective mapping, non-UTF-8 bytes included), refuses a key that would land
+outside --target, applies --include/--exclude, and hands RestoreItems to the same worker processes a
+backup uploads with (pool.UploadPool with restore=True; each worker's download.restore checks and writes
+one object). Every object gets one Outcome: restored, identical (left as it is), conflict, archived,
+unsafe key, or failed.
+
+With --manifest, the manifest is the truth: its chain must verify, each object's bytes must have the SHA-256
+it records (not merely the object's own metadata, which whoever replaced the object could have set), and
+every object it says was uploaded must be in the store. Its records are kept in a temporary sqlite file, not
+in memory: a manifest of millions of files stays out of RAM.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import sqlite3
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
+
+import structlog
+
+from obsbatch import keys
+from obsbatch.commands import runner
+from obsbatch.engine import download, pool
+from obsbatch.s3 import listing, remote
+from obsbatch.archive import ArchiveControls
+from obsbatch.config import RestoreConfig
+from obsbatch.errors import ConfigError, ExitCode, ObsbatchError
+from obsbatch.stages.filters import excluder
+from obsbatch.models import Kind, Outcome, Reason, RestoreItem
+
+log = structlog.get_logger()
+
+DESCRIPTION = ("Bring a backup back into a directory: every object checked against its sha256 (and the manifest), "
+               "written under a temporary name and renamed, original names, mtime and mode restored. Exit 0 all "
+               "restored or identical, 1 conflicts, archived or failed objects, 2 usage or access errors.")
+
+
+def main(argv: Sequence[str], started: float) -> int:
+    """`obsbatch restore FLAGS`: from its flags to its exit code."""
+    return runner.main("restore", argv, started, DESCRIPTION, RestoreSummary, run)
+
+
+@dataclass
+class RestoreSummary:
+    listed: int = 0
+    #: --dry-run: objects that would be written (absent locally, or replaced with --overwrite).
+    planned: int = 0
+    bytes_planned: int = 0
+    restored: int = 0
+    bytes_restored: int = 0
+    identical: int = 0
+    conflicts: int = 0
+    archived: int = 0
+    unsafe: int = 0
+    excluded: int = 0
+    unverified: int = 0
+    failed: int = 0
+    failed_by_type: collections.Counter = field(default_factory=collections.Counter)
+    #: Objects not restored because the restore was stopping (not begun, or cut short): a next restore
+    #: takes them.
+    interrupted: int = 0
+    interrupted_by: Optional[ExitCode] = None
+    #: Why the restore stopped before the listing ended, other than a signal (a worker process killed).
+    aborted: str = ""
+    #: The level of downloads in flight (dispatch.Dispatch keeps it), and whether fixed or auto.
+    concurrency: Optional[int] = None
+    concurrency_mode: Optional[str] = None
+    started: float = field(default_factory=time.time)
+    observers: list = field(default_factory=list, repr=False)
+
+    def add(self, outcome: Outcome) -> None:
+        if outcome.kind is Kind.RESTORED:
+            self.restored += 1
+            self.bytes_restored += outcome.size
+            if outcome.message:
+                self.unverified += 1
+                log.warning("restore.unverified", path=outcome.path, key=outcome.key, detail=outcome.message)
+            else:
+                log.debug("restore.ok", path=outcome.path, key=outcome.key, bytes=outcome.size)
+        elif outcome.kind is Kind.PLANNED:
+            self.planned += 1
+            self.bytes_planned += outcome.size
+            log.info("restore.planned", path=outcome.path, key=outcome.key, bytes=outcome.size,
+                     detail=outcome.message)
+        elif outcome.reason is Reason.IDENTICAL:
+            self.identical += 1
+            log.debug("restore.identical", path=outcome.path, key=outcome.key)
+        elif outcome.reason is Reason.CONFLICT:
+            self.conflicts += 1
+            log.warning("restore.conflict", path=outcome.path, key=outcome.key, detail=outcome.message)
+        elif outcome.reason is Reason.ARCHIVED:
+            self.archived += 1
+            log.warning("restore.archived", path=outcome.path, key=outcome.key, detail=outcome.message)
+        elif outcome.reason is Reason.UNSAFE_KEY:
+            self.unsafe += 1
+            log.error("restore.unsafe_key", key=outcome.key, detail=outcome.message)
+        elif outcome.reason is Reason.EXCLUDED:
+            self.excluded += 1
+        elif outcome.kind is Kind.DEFERRED:  # not begun, or cut short, by a stop: nothing was written
+            self.interrupted += 1
+            log.info("restore.interrupted", path=outcome.path, key=outcome.key, detail=outcome.message)
+        else:
+            self.failed += 1
+            self.failed_by_type[outcome.error_type or "failed"] += 1
+            log.error("restore.failed", path=outcome.path, key=outcome.key, error_type=outcome.error_type,
+                      error=outcome.message, attempts=outcome.attempts)
+        for observer in self.observers:
+            observer(outcome)
+
+    def abort(self, reason: str, exit_code: Optional[ExitCode] = None) -> None:
+        """The restore could not go on (dispatch.Dispatch: a worker died); the objects not reached are not
+        restored."""
+        self.aborted = reason
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.interrupted_by is not None:
+            return self.interrupted_by
+        # Nothing listed is exit 1: most often a mistyped --prefix, which must not pass for a restore.
+        if self.failed or self.conflicts or self.archived or self.unsafe or self.aborted or not self.listed:
+            return ExitCode.PARTIAL
+        return ExitCode.OK
+
+    def as_dict(self) -> dict:
+        return {"listed": self.listed, "planned": self.planned, "bytes_planned": self.bytes_planned,
+                "restored": self.restored, "bytes_restored": self.bytes_restored,
+                "identical": self.identical, "conflicts": self.conflicts, "archived": self.archived,
+                "unsafe_keys": self.unsafe, "excluded": self.excluded, "unverified": self.unverified,
+                "failed": self.failed, "failed_by_type": dict(self.failed_by_type),
+                "interrupted": self.interrupted, "aborted": self.aborted or None,
+                "seconds": round(time.time() - self.started, 3), "exit_code": int(self.exit_code)}
+
+    def human(self) -> str:
+        """A few lines for a person at a terminal, as a backup ends (report.Summary.human)."""
+        from obsbatch.reporting.summary import human_size
+
+        seconds = max(time.time() - self.started, 1e-3)
+        if self.planned or not self.restored:
+            head = f"{self.planned} objects to restore ({human_size(self.bytes_planned)}), dry run" if self.planned \
+                else f"0 objects restored in {seconds:.1f} s"
+        else:
+            head = (f"{self.restored} objects restored ({human_size(self.bytes_restored)}) in {seconds:.1f} s, "
+                    f"{human_size(int(self.bytes_restored / seconds))}/s")
+        details = (("identical:", self.identical and f"{self.identical} (left as they were)"),
+                   ("CONFLICTS:", self.conflicts and f"{self.conflicts} local files differ; left untouched "
+                                                     "(restore.conflict above; --overwrite replaces them)"),
+                   ("archived:", self.archived and f"{self.archived} (thaw them with RestoreObject first)"),
+                   ("unsafe:  ", self.unsafe and f"{self.unsafe} keys that would leave --target; not written"),
+                   ("unverified:", self.unverified and f"{self.unverified} without sha256 to check against"),
+                   ("FAILED:  ", self.failed and f"{self.failed} ({', '.join(f'{n} {t}' for t, n in self.failed_by_type.most_common())}); "
+                                                 "each is in the log above"),
+                   ("stopped: ", self.interrupted and f"{self.interrupted} not restored (the next restore takes them)"),
+                   ("empty:   ", not self.listed and "no object under this prefix (check --prefix)"))
+        lines = [f"obsbatch restore: {head}; {self.listed} listed"]
+        lines += [f"  {label} {text}" for label, text in details if text]
+        lines.append(f"  exit {int(self.exit_code)}")
+        return "\n".join(lines)
+
+    def progress_line(self) -> str:
+        return (f"{self.restored} restored, {self.identical} identical, {self.conflicts} conflicts, "
+                f"{self.failed} failed")
+
+
+def safe_relative(key_text: str) -> Optional[bytes]:
+    """The relative path a key (without the prefix) restores to, or None if it could leave the target or
+    is no file at all: empty, absolute, a '.', '..' or empty segment (a directory marker 'a/' among them),
+    or a NUL byte. keys.encode never makes such a key from a walked path; someone else's object can be one."""
+    rel = keys.decode(key_text)
+    parts = rel.split(b"/")
+    if not rel or b"\0" in rel or any(part in (b"", b".", b"..") for part in parts):
+        return None
+    return rel
+
+
+class ManifestIndex:
+    """The uploaded records of a manifest, by key, in a temporary sqlite file; which were seen in the store."""
+
+    def __init__(self, path: str, prefix: str):
+        from obsbatch.reporting import manifest
+
+        try:
+            manifest.verify(path)
+        except manifest.Broken as exc:
+            raise ObsbatchError(f"the manifest {path} does not verify, so it cannot be trusted: {exc}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read the manifest {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        # The file is unlinked as soon as sqlite has it open: a restore killed at any moment (even before its
+        # signal handlers are installed, while this index loads) leaves no copy of the manifest's paths
+        # behind. journal_mode=OFF, so sqlite never opens the file by name again (no -journal or -wal file).
+        directory = tempfile.mkdtemp(prefix="obsbatch-manifest-")
+        try:
+            self.db = sqlite3.connect(os.path.join(directory, "index.db"))
+            self.db.execute("PRAGMA journal_mode=OFF")
+            self.db.execute("PRAGMA temp_store=MEMORY")
+        finally:
+            for name in os.listdir(directory):
+                os.unlink(os.path.join(directory, name))
+            os.rmdir(directory)
+        self.db.execute("CREATE TABLE records (key TEXT PRIMARY KEY, sha256 TEXT, size INTEGER, version_id TEXT,"
+                        " path TEXT, seen INTEGER DEFAULT 0) WITHOUT ROWID")
+        with self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO records (key, sha256, size, version_id, path) VALUES (?,?,?,?,?)",
+                ((r["key"], r.get("sha256") or "", r.get("size") or 0, r.get("version_id") or "", r.get("path") or "")
+                 for r in manifest.stored_records(path, prefix)))
+
+    def lookup(self, key: str) -> Optional[Tuple[str, int, str]]:
+        """(sha256, size, version id) of the key, marked seen; None if the manifest has no such record."""
+        row = self.db.execute("SELECT sha256, size, version_id FROM records WHERE key=?", (key,)).fetchone()
+        if row is not None:
+            self.db.execute("UPDATE records SET seen=1 WHERE key=?", (key,))
+        return row
+
+    def unseen(self) -> Iterator[Tuple[str, str]]:
+        """(key, path) of records whose object the listing never showed."""
+        yield from self.db.execute("SELECT key, path FROM records WHERE seen=0 ORDER BY key")
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _items(config: RestoreConfig, target: bytes, listed, index: Optional[ManifestIndex], summary: RestoreSummary
+           ) -> Iterator[Union[RestoreItem, Outcome]]:
+    excluded = excluder(config.include, config.exclude)
+    chown = os.geteuid() == 0
+    for obj in listed:
+        key = obj["Key"]
+        summary.listed += 1
+        rel = safe_relative(key[len(config.store.prefix):])
+        if rel is None:
+            yield Outcome(Kind.SKIPPED, key, key=key, reason=Reason.UNSAFE_KEY,
+                          message="this key would land outside --target, or names no file; not written")
+            continue
+        dest = os.path.join(target, rel)
+        if excluded is not None and excluded(rel):
+            yield Outcome(Kind.SKIPPED, os.fsdecode(dest), key=key, reason=Reason.EXCLUDED)
+            continue
+        record = index.lookup(key) if index is not None else None
+        sha256, version_id = (record[0] or "", record[2] or "") if record else ("", "")
+        # The manifest's size goes with the manifest's version; the listing's with the current one.
+        size = record[1] if record and version_id else obj.get("Size", 0)
+        yield RestoreItem(key=key, display=os.fsdecode(dest), dest=dest, size=size,
+                          sha256=sha256, version_id=version_id, overwrite=config.overwrite, chown=chown)
+    if index is not None:
+        for key, path in index.unseen():
+            yield Outcome(Kind.FAILED, path or key, key=key, error_type="Missing",
+                          message="the manifest says it was uploaded, but the store has no such object")
+
+
+def run(config: RestoreConfig, summary: RestoreSummary, counted: Callable[[Iterator], Iterator] = iter
+        ) -> RestoreSummary:
+    """Restore everything under the prefix into --target; every object is counted in `summary`.
+
+    The same engine as a backup (issue #18): dispatch.Dispatch hands RestoreItems to the UploadPool's workers
+    and accounts for each one; shutdown.Shutdown records SIGTERM/SIGINT/SIGHUP, so a first signal lets the
+    objects in flight finish (within --stop-timeout) and starts no other, a second one or the timeout tears
+    the workers down; what they were writing is removed (download.remove_temporaries). Whatever the stop, a name
+    under --target holds either its checked bytes or what was there before.
+    """
+    import botocore.exceptions
+
+    from obsbatch.s3 import client as s3
+    from obsbatch.s3.endpoint import Endpoint
+
+    target = os.fsencode(os.path.abspath(config.target))
+    if not config.restore_dry_run:
+        try:
+            os.makedirs(target, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the target {config.target}: {exc.strerror}") from None
+    client = s3.make_client(Endpoint.from_config(config), pool_connections=1)
+    index = ManifestIndex(config.restore_manifest, config.store.prefix) if config.restore_manifest else None
+    items = counted(_items(config, target, listing.objects(client, config.store.bucket, config.store.prefix), index,
+                           summary))
+    try:
+        if config.restore_dry_run:
+            _plan_only(client, config.store, items, summary)
+        else:
+            _dispatch(config, items, summary)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        # The listing failed: the bucket is gone, the key may not list, the endpoint is down.
+        raise remote.store_error(exc, config.store.bucket, config.store.server,
+                                 f"list s3://{config.store.bucket}/{config.store.prefix}") from None
+    finally:
+        if index is not None:
+            index.close()
+    if summary.listed == 0 and summary.interrupted_by is None:
+        # Most often a mistyped --prefix or bucket: say so, rather than a silent "0 restored".
+        log.warning("restore.empty", bucket=config.store.bucket, prefix=config.store.prefix,
+                    detail="no object under this prefix; nothing was restored (check --prefix); exit 1")
+    return summary
+
+
+def _dispatch(config: RestoreConfig, items, summary: RestoreSummary) -> None:
+    """The objects to the workers, through the backup's engine; the stop signal, if any, into the summary."""
+    from obsbatch.engine.dispatch import Dispatch
+    from obsbatch.engine.shutdown import Shutdown
+
+    from obsbatch.engine.settings import WorkerSettings
+
+    ctx = pool.context()
+    shutdown = Shutdown(ctx, config.transfer.stop_timeout)
+    workers = pool.UploadPool(ctx, config.transfer, WorkerSettings.for_reading(config), shutdown.workers_flag,
+                              pool.Gauges(ctx, config.transfer.processes), task="restore")
+    dispatch = Dispatch(workers, shutdown, summary, _as_returned, preflight=_listed, grace=config.transfer.grace,
+                        abandon=_abandoned)
+    log.info("restore.start", bucket=config.store.bucket, prefix=config.store.prefix, target=config.target,
+             manifest=config.restore_manifest, overwrite=config.overwrite)
+    try:
+        with shutdown.installed():
+            dispatch.run(items)
+    finally:
+        summary.interrupted_by = shutdown.exit_code
+
+
+def _plan_only(client, store, items, summary: RestoreSummary) -> None:
+    """--dry-run: each object judged against what is at its destination, as the workers would judge it
+    (download.local_verdict), and nothing written. A signal simply stops it: nothing is in flight."""
+    reading = ArchiveControls(customer_key=store.customer_key)
+    for item in items:
+        if isinstance(item, Outcome):
+            summary.add(item)
+            continue
+        verdict = download.local_verdict(client, store.bucket, reading, item)
+        if verdict is None:
+            replacing = os.path.lexists(item.dest)
+            verdict = dict(kind=Kind.PLANNED, message="would replace the local file (--overwrite)" if replacing
+                           else "would be written")
+        summary.add(Outcome(path=item.display, key=item.key, size=item.size, **verdict))
+
+
+def _as_returned(item: RestoreItem, outcome: Outcome) -> Outcome:
+    return outcome  # a restore has no after-upload step (journal, move mode)
+
+
+def _listed() -> None:
+    """The restore's pre-flight is its listing, which has already answered when the first object is sent."""
+
+
+def _abandoned(item: RestoreItem) -> None:
+    """Dispatch's `abandon`: a torn-down worker may have left a temporary of this object."""
+    download.remove_temporaries(item.dest)

@@ -1,0 +1,146 @@
+"""How many uploads may be in flight: fixed by --max-concurrent N, or tuned as the run goes (`auto`, issue #12).
+
+`AutoConcurrency` is a small pure control loop, in the manner of Netflix's concurrency-limits: no I/O, no
+clock of its own. The parent feeds it samples of the workers' shared counters (requests completed,
+requests re-sent, requests in flight: shared.Gauges) with the time, and asks it for `level`; the workers
+follow that level between requests, without restarting. Tests drive it with synthetic samples.
+
+The loop, in rounds (a round lasts until enough requests have completed to measure a rate at the current
+level, and at least MIN_ROUND_SECONDS):
+- **Slow start.** From INITIAL, the level doubles after each round whose completed requests per second rose
+  by more than GAIN over the best rate so far. The first doubling that gains less ends it: the level goes
+  back to the one that gave the best rate. A distant store (RTT 20-80 ms) needs many requests in flight
+  to hide its latency; a loopback one is CPU-bound at a few.
+- **Steady.** Every PROBE_EVERY rounds the level is raised by a quarter; the step is kept only if the rate
+  rises by PROBE_GAIN, and undone otherwise (the link or server may have got faster).
+- **Back-off.** A round in which more than NOISE_SHARE of the requests completed, and more than NOISE_COUNT,
+  had to be re-sent (503 SlowDown, 429, another 5xx, a timeout, a reset: the server or the link is
+  struggling) multiplies the level by BACKOFF, and ends slow start: after that the level only grows by the
+  steady probes (additive increase, multiplicative decrease). Fewer re-sends are noise, the round is judged
+  as any other: a link that drops a request now and then, whatever the load, would otherwise hold the level
+  at its floor (measured: a 5 % fault rate, as scripts/soak injects, kept `auto` at 1 in flight and made it
+  twice as slow as a fixed 8), the way loss-based TCP starves on a lossy radio link. A server that
+  throttles refuses a growing share as the load grows past its limit, far past NOISE_SHARE.
+- A round in which the requests in flight never came near the level (the walk, not the uploads, was the
+  limit) says nothing about the level, and changes nothing. The peak, not the average: a worker's batch
+  ends with its slowest file, so the average dips between batches even when the level is the limit.
+- The level never leaves [minimum, maximum].
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+
+class FixedConcurrency:
+    """--max-concurrent N: the level is N, whatever happens."""
+
+    mode = "fixed"
+
+    def __init__(self, level: int):
+        self.level = level
+
+    def sample(self, now: float, done: int, resent: int, busy: int) -> int:
+        return self.level
+
+
+class AutoConcurrency:
+    """Uploads in flight, tuned from the completion rate and the retries (module docstring)."""
+
+    mode = "auto"
+
+    INITIAL = 8
+    GAIN = 1.2
+    PROBE_GAIN = 1.05
+    BACKOFF = 0.7
+    PROBE_EVERY = 4
+    MIN_ROUND_SECONDS = 0.15
+    MAX_ROUND_SECONDS = 2.0
+    MIN_ROUND_REQUESTS = 16
+    #: A round counts as limited by the level when requests in flight reached this share of it.
+    SATURATED = 0.9
+    #: Re-sends a round takes as noise rather than as a struggling server: at most this share of the
+    #: requests it completed, or at most this many (module docstring, Back-off).
+    NOISE_SHARE = 0.1
+    NOISE_COUNT = 2
+
+    def __init__(self, maximum: int = 256, minimum: int = 1, initial: int = INITIAL):
+        self.minimum = minimum
+        self.maximum = max(minimum, maximum)
+        self.level = min(self.maximum, max(minimum, initial))
+        self.slow_start = True
+        self.best_rate = 0.0
+        self.best_level = self.level
+        #: The rate at the steady level (a moving average), once measured.
+        self.baseline: Optional[float] = None
+        #: The level before an upward probe, while the probe is being judged.
+        self.probe_from: Optional[int] = None
+        self.steady_rounds = 0
+        self._round: Optional[tuple] = None  # (start time, done, resent) at the round's start
+        self._busy_peak = 0
+
+    def sample(self, now: float, done: int, resent: int, busy: int) -> int:
+        """Take one sample of the cumulative counters; return the level the workers should keep."""
+        if self._round is None:
+            self._start_round(now, done, resent)
+            return self.level
+        self._busy_peak = max(self._busy_peak, busy)
+        started, done0, resent0 = self._round
+        elapsed = now - started
+        completed = done - done0
+        if elapsed < self.MIN_ROUND_SECONDS:
+            return self.level
+        if completed < max(self.MIN_ROUND_REQUESTS, self.level) and elapsed < self.MAX_ROUND_SECONDS:
+            return self.level
+        if resent - resent0 > max(self.NOISE_COUNT, self.NOISE_SHARE * completed):
+            self._back_off()
+        elif completed and self._busy_peak >= self.SATURATED * self.level:
+            self._judge(completed / elapsed)
+        self._start_round(now, done, resent)
+        return self.level
+
+    def _start_round(self, now: float, done: int, resent: int) -> None:
+        self._round = (now, done, resent)
+        self._busy_peak = 0
+
+    def _set(self, level: int) -> None:
+        self.level = min(self.maximum, max(self.minimum, level))
+
+    def _back_off(self) -> None:
+        self.slow_start = False
+        self.probe_from = None
+        self.baseline = None
+        self.steady_rounds = 0
+        self._set(math.floor(self.level * self.BACKOFF))
+
+    def _judge(self, rate: float) -> None:
+        if self.slow_start:
+            if rate > self.best_rate * self.GAIN and self.level < self.maximum:
+                self.best_rate, self.best_level = rate, self.level
+                self._set(self.level * 2)
+                return
+            self.slow_start = False
+            if rate > self.best_rate:
+                self.best_rate, self.best_level = rate, self.level
+            self._set(self.best_level)
+            self.baseline = self.best_rate
+            return
+        if self.probe_from is not None:  # judging the last upward probe
+            if self.baseline is not None and rate < self.baseline * self.PROBE_GAIN:
+                self._set(self.probe_from)
+            else:
+                self.baseline = rate
+            self.probe_from = None
+            return
+        self.baseline = rate if self.baseline is None else 0.7 * self.baseline + 0.3 * rate
+        self.steady_rounds += 1
+        if self.steady_rounds >= self.PROBE_EVERY and self.level < self.maximum:
+            self.steady_rounds = 0
+            self.probe_from = self.level
+            self._set(self.level + max(1, self.level // 4))
+
+
+def per_worker(level: int, workers: int) -> int:
+    """Each worker's share of the level, rounded up (so the workers together allow at least `level`)."""
+    return max(1, -(-level // max(1, workers)))

@@ -1,0 +1,188 @@
+"""`obsbatch restore`, in an upload worker process: bring one object back, exactly, or not at all.
+
+Each object is checked while it streams: its SHA-256 against the manifest's record (`--manifest`) or, without
+one, against the `sha256` metadata obsbatch stored it with. It is written to a temporary name beside its
+destination (`.NAME.obsbatch-restore-RANDOM`, created O_EXCL|O_NOFOLLOW, mode 0600) and renamed over the
+destination only when complete, checked and given its attributes: an interrupted restore leaves no half file
+under a real name (rename(2) is atomic within a filesystem). The POSIX attributes obsbatch stored
+(`x-amz-meta-mtime/mode`, issue #13) are put back, and uid/gid when running as root.
+
+A local file that is already there is compared first: the same bytes (by SHA-256) are left as they are, so a
+second restore over the same tree changes nothing; other bytes are a conflict, left untouched, unless
+--overwrite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import hashlib
+import os
+import stat
+from typing import Dict, Optional
+
+from obsbatch import archive
+from obsbatch.models import Kind, Reason, RestoreItem
+
+READ_BLOCK = 1024 * 1024
+TEMP_MARK = b".obsbatch-restore-"
+
+
+class Mismatch(Exception):
+    """The bytes read are not the ones the manifest or the object's metadata say were stored."""
+
+
+def _file_sha256(path: bytes) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(READ_BLOCK), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def read_body(body, write=None, received=None) -> tuple:
+    """Read a GetObject body to its end in READ_BLOCK pieces, each to `write` if given; (SHA-256 hex, bytes).
+    received(n): told of each piece's size as it arrives (the worker's --bwlimit pacing), if given.
+    The body is closed, so its connection goes back to the pool (or is dropped, if cut short)."""
+    sha, size = hashlib.sha256(), 0
+    try:
+        for block in iter(lambda: body.read(READ_BLOCK), b""):
+            if received is not None:
+                received(len(block))
+            sha.update(block)
+            size += len(block)
+            if write is not None:
+                write(block)
+    finally:
+        body.close()
+    return sha.hexdigest(), size
+
+
+def _write_all(fd: int, block: bytes) -> None:
+    view = memoryview(block)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def mtime_ns(text: str) -> Optional[int]:
+    """x-amz-meta-mtime ('1600000000.123456789', rclone's form) as nanoseconds; None if absent or unreadable."""
+    seconds, _, fraction = (text or "").partition(".")
+    if not seconds.lstrip("-").isdigit() or (fraction and not fraction.isdigit()):
+        return None
+    return int(seconds) * 1_000_000_000 + int((fraction + "000000000")[:9] or 0)
+
+
+#: Random bytes in a temporary's name (hex: twice as many characters).
+_TEMP_RANDOM = 6
+
+
+def temp_stem(dest: bytes) -> bytes:
+    """The path of `dest`'s temporaries less their random tail: `DIR/.NAME.obsbatch-restore-`."""
+    directory, name = os.path.split(dest)
+    return os.path.join(directory, b"." + name[:200] + TEMP_MARK)
+
+
+def remove_temporaries(dest: bytes) -> None:
+    """Remove what a worker torn down mid-object may have left of `dest` (its temporaries, never `dest`)."""
+    stem = temp_stem(dest)
+    directory, prefix = os.path.split(stem)
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(prefix) and len(name) == len(prefix) + 2 * _TEMP_RANDOM:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
+
+
+def local_verdict(client, bucket: str, controls: archive.ArchiveControls, item: RestoreItem) -> Optional[Dict]:
+    """What is already at the destination decides: the Outcome fields of an identical file (left as it is) or
+    of a conflict (left untouched); None when the object is to be written (nothing there, or --overwrite of a
+    file). Reads the local file, and HEADs the object for its sha256 when no manifest gave one."""
+    try:
+        local = os.lstat(item.dest)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISREG(local.st_mode) and local.st_size == item.size:
+        expected = item.sha256 or client.head_object(Bucket=bucket, Key=item.key, **controls.read_params(
+            item.version_id)).get("Metadata", {}).get("sha256")
+        if expected and _file_sha256(item.dest) == expected:
+            return dict(kind=Kind.SKIPPED, reason=Reason.IDENTICAL, sha256=expected,
+                        message="the local file already holds these bytes")
+    if not item.overwrite or not stat.S_ISREG(local.st_mode):
+        what = "a local file with other content" if stat.S_ISREG(local.st_mode) else "something that is not a file"
+        return dict(kind=Kind.SKIPPED, reason=Reason.CONFLICT,
+                    message=f"{what} is in the way; left untouched (--overwrite replaces a file)")
+    return None
+
+
+def restore(client, bucket: str, controls: archive.ArchiveControls, item: RestoreItem, fetch=None,
+            received=None) -> Dict:
+    """Restore one object; returns the Outcome's fields (kind, reason, sha256, message...).
+
+    fetch(item): the GetObject response for the item's current version, through a cheaper path than
+    `client` (the worker's lean GET for small objects); None, or a None answer, means client.get_object.
+    received(n): as read_body's.
+    """
+    version = archive.version_param(item.version_id)
+    read = controls.read_params(item.version_id)
+    verdict = local_verdict(client, bucket, controls, item)
+    if verdict is not None:
+        return verdict
+    directory = os.path.dirname(item.dest)
+    os.makedirs(directory, exist_ok=True)
+    response = fetch(item) if fetch is not None and not version else None
+    if response is None:
+        response = client.get_object(Bucket=bucket, Key=item.key, **read)
+    metadata = response.get("Metadata", {})
+    expected = item.sha256 or metadata.get("sha256", "")
+    temp = temp_stem(item.dest) + os.urandom(_TEMP_RANDOM).hex().encode()
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except BaseException:
+        response["Body"].close()  # its connection goes back to the pool (or is dropped), not left half-read
+        raise
+    try:
+        digest, size = read_body(response["Body"], functools.partial(_write_all, fd), received)
+        if size != response.get("ContentLength", size):
+            raise Mismatch(f"read {size} bytes of {item.key}, the server announced {response.get('ContentLength')}")
+        if size != item.size:
+            # The listing (or the manifest) said how big this object is: other bytes are another object, or
+            # one replaced since it was listed. Either way not what this name should get (issue #18).
+            raise Mismatch(f"read {size} bytes of {item.key}, but it was listed with {item.size}")
+        if expected and digest != expected:
+            source = "the manifest" if item.sha256 else "its sha256 metadata"
+            raise Mismatch(f"{item.key} holds bytes with SHA-256 {digest}, but {source} says {expected}")
+        _apply_attributes(fd, metadata, item.chown)
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(temp, item.dest)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        try:
+            os.unlink(temp)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+        raise
+    return dict(kind=Kind.RESTORED, sha256=digest, etag=response.get("ETag", "").strip('"'),
+                version_id=response.get("VersionId", "") or "", size=size,
+                message="" if expected else "no sha256 to check against (not stored by obsbatch?)")
+
+
+def _apply_attributes(fd: int, metadata: Dict[str, str], chown: bool) -> None:
+    """owner (as root), mode and mtime from the object's metadata, on the open temporary file. The owner
+    first: chown(2) clears the set-user-ID and set-group-ID bits, which the mode then puts back. mtime last:
+    nothing after it writes to the file. atime is set to the mtime (what was stored has no atime)."""
+    if chown and metadata.get("uid", "").isdigit() and metadata.get("gid", "").isdigit():
+        os.fchown(fd, int(metadata["uid"]), int(metadata["gid"]))
+    mode = metadata.get("mode", "")
+    if mode and all(c in "01234567" for c in mode):
+        os.fchmod(fd, int(mode, 8) & 0o7777)
+    ns = mtime_ns(metadata.get("mtime", ""))
+    if ns is not None:
+        os.utime(fd, ns=(ns, ns))

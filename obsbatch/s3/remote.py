@@ -1,0 +1,257 @@
+"""The destination as the parent sees it: the pre-flight's verdict, and a client of its own for the little
+only the parent asks.
+
+The pre-flight itself (`preflight`) runs in an upload worker (pool.UploadPool.check_destination), which
+has botocore loaded and its S3 model parsed by the fork server already: the parent then needs no client of
+its own for a plain run. Importing botocore and building a client cost the parent ~0.3 s of CPU, on the
+path to the first upload (issue #12). The parent builds its client only for the --verify-remote listing and
+the --upload-manifest upload, and a run with nothing to upload (a timer on a quiet tree) contacts no
+server at all (issue #5).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from typing import Callable, Iterator, Optional
+
+import structlog
+
+from obsbatch.s3 import listing
+from obsbatch.config import BackupConfig
+from obsbatch.errors import EndpointUnavailable, PreflightError
+
+log = structlog.get_logger()
+
+# Error codes that prove the credentials themselves are wrong, whatever the key may do.
+_BAD_CREDENTIAL_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+                                   "TokenRefreshRequired", "InvalidClientTokenId"})
+
+
+def manifest_key(prefix: str, run_id: str) -> str:
+    """Beside the data, never among it: every data key starts with `prefix`, this one with `prefix` less '/'."""
+    return f"{prefix.rstrip('/')}.obsbatch/manifests/{run_id}.jsonl"
+
+
+class Remote:
+    """The destination as the parent sees it.
+
+    check: runs the pre-flight (pool.UploadPool.check_destination) and raises PreflightError or
+        EndpointUnavailable; `checked()` asks it once per run.
+    """
+
+    def __init__(self, config: BackupConfig, check: Callable[[], None]):
+        self.config = config
+        self._check = check
+        self._client = None
+        self._checked = False
+        #: Why the endpoint did not answer the pre-flight, once it has not (it is not asked again this run).
+        self.unavailable = ""
+
+    def client(self):
+        """The parent's own client, built on first use (the listing, the manifest upload)."""
+        if self._client is None:
+            from obsbatch.s3 import client as s3
+            from obsbatch.s3.endpoint import Endpoint
+
+            self._client = s3.make_client(Endpoint.from_config(self.config), pool_connections=1)
+        return self._client
+
+    def checked(self) -> None:
+        """Return once the pre-flight has passed.
+
+        Raises PreflightError (exit 2) for what the operator must fix, and EndpointUnavailable when the
+        server did not answer; that is logged here, once, and raised again at once on every later call, so
+        a down server costs one round of retries per run, not one per file.
+        """
+        if self.unavailable:
+            raise EndpointUnavailable(self.unavailable)
+        if not self._checked:
+            try:
+                self._check()
+            except EndpointUnavailable as exc:
+                self.unavailable = str(exc)
+                log.error("run.endpoint_unavailable", error=self.unavailable,
+                          detail="sending nothing this run: every file to upload is reported failed, and the "
+                                 "next run uploads them")
+                raise
+            self._checked = True
+
+    def listing(self) -> Iterator[dict]:
+        """--verify-remote: ListObjectsV2 pages under the prefix, one at a time (the paginator fetches lazily)."""
+        import botocore.exceptions
+
+        config = self.config
+        self.checked()
+        try:
+            yield from listing.pages(self.client(), config.store.bucket, config.store.prefix)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise store_error(exc, config.store.bucket, config.store.server,
+                              f"list s3://{config.store.bucket}/{config.store.prefix} (--verify-remote)") from None
+
+    def put_manifest(self, key: str, body: bytes) -> Optional[str]:
+        """Upload the run manifest; returns None when stored, else the S3 error code (already logged)."""
+        import botocore.exceptions
+
+        from obsbatch.s3 import client as s3, lock
+
+        if self.unavailable:
+            log.error("manifest.upload_failed", key=key, error_type="EndpointUnavailable", error=self.unavailable)
+            return "EndpointUnavailable"
+        # Stored as the data is (encryption, storage class, tags, lock), and locked the same way: a manifest
+        # that could be deleted or replaced proves nothing about the objects that cannot.
+        controls = self.config.archive
+        retain_until = controls.retain_until(time.time())
+        try:
+            resp = self.client().put_object(
+                Bucket=self.config.store.bucket, Key=key, Body=body, ContentType="application/jsonl",
+                ContentMD5=base64.b64encode(hashlib.md5(body).digest()).decode(),
+                **controls.params({"sha256": hashlib.sha256(body).hexdigest()}, retain_until))
+            if controls.locking:
+                lock.hold(controls, self.client(), self.config.store.bucket, key, resp.get("VersionId", ""),
+                             retain_until)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, lock.NotLocked) as exc:
+            log.error("manifest.upload_failed", key=key, error_type=s3.error_code(exc), error=s3.error_message(exc))
+            return s3.error_code(exc)
+        return None
+
+
+def preflight(client, bucket: str, prefix: str, where: str, retries: int, lock: bool = False) -> None:
+    """Fail before uploading if the bucket is missing, the credentials are wrong or the endpoint is down.
+
+    `where` names the endpoint in messages; `retries` is --retries, for the message. `lock`: objects are to
+    be locked (--object-lock-mode, --legal-hold), so the bucket must have Object Lock enabled.
+
+    HeadBucket needs s3:ListBucket, which write-only backup keys rightly lack. HEAD responses have no body,
+    so a 403 cannot say whether the key is bad or merely not allowed to list; a ranged GET of a key that is
+    not expected to exist then tells: bad credentials are fatal, AccessDenied/NoSuchKey mean "may write".
+    """
+    _check_access(client, bucket, prefix, where, retries)
+    if lock:
+        _check_object_lock(client, bucket, where)
+
+
+def _check_access(client, bucket: str, prefix: str, where: str, retries: int) -> None:
+    import botocore.exceptions
+
+    from obsbatch.s3 import client as s3
+
+    try:
+        client.head_bucket(Bucket=bucket)
+        return
+    except botocore.exceptions.NoCredentialsError:
+        raise PreflightError("no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                             "or AWS_PROFILE") from None
+    except botocore.exceptions.ClientError as exc:
+        status = s3.http_status(exc)
+        if status == 404:
+            raise PreflightError(f"bucket '{bucket}' does not exist at {where}") from None
+        if status == 301:
+            raise PreflightError(f"bucket '{bucket}' is in another region than '{client.meta.region_name}'; "
+                                 "set --region") from None
+        if status >= 500:
+            raise EndpointUnavailable(f"the S3 endpoint {where} is failing (HTTP {status} after "
+                                      f"{retries} retries): {s3.error_message(exc)}") from None
+        if status != 403:
+            raise PreflightError(f"bucket '{bucket}' at {where} cannot be used: "
+                                 f"{s3.error_message(exc)}") from None
+    except botocore.exceptions.BotoCoreError as exc:
+        raise _unreachable(where, exc) from None
+    try:
+        client.get_object(Bucket=bucket, Key=prefix + ".obsbatch-preflight-probe", Range="bytes=0-0")
+    except botocore.exceptions.ClientError as exc:
+        code = s3.error_code(exc)
+        if code in _BAD_CREDENTIAL_CODES:
+            raise PreflightError(f"the S3 credentials were rejected by {where} ({code}): check AWS_ACCESS_KEY_ID "
+                                 "and AWS_SECRET_ACCESS_KEY") from None
+        if code == "NoSuchBucket":
+            raise PreflightError(f"bucket '{bucket}' does not exist at {where}") from None
+        if s3.http_status(exc) >= 500:
+            raise EndpointUnavailable(f"the S3 endpoint {where} is failing: {s3.error_message(exc)}") from None
+        log.warning("preflight.unverified", bucket=bucket, error_type=code,
+                    detail="cannot list the bucket (write-only credentials?); uploads will tell")
+    except botocore.exceptions.BotoCoreError as exc:
+        raise _unreachable(where, exc) from None
+
+
+def _check_object_lock(client, bucket: str, where: str) -> None:
+    """GetObjectLockConfiguration: a bucket without Object Lock enabled cannot lock anything (S3 refuses
+    lock headers there, and some servers silently drop them), so nothing is sent (exit 2). A key not
+    allowed to read the configuration is let through: every upload's read-back still proves its lock."""
+    import botocore.exceptions
+
+    from obsbatch.s3 import client as s3
+
+    missing = (f"bucket '{bucket}' at {where} does not have Object Lock enabled, so --object-lock-mode and "
+               "--legal-hold cannot hold; create the bucket with Object Lock (it cannot be added to most "
+               "servers' existing buckets)")
+    try:
+        enabled = client.get_object_lock_configuration(Bucket=bucket).get(
+            "ObjectLockConfiguration", {}).get("ObjectLockEnabled")
+    except botocore.exceptions.ClientError as exc:
+        code = s3.error_code(exc)
+        if code == "ObjectLockConfigurationNotFoundError":
+            raise PreflightError(missing) from None
+        if s3.http_status(exc) == 403:
+            log.warning("preflight.lock_unverified", bucket=bucket, error_type=code,
+                        detail="cannot read the bucket's Object Lock configuration; each upload's read-back "
+                               "proves its lock")
+            return
+        if s3.http_status(exc) >= 500:
+            raise EndpointUnavailable(f"the S3 endpoint {where} is failing: {s3.error_message(exc)}") from None
+        raise PreflightError(f"cannot read the Object Lock configuration of bucket '{bucket}' at {where}: "
+                             f"{s3.error_message(exc)}") from None
+    except botocore.exceptions.BotoCoreError as exc:
+        raise _unreachable(where, exc) from None
+    if enabled != "Enabled":
+        raise PreflightError(missing)
+
+
+def _unreachable(where: str, exc: Exception) -> PreflightError:
+    """A transport failure: a refused, reset or timed-out connection is the server being down (exit 1, try
+    again); a TLS failure is configuration (exit 2: --ca-bundle), as is anything botocore raises before
+    sending (no region, a bad parameter)."""
+    import botocore.exceptions
+
+    from obsbatch.s3 import client as s3
+
+    message = f"cannot reach the S3 endpoint {where}: {s3.error_message(exc)}"
+    if isinstance(exc, botocore.exceptions.SSLError):
+        return PreflightError(message)
+    if isinstance(exc, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError)):
+        return EndpointUnavailable(message)
+    return PreflightError(message)
+
+
+def store_error(exc: BaseException, bucket: str, where: str, doing: str) -> PreflightError:
+    """One sentence, and the exit code every command gives for it (issue #18), for an S3 call that failed
+    while `doing` ("list s3://b/p/"): the same fault is the same exit in backup, restore and verify.
+
+    Never botocore's own text for the faults it names ("An error occurred (X) when calling ..."): the user is
+    told what is wrong and what to check. EndpointUnavailable (exit 1: try again later) for a server that is
+    down or failing, PreflightError (exit 2: fix the configuration) for the rest.
+    """
+    import botocore.exceptions
+
+    from obsbatch.s3 import client as s3
+
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return PreflightError("no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                              "or AWS_PROFILE")
+    if isinstance(exc, botocore.exceptions.BotoCoreError):
+        return _unreachable(where, exc)
+    code, status = s3.error_code(exc), s3.http_status(exc)
+    if code in _BAD_CREDENTIAL_CODES:
+        return PreflightError(f"the S3 credentials were rejected by {where} ({code}): check AWS_ACCESS_KEY_ID "
+                              "and AWS_SECRET_ACCESS_KEY")
+    if code == "NoSuchBucket" or (status == 404 and code in ("404", "NotFound")):
+        return PreflightError(f"bucket '{bucket}' does not exist at {where}")
+    if status == 301 or code == "PermanentRedirect":
+        return PreflightError(f"bucket '{bucket}' is in another region; set --region")
+    if code == "AccessDenied" or status == 403:
+        return PreflightError(f"access denied by {where}: these credentials may not {doing}")
+    if status >= 500:
+        return EndpointUnavailable(f"the S3 endpoint {where} is failing (HTTP {status}, {code}) and did not "
+                                   f"recover within the retries: cannot {doing}")
+    return PreflightError(f"cannot {doing}: {where} answered {code} (HTTP {status})")
