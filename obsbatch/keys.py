@@ -2,15 +2,24 @@
 
 Rule (README "Keys"), per character of the name decoded as UTF-8:
 - a byte that is not part of valid UTF-8 is written `%XX` (two upper-case hex digits);
+- a backslash is written `%5C`: SeaweedFS turns `\\` into `/` (measured on 4.48: `x\\y` is stored as `x/y`,
+  so a file `x\\y` and a file `y` in a directory `x` shared one object; issue #19), and MinIO on Windows
+  takes it for a separator too;
+- an ASCII control character (U+0000..U+001F, U+007F) is written `%XX`: moto's server refuses a key with a
+  newline (404 on PUT), XML 1.0 cannot carry most of them in a ListObjects answer without URL encoding,
+  and AWS lists them among the characters to avoid;
 - a `%` that two hex digits follow (either case) is written `%25`, so that it cannot be read as such an
   escape;
 - every other character is written as it is, `/` included.
 
-So every valid UTF-8 name without `%` keeps exactly the key `aws s3 sync` gives it (no Unicode
-normalization: NFC and NFD spellings stay two keys), and the mapping is injective and exactly invertible:
-`decode(encode(rel)) == rel` for every path, which a restore relies on. Before issue #11 a `%` was never
-escaped, so `caf\\xe9.txt` (not UTF-8) and `caf%E9.txt` (valid) shared one key and one of the two files was
-silently missing from the backup.
+So every valid UTF-8 name without `%`, `\\` or a control character keeps exactly the key `aws s3 sync` gives
+it (no Unicode normalization: NFC and NFD spellings stay two keys), and the mapping is injective and
+exactly invertible: `decode(encode(rel)) == rel` for every path, which a restore relies on. Before issue #11
+a `%` was never escaped, so `caf\\xe9.txt` (not UTF-8) and `caf%E9.txt` (valid) shared one key and one of
+the two files was silently missing from the backup.
+
+`canonical(key)` tells a key this mapping makes (`encode(decode(key)) == key`) from one it never makes
+(`%41.txt`, `a%2Fb`): a restore takes the latter literally, as another tool wrote it.
 
 Encoding a whole path and encoding each of its `/`-separated names give the same key: `/` is ASCII, so it
 never ends an invalid UTF-8 sequence early or sits inside a valid one, and it is not a hex digit. The walk
@@ -21,14 +30,20 @@ from __future__ import annotations
 
 import re
 
-# A `%` that would read as an escape, or a byte that surrogateescape turned into U+DC80..U+DCFF.
-_NEEDS_ESCAPE = re.compile("%(?=[0-9A-Fa-f]{2})|[\udc80-\udcff]")
+# A `%` that would read as an escape, a byte that surrogateescape turned into U+DC80..U+DCFF, a backslash, or
+# an ASCII control character (module docstring).
+_NEEDS_ESCAPE = re.compile("%(?=[0-9A-Fa-f]{2})|[\udc80-\udcff\\\\\x00-\x1f\x7f]")
+# What may need escaping in valid UTF-8: the common case, a name with none of these, is returned as it is.
+_SPECIAL = re.compile("[%\\\\\x00-\x1f\x7f]")
 _ESCAPE = re.compile("%([0-9A-Fa-f]{2})")
 
 
 def _escape(match: re.Match) -> str:
     char = match.group()
-    return "%25" if char == "%" else f"%{ord(char) - 0xDC00:02X}"
+    if char == "%":
+        return "%25"
+    code = ord(char)
+    return f"%{code - 0xDC00 if code >= 0xDC80 else code:02X}"
 
 
 def encode(rel: bytes) -> str:
@@ -39,7 +54,7 @@ def encode(rel: bytes) -> str:
         # surrogateescape turns exactly the bytes that are not valid UTF-8 into U+DC80..U+DCFF, one each.
         text = rel.decode("utf-8", "surrogateescape")
     else:
-        if "%" not in text:
+        if not _SPECIAL.search(text):
             return text  # the common case: nothing to escape
     return _NEEDS_ESCAPE.sub(_escape, text)
 
@@ -54,3 +69,19 @@ def decode(text: str) -> bytes:
         start = match.end()
     out += text[start:].encode("utf-8")
     return bytes(out)
+
+
+def canonical(text: str) -> bool:
+    """Whether `encode` makes `text` (some path's key); False for a key it never makes (`%41.txt`: `A` is never
+    escaped), which can only have been written by another tool."""
+    return encode(decode(text)) == text
+
+
+def plain(rel: bytes) -> bool:
+    """Whether `rel`'s key is `rel` itself (valid UTF-8, nothing escaped). Only a name that is not plain can be
+    both another tool's literal key and the decoding of one of obsbatch's (`a%b` and `a%25b`): a restore keeps
+    track of those names alone to find two keys that would land on one path."""
+    try:
+        return encode(rel) == rel.decode("utf-8")
+    except UnicodeDecodeError:
+        return False

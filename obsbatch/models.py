@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -16,12 +17,41 @@ from obsbatch.errors import EndpointUnavailable
 
 
 def display(path: bytes) -> str:
-    """A path for logs and records: UTF-8 where it is, `\\xff` escapes where it is not.
+    """A path for logs and records: UTF-8 where it is, `\\xff` for a byte that is not, and `\\\\` for a
+    backslash, so that the spelling is unambiguous and exactly invertible (`undisplay`): before issue #19 the
+    one-byte name `caf\\xe9.txt` and a name spelled with a backslash, `x`, `e`, `9` read the same.
 
     Not `os.fsdecode`: its surrogate escapes are not UTF-8; stderr's backslashreplace would write them as
     `\\udcff`, which a JSON reader decodes as the character U+DCFF instead of the byte the name holds.
     """
-    return path.decode("utf-8", "backslashreplace")
+    try:
+        text = path.decode("utf-8")
+    except UnicodeDecodeError:
+        text = path.decode("utf-8", "surrogateescape")
+    else:
+        if "\\" not in text:
+            return text  # the common case
+    return _DISPLAYED.sub(_display_char, text)
+
+
+_DISPLAYED = re.compile("[\\\\\udc80-\udcff]")
+_UNDISPLAYED = re.compile(r"\\(\\|x[0-9a-f]{2})")
+
+
+def _display_char(match: re.Match) -> str:
+    char = match.group()
+    return "\\\\" if char == "\\" else f"\\x{ord(char) - 0xDC00:02x}"
+
+
+def undisplay(text: str) -> bytes:
+    """The path bytes `display` spelled as `text`."""
+    out, start = bytearray(), 0
+    for match in _UNDISPLAYED.finditer(text):
+        out += text[start:match.start()].encode("utf-8")
+        out += b"\\" if match.group(1) == "\\" else bytes([int(match.group(1)[1:], 16)])
+        start = match.end()
+    out += text[start:].encode("utf-8")
+    return bytes(out)
 
 
 def fingerprint(st: os.stat_result) -> tuple:
@@ -66,6 +96,8 @@ class Reason(str, enum.Enum):
     SYMLINK_LOOP = "symlink_loop"
     OUTSIDE_SOURCE = "outside_source"
     VANISHED = "vanished"
+    #: --follow-symlinks met a link whose target does not exist.
+    DANGLING_SYMLINK = "dangling_symlink"
     TOO_NEW = "too_new"
     OPEN_FOR_WRITE = "open_for_write"
     CHANGED = "changed"
@@ -181,6 +213,8 @@ class RestoreItem:
     sha256: what the manifest says the bytes are (--manifest), or "" (then the object's own sha256
     metadata is the reference). version_id: the manifest's version to read, or "" (the current one).
     overwrite: --overwrite. chown: restore uid/gid too (the restore runs as root).
+    listed_mtime_ns: the listing's LastModified, the mtime given to an object without obsbatch's mtime
+    metadata (another tool's), 0 if unknown.
     """
 
     key: str
@@ -191,6 +225,7 @@ class RestoreItem:
     version_id: str = ""
     overwrite: bool = False
     chown: bool = False
+    listed_mtime_ns: int = 0
 
 
 @dataclass(frozen=True)

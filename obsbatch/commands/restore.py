@@ -33,7 +33,7 @@ from obsbatch.archive import ArchiveControls
 from obsbatch.config import RestoreConfig
 from obsbatch.errors import ConfigError, ExitCode, ObsbatchError
 from obsbatch.stages.filters import excluder
-from obsbatch.models import Kind, Outcome, Reason, RestoreItem
+from obsbatch.models import Kind, Outcome, Reason, RestoreItem, display
 
 log = structlog.get_logger()
 
@@ -168,15 +168,24 @@ class RestoreSummary:
                 f"{self.failed} failed")
 
 
-def safe_relative(key_text: str) -> Optional[bytes]:
-    """The relative path a key (without the prefix) restores to, or None if it could leave the target or
-    is no file at all: empty, absolute, a '.', '..' or empty segment (a directory marker 'a/' among them),
-    or a NUL byte. keys.encode never makes such a key from a walked path; someone else's object can be one."""
-    rel = keys.decode(key_text)
-    parts = rel.split(b"/")
-    if not rel or b"\0" in rel or any(part in (b"", b".", b"..") for part in parts):
-        return None
-    return rel
+def local_name(key_text: str, ours: Callable[[], bool]) -> bytes:
+    """The relative path a key (without the prefix) names: obsbatch's keys decoded (keys.decode), another tool's
+    taken literally (issue #19: decoding every `%XX` turned s5cmd's `%41.txt` into `A.txt`, merging two objects).
+
+    A key keys.encode never makes is another tool's; a key without `%` reads the same either way; for one with
+    escapes that obsbatch could have made, `ours()` decides (the manifest lists it, or the object carries the
+    sha256 metadata obsbatch writes).
+    """
+    if "%" not in key_text or not keys.canonical(key_text) or not ours():
+        return key_text.encode("utf-8")
+    return keys.decode(key_text)
+
+
+def unsafe(rel: bytes) -> bool:
+    """Whether a relative path could leave the target or names no file: empty, absolute, a '.', '..' or empty
+    segment (a directory marker 'a/' among them), or a NUL byte. keys.encode never makes such a key from a
+    walked path; someone else's object can be one."""
+    return not rel or b"\0" in rel or any(part in (b"", b".", b"..") for part in rel.split(b"/"))
 
 
 class ManifestIndex:
@@ -226,28 +235,43 @@ class ManifestIndex:
         self.db.close()
 
 
-def _items(config: RestoreConfig, target: bytes, listed, index: Optional[ManifestIndex], summary: RestoreSummary
-           ) -> Iterator[Union[RestoreItem, Outcome]]:
+def _items(config: RestoreConfig, target: bytes, listed, index: Optional[ManifestIndex], summary: RestoreSummary,
+           has_our_metadata: Callable[[str], bool]) -> Iterator[Union[RestoreItem, Outcome]]:
     excluded = excluder(config.include, config.exclude)
     chown = os.geteuid() == 0
+    # Names two keys could share (keys.plain: only names that are not plain), and the key that took each.
+    # Kept in memory: such names are few (they hold a '%', a backslash, a control character or bytes that
+    # are not UTF-8), whatever the size of the tree.
+    taken = {}
     for obj in listed:
         key = obj["Key"]
         summary.listed += 1
-        rel = safe_relative(key[len(config.store.prefix):])
-        if rel is None:
+        record = index.lookup(key) if index is not None else None
+        rel = local_name(key[len(config.store.prefix):], lambda: record is not None or has_our_metadata(key))
+        # --include/--exclude first: a key they leave out is never judged (issue #19: unsafe keys could not
+        # be filtered out of a restore).
+        if excluded is not None and excluded(rel):
+            yield Outcome(Kind.SKIPPED, display(os.path.join(target, rel)), key=key, reason=Reason.EXCLUDED)
+            continue
+        if unsafe(rel):
             yield Outcome(Kind.SKIPPED, key, key=key, reason=Reason.UNSAFE_KEY,
                           message="this key would land outside --target, or names no file; not written")
             continue
         dest = os.path.join(target, rel)
-        if excluded is not None and excluded(rel):
-            yield Outcome(Kind.SKIPPED, os.fsdecode(dest), key=key, reason=Reason.EXCLUDED)
-            continue
-        record = index.lookup(key) if index is not None else None
+        if not keys.plain(rel):
+            first = taken.setdefault(rel, key)
+            if first != key:
+                yield Outcome(Kind.FAILED, display(dest), key=key, error_type="NameCollision",
+                              message=f"the keys {first!r} and {key!r} both name this path; only the first was "
+                                      "restored (restore the other alone, with --include, into another --target)")
+                continue
         sha256, version_id = (record[0] or "", record[2] or "") if record else ("", "")
         # The manifest's size goes with the manifest's version; the listing's with the current one.
         size = record[1] if record and version_id else obj.get("Size", 0)
-        yield RestoreItem(key=key, display=os.fsdecode(dest), dest=dest, size=size,
-                          sha256=sha256, version_id=version_id, overwrite=config.overwrite, chown=chown)
+        modified = obj.get("LastModified")
+        yield RestoreItem(key=key, display=display(dest), dest=dest, size=size, sha256=sha256,
+                          version_id=version_id, overwrite=config.overwrite, chown=chown,
+                          listed_mtime_ns=int(modified.timestamp() * 1e9) if modified is not None else 0)
     if index is not None:
         for key, path in index.unseen():
             yield Outcome(Kind.FAILED, path or key, key=key, error_type="Missing",
@@ -277,8 +301,15 @@ def run(config: RestoreConfig, summary: RestoreSummary, counted: Callable[[Itera
             raise ConfigError(f"cannot create the target {config.target}: {exc.strerror}") from None
     client = s3.make_client(Endpoint.from_config(config), pool_connections=1)
     index = ManifestIndex(config.restore_manifest, config.store.prefix) if config.restore_manifest else None
+    reading = ArchiveControls(customer_key=config.store.customer_key)
+
+    def has_our_metadata(key: str) -> bool:
+        """A HEAD, for the few keys that could be obsbatch's or another tool's (local_name)."""
+        head = client.head_object(Bucket=config.store.bucket, Key=key, **reading.read_params(""))
+        return "sha256" in head.get("Metadata", {})
+
     items = counted(_items(config, target, listing.objects(client, config.store.bucket, config.store.prefix), index,
-                           summary))
+                           summary, has_our_metadata))
     try:
         if config.restore_dry_run:
             _plan_only(client, config.store, items, summary)

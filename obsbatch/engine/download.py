@@ -19,11 +19,16 @@ import errno
 import functools
 import hashlib
 import os
+import re
 import stat
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
+
+import structlog
 
 from obsbatch import archive
 from obsbatch.models import Kind, Reason, RestoreItem
+
+log = structlog.get_logger()
 
 READ_BLOCK = 1024 * 1024
 TEMP_MARK = b".obsbatch-restore-"
@@ -67,10 +72,12 @@ def _write_all(fd: int, block: bytes) -> None:
 
 def mtime_ns(text: str) -> Optional[int]:
     """x-amz-meta-mtime ('1600000000.123456789', rclone's form) as nanoseconds; None if absent or unreadable."""
-    seconds, _, fraction = (text or "").partition(".")
-    if not seconds.lstrip("-").isdigit() or (fraction and not fraction.isdigit()):
+    match = re.fullmatch(r"(-?[0-9]{1,12})(?:\.([0-9]{1,9}))?", text or "")
+    if match is None:
         return None
-    return int(seconds) * 1_000_000_000 + int((fraction + "000000000")[:9] or 0)
+    seconds, fraction = int(match.group(1)), int((match.group(2) or "").ljust(9, "0"))
+    # A negative time with a fraction: -1.5 is 1.5 s before the epoch (rclone writes it so).
+    return seconds * 1_000_000_000 + (-fraction if match.group(1).startswith("-") else fraction)
 
 
 #: Random bytes in a temporary's name (hex: twice as many characters).
@@ -155,7 +162,11 @@ def restore(client, bucket: str, controls: archive.ArchiveControls, item: Restor
         if expected and digest != expected:
             source = "the manifest" if item.sha256 else "its sha256 metadata"
             raise Mismatch(f"{item.key} holds bytes with SHA-256 {digest}, but {source} says {expected}")
-        _apply_attributes(fd, metadata, item.chown)
+        found, bad = attributes(metadata, item.listed_mtime_ns)
+        for problem in bad:
+            log.warning("restore.bad_metadata", key=item.key, path=item.display, problem=problem,
+                        detail="that attribute is not applied; the bytes are restored")
+        _apply_attributes(fd, found, item.chown)
         os.fsync(fd)
         os.close(fd)
         fd = -1
@@ -174,15 +185,46 @@ def restore(client, bucket: str, controls: archive.ArchiveControls, item: Restor
                 message="" if expected else "no sha256 to check against (not stored by obsbatch?)")
 
 
-def _apply_attributes(fd: int, metadata: Dict[str, str], chown: bool) -> None:
-    """owner (as root), mode and mtime from the object's metadata, on the open temporary file. The owner
-    first: chown(2) clears the set-user-ID and set-group-ID bits, which the mode then puts back. mtime last:
-    nothing after it writes to the file. atime is set to the mtime (what was stored has no atime)."""
-    if chown and metadata.get("uid", "").isdigit() and metadata.get("gid", "").isdigit():
-        os.fchown(fd, int(metadata["uid"]), int(metadata["gid"]))
-    mode = metadata.get("mode", "")
-    if mode and all(c in "01234567" for c in mode):
-        os.fchmod(fd, int(mode, 8) & 0o7777)
-    ns = mtime_ns(metadata.get("mtime", ""))
-    if ns is not None:
-        os.utime(fd, ns=(ns, ns))
+#: uid_t and gid_t are 32 bits on Linux, and (uid_t)-1 means "leave unchanged" to chown(2): not an owner.
+_MAX_ID = 2 ** 32 - 2
+
+
+def attributes(metadata: Dict[str, str], listed_mtime_ns: int = 0) -> Tuple[Dict[str, int], List[str]]:
+    """What an object's metadata says to put back, read strictly (issue #19): ({mode, uid, gid, mtime_ns}, each
+    value that is not a valid one, named). An attribute with an invalid value is not applied; an object
+    without obsbatch's mtime (another tool's) gets the listing's LastModified."""
+    found, bad = {}, []
+    mode = metadata.get("mode")
+    if mode is not None:
+        if mode and len(mode) <= 6 and all(c in "01234567" for c in mode) and int(mode, 8) <= 0o7777:
+            found["mode"] = int(mode, 8)
+        else:
+            bad.append(f"mode {mode!r} is not an octal permission mode (0..7777)")
+    for name in ("uid", "gid"):
+        value = metadata.get(name)
+        if value is not None:
+            if value.isascii() and value.isdigit() and int(value) <= _MAX_ID:
+                found[name] = int(value)
+            else:
+                bad.append(f"{name} {value!r} is not a user or group id (0..{_MAX_ID})")
+    if "mtime" in metadata:
+        ns = mtime_ns(metadata["mtime"])
+        if ns is None:
+            bad.append(f"mtime {metadata['mtime']!r} is not seconds since the epoch")
+        else:
+            found["mtime_ns"] = ns
+    elif listed_mtime_ns:
+        found["mtime_ns"] = listed_mtime_ns
+    return found, bad
+
+
+def _apply_attributes(fd: int, found: Dict[str, int], chown: bool) -> None:
+    """owner (as root), mode and mtime (attributes()), on the open temporary file. The owner first: chown(2)
+    clears the set-user-ID and set-group-ID bits, which the mode then puts back. mtime last: nothing after it
+    writes to the file. atime is set to the mtime (what was stored has no atime)."""
+    if chown and "uid" in found and "gid" in found:
+        os.fchown(fd, found["uid"], found["gid"])
+    if "mode" in found:
+        os.fchmod(fd, found["mode"])
+    if "mtime_ns" in found:
+        os.utime(fd, ns=(found["mtime_ns"], found["mtime_ns"]))

@@ -8,6 +8,7 @@ yielded as they are read, and only the names of directories still to visit are k
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat as statmod
@@ -114,6 +115,7 @@ def _outside(path: bytes, inside: bytes) -> bool:
 def _judge_entry(entry: os.DirEntry, rel: bytes, key: str, follow: bool, chain: Chain, subdirs: list,
                  inside: Optional[bytes] = None):
     path = entry.path
+    is_link = False
     try:
         is_link = entry.is_symlink()
         if is_link and not follow:
@@ -126,7 +128,12 @@ def _judge_entry(entry: os.DirEntry, rel: bytes, key: str, follow: bool, chain: 
                            message="leads outside --source (see --allow-outside-source)")
         st = entry.stat(follow_symlinks=follow)
     except FileNotFoundError:
-        # Gone since readdir, or (following links) a dangling link: nothing to back up, not a failure.
+        # Gone since readdir, or (following links) a link whose target does not exist: nothing to back up,
+        # not a failure, but not the same thing (issue #19): the link is still there, pointing nowhere.
+        with contextlib.suppress(OSError):
+            if is_link:
+                return Outcome(Kind.SKIPPED, display(path), reason=Reason.DANGLING_SYMLINK,
+                               message=f"points to {display(os.readlink(path))}, which does not exist")
         return Outcome(Kind.SKIPPED, display(path), reason=Reason.VANISHED)
     except OSError as exc:
         if exc.errno == errno.ELOOP:

@@ -15,6 +15,10 @@ from obsbatch.models import display
     (b"caf%E9.txt", "caf%25E9.txt"),  # ... before two hex digits it would read as an escape: %25
     (b"caf%e9/%%41", "caf%25e9/%%2541"),
     (b"%\xe9", "%%E9"),  # a literal % followed by an escaped byte
+    (b"x\\y", "x%5Cy"),  # SeaweedFS stores a backslash as '/' (issue #19)
+    (b"back\\slash/\\", "back%5Cslash/%5C"),
+    (b"line\nbreak\ttab\x7f", "line%0Abreak%09tab%7F"),  # control characters (moto refuses a newline)
+    (b"%5C", "%255C"),  # an escape spelled literally stays apart from the backslash
 ])
 def test_encode_and_decode(rel, key):
     assert keys.encode(rel) == key
@@ -33,3 +37,12 @@ def test_display_never_yields_unencodable_text():
     text = display(b"/src/bad\xff")
     assert text == "/src/bad\\xff"
     text.encode("utf-8")  # would raise for a surrogate escape
+
+
+@pytest.mark.parametrize("key,ours", [("a/b.txt", True), ("x%5Cy", True), ("caf%25E9.txt", True),
+                                      ("%41.txt", False), ("a%2Fb.txt", False), ("x\\y", False),
+                                      ("caf%e9", False), ("line\nbreak", False)])
+def test_canonical_tells_our_keys_from_keys_another_tool_wrote(key, ours):
+    """%41 (an escaped 'A') and %2F (an escaped '/') are never written by encode, nor a raw backslash or
+    control character, nor a lower-case escape: such a key is another tool's, taken literally by a restore."""
+    assert keys.canonical(key) is ours

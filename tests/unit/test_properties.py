@@ -28,12 +28,15 @@ def test_every_key_is_valid_utf8_and_keeps_the_segments(rel):
     parts = key.split("/")
     assert len(parts) == rel.count(b"/") + 1  # one key segment per path segment
     assert ".." not in parts and "." not in parts and "" not in parts
+    # Nothing a store rewrites or refuses (issue #19): no backslash (SeaweedFS makes it '/'), no control
+    # character (moto refuses a newline).
+    assert not any(c == "\\" or ord(c) < 0x20 or ord(c) == 0x7F for c in key), key
     assert [keys.encode(segment) for segment in rel.split(b"/")] == parts  # the walk encodes name by name
 
 
 # Bytes rich in what the rule is about: '%', hex digits, and bytes that are not UTF-8 on their own.
 tricky = st.lists(st.sampled_from([b"%", b"E", b"9", b"e", b"f", b"G", b"2", b"5", b"\xe9", b"\xc3", b"\xa9",
-                                   b"/", b"a"]), max_size=12).map(b"".join)
+                                   b"/", b"a", b"\\", b"C", b"\n", b"\x7f", b"0", b"A"]), max_size=12).map(b"".join)
 
 
 @settings(max_examples=1000)
@@ -43,6 +46,7 @@ tricky = st.lists(st.sampled_from([b"%", b"E", b"9", b"e", b"f", b"G", b"2", b"5
 @example(b"%%E9")
 def test_decode_inverts_encode_exactly(rel):
     assert keys.decode(keys.encode(rel)) == rel
+    assert keys.canonical(keys.encode(rel))  # a restore takes every key obsbatch wrote as obsbatch's
 
 
 @settings(max_examples=1000)
@@ -56,7 +60,8 @@ def test_two_paths_never_share_a_key(a, b):
 
 @given(st.lists(utf8_segment, min_size=1, max_size=5))
 def test_valid_utf8_names_without_percent_map_to_themselves_without_normalization(segments):
-    text = "/".join(segments).replace("%", "_")
+    text = "/".join(segments).replace("%", "_").replace("\\", "_")
+    text = "".join("_" if ord(c) < 0x20 or ord(c) == 0x7F else c for c in text)
     assert keys.encode(text.encode("utf-8")) == text
     nfd = unicodedata.normalize("NFD", text)
     if nfd != unicodedata.normalize("NFC", text):  # two spellings of one name: two files, two keys
@@ -184,3 +189,15 @@ def test_whole_number_flags_accept_only_whole_numbers_at_or_above_their_minimum(
             assert str(exc).startswith(repr(text))
         else:
             assert isinstance(value, int) and value >= minimum
+
+
+@settings(max_examples=500)
+@given(st.one_of(rel_path, tricky), st.one_of(rel_path, tricky))
+@example(b"caf\xe9.txt", b"caf\\xe9.txt")
+def test_the_displayed_path_is_unambiguous_and_invertible(a, b):
+    """issue #19: the manifest spelled the one byte \\xe9 and the four characters `\\xe9` alike."""
+    from obsbatch.models import display, undisplay
+
+    assert undisplay(display(a)) == a
+    if a != b:
+        assert display(a) != display(b)

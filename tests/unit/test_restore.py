@@ -5,20 +5,47 @@ import pytest
 from obsbatch import keys
 from obsbatch.commands import runner
 from obsbatch.reporting import manifest
-from obsbatch.engine.download import mtime_ns
+from obsbatch.engine.download import attributes, mtime_ns
 from obsbatch.errors import UsageError
-from obsbatch.commands.restore import safe_relative
+from obsbatch.commands.restore import local_name, unsafe
 from obsbatch.commands.verify import sampled
 
 
-@pytest.mark.parametrize("rel", [b"a.txt", b"caf\xe9.txt", b"caf%E9.txt", b"d/e/f g.txt", b"..a", b"a..b/c"])
+@pytest.mark.parametrize("rel", [b"a.txt", b"caf\xe9.txt", b"caf%E9.txt", b"d/e/f g.txt", b"..a", b"a..b/c",
+                                 b"x\\y", b"line\nbreak"])
 def test_a_key_restores_to_exactly_its_original_name(rel):
-    assert safe_relative(keys.encode(rel)) == rel
+    assert local_name(keys.encode(rel), ours=lambda: True) == rel and not unsafe(rel)
+
+
+@pytest.mark.parametrize("key,name", [("%41.txt", b"%41.txt"), ("a%2Fb.txt", b"a%2Fb.txt"), ("x\\y", b"x\\y"),
+                                      ("caf%e9", b"caf%e9")])
+def test_a_key_obsbatch_never_makes_is_taken_literally_without_asking(key, name):
+    """issue #19: decoding every %XX turned s5cmd's %41.txt into A.txt and a%2Fb.txt into a subdirectory."""
+    def never():
+        raise AssertionError("no HEAD is needed for a key obsbatch never makes")
+    assert local_name(key, ours=never) == name
+
+
+def test_a_key_that_could_be_either_is_decided_by_the_objects_own_metadata():
+    assert local_name("caf%25E9.txt", ours=lambda: True) == b"caf%E9.txt"  # obsbatch's, for a file caf%E9.txt
+    assert local_name("caf%25E9.txt", ours=lambda: False) == b"caf%25E9.txt"  # another tool's, literally
+    assert keys.plain(b"a.txt") and not keys.plain(b"caf%E9.txt") and not keys.plain(b"caf\xe9")
 
 
 @pytest.mark.parametrize("key", ["", "/etc/passwd", "../x", "a/../../x", "a/./b", "dir/", "a//b", "a/%00b"])
 def test_keys_that_could_leave_the_target_are_refused(key):
-    assert safe_relative(key) is None
+    assert unsafe(local_name(key, ours=lambda: True))
+
+
+def test_metadata_is_read_strictly_and_a_bad_value_is_named_not_applied():
+    found, bad = attributes({"mode": "abc", "mtime": "notanumber", "uid": "-1", "gid": "99999999999"})
+    assert found == {} and len(bad) == 4
+    assert any("mode 'abc'" in b for b in bad) and any("uid '-1'" in b for b in bad)
+    assert any("gid '99999999999'" in b for b in bad) and any("mtime 'notanumber'" in b for b in bad)
+    found, bad = attributes({"mode": "4755", "uid": "0", "gid": "1000", "mtime": "1.5"})
+    assert found == {"mode": 0o4755, "uid": 0, "gid": 1000, "mtime_ns": 1_500_000_000} and bad == []
+    # Another tool's object has no mtime metadata: the listing's LastModified is its mtime.
+    assert attributes({}, listed_mtime_ns=123) == ({"mtime_ns": 123}, [])
 
 
 def test_mtime_metadata_as_rclone_writes_it():

@@ -50,8 +50,10 @@ def test_follow_symlinks_is_loop_safe(tmp_path):
     assert rels == [b"d/f", b"filelink"]
     loops = [o for o in items if not isinstance(o, Candidate) and o.reason is Reason.SYMLINK_LOOP]
     assert [os.path.basename(o.path) for o in loops] == ["up"]
-    gone = [o for o in items if not isinstance(o, Candidate) and o.reason is Reason.VANISHED]
-    assert [os.path.basename(o.path) for o in gone] == ["dangling"]
+    # A dangling link is said to be one (issue #19: it was reported "vanished", as if deleted mid-walk).
+    dangling = [o for o in items if not isinstance(o, Candidate) and o.reason is Reason.DANGLING_SYMLINK]
+    assert [os.path.basename(o.path) for o in dangling] == ["dangling"] and "nowhere" in dangling[0].message
+    assert not [o for o in items if not isinstance(o, Candidate) and o.reason is Reason.VANISHED]
 
 
 def test_non_utf8_names_are_walked_and_keyed_once_under_the_prefix(tmp_path):
