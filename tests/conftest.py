@@ -32,6 +32,11 @@ def clean_env(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    # The gate judges a file by its ctime too (issue #19), which the kernel sets to now on every change and
+    # which nothing can set back: every file a test makes is "changed a moment ago". So the backups a test
+    # runs take files at once; a test of the age rule gives --min-age itself (the command line beats this),
+    # and makes its old files that much earlier (settled()).
+    monkeypatch.setenv("OBSBATCH_MIN_AGE", "0")
 
 
 @pytest.fixture(scope="session")
@@ -81,9 +86,25 @@ def proxy(s3server):
 
 
 def age(path, seconds: float = 3600) -> None:
-    """Backdate a file's mtime so the --min-age gate lets it through (the stable case)."""
+    """Backdate a file's mtime (its ctime stays now: see clean_env, and settled())."""
     old = time.time() - seconds
     os.utime(path, (old, old))
+
+
+def settled(min_age: float = 1.0) -> None:
+    """Wait until every file made so far is older than `min_age` by its ctime too, which no call can set back:
+    a test of the age rule makes its old files, calls this, makes its new ones, and runs with --min-age."""
+    time.sleep(min_age + 0.1)
+
+
+def backdated(st: os.stat_result, seconds: float = 3600) -> os.stat_result:
+    """`st` as if its file had last changed `seconds` ago, mtime and ctime: for tests that call the gate
+    directly (the kernel's ctime itself cannot be set back)."""
+    ns = time.time_ns() - int(seconds * 1e9)
+    whole = list(st[:10])
+    whole[8] = whole[9] = ns // 10 ** 9  # st_mtime, st_ctime (int)
+    return os.stat_result(whole + [st.st_atime, ns / 1e9, ns / 1e9, st.st_atime_ns, ns, ns,
+                                   st.st_blksize, st.st_blocks, st.st_rdev])
 
 
 def make_tree(root: Path, files: dict, old: bool = True) -> dict:

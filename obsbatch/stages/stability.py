@@ -1,7 +1,11 @@
 """Stage 3, in the parent: is a file stable enough to upload?
 
-A file is eligible when (a) its mtime is at least `min_age` seconds old and (b) no process holds it open
-for writing. (b) comes from ONE index per pass over `/proc/<pid>/fd`, keyed by (st_dev, st_ino) so that a
+A file is eligible when (a) it has not changed in the last `min_age` seconds and (b) no process holds it
+open for writing. (a) reads the kernel's ctime, which moves on every write and which no user can set
+(utime(2) can set the mtime to anything, and sets the ctime to now), and the mtime when it is in the past:
+a file copied with its old mtime (`cp -p`, `tar x`, rsync) a moment ago is still held back, and a future
+mtime (clock skew, an archive from a machine ahead in time, `touch -d 2100-01-01`) never defers a file on its
+own: it would be deferred at every run, for ever (issue #19). It is uploaded when stable, with a warning. (b) comes from ONE index per pass over `/proc/<pid>/fd`, keyed by (st_dev, st_ino) so that a
 second hard-link name or a bind-mount path of an open file is caught too. The index is rebuilt when it is
 older than `min_age` (at least every second), never per file.
 
@@ -144,12 +148,18 @@ class Gate:
                         hint="files those processes write are caught only by --min-age; run as root or with CAP_SYS_PTRACE")
 
     def judge(self, cand: Candidate) -> Outcome | None:
-        """None if the file may be uploaded now, else a DEFERRED Outcome saying why."""
+        """None if the file may be uploaded now, else a DEFERRED Outcome saying why (module docstring)."""
         st = cand.stat
-        age = time.time() - st.st_mtime_ns / 1e9
-        if age < self.min_age:
-            # A future mtime (clock skew, `touch -d tomorrow`) is deferred too: we cannot tell it is settled.
-            return _deferred(cand, Reason.TOO_NEW, f"modified {age:.1f}s ago, under --min-age {self.min_age:g}s")
+        now = time.time()
+        changed = now - st.st_ctime_ns / 1e9
+        if changed < self.min_age:  # a ctime ahead of the clock (the clock stepped back) counts as recent too
+            return _deferred(cand, Reason.TOO_NEW, f"changed {changed:.1f}s ago, under --min-age {self.min_age:g}s")
+        modified = now - st.st_mtime_ns / 1e9
+        if 0 <= modified < self.min_age:
+            return _deferred(cand, Reason.TOO_NEW, f"modified {modified:.1f}s ago, under --min-age {self.min_age:g}s")
+        if modified < 0:
+            log.warning("file.future_mtime", path=display(cand.path), seconds_ahead=round(-modified, 1),
+                        detail="its mtime is in the future; judged by its ctime, which is older than --min-age")
         pids = self.current_index().writers.get((st.st_dev, st.st_ino))
         if pids:
             return _deferred(cand, Reason.OPEN_FOR_WRITE, "open for writing", describe_holders(pids))

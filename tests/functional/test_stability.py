@@ -11,6 +11,7 @@ import pytest
 from obsbatch.models import Candidate, Kind, Reason
 from obsbatch.stages.stability import Gate, build_index
 from obsbatch.testing.holders import Holder
+from tests.conftest import backdated
 
 
 def test_index_has_writer_of_other_process_keyed_by_inode(tmp_path):
@@ -27,36 +28,33 @@ def test_index_has_writer_of_other_process_keyed_by_inode(tmp_path):
     assert index.processes > 2
 
 
-def _candidate(path):
+def _candidate(path, changed_ago: float = 0.0):
     st = os.stat(path)
-    return Candidate(path=os.fsencode(path), rel=os.fsencode(path.name), key=path.name, stat=st)
+    return Candidate(path=os.fsencode(path), rel=os.fsencode(path.name), key=path.name,
+                     stat=backdated(st, changed_ago) if changed_ago else st)
 
 
 def test_gate_defers_young_files_and_open_writers_with_holder(tmp_path):
     young, busy, calm = tmp_path / "young", tmp_path / "busy", tmp_path / "calm"
     for p in (young, busy, calm):
         p.write_bytes(b"data")
-    old = time.time() - 100
-    os.utime(busy, (old, old))
-    os.utime(calm, (old, old))
     with Holder((busy, os.O_RDWR)) as writer:
         gate = Gate(min_age=2, strict=False)
         verdict = gate.judge(_candidate(young))
         assert verdict.kind is Kind.DEFERRED and verdict.reason is Reason.TOO_NEW
-        verdict = gate.judge(_candidate(busy))
+        verdict = gate.judge(_candidate(busy, changed_ago=100))
         assert verdict.kind is Kind.DEFERRED and verdict.reason is Reason.OPEN_FOR_WRITE
         pid, name, user = verdict.holders[0]
         assert pid == writer.pid and name.startswith("python")
         assert user == pwd.getpwuid(os.getuid()).pw_name
-        assert gate.judge(_candidate(calm)) is None
+        assert gate.judge(_candidate(calm, changed_ago=100)) is None
 
 
 def test_gate_refreshes_index_older_than_min_age(tmp_path):
     p = tmp_path / "f"
     p.write_bytes(b"x")
-    os.utime(p, (time.time() - 100,) * 2)
     gate = Gate(min_age=1, strict=False)
-    assert gate.judge(_candidate(p)) is None
+    assert gate.judge(_candidate(p, changed_ago=100)) is None
     with Holder((p, os.O_WRONLY)):
         time.sleep(1.1)  # the index is now older than --min-age: the next judgement must rebuild it
         verdict = gate.judge(_candidate(p))

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from tests.conftest import finish, make_tree, objects, run_obsbatch, server_args, start_obsbatch
+from obsbatch.testing.holders import Holder
+from tests.conftest import finish, make_tree, objects, run_obsbatch, server_args, settled, start_obsbatch
 from obsbatch.testing.faultproxy import Fault
 
 
@@ -168,20 +169,20 @@ def test_an_upload_the_server_misreports_is_not_journaled(tmp_path, s3server, pr
 def test_a_file_deferred_longer_than_max_defer_is_reported_stuck_until_it_is_backed_up(tmp_path, s3server,
                                                                                         prefix):
     src, state = tmp_path / "src", tmp_path / "state.db"
-    make_tree(src, {"ok.txt": b"ok"})
-    (src / "busy.log").write_bytes(b"always being written")  # young: deferred while --min-age is large
+    make_tree(src, {"ok.txt": b"ok", "busy.log": b"always being written"})
     args = ["--source", src, *server_args(s3server, prefix), "--state", state, "--max-defer", "1s"]
-    first = run_obsbatch(*args, "--min-age", 3600, env=s3server.env())
-    assert first.returncode == 0 and first.summary["deferred"] == {"too_new": 1}, first
-    assert not first.find("file.stuck")  # deferred for the first time: not stuck yet
-    time.sleep(1.2)
-    second = run_obsbatch(*args, "--min-age", 3600, env=s3server.env())
+    with Holder((src / "busy.log", os.O_WRONLY | os.O_APPEND)):  # a writer that never lets go
+        first = run_obsbatch(*args, env=s3server.env())
+        assert first.returncode == 0 and first.summary["deferred"] == {"open_for_write": 1}, first
+        assert not first.find("file.stuck")  # deferred for the first time: not stuck yet
+        time.sleep(1.2)
+        second = run_obsbatch(*args, env=s3server.env())
     assert second.returncode == 3, second
     [stuck] = second.find("file.stuck")
-    assert stuck["path"].endswith("busy.log") and stuck["times"] == 2 and stuck["reason"] == "too_new"
+    assert stuck["path"].endswith("busy.log") and stuck["times"] == 2 and stuck["reason"] == "open_for_write"
     assert second.summary["stuck"] == 1
     # Once it is backed up, the deferral ends: no more stuck reports.
-    third = run_obsbatch(*args, "--min-age", 0, env=s3server.env())
+    third = run_obsbatch(*args, env=s3server.env())
     assert third.returncode == 0 and third.summary["uploaded"] == 1, third
     db = sqlite3.connect(str(state))
     assert db.execute("SELECT count(*) FROM deferred").fetchone() == (0,)
@@ -191,11 +192,12 @@ def test_a_file_deferred_longer_than_max_defer_is_reported_stuck_until_it_is_bac
 def test_move_mode_removes_exactly_the_verified_files(tmp_path, s3, s3server, prefix, proxy, holder):
     src = tmp_path / "src"
     files = make_tree(src, {"a.txt": b"a", "sub/b.txt": b"b", "held.log": b"log", "denied.txt": b"no"})
+    settled(3)
     (src / "young.txt").write_bytes(b"new")
     proxy.add(Fault(method="PUT", path=r"denied\.txt", action="status", status=403, code="AccessDenied", times=None))
     holder((src / "held.log", os.O_WRONLY))
     result = run_obsbatch("--source", src, *server_args(s3server, prefix, proxy.endpoint), "--delete-source",
-                          env=s3server.env())
+                          "--min-age", 3, env=s3server.env())
     assert result.returncode == 1, result  # denied.txt failed
     remaining = sorted(str(p.relative_to(src)) for p in src.rglob("*"))
     # Uploaded and verified: gone. Held open, too new, failed: kept. Directories: kept.
@@ -305,12 +307,11 @@ def test_a_deferral_ends_when_a_complete_walk_no_longer_finds_the_file(tmp_path,
     """Issue #11, defect 2: a file deferred, then deleted, renamed away or excluded kept its deferral row, and
     a new file at the same path, deferred later, inherited it and was reported stuck on its first deferral."""
     src, state = tmp_path / "src", tmp_path / "state.db"
-    make_tree(src, {"ok.txt": b"ok"})
-    (src / "busy.log").write_bytes(b"young")  # too new under --min-age 3600: deferred
-    args = ["--source", src, *server_args(s3server, prefix), "--state", state, "--max-defer", "1s",
-            "--min-age", 3600]
-    first = run_obsbatch(*args, env=s3server.env())
-    assert first.returncode == 0 and first.summary["deferred"] == {"too_new": 1}, first
+    make_tree(src, {"ok.txt": b"ok", "busy.log": b"being written"})
+    args = ["--source", src, *server_args(s3server, prefix), "--state", state, "--max-defer", "1s"]
+    with Holder((src / "busy.log", os.O_WRONLY | os.O_APPEND)):
+        first = run_obsbatch(*args, env=s3server.env())
+    assert first.returncode == 0 and first.summary["deferred"] == {"open_for_write": 1}, first
     if gone == "deleted":
         (src / "busy.log").unlink()
     elif gone == "renamed":
@@ -321,9 +322,10 @@ def test_a_deferral_ends_when_a_complete_walk_no_longer_finds_the_file(tmp_path,
     assert second.returncode == 0 and not second.find("file.stuck"), second
     assert _deferred_rows(state) == []  # the walk was complete and did not find it: its deferral ended
     (src / "busy.log").write_bytes(b"a new file at the same path")
-    third = run_obsbatch(*args, env=s3server.env())
+    with Holder((src / "busy.log", os.O_WRONLY | os.O_APPEND)):
+        third = run_obsbatch(*args, env=s3server.env())
     assert third.returncode == 0, third  # deferred for the first time: not stuck
-    assert not third.find("file.stuck") and third.summary["deferred"] == {"too_new": 1}
+    assert not third.find("file.stuck") and third.summary["deferred"] == {"open_for_write": 1}
     assert [(key[len(prefix):], count) for key, count in _deferred_rows(state)] == [("busy.log", 1)]
 
 
