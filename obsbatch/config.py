@@ -572,6 +572,14 @@ def percent(text: str) -> float:
     return value
 
 
+#: --help's groups of the parts restore and verify share with a backup (which groups them its own way).
+_STORE_GROUP = ("store", ("bucket", "prefix", "endpoint", "region", "addressing_style", "checksum_mode", "ca_bundle",
+                          "no_verify_ssl", "sse_c_key_file"))
+_SPEED_GROUP = ("speed", ("max_concurrent", "max_concurrent_limit", "bwlimit", "max_rps", "http_timeout", "retries",
+                          "stop_timeout"))
+_OUTPUT_GROUP = ("output", ("debug", "verbose", "quiet", "log_format", "progress", "summary"))
+
+
 @dataclass(frozen=True)
 class RestoreConfig:
     """Everything a restore needs: the store, the transfer, the output, and where the tree goes."""
@@ -594,14 +602,8 @@ class RestoreConfig:
         "say what would be written, left as identical, and refused as a conflict; write nothing",
         args=["--dry-run"]))
 
-    GROUPS = (
-        ("restore", ("target", "overwrite", "restore_manifest", "include", "exclude", "restore_dry_run")),
-        ("store", ("bucket", "prefix", "endpoint", "region", "addressing_style", "checksum_mode", "ca_bundle",
-                   "no_verify_ssl", "sse_c_key_file")),
-        ("speed", ("max_concurrent", "max_concurrent_limit", "bwlimit", "max_rps", "http_timeout", "retries",
-                   "stop_timeout")),
-        ("output", ("debug", "verbose", "quiet", "log_format", "progress", "summary")),
-    )
+    GROUPS = (("restore", ("target", "overwrite", "restore_manifest", "include", "exclude", "restore_dry_run")),
+              _STORE_GROUP, _SPEED_GROUP, _OUTPUT_GROUP)
 
     def __post_init__(self) -> None:
         _tuples(self, ("include", "exclude"))
@@ -623,14 +625,7 @@ class VerifyConfig:
         "also read this share of the objects back in full and recompute their SHA-256 (a deterministic sample; "
         "100: all)", metavar="PERCENT", type=percent))
 
-    GROUPS = (
-        ("verify", ("verify_manifest", "read_data")),
-        ("store", ("bucket", "prefix", "endpoint", "region", "addressing_style", "checksum_mode", "ca_bundle",
-                   "no_verify_ssl", "sse_c_key_file")),
-        ("speed", ("max_concurrent", "max_concurrent_limit", "bwlimit", "max_rps", "http_timeout", "retries",
-                   "stop_timeout")),
-        ("output", ("debug", "verbose", "quiet", "log_format", "progress", "summary")),
-    )
+    GROUPS = (("verify", ("verify_manifest", "read_data")), _STORE_GROUP, _SPEED_GROUP, _OUTPUT_GROUP)
 
 
 #: The commands whose flags come from a config class.

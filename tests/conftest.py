@@ -91,6 +91,16 @@ def age(path, seconds: float = 3600) -> None:
     os.utime(path, (old, old))
 
 
+def write_tree(root, files: dict) -> None:
+    """Create files {relative path (bytes, any name the kernel takes): bytes} under `root`, as they are."""
+    root_b = os.fsencode(root)
+    for rel, data in files.items():
+        path = os.path.join(root_b, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+
+
 def settled(min_age: float = 1.0) -> None:
     """Wait until every file made so far is older than `min_age` by its ctime too, which no call can set back:
     a test of the age rule makes its old files, calls this, makes its new ones, and runs with --min-age."""

@@ -34,6 +34,7 @@ from obsbatch.config import RestoreConfig
 from obsbatch.errors import ConfigError, ExitCode, ObsbatchError
 from obsbatch.stages.filters import excluder
 from obsbatch.models import Kind, Outcome, Reason, RestoreItem, display
+from obsbatch.reporting.summary import EngineSummary, human_size
 
 log = structlog.get_logger()
 
@@ -48,7 +49,7 @@ def main(argv: Sequence[str], started: float) -> int:
 
 
 @dataclass
-class RestoreSummary:
+class RestoreSummary(EngineSummary):
     listed: int = 0
     #: --dry-run: objects that would be written (absent locally, or replaced with --overwrite).
     planned: int = 0
@@ -63,17 +64,6 @@ class RestoreSummary:
     unverified: int = 0
     failed: int = 0
     failed_by_type: collections.Counter = field(default_factory=collections.Counter)
-    #: Objects not restored because the restore was stopping (not begun, or cut short): a next restore
-    #: takes them.
-    interrupted: int = 0
-    interrupted_by: Optional[ExitCode] = None
-    #: Why the restore stopped before the listing ended, other than a signal (a worker process killed).
-    aborted: str = ""
-    #: The level of downloads in flight (dispatch.Dispatch keeps it), and whether fixed or auto.
-    concurrency: Optional[int] = None
-    concurrency_mode: Optional[str] = None
-    started: float = field(default_factory=time.time)
-    observers: list = field(default_factory=list, repr=False)
 
     def add(self, outcome: Outcome) -> None:
         if outcome.kind is Kind.RESTORED:
@@ -114,11 +104,6 @@ class RestoreSummary:
         for observer in self.observers:
             observer(outcome)
 
-    def abort(self, reason: str, exit_code: Optional[ExitCode] = None) -> None:
-        """The restore could not go on (dispatch.Dispatch: a worker died); the objects not reached are not
-        restored."""
-        self.aborted = reason
-
     @property
     def exit_code(self) -> ExitCode:
         if self.interrupted_by is not None:
@@ -138,9 +123,7 @@ class RestoreSummary:
                 "seconds": round(time.time() - self.started, 3), "exit_code": int(self.exit_code)}
 
     def human(self) -> str:
-        """A few lines for a person at a terminal, as a backup ends (report.Summary.human)."""
-        from obsbatch.reporting.summary import human_size
-
+        """A few lines for a person at a terminal, as a backup ends (summary.Summary.human)."""
         seconds = max(time.time() - self.started, 1e-3)
         if self.planned or not self.restored:
             head = f"{self.planned} objects to restore ({human_size(self.bytes_planned)}), dry run" if self.planned \

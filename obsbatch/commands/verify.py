@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence, Union
 
 import structlog
 
@@ -31,7 +31,7 @@ from obsbatch.commands import runner
 from obsbatch.config import VerifyConfig
 from obsbatch.errors import ConfigError, ExitCode, ObsbatchError
 from obsbatch.models import Kind, Outcome, VerifyItem
-from obsbatch.reporting.summary import human_size
+from obsbatch.reporting.summary import EngineSummary, human_size
 from obsbatch.s3 import listing, remote
 
 log = structlog.get_logger()
@@ -48,7 +48,7 @@ def main(argv: Sequence[str], started: float) -> int:
 
 
 @dataclass
-class VerifySummary:
+class VerifySummary(EngineSummary):
     """Every object's check counted once; the exit code; the log's and the terminal's last words."""
 
     checked: int = 0
@@ -59,15 +59,6 @@ class VerifySummary:
     bytes_read: int = 0
     #: Objects whose check the store refused or that failed on the way (not Missing nor Different).
     failed: int = 0
-    #: Objects not checked because the verify was stopping: the next verify checks them.
-    interrupted: int = 0
-    interrupted_by: Optional[ExitCode] = None
-    #: Why the verify stopped before the end, other than a signal (a worker process killed).
-    aborted: str = ""
-    concurrency: Optional[int] = None
-    concurrency_mode: Optional[str] = None
-    started: float = field(default_factory=time.time)
-    observers: list = field(default_factory=list, repr=False)
 
     def add(self, outcome: Outcome) -> None:
         if outcome.kind is Kind.DEFERRED:  # not begun, or cut short, by a stop
@@ -90,9 +81,6 @@ class VerifySummary:
                           attempts=outcome.attempts)
         for observer in self.observers:
             observer(outcome)
-
-    def abort(self, reason: str, exit_code: Optional[ExitCode] = None) -> None:
-        self.aborted = reason
 
     @property
     def exit_code(self) -> ExitCode:

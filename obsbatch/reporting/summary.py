@@ -26,6 +26,27 @@ _QUIET_SKIPS = frozenset({Reason.EXCLUDED, Reason.UNCHANGED})
 
 
 @dataclass
+class EngineSummary:
+    """What the summary of a restore or a verify holds beside its own counts: how the engine's run ended
+    (engine.dispatch.Dispatch sets the level and calls abort; the command sets interrupted_by from Shutdown),
+    when the command started, and the observers of every Outcome (the progress bar)."""
+
+    #: Objects not done because the command was stopping (not begun, or cut short): the next run takes them.
+    interrupted: int = 0
+    interrupted_by: Optional[ExitCode] = None
+    #: Why the run stopped before the listing ended, other than a signal (a worker process killed).
+    aborted: str = ""
+    #: The level of requests in flight, and whether fixed or auto.
+    concurrency: Optional[int] = None
+    concurrency_mode: Optional[str] = None
+    started: float = field(default_factory=time.time)
+    observers: list = field(default_factory=list, repr=False)
+
+    def abort(self, reason: str, exit_code: Optional[ExitCode] = None) -> None:
+        self.aborted = reason
+
+
+@dataclass
 class Summary:
     """Counts for one run. `scanned` is every path the walk reported (directories aside)."""
 

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import make_tree, objects, run_command, run_obsbatch, server_args
+from tests.conftest import make_tree, objects, run_command, run_obsbatch, server_args, write_tree
 from tests.integration.test_restore import SMALL_MULTIPART, hostile_tree, store_args, tree_state
 
 #: Names a store rewrites or refuses (SeaweedFS: '\' becomes '/'; moto: a newline is refused), beside the names
@@ -45,21 +45,12 @@ def moto_bucket(moto):
     return MotoBucket(moto)
 
 
-def _write(root, files: dict) -> None:
-    root_b = os.fsencode(root)
-    for rel, data in files.items():
-        path = os.path.join(root_b, rel)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(data)
-
-
 @pytest.mark.parametrize("server", ["s3server", "moto_bucket"])
 def test_a_tree_of_awkward_names_round_trips_entry_by_entry(tmp_path, request, prefix, server):
     store = request.getfixturevalue(server)
     src, back = tmp_path / "src", tmp_path / "back"
     files = hostile_tree(src)
-    _write(src, AWKWARD)
+    write_tree(src, AWKWARD)
     files.update(AWKWARD)
     backup = run_obsbatch("--source", src, *server_args(store, prefix), "--no-state", *SMALL_MULTIPART,
                           env=store.env())

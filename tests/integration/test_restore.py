@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import make_tree, run_command, run_obsbatch, server_args
+from tests.conftest import make_tree, run_command, run_obsbatch, server_args, write_tree
 
 MiB = 1024 * 1024
 SMALL_MULTIPART = ["--multipart-threshold", "5MiB", "--multipart-chunksize", "5MiB"]
@@ -34,12 +34,8 @@ def hostile_tree(root):
         b"mode0600": b"secret", b"mode0640": b"group", b"mode0444": b"read-only", b"mode0755": b"#!/bin/sh\n",
         b"mode2755": b"setgid: chown(2) clears it, so a restore as root must set the mode after the owner",
     }
+    write_tree(root, files)
     root_b = os.fsencode(root)
-    for rel, data in files.items():
-        path = os.path.join(root_b, rel)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(data)
     for rel in (b"mode0600", b"mode0640", b"mode0444", b"mode0755", b"mode2755"):
         os.chmod(os.path.join(root_b, rel), int(rel[-4:], 8))
     if os.geteuid() == 0:  # a restore as root gives files back their owner: one that isn't root proves it
