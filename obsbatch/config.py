@@ -332,6 +332,13 @@ class StoreConfig:
 
         return CustomerKey.read(self.sse_c_key_file) if self.sse_c_key_file else None
 
+    @functools.cached_property
+    def reading(self):
+        """The archive controls a command that reads objects needs (the SSE-C key, if any)."""
+        from obsbatch.archive import ArchiveControls
+
+        return ArchiveControls(customer_key=self.customer_key)
+
 
 @dataclass(frozen=True)
 class TransferConfig:
@@ -430,6 +437,14 @@ class OutputConfig:
         return terminal and not self.quiet
 
 
+def percent(text: str) -> float:
+    """A share from 0 to 100."""
+    value = _finite(text, "percentage from 0 to 100")
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage from 0 to 100")
+    return value
+
+
 #: The parts every command's config holds, by field name.
 PARTS = {"store": StoreConfig, "transfer": TransferConfig, "output": OutputConfig}
 
@@ -466,6 +481,10 @@ class BackupConfig:
         "state journal (sqlite); default $STATE_DIRECTORY/obsbatch.db under systemd, else "
         "$XDG_STATE_HOME/obsbatch/obsbatch.db", metavar="PATH"))
     no_state: bool = field(default=False, metadata=_opt("keep no journal: compare nothing, upload every stable file"))
+    max_changed: float = field(default=50.0, metadata=_opt(
+        "mass-change guard: when more than this share of the previous snapshot's files changed (size or mtime) "
+        "or vanished in one run, upload nothing, write no snapshot, exit 4 (default 50; 100: off; applies from "
+        "100 files)", metavar="PERCENT", type=percent))
     delete_source: bool = field(default=False, metadata=_opt(
         "move mode: remove each local file once its upload is verified, if it is still exactly what was uploaded "
         "and nobody holds it open for writing; skipped/deferred/failed files and directories stay"))
@@ -516,7 +535,7 @@ class BackupConfig:
                               "sse_c_key_file", "storage_class", "tag", "metadata", "no_preserve_attrs")),
         ("speed", ("max_concurrent", "max_concurrent_limit", "bwlimit", "max_rps", "http_timeout", "retries",
                    "multipart_threshold", "multipart_chunksize", "stop_timeout")),
-        ("state", ("state", "no_state", "delete_source")),
+        ("state", ("state", "no_state", "delete_source", "max_changed")),
         ("output", ("debug", "verbose", "quiet", "log_format", "progress", "summary", "manifest", "upload_manifest",
                     "manifest_signing_key", "otel_endpoint", "no_telemetry")),
     )
@@ -564,12 +583,30 @@ class BackupConfig:
                                preserve_attrs=not self.no_preserve_attrs)
 
 
-def percent(text: str) -> float:
-    """A share from 0 to 100."""
-    value = _finite(text, "percentage from 0 to 100")
-    if not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage from 0 to 100")
-    return value
+def point_in_time(text: str) -> float:
+    """--as-of: an RFC 3339 time or a date (obsbatch.snapshot.parse_time), as a Unix time."""
+    from obsbatch.snapshot import parse_time
+
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _snapshot_field():
+    return field(default=None, metadata=_opt(
+        "the snapshot to use, by id (obsbatch snapshots lists them); default: the latest", metavar="ID"))
+
+
+def _as_of_field():
+    return field(default=None, metadata=_opt(
+        "the latest snapshot taken at or before this time: RFC 3339 (2026-12-01T23:00:00Z) or a date (2026-12-01: "
+        "its end, UTC)", metavar="TIME", type=point_in_time))
+
+
+def _check_snapshot_choice(config) -> None:
+    if config.snapshot and config.as_of is not None:
+        raise UsageError("--snapshot and --as-of both choose a snapshot; give one")
 
 
 #: --help's groups of the parts restore and verify share with a backup (which groups them its own way).
@@ -601,14 +638,23 @@ class RestoreConfig:
     restore_dry_run: bool = field(default=False, metadata=_opt(
         "say what would be written, left as identical, and refused as a conflict; write nothing",
         args=["--dry-run"]))
+    snapshot: Optional[str] = _snapshot_field()
+    as_of: Optional[float] = _as_of_field()
+    listing: bool = field(default=False, metadata=_opt(
+        "restore every object the listing shows under the prefix, as it is now, instead of a snapshot (for "
+        "prefixes other tools wrote; implied by --manifest and where no snapshot exists)"))
 
     GROUPS = (("restore", ("target", "overwrite", "restore_manifest", "include", "exclude", "restore_dry_run")),
-              _STORE_GROUP, _SPEED_GROUP, _OUTPUT_GROUP)
+              ("snapshot", ("snapshot", "as_of", "listing")), _STORE_GROUP, _SPEED_GROUP, _OUTPUT_GROUP)
 
     def __post_init__(self) -> None:
         _tuples(self, ("include", "exclude"))
         if not self.target:
             raise UsageError("--target is required (or OBSBATCH_TARGET)")
+        _check_snapshot_choice(self)
+        if (self.snapshot or self.as_of is not None) and (self.listing or self.restore_manifest):
+            raise UsageError("--snapshot and --as-of restore a snapshot; --listing and --manifest restore the "
+                             "listing; give one kind")
 
 
 @dataclass(frozen=True)
@@ -625,11 +671,37 @@ class VerifyConfig:
         "also read this share of the objects back in full and recompute their SHA-256 (a deterministic sample; "
         "100: all)", metavar="PERCENT", type=percent))
 
-    GROUPS = (("verify", ("verify_manifest", "read_data")), _STORE_GROUP, _SPEED_GROUP, _OUTPUT_GROUP)
+    snapshot: Optional[str] = _snapshot_field()
+    as_of: Optional[float] = _as_of_field()
+
+    GROUPS = (("verify", ("verify_manifest", "read_data", "snapshot", "as_of")), _STORE_GROUP, _SPEED_GROUP,
+              _OUTPUT_GROUP)
+
+    def __post_init__(self) -> None:
+        _check_snapshot_choice(self)
+        if (self.snapshot or self.as_of is not None) and self.verify_manifest:
+            raise UsageError("--snapshot and --as-of check a snapshot, --manifest a manifest; give one")
+
+    @property
+    def by_snapshot(self) -> bool:
+        return bool(self.snapshot) or self.as_of is not None
+
+
+@dataclass(frozen=True)
+class SnapshotsConfig:
+    """`obsbatch snapshots`: where they are, and how to print them."""
+
+    store: StoreConfig
+    transfer: TransferConfig
+    output: OutputConfig
+    json: bool = field(default=False, metadata=_opt("print one JSON array of objects instead of a table"))
+
+    GROUPS = (("snapshots", ("json",)), _STORE_GROUP, _SPEED_GROUP, _OUTPUT_GROUP)
 
 
 #: The commands whose flags come from a config class.
-COMMAND_CONFIGS = {"backup": BackupConfig, "restore": RestoreConfig, "verify": VerifyConfig}
+COMMAND_CONFIGS = {"backup": BackupConfig, "restore": RestoreConfig, "verify": VerifyConfig,
+                   "snapshots": SnapshotsConfig}
 
 
 def flag_fields(config_class) -> list:

@@ -17,6 +17,9 @@ class ExitCode(enum.IntEnum):
     #: Everything eligible was uploaded, but some file has been deferred for longer than --max-defer
     #: (a stuck writer keeps it out of the backup). 1 wins over this when both apply.
     STUCK = 3
+    #: --max-changed: more of the previous snapshot's files changed or vanished than it allows (ransomware, a
+    #: wrong mount); nothing was uploaded and no snapshot written.
+    MASS_CHANGE = 4
     #: Another run holds the lock for the same state file and source (EX_TEMPFAIL: try again later).
     ALREADY_RUNNING = 75
     #: Stopped by SIGHUP (128 + 1), after draining the uploads in flight (the terminal went away).

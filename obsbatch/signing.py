@@ -64,15 +64,20 @@ def _raw_public(public_key) -> str:
     return base64.b64encode(raw).decode()
 
 
+def signature(head: str, key_path: str) -> dict:
+    """The signature record of `head` by the key in `key_path` (what a `.sig` file holds)."""
+    key = load_private_key(key_path)
+    return {"alg": "ed25519", "head": head, "signature": base64.b64encode(key.sign(head.encode("ascii"))).decode(),
+            "public_key": _raw_public(key.public_key())}
+
+
 def sign(manifest_path: str, head: str, key_path: str) -> str:
     """Sign `head` with the key in `key_path`, write `<manifest>.sig`; returns the base64 signature."""
-    key = load_private_key(key_path)
-    signature = base64.b64encode(key.sign(head.encode("ascii"))).decode()
+    record = signature(head, key_path)
     with open(manifest_path + SUFFIX, "w", encoding="utf-8") as f:
-        json.dump({"alg": "ed25519", "head": head, "signature": signature,
-                   "public_key": _raw_public(key.public_key())}, f, sort_keys=True)
+        json.dump(record, f, sort_keys=True)
         f.write("\n")
-    return signature
+    return record["signature"]
 
 
 def check(manifest_path: str, head: str, public_key_path: str) -> Optional[str]:

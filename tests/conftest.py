@@ -54,6 +54,15 @@ def moto(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def versioned(s3server):
+    """A bucket with versioning on, beside the session's unversioned one (issue #20): its name."""
+    client = s3server.client()
+    client.create_bucket(Bucket="backups-versioned")
+    client.put_bucket_versioning(Bucket="backups-versioned", VersioningConfiguration={"Status": "Enabled"})
+    return "backups-versioned"
+
+
 @pytest.fixture
 def s3(s3server):
     return s3server.client()
@@ -214,6 +223,6 @@ def run_command(command: str, *args, env: dict | None = None, timeout: float = 1
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
-def server_args(server, prefix: str, endpoint: str | None = None) -> list:
-    return ["--bucket", server.bucket, "--prefix", prefix, "--endpoint", endpoint or server.endpoint,
+def server_args(server, prefix: str, endpoint: str | None = None, bucket: str | None = None) -> list:
+    return ["--bucket", bucket or server.bucket, "--prefix", prefix, "--endpoint", endpoint or server.endpoint,
             "--region", "us-east-1", "--addressing-style", "path"]

@@ -27,7 +27,8 @@ from obsbatch.stages.after_upload import AfterUpload
 from obsbatch.config import BackupConfig
 from obsbatch.engine.dispatch import Dispatch, plan_only
 from obsbatch.errors import EndpointUnavailable, JournalError, ObsbatchError
-from obsbatch.stages.filters import select
+from obsbatch.stages import guard, snapshot as snapshots
+from obsbatch.stages.filters import excluder, select
 from obsbatch.logs import LEVELS
 from obsbatch.reporting.manifest import Manifest
 from obsbatch.models import display
@@ -58,16 +59,18 @@ def run(config: BackupConfig, notifier: Optional[Notifier] = None, telemetry: Op
     telemetry.start_run(display(os.fsencode(os.path.abspath(config.source))), config)
     source = check_source(config.source)
     with journal.lock_run(config.state, source):
-        journal_ = journal.open_journal(config.state, config.store.endpoint or "aws", config.store.bucket) if config.state else None
+        journal_ = journal.open_journal(config.state, config.store.endpoint or "aws", config.store.bucket)
+        recorder = None if config.dry_run else snapshots.Recorder(excluder(config.include, config.exclude))
         try:
-            return _run_locked(config, source, notifier, telemetry, journal_, started or time.time())
+            return _run_locked(config, source, notifier, telemetry, journal_, recorder, started or time.time())
         finally:
-            if journal_ is not None:
-                journal_.close()  # commits what is pending, on every way out (signals included)
+            journal_.close()  # commits what is pending, on every way out (signals included)
+            if recorder is not None:
+                recorder.close()
 
 
 def _run_locked(config: BackupConfig, source: bytes, notifier: Notifier, telemetry: Telemetry,
-                journal_: Optional[journal.Journal], started: float) -> Summary:
+                journal_: journal.Journal, recorder: Optional[snapshots.Recorder], started: float) -> Summary:
     # The first /proc scan and the pre-flight may outlast TimeoutStartSec= on a big host or a slow endpoint.
     notifier.extend_timeout(_start_budget(config), "scanning open files and checking the destination")
     ctx = pool.context()
@@ -75,7 +78,7 @@ def _run_locked(config: BackupConfig, source: bytes, notifier: Notifier, telemet
     gauges = pool.Gauges(ctx, config.transfer.processes)
     activity = Activity(gauges.requests)
     uploads = pool.UploadPool(ctx, config.transfer, WorkerSettings.for_backup(config), shutdown.workers_flag, gauges)
-    first_run = not config.dry_run and (journal_ is None or journal_.empty())
+    first_run = not config.dry_run and journal_.empty()
     if first_run:
         # A first run (or --no-state) will upload: the fork server starts now, on another core, while this
         # thread scans /proc and runs the pre-flight.
@@ -94,11 +97,14 @@ def _run_locked(config: BackupConfig, source: bytes, notifier: Notifier, telemet
              endpoint=config.store.endpoint or "aws", workers=config.transfer.processes, max_concurrent=config.transfer.max_concurrent or "auto",
              min_age=config.min_age, dry_run=config.dry_run)
     summary = Summary(observers=[activity.saw] + ([telemetry.record] if telemetry.enabled else []), started=started)
-    stages = _stages(config, source, journal_, gate, remote, summary, activity, telemetry)
+    stages = _stages(config, source, journal_, recorder, gate, remote, summary, activity, telemetry)
+    previous = journal_.last_snapshot(config.store.prefix)
+    if not config.dry_run and previous is not None and previous[2] >= guard.MIN_FILES and config.max_changed < 100:
+        stages = guard.guarded(stages, journal_, previous[2], config.max_changed, lambda: shutdown.stopping)
     manifest_ = None
     if config.manifest:
         # The previous run's head (from the journal) makes successive manifests one chain (issue #14).
-        previous_head = journal_.last_manifest_head(config.store.prefix) if journal_ is not None else None
+        previous_head = journal_.last_manifest_head(config.store.prefix)
         manifest_ = Manifest(config.manifest, {"source": display(source), "bucket": config.store.bucket,
                                                "prefix": config.store.prefix, "endpoint": config.store.endpoint or "aws",
                                                "started": summary.started, "obsbatch": __version__,
@@ -114,16 +120,18 @@ def _run_locked(config: BackupConfig, source: bytes, notifier: Notifier, telemet
             else:
                 Dispatch(uploads, shutdown, summary, AfterUpload(journal_, gate if config.delete_source else None),
                          remote.checked, grace=config.transfer.grace).run(stages)
-                if journal_ is not None:
-                    journal_.commit()  # before the summary: a journal that cannot be written is in it
+                journal_.commit()  # before the summary: a journal that cannot be written is in it
         except ObsbatchError as exc:
             # The run cannot go on (the journal cannot be written, --fd-check strict went blind, the bucket
             # is gone): every file handed out is accounted for, and the summary says why it stopped.
             log.error("run.fatal", error=str(exc), error_type=type(exc).__name__, exit_code=int(exc.exit_code))
             summary.abort(str(exc), exc.exit_code)
         summary.finish(shutdown.exit_code)
-    if journal_ is not None and not config.dry_run and summary.walk_complete:
+    if not config.dry_run and summary.walk_complete:
         journal_.end_deferrals_not_seen(config.store.prefix)
+        # A snapshot only of a walk that reached every directory: one that stopped part-way would drop the
+        # files it never reached, and a restore of it would delete them in effect (README "Snapshots").
+        _write_snapshot(config, source, recorder, journal_, remote, summary)
     if manifest_ is not None:
         _finish_manifest(manifest_, summary, config, remote, journal_)
     summary.log_final()
@@ -132,33 +140,51 @@ def _run_locked(config: BackupConfig, source: bytes, notifier: Notifier, telemet
     return summary
 
 
-def _stages(config: BackupConfig, source: bytes, journal_: Optional[journal.Journal], gate: Gate, remote: Remote,
-            summary: Summary, activity: Activity, telemetry: Telemetry) -> Iterable:
+def _stages(config: BackupConfig, source: bytes, journal_: journal.Journal, recorder: Optional[snapshots.Recorder],
+            gate: Gate, remote: Remote, summary: Summary, activity: Activity, telemetry: Telemetry) -> Iterable:
     """The chain from the walk to WorkItems (and the Outcomes of everything that will not be uploaded)."""
-    stages = select(walk(source, config.store.prefix, config.follow_symlinks, config.allow_outside_source),
+    stages = select(walk(source, config.store.prefix, config.follow_symlinks, config.allow_outside_source, recorder),
                     config.include, config.exclude)
     # The journal's comparison comes before the stability gate: a file that is unchanged since its verified
     # upload is backed up already, even if a process holds it open right now, and must not be reported as
     # deferred run after run.
-    if journal_ is not None:
-        if config.verify_remote and not config.dry_run and not remote.unavailable:
-            listed = journal_.load_remote(remote.listing())
-            log.info("journal.remote_listed", objects=listed, prefix=config.store.prefix)
-        # Unchanged files are only counted when no one reads their records one by one.
-        quiet = not (config.manifest or telemetry.enabled or LEVELS[config.output.level] <= logging.DEBUG)
-        stages = journal_.filter(stages, functools.partial(_unchanged, summary, activity) if quiet else None)
-        if not config.dry_run:  # a dry run reads the journal, never writes it
-            summary.observers.append(StuckFiles(journal_, config.max_defer, summary, telemetry))
+    if config.verify_remote and not config.dry_run and not remote.unavailable:
+        listed = journal_.load_remote(remote.listing())
+        log.info("journal.remote_listed", objects=listed, prefix=config.store.prefix)
+    # Unchanged files are only counted when no one reads their records one by one.
+    quiet = not (config.manifest or telemetry.enabled or LEVELS[config.output.level] <= logging.DEBUG)
+    stages = journal_.filter(stages, functools.partial(_unchanged, summary, activity) if quiet else None)
+    if not config.dry_run:  # a dry run reads the journal, never writes it
+        summary.observers.append(StuckFiles(journal_, config.max_defer, summary, telemetry))
     return plan(gate.filter(stages))
 
 
+def _write_snapshot(config: BackupConfig, source: bytes, recorder: snapshots.Recorder, journal_: journal.Journal,
+                    remote: Remote, summary: Summary) -> None:
+    # No pre-flight for it: a run with nothing to upload (issue #5) sends one request, the record's PUT, from
+    # the parent's own client; a bucket that is gone or an endpoint that is down fails that PUT, said once.
+    if remote.unavailable:  # run.endpoint_unavailable said it once, and the run exits 1 already
+        log.info("snapshot.skipped", detail="the endpoint did not answer this run: no snapshot; the previous one "
+                                            "stays the latest")
+        return
+    try:
+        record = snapshots.write(config, display(source), recorder, journal_, remote, summary)
+    except JournalError as exc:
+        log.error("snapshot.failed", error=str(exc), detail="no snapshot of this run")
+        summary.failed += 1
+        summary.failed_by_type["Snapshot"] += 1
+        return
+    if record is not None:
+        summary.snapshot_id, summary.snapshot_head = record["id"], record["head"]
+
+
 def _finish_manifest(manifest_: Manifest, summary: Summary, config: BackupConfig, remote: Remote,
-                     journal_: Optional[journal.Journal]) -> None:
+                     journal_: journal.Journal) -> None:
     head = manifest_.close(summary.as_dict())
     # The anchor: the head goes into run.summary, STATUS= and the trace, out of reach of whoever can rewrite
     # the file (`verify-manifest FILE --expect-head HEAD`), and to the journal for the next run's header.
     summary.manifest_head = head
-    if journal_ is not None and not config.dry_run:
+    if not config.dry_run:
         try:
             journal_.record_manifest_head(config.store.prefix, head, manifest_.run_id)
         except JournalError as exc:

@@ -28,8 +28,7 @@ import structlog
 from obsbatch import keys
 from obsbatch.commands import runner
 from obsbatch.engine import download, pool
-from obsbatch.s3 import listing, remote
-from obsbatch.archive import ArchiveControls
+from obsbatch.s3 import listing, remote, snapshots
 from obsbatch.config import RestoreConfig
 from obsbatch.errors import ConfigError, ExitCode, ObsbatchError
 from obsbatch.stages.filters import excluder
@@ -64,6 +63,11 @@ class RestoreSummary(EngineSummary):
     unverified: int = 0
     failed: int = 0
     failed_by_type: collections.Counter = field(default_factory=collections.Counter)
+    #: A snapshot's entries that are not a file's bytes, once made: directories (their attributes set),
+    #: symlinks, hardlinks, special files, and special files left out (not root).
+    entries: collections.Counter = field(default_factory=collections.Counter)
+    #: The snapshot restored (its id), or None for a restore of the listing.
+    snapshot: Optional[str] = None
 
     def add(self, outcome: Outcome) -> None:
         if outcome.kind is Kind.RESTORED:
@@ -108,8 +112,10 @@ class RestoreSummary(EngineSummary):
     def exit_code(self) -> ExitCode:
         if self.interrupted_by is not None:
             return self.interrupted_by
-        # Nothing listed is exit 1: most often a mistyped --prefix, which must not pass for a restore.
-        if self.failed or self.conflicts or self.archived or self.unsafe or self.aborted or not self.listed:
+        # Nothing listed is exit 1: most often a mistyped --prefix, which must not pass for a restore. (A
+        # snapshot was found, so the prefix is right; one of a tree without files is restored as it was.)
+        if (self.failed or self.conflicts or self.archived or self.unsafe or self.aborted
+                or not (self.listed or self.snapshot)):
             return ExitCode.PARTIAL
         return ExitCode.OK
 
@@ -120,6 +126,7 @@ class RestoreSummary(EngineSummary):
                 "unsafe_keys": self.unsafe, "excluded": self.excluded, "unverified": self.unverified,
                 "failed": self.failed, "failed_by_type": dict(self.failed_by_type),
                 "interrupted": self.interrupted, "aborted": self.aborted or None,
+                "snapshot": self.snapshot, "entries": dict(self.entries),
                 "seconds": round(time.time() - self.started, 3), "exit_code": int(self.exit_code)}
 
     def human(self) -> str:
@@ -140,8 +147,11 @@ class RestoreSummary(EngineSummary):
                    ("FAILED:  ", self.failed and f"{self.failed} ({', '.join(f'{n} {t}' for t, n in self.failed_by_type.most_common())}); "
                                                  "each is in the log above"),
                    ("stopped: ", self.interrupted and f"{self.interrupted} not restored (the next restore takes them)"),
-                   ("empty:   ", not self.listed and "no object under this prefix (check --prefix)"))
-        lines = [f"obsbatch restore: {head}; {self.listed} listed"]
+                   ("empty:   ", not (self.listed or self.snapshot) and "no object under this prefix (check --prefix)"))
+        lines = [f"obsbatch restore: {head}; {self.listed} listed"
+                 + (f" in snapshot {self.snapshot}" if self.snapshot else "")]
+        if self.entries:
+            lines.append("  also:     " + ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in sorted(self.entries.items())))
         lines += [f"  {label} {text}" for label, text in details if text]
         lines.append(f"  exit {int(self.exit_code)}")
         return "\n".join(lines)
@@ -283,8 +293,19 @@ def run(config: RestoreConfig, summary: RestoreSummary, counted: Callable[[Itera
         except OSError as exc:
             raise ConfigError(f"cannot create the target {config.target}: {exc.strerror}") from None
     client = s3.make_client(Endpoint.from_config(config), pool_connections=1)
+    if not (config.listing or config.restore_manifest):
+        try:
+            record = snapshots.choose(client, config.store.bucket, config.store.prefix, config.snapshot or "",
+                                      config.as_of, config.store.reading.read_params(""))
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise remote.store_error(exc, config.store.bucket, config.store.server,
+                                     f"read the snapshots under s3://{config.store.bucket}/{config.store.prefix}") from None
+        if record is not None:
+            return _restore_snapshot(config, client, record, target, summary, counted)
+        log.info("restore.no_snapshot", bucket=config.store.bucket, prefix=config.store.prefix,
+                 detail="no snapshot under this prefix: restoring every object the listing shows (--listing)")
     index = ManifestIndex(config.restore_manifest, config.store.prefix) if config.restore_manifest else None
-    reading = ArchiveControls(customer_key=config.store.customer_key)
+    reading = config.store.reading
 
     def has_our_metadata(key: str) -> bool:
         """A HEAD, for the few keys that could be obsbatch's or another tool's (local_name)."""
@@ -305,10 +326,38 @@ def run(config: RestoreConfig, summary: RestoreSummary, counted: Callable[[Itera
     finally:
         if index is not None:
             index.close()
-    if summary.listed == 0 and summary.interrupted_by is None:
+    if summary.listed == 0 and summary.interrupted_by is None and summary.snapshot is None:
         # Most often a mistyped --prefix or bucket: say so, rather than a silent "0 restored".
         log.warning("restore.empty", bucket=config.store.bucket, prefix=config.store.prefix,
                     detail="no object under this prefix; nothing was restored (check --prefix); exit 1")
+    return summary
+
+
+def _restore_snapshot(config: RestoreConfig, client, record: dict, target: bytes, summary: RestoreSummary,
+                      counted: Callable[[Iterator], Iterator]) -> RestoreSummary:
+    """Restore one snapshot (commands.restore_tree): its files through the workers, then the rest."""
+    import botocore.exceptions
+
+    from obsbatch.commands.restore_tree import TreeRestore
+
+    store = config.store
+    summary.snapshot = record["id"]
+    log.info("restore.snapshot", id=record["id"], time=record.get("time"), host=record.get("host"),
+             files=record.get("files"), head=record.get("head"))
+    try:
+        trees = snapshots.trees(client, store.bucket, store.prefix, record, store.reading.read_params(""))
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise remote.store_error(exc, store.bucket, store.server, f"read the snapshot {record['id']}") from None
+    try:
+        tree = TreeRestore(config, record, trees, target, summary, excluder(config.include, config.exclude))
+        if config.restore_dry_run:
+            _plan_only(client, store, counted(tree.items()), summary)
+        else:
+            _dispatch(config, counted(tree.items()), summary)
+            if summary.interrupted_by is None:
+                tree.finish()
+    finally:
+        trees.close()
     return summary
 
 
@@ -337,7 +386,7 @@ def _dispatch(config: RestoreConfig, items, summary: RestoreSummary) -> None:
 def _plan_only(client, store, items, summary: RestoreSummary) -> None:
     """--dry-run: each object judged against what is at its destination, as the workers would judge it
     (download.local_verdict), and nothing written. A signal simply stops it: nothing is in flight."""
-    reading = ArchiveControls(customer_key=store.customer_key)
+    reading = store.reading
     for item in items:
         if isinstance(item, Outcome):
             summary.add(item)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import structlog
 
@@ -59,6 +59,8 @@ class VerifySummary(EngineSummary):
     bytes_read: int = 0
     #: Objects whose check the store refused or that failed on the way (not Missing nor Different).
     failed: int = 0
+    #: The snapshot checked (--snapshot, --as-of), or None.
+    snapshot: Optional[str] = None
 
     def add(self, outcome: Outcome) -> None:
         if outcome.kind is Kind.DEFERRED:  # not begun, or cut short, by a stop
@@ -94,7 +96,7 @@ class VerifySummary(EngineSummary):
     def as_dict(self) -> dict:
         return {"checked": self.checked, "ok": self.ok, "missing": self.missing, "different": self.different,
                 "failed": self.failed, "read_back": self.read, "bytes_read": self.bytes_read,
-                "interrupted": self.interrupted, "aborted": self.aborted or None,
+                "interrupted": self.interrupted, "aborted": self.aborted or None, "snapshot": self.snapshot,
                 "concurrency": self.concurrency, "concurrency_mode": self.concurrency_mode,
                 "seconds": round(time.time() - self.started, 3), "exit_code": int(self.exit_code)}
 
@@ -139,6 +141,50 @@ def _from_manifest(path: str, prefix: str, percent: float) -> Iterator[VerifyIte
                          read=sampled(record["key"], percent))
 
 
+def _from_snapshot(config: VerifyConfig, client, summary: VerifySummary) -> Iterator[VerifyItem]:
+    """Every file of the chosen snapshot, at its recorded version, size and sha256. The record and every tree
+    are checked against their hashes first (snapshots.SnapshotDamaged, exit 1, for one that was altered)."""
+    import botocore.exceptions
+
+    from obsbatch.s3 import snapshots
+
+    store = config.store
+    reading = store.reading.read_params("")
+    try:
+        record = snapshots.choose(client, store.bucket, store.prefix, config.snapshot or "", config.as_of, reading)
+        trees = snapshots.trees(client, store.bucket, store.prefix, record, reading)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise remote.store_error(exc, store.bucket, store.server,
+                                 f"read the snapshots under s3://{store.bucket}/{store.prefix}") from None
+    summary.snapshot = record["id"]
+    try:
+        # The whole tree is read (and every tree's hash checked) before the first check is sent: a damaged
+        # snapshot is one sentence, not a verify that stops part-way.
+        for _ in snapshots.walk(trees, record["root"]):
+            pass
+    except BaseException:
+        trees.close()
+        raise
+    return _snapshot_items(record, trees, config.read_data)
+
+
+def _snapshot_items(record: dict, trees, percent: float) -> Iterator[VerifyItem]:
+    from obsbatch import keys, snapshot
+    from obsbatch.s3 import snapshots
+
+    try:
+        for rel_dir, entries in snapshots.walk(trees, record["root"]):
+            for entry in entries:
+                if entry[snapshot.TYPE] != snapshot.FILE:
+                    continue
+                rel = rel_dir + b"/" + entry[snapshot.NAME] if rel_dir else entry[snapshot.NAME]
+                key = record["prefix"] + keys.encode(rel)
+                yield VerifyItem(key, entry[snapshot.SIZE], sha256=entry[snapshot.CONTENT],
+                                 version_id=entry[snapshot.VERSION], read=sampled(key, percent))
+    finally:
+        trees.close()
+
+
 def run(config: VerifyConfig, summary: VerifySummary, counted: Callable[[Iterator], Iterator] = iter
         ) -> VerifySummary:
     """Check every object under the prefix (or in the manifest); each is counted in `summary`."""
@@ -168,10 +214,12 @@ def run(config: VerifyConfig, summary: VerifySummary, counted: Callable[[Iterato
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise remote.store_error(exc, store.bucket, store.server, where) from None
         items = _from_manifest(config.verify_manifest, store.prefix, config.read_data)
+    elif config.by_snapshot:
+        items = _from_snapshot(config, client, summary)
     else:
         items = _from_listing(listing.objects(client, store.bucket, store.prefix), config.read_data)
     log.info("verify.start", bucket=store.bucket, prefix=store.prefix, manifest=config.verify_manifest,
-             read_data=config.read_data)
+             snapshot=summary.snapshot, read_data=config.read_data)
     try:
         _dispatch(config, counted(items), summary)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:

@@ -70,6 +70,16 @@ def _write_all(fd: int, block: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+def _write_sparse(fd: int, block: bytes) -> None:
+    """Write a block, or, when it is all zeros, leave a hole (lseek past it): a sparse file comes back sparse
+    (issue #20: a 100 MiB sparse file came back fully allocated), as `cp --sparse=auto` and restic restore
+    them. The caller truncates the file to its size at the end, which makes a trailing hole part of it."""
+    if block.count(0) == len(block):
+        os.lseek(fd, len(block), os.SEEK_CUR)
+    else:
+        _write_all(fd, block)
+
+
 def mtime_ns(text: str) -> Optional[int]:
     """x-amz-meta-mtime ('1600000000.123456789', rclone's form) as nanoseconds; None if absent or unreadable."""
     match = re.fullmatch(r"(-?[0-9]{1,12})(?:\.([0-9]{1,9}))?", text or "")
@@ -152,7 +162,8 @@ def restore(client, bucket: str, controls: archive.ArchiveControls, item: Restor
         response["Body"].close()  # its connection goes back to the pool (or is dropped), not left half-read
         raise
     try:
-        digest, size = read_body(response["Body"], functools.partial(_write_all, fd), received)
+        digest, size = read_body(response["Body"], functools.partial(_write_sparse, fd), received)
+        os.ftruncate(fd, size)
         if size != response.get("ContentLength", size):
             raise Mismatch(f"read {size} bytes of {item.key}, the server announced {response.get('ContentLength')}")
         if size != item.size:

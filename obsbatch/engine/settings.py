@@ -57,4 +57,4 @@ class WorkerSettings:
     @classmethod
     def for_reading(cls, config: Union[RestoreConfig, VerifyConfig]) -> "WorkerSettings":
         """A restore's or a verify's: only the SSE-C key the objects are read with."""
-        return cls._common(config, ArchiveControls(customer_key=config.store.customer_key))
+        return cls._common(config, config.store.reading)

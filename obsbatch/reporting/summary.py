@@ -79,6 +79,9 @@ class Summary:
     #: The chain head of this run's manifest (--manifest), once it is closed: the anchor `verify-manifest
     #: --expect-head` checks against (issue #14). Not in the manifest's own summary line, which it seals.
     manifest_head: Optional[str] = None
+    #: This run's snapshot (issue #20), once stored: its id, and its head (the anchor of the snapshot chain).
+    snapshot_id: Optional[str] = None
+    snapshot_head: Optional[str] = None
     started: float = field(default_factory=time.time)
     ended: float = 0.0
     #: Called with every Outcome after it is counted (telemetry); not part of the summary itself.
@@ -179,6 +182,8 @@ class Summary:
             "concurrency": self.concurrency,
             "concurrency_mode": self.concurrency_mode,
             "manifest_head": self.manifest_head,
+            "snapshot": self.snapshot_id,
+            "snapshot_head": self.snapshot_head,
         }
 
     def progress_line(self) -> str:
@@ -194,7 +199,8 @@ class Summary:
                 + (f", {self.errors} unreadable" if self.errors else "")
                 + (f", {self.concurrency} in flight ({self.concurrency_mode})" if self.concurrency and self.attempts
                    else "")
-                + (f", manifest head {self.manifest_head}" if self.manifest_head else ""))
+                + (f", manifest head {self.manifest_head}" if self.manifest_head else "")
+                + (f", snapshot {self.snapshot_id} head {self.snapshot_head}" if self.snapshot_head else ""))
 
     def human(self, manifest: str = "") -> str:
         """A few lines for a person at a terminal, as rclone and restic end a run; pipes and journald get
@@ -221,6 +227,8 @@ class Summary:
                    ("stuck:   ", self.stuck and f"{self.stuck} deferred longer than --max-defer"),
                    ("aborted: ", self.aborted))
         lines += [f"  {label} {text}" for label, text in details if text]
+        if self.snapshot_id:
+            lines.append(f"  snapshot: {self.snapshot_id} (head {self.snapshot_head})")
         if manifest:
             lines.append(f"  manifest: {manifest}" + (f" (head {self.manifest_head})" if self.manifest_head else ""))
         lines.append(f"  exit {int(self.exit_code)}")

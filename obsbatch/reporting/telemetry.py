@@ -217,7 +217,10 @@ class Telemetry:
                 "obsbatch.bytes.uploaded": summary.bytes_uploaded,
                 "obsbatch.exit_code": int(summary.exit_code)})
             if summary.manifest_head:  # the manifest's anchor, kept by the trace backend (issue #14)
-                self._root.set_attribute("obsbatch.reporting.manifest.head", summary.manifest_head)
+                self._root.set_attribute("obsbatch.manifest.head", summary.manifest_head)
+            if summary.snapshot_head:  # the snapshot chain's anchor (issue #20)
+                self._root.set_attribute("obsbatch.snapshot.id", summary.snapshot_id)
+                self._root.set_attribute("obsbatch.snapshot.head", summary.snapshot_head)
             if summary.exit_code:
                 self._root.set_status(trace.Status(trace.StatusCode.ERROR, f"exit code {int(summary.exit_code)}"))
         if error is not None:

@@ -11,8 +11,17 @@ from typing import Iterator
 
 
 def pages(client, bucket: str, prefix: str) -> Iterator[dict]:
-    """ListObjectsV2 pages under `prefix`, in key order, one request at a time."""
-    yield from client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    """ListObjectsV2 pages under `prefix`, in key order, one request at a time; without obsbatch's own records.
+
+    Manifests and snapshots sit at `<prefix less '/'>.obsbatch/`, beside the data. With a prefix ending in '/'
+    that is outside the listing; with an empty prefix (or one without '/') it falls inside, and is left out
+    here, so no command takes a record for a backed-up file.
+    """
+    beside = prefix.rstrip("/") + ".obsbatch/"
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        if beside.startswith(prefix) and any(o["Key"].startswith(beside) for o in page.get("Contents", ())):
+            page = dict(page, Contents=[o for o in page["Contents"] if not o["Key"].startswith(beside)])
+        yield page
 
 
 def objects(client, bucket: str, prefix: str) -> Iterator[dict]:

@@ -92,27 +92,35 @@ class Remote:
 
     def put_manifest(self, key: str, body: bytes) -> Optional[str]:
         """Upload the run manifest; returns None when stored, else the S3 error code (already logged)."""
+        return self.put_beside(key, body, hashlib.md5(body).hexdigest(), hashlib.sha256(body).hexdigest(),
+                               "application/jsonl", "manifest.upload_failed")
+
+    def put_beside(self, key: str, body, md5_hex: str, sha256_hex: str, content_type: str,
+                   failed_event: str) -> Optional[str]:
+        """Store one of obsbatch's own records beside the data (the manifest, a snapshot record or pack):
+        `body` is bytes or a seekable file (streamed, not read into memory). Returns None when stored, else
+        the S3 error code, logged under `failed_event`."""
         import botocore.exceptions
 
         from obsbatch.s3 import client as s3, lock
 
         if self.unavailable:
-            log.error("manifest.upload_failed", key=key, error_type="EndpointUnavailable", error=self.unavailable)
+            log.error(failed_event, key=key, error_type="EndpointUnavailable", error=self.unavailable)
             return "EndpointUnavailable"
-        # Stored as the data is (encryption, storage class, tags, lock), and locked the same way: a manifest
+        # Stored as the data is (encryption, storage class, tags, lock), and locked the same way: a record
         # that could be deleted or replaced proves nothing about the objects that cannot.
         controls = self.config.archive
         retain_until = controls.retain_until(time.time())
         try:
             resp = self.client().put_object(
-                Bucket=self.config.store.bucket, Key=key, Body=body, ContentType="application/jsonl",
-                ContentMD5=base64.b64encode(hashlib.md5(body).digest()).decode(),
-                **controls.params({"sha256": hashlib.sha256(body).hexdigest()}, retain_until))
+                Bucket=self.config.store.bucket, Key=key, Body=body, ContentType=content_type,
+                ContentMD5=base64.b64encode(bytes.fromhex(md5_hex)).decode(),
+                **controls.params({"sha256": sha256_hex}, retain_until))
             if controls.locking:
                 lock.hold(controls, self.client(), self.config.store.bucket, key, resp.get("VersionId", ""),
-                             retain_until)
+                          retain_until)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, lock.NotLocked) as exc:
-            log.error("manifest.upload_failed", key=key, error_type=s3.error_code(exc), error=s3.error_message(exc))
+            log.error(failed_event, key=key, error_type=s3.error_code(exc), error=s3.error_message(exc))
             return s3.error_code(exc)
         return None
 
@@ -130,6 +138,25 @@ def preflight(client, bucket: str, prefix: str, where: str, retries: int, lock: 
     _check_access(client, bucket, prefix, where, retries)
     if lock:
         _check_object_lock(client, bucket, where)
+    _check_versioning(client, bucket)
+
+
+def _check_versioning(client, bucket: str) -> None:
+    """Versioning told, not assumed (issue #20): without it, the store keeps only the latest object of each key,
+    so a snapshot can bring back a file only as long as its object has not changed since. One warning; a key
+    not allowed to read the setting (s3:GetBucketVersioning) is let through quietly."""
+    import botocore.exceptions
+
+    try:
+        status = client.get_bucket_versioning(Bucket=bucket).get("Status", "")
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        log.debug("preflight.versioning_unknown", bucket=bucket, error=str(exc))
+        return
+    if status != "Enabled":
+        log.warning("preflight.unversioned", bucket=bucket, versioning=status or "never enabled",
+                    detail="the bucket keeps only the latest object of each key: a snapshot restores a file only "
+                           "while its object is unchanged since (a changed one is named and left out); turn "
+                           "versioning on for point-in-time restores (README: Snapshots)")
 
 
 def _check_access(client, bucket: str, prefix: str, where: str, retries: int) -> None:

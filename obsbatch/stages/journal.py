@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sqlite3
 import time
 import uuid
-from typing import Iterable, Iterator, Optional, Union
+from typing import Iterable, Iterator, Optional, Tuple, Union
 
 import structlog
 
@@ -40,9 +41,11 @@ CREATE TABLE IF NOT EXISTS uploads (
     sha256 TEXT NOT NULL,
     etag TEXT NOT NULL,
     uploaded_at REAL NOT NULL,
+    version_id TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (endpoint, bucket, key)
 ) WITHOUT ROWID
 """
+_UPLOAD_COLUMNS = "endpoint, bucket, key, size, mtime_ns, ctime_ns, dev, ino, sha256, etag, uploaded_at, version_id"
 
 #: The key up to and including its last '/' ("" for a key without one), as an SQLite expression: rtrim strips
 #: every trailing character that occurs in the key with its slashes removed, so it stops at the last '/'.
@@ -81,6 +84,30 @@ CREATE TABLE IF NOT EXISTS manifest_heads (
 ) WITHOUT ROWID
 """
 
+#: Snapshots (issue #20): the trees (directory records) known to be stored, and in which pack; and the last
+#: snapshot written for each destination, which the next one cites and the mass-change guard compares with.
+_SNAPSHOT_SCHEMA = ("""
+CREATE TABLE IF NOT EXISTS snapshot_trees (
+    endpoint TEXT NOT NULL,
+    bucket TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    pack TEXT NOT NULL,
+    PRIMARY KEY (endpoint, bucket, prefix, hash)
+) WITHOUT ROWID
+""", """
+CREATE TABLE IF NOT EXISTS snapshot_heads (
+    endpoint TEXT NOT NULL,
+    bucket TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    id TEXT NOT NULL,
+    head TEXT NOT NULL,
+    files INTEGER NOT NULL,
+    written_at REAL NOT NULL,
+    PRIMARY KEY (endpoint, bucket, prefix)
+) WITHOUT ROWID
+""")
+
 #: Rows per transaction, and the longest a verified upload waits to be committed.
 BATCH_ROWS = 500
 BATCH_SECONDS = 2.0
@@ -98,7 +125,9 @@ def default_path(environ) -> str:
 class Journal:
     """One run's view of the state file. Only the parent process opens it."""
 
-    def __init__(self, path: str, endpoint: str, bucket: str):
+    def __init__(self, path: str, endpoint: str, bucket: str, scratch: bool = False):
+        #: A journal of this run alone (--no-state), removed with its directory on close.
+        self.scratch = scratch
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.path = path
         self.endpoint = endpoint
@@ -112,6 +141,12 @@ class Journal:
         self.db.execute(_BY_DIRECTORY)
         self.db.execute(_DEFERRED_SCHEMA)
         self.db.execute(_HEADS_SCHEMA)
+        for schema in _SNAPSHOT_SCHEMA:
+            self.db.execute(schema)
+        if "version_id" not in {row[1] for row in self.db.execute("PRAGMA table_info(uploads)")}:
+            # A journal from before issue #20: its uploads are recorded without their version; a snapshot
+            # names them without one (the current object, checked against its sha256 on restore).
+            self.db.execute("ALTER TABLE uploads ADD COLUMN version_id TEXT NOT NULL DEFAULT ''")
         if "run" not in {row[1] for row in self.db.execute("PRAGMA table_info(deferred)")}:
             # A journal from before issue #11: its rows carry no run, so the first complete walk ends those
             # it does not defer again.
@@ -119,6 +154,9 @@ class Journal:
         #: This run, as the deferred table names it.
         self.run = uuid.uuid4().hex
         self.remote = False  # a --verify-remote listing is loaded (load_remote)
+        #: Files `filter` found journaled, and those of them whose size or mtime moved (stages.guard).
+        self.known_seen = 0
+        self.known_changed = 0
         self._pending: list = []  # uploads rows to insert
         self._cleared: list = []  # deferred rows to delete: those files were uploaded
         self._deferrals: list = []  # deferred rows to upsert
@@ -137,12 +175,12 @@ class Journal:
         # file, and each column is an object made (issue #12).
         return "size, mtime_ns, ctime_ns, dev, ino, etag" if self.remote else "size, mtime_ns, ctime_ns, dev, ino"
 
-    def _journaled(self, key: str):
+    def _journaled(self, key: str, columns: str = ""):
         return self.db.execute(
-            f"SELECT {self._columns()} FROM uploads WHERE endpoint=? AND bucket=? AND key=?",
+            f"SELECT {columns or self._columns()} FROM uploads WHERE endpoint=? AND bucket=? AND key=?",
             (self.endpoint, self.bucket, key)).fetchone()
 
-    def _directory(self, directory: str) -> Optional[dict]:
+    def _directory(self, directory: str, columns: str = "") -> Optional[dict]:
         """The journal rows of one directory's files ({key: fingerprint [+ etag]}), or None if it has too many
         to hold.
 
@@ -153,12 +191,23 @@ class Journal:
         rows = self.db.execute(
             # INDEXED BY: without ANALYZE statistics the planner prefers the primary key's (endpoint, bucket)
             # prefix, which scans the whole bucket's rows for every directory.
-            f"SELECT key, {self._columns()} FROM uploads INDEXED BY uploads_by_directory "
+            f"SELECT key, {columns or self._columns()} FROM uploads INDEXED BY uploads_by_directory "
             "WHERE endpoint=? AND bucket=? AND "
             f"{_DIRECTORY_OF_KEY} = ? LIMIT ?", (self.endpoint, self.bucket, directory, DIRECTORY_ROWS + 1)).fetchall()
         if len(rows) > DIRECTORY_ROWS:
             return None
         return {row[0]: row[1:] for row in rows}
+
+    #: What a snapshot records of a stored file: its fingerprint (to tell whether the walked file is the
+    #: stored one), then its sha256 and version id.
+    STORED = "size, mtime_ns, ctime_ns, dev, ino, sha256, version_id"
+
+    def stored(self, directory: str) -> "Stored":
+        """The last verified upload of each file of one directory (key prefix ending in '/'), as `STORED`
+        rows: one query per directory, or per file for a directory past DIRECTORY_ROWS."""
+        with self._failing_as("read"):
+            rows = self._directory(directory, self.STORED)
+        return Stored(self, rows)
 
     def _remote(self, key: str):
         return self.db.execute("SELECT size, etag FROM remote WHERE key=?", (key,)).fetchone()
@@ -209,6 +258,9 @@ class Journal:
             except sqlite3.Error as exc:
                 raise JournalError(f"cannot read the state journal {self.path}: {exc}") from None
             fingerprint_matches = row is not None and row[:5] == fingerprint(st)
+            if row is not None:  # the mass-change guard's figures (stages.guard)
+                self.known_seen += 1
+                self.known_changed += row[0] != st.st_size or row[1] != st.st_mtime_ns
             if self.remote:
                 if fingerprint_matches and remote != (st.st_size, row[5]):
                     log.warning("journal.remote_mismatch", key=key, detail="journaled, but the stored object is "
@@ -233,7 +285,7 @@ class Journal:
         if not (outcome.kind is Kind.UPLOADED or outcome.reason is Reason.ALREADY_STORED):
             return
         self._pending.append((self.endpoint, self.bucket, item.key, *item.fingerprint, outcome.sha256, outcome.etag,
-                              outcome.ended))
+                              outcome.ended, outcome.version_id or ""))
         self._cleared.append((self.endpoint, self.bucket, item.key))
         self._maybe_commit()
 
@@ -290,12 +342,37 @@ class Journal:
             self.db.execute("INSERT OR REPLACE INTO manifest_heads VALUES (?,?,?,?,?,?)",
                             (self.endpoint, self.bucket, prefix, head, run_id, time.time()))
 
+    def tree_pack(self, prefix: str, digest: str) -> Optional[str]:
+        """The pack that holds tree `digest` in the store, if a snapshot of this destination stored it."""
+        with self._failing_as("read"):
+            row = self.db.execute("SELECT pack FROM snapshot_trees WHERE endpoint=? AND bucket=? AND prefix=? "
+                                  "AND hash=?", (self.endpoint, self.bucket, prefix, digest)).fetchone()
+        return row[0] if row else None
+
+    def last_snapshot(self, prefix: str) -> Optional[Tuple[str, str, int]]:
+        """(id, head, files) of the last snapshot this journal wrote for the destination, or None."""
+        with self._failing_as("read"):
+            row = self.db.execute("SELECT id, head, files FROM snapshot_heads WHERE endpoint=? AND bucket=? AND "
+                                  "prefix=?", (self.endpoint, self.bucket, prefix)).fetchone()
+        return tuple(row) if row else None
+
+    def record_snapshot(self, prefix: str, snapshot_id: str, head: str, files: int, pack: str,
+                        new_trees: Iterable[str]) -> None:
+        """After the snapshot record is stored: its head for the next one, and the trees its pack holds."""
+        with self._failing_as("write"), self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany("INSERT OR IGNORE INTO snapshot_trees VALUES (?,?,?,?,?)",
+                                ((self.endpoint, self.bucket, prefix, digest, pack) for digest in new_trees))
+            self.db.execute("INSERT OR REPLACE INTO snapshot_heads VALUES (?,?,?,?,?,?,?)",
+                            (self.endpoint, self.bucket, prefix, snapshot_id, head, files, time.time()))
+
     def commit(self) -> None:
         """Write what is pending in one transaction. On failure (JournalError) it all stays pending."""
         if self._pending or self._cleared or self._deferrals:
             with self._failing_as("write"), self.db:  # BEGIN ... COMMIT, or ROLLBACK on error
                 self.db.execute("BEGIN")
-                self.db.executemany("INSERT OR REPLACE INTO uploads VALUES (?,?,?,?,?,?,?,?,?,?,?)", self._pending)
+                self.db.executemany(f"INSERT OR REPLACE INTO uploads ({_UPLOAD_COLUMNS}) "
+                                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", self._pending)
                 self.db.executemany("DELETE FROM deferred WHERE endpoint=? AND bucket=? AND key=?", self._cleared)
                 self.db.executemany("INSERT OR REPLACE INTO deferred VALUES (?,?,?,?,?,?,?)", self._deferrals)
             self._pending.clear()
@@ -316,6 +393,22 @@ class Journal:
                       detail="the last verified uploads are not recorded; the next run uploads them again")
         finally:
             self.db.close()
+            if self.scratch:
+                shutil.rmtree(os.path.dirname(self.path), ignore_errors=True)
+
+
+class Stored:
+    """One directory's stored files (Journal.stored): `get(key)` -> a Journal.STORED row or None."""
+
+    def __init__(self, journal: Journal, rows: Optional[dict]):
+        self._journal = journal
+        self._rows = rows
+
+    def get(self, key: str):
+        if self._rows is not None:
+            return self._rows.get(key)
+        with self._journal._failing_as("read"):
+            return self._journal._journaled(key, Journal.STORED)
 
 
 def lock_run(state: Optional[str], source: bytes):
@@ -348,11 +441,20 @@ def lock_run(state: Optional[str], source: bytes):
     return handle
 
 
-def open_journal(state: str, endpoint: str, bucket: str) -> Journal:
-    """The Journal, or ConfigError with one sentence (an unwritable directory, a file that is not sqlite)."""
+def open_journal(state: Optional[str], endpoint: str, bucket: str) -> Journal:
+    """The Journal, or ConfigError with one sentence (an unwritable directory, a file that is not sqlite).
+
+    With no state file (--no-state), a journal of this run alone in a temporary directory: nothing is
+    compared with an earlier run, but the run's snapshot still learns each upload's version (issue #20).
+    """
+    import tempfile
+
     from obsbatch.errors import ConfigError
 
+    scratch = state is None
     try:
-        return Journal(state, endpoint, bucket)
+        if scratch:
+            state = os.path.join(tempfile.mkdtemp(prefix="obsbatch-run-"), "journal.db")
+        return Journal(state, endpoint, bucket, scratch=scratch)
     except (OSError, sqlite3.Error) as exc:
         raise ConfigError(f"cannot open the state journal {state}: {exc}") from None

@@ -12,7 +12,7 @@ import contextlib
 import errno
 import os
 import stat as statmod
-from typing import Iterator, Optional, Tuple, Union
+from typing import Callable, Iterator, Optional, Tuple, Union
 
 import structlog
 
@@ -66,8 +66,8 @@ def check_source(source: str) -> bytes:
     return path
 
 
-def walk(root: bytes, prefix: str = "", follow_symlinks: bool = False,
-         allow_outside: bool = False) -> Iterator[Union[Candidate, Outcome]]:
+def walk(root: bytes, prefix: str = "", follow_symlinks: bool = False, allow_outside: bool = False,
+         listed: Optional[Callable[[bytes, list], None]] = None) -> Iterator[Union[Candidate, Outcome]]:
     """Yield a Candidate per regular file under `root`, keyed under `prefix`, and an Outcome for every other entry.
 
     Symlinks are skipped unless `follow_symlinks`; then a link back to a directory on the current path is
@@ -75,6 +75,11 @@ def walk(root: bytes, prefix: str = "", follow_symlinks: bool = False,
     link that resolves outside `root` is skipped (`outside_source`) unless `allow_outside`: a backup of
     /sftp/export must not carry /etc because a user could plant a link to it.
     Special files (FIFO, socket, device) are never opened: opening a FIFO would block the run.
+
+    listed(rel, entries): if given, called once a directory has been read in full (the snapshot's record of
+    it, issue #20), with its relative path and a list of (name, stat, link target or None) for every entry
+    the walk could stat: files, directories, symlinks (lstat) and special files alike. Not called for a
+    directory whose reading failed part-way: its record would be incomplete.
     """
     root_st = os.stat(root)
     inside = None if allow_outside else os.path.realpath(root)
@@ -88,6 +93,8 @@ def walk(root: bytes, prefix: str = "", follow_symlinks: bool = False,
             yield _error(dirpath, Reason.UNREADABLE_DIR, exc)
             continue
         subdirs = []
+        noted = [] if listed is not None else None
+        complete = True
         with entries:
             while True:
                 try:
@@ -96,12 +103,15 @@ def walk(root: bytes, prefix: str = "", follow_symlinks: bool = False,
                     break
                 except OSError as exc:  # readdir failed part-way (EIO, the directory vanished)
                     yield _error(dirpath, Reason.UNREADABLE_DIR, exc)
+                    complete = False
                     break
                 rel = rel_dir + b"/" + entry.name if rel_dir else entry.name
                 key = key_dir + keys.encode(entry.name)
-                item = _judge_entry(entry, rel, key, follow_symlinks, chain, subdirs, inside)
+                item = _judge_entry(entry, rel, key, follow_symlinks, chain, subdirs, inside, noted)
                 if item is not None:
                     yield item
+        if noted is not None and complete:
+            listed(rel_dir, noted)
         # Reversed so that popping visits directories in the order readdir gave them.
         stack.extend(reversed(subdirs))
 
@@ -113,12 +123,16 @@ def _outside(path: bytes, inside: bytes) -> bool:
 
 
 def _judge_entry(entry: os.DirEntry, rel: bytes, key: str, follow: bool, chain: Chain, subdirs: list,
-                 inside: Optional[bytes] = None):
+                 inside: Optional[bytes] = None, noted: Optional[list] = None):
+    """The entry's Candidate or Outcome (None for a directory, added to `subdirs`); with `noted`, what the
+    walk could stat of it is appended there (walk's `listed`)."""
     path = entry.path
     is_link = False
     try:
         is_link = entry.is_symlink()
         if is_link and not follow:
+            if noted is not None:
+                noted.append((entry.name, entry.stat(follow_symlinks=False), os.readlink(path)))
             return Outcome(Kind.SKIPPED, display(path), reason=Reason.SYMLINK)
         if is_link and inside is not None and _outside(path, inside):
             # Checked where the link is; what lies under a followed directory link is inside by construction,
@@ -146,7 +160,11 @@ def _judge_entry(entry: os.DirEntry, rel: bytes, key: str, follow: bool, chain: 
             return Outcome(Kind.SKIPPED, display(path), reason=Reason.SYMLINK_LOOP,
                            message="leads back to a directory above it")
         subdirs.append((path, rel, key + "/", (identity, chain)))
+        if noted is not None:
+            noted.append((entry.name, st, None))
         return None
+    if noted is not None:
+        noted.append((entry.name, st, None))
     if statmod.S_ISREG(mode):
         return Candidate(path=path, rel=rel, key=key, stat=st)
     return Outcome(Kind.SKIPPED, display(path), reason=Reason.NOT_REGULAR, message=_type_name(mode))

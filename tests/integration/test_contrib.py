@@ -102,3 +102,19 @@ def test_the_unit_verifies_against_obsbatch_installed_as_readme_says(tmp_path):
     proc = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "obsbatch.service"),
                            str(tmp_path / "obsbatch.timer")], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == "", proc.stderr
+
+
+def test_noncurrent_version_expiry_rule_is_accepted_by_a_real_s3_server(moto):
+    """contrib's NoncurrentVersionExpiration rule (README "Snapshots": retention is the store's job) is a
+    configuration a versioned bucket takes."""
+    import json
+    import uuid
+
+    client = moto.client()
+    config = json.loads((CONTRIB / "lifecycle-expire-noncurrent-versions.json").read_text())
+    bucket = f"lifecycle-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=bucket)
+    client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    client.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration=config)
+    [rule] = client.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    assert rule["Status"] == "Enabled" and rule["NoncurrentVersionExpiration"]["NoncurrentDays"] == 90

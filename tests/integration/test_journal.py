@@ -12,18 +12,24 @@ from tests.conftest import finish, make_tree, objects, run_obsbatch, server_args
 from obsbatch.testing.faultproxy import Fault
 
 
+#: Requests for data keys, not for obsbatch's own records beside them (snapshots, manifests).
+DATA = r"^(?!.*\.obsbatch/)"
+
+
 def test_no_change_rerun_sends_no_upload_and_edits_are_uploaded(tmp_path, s3, s3server, prefix, proxy):
     src, state = tmp_path / "src", tmp_path / "state.db"
     files = make_tree(src, {f"d{i}/f{j}.txt": os.urandom(100) for i in range(3) for j in range(5)})
     args = ["--source", src, *server_args(s3server, prefix, proxy.endpoint), "--state", state]
     first = run_obsbatch(*args, env=s3server.env())
     assert first.returncode == 0 and first.summary["uploaded"] == 15, first
-    puts = proxy.count("PUT", ".")
+    puts = proxy.count("PUT", DATA)
 
     requests = len(proxy.seen)
     again = run_obsbatch(*args, env=s3server.env())
     assert again.returncode == 0, again
-    assert len(proxy.seen) == requests  # no request at all: no upload, and no pre-flight either (issue #5)
+    # One request: the snapshot's record (issue #20); no upload, no pre-flight (issue #5), no new tree.
+    assert [(method, path.split("/")[-2:]) for method, path, *_ in proxy.seen[requests:]] == [
+        ("PUT", ["snapshots", f"{again.summary['snapshot']}.json"])], proxy.seen[requests:]
     assert again.summary["skipped"] == {"unchanged": 15} and again.summary["uploaded"] == 0
 
     # Three edits: an append, a new file, and a same-size rewrite with the mtime put back (only ctime moves).
@@ -39,7 +45,7 @@ def test_no_change_rerun_sends_no_upload_and_edits_are_uploaded(tmp_path, s3, s3
         os.utime(p, (old, old))
     third = run_obsbatch(*args, env=s3server.env())
     assert third.returncode == 0, third
-    assert proxy.count("PUT", ".") == puts + 3
+    assert proxy.count("PUT", DATA) == puts + 3
     assert third.summary["uploaded"] == 3 and third.summary["skipped"] == {"unchanged": 13}
     stored = objects(s3, s3server.bucket, prefix)
     assert stored["d2/f4.txt"] == target.read_bytes() and stored["d0/f0.txt"] == files["d0/f0.txt"] + b"+"
@@ -62,7 +68,7 @@ def test_kill_9_mid_run_then_rerun_loses_nothing(tmp_path, s3, s3server, prefix,
     args = ["--source", src, *server_args(s3server, prefix, proxy.endpoint), "--state", state, "--max-concurrent", 2]
     proc = start_obsbatch(*args, env=s3server.env(), new_session=True)
     deadline = time.monotonic() + 60
-    while proxy.count("PUT", ".") < 10 and time.monotonic() < deadline:
+    while proxy.count("PUT", DATA) < 10 and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(2.5)  # past a journal commit (every 2 s)
     os.killpg(proc.pid, signal.SIGKILL)  # the parent, its workers and its fork server, mid-upload
@@ -244,12 +250,12 @@ def test_verify_remote_recovers_a_lost_journal_without_uploading_identical_files
     (src / "edited.txt").write_bytes(b"new")  # same size, different content: must be uploaded
     old = time.time() - 3600
     os.utime(src / "edited.txt", (old, old))
-    puts = proxy.count("PUT", ".") + proxy.count("POST", ".")
+    puts = proxy.count("PUT", DATA) + proxy.count("POST", DATA)
     result = run_obsbatch(*args, "--verify-remote", env=s3server.env())
     assert result.returncode == 0, result
     assert result.summary["skipped"] == {"already_stored": 3}  # the multipart object too
     assert result.summary["uploaded"] == 1
-    assert proxy.count("PUT", ".") + proxy.count("POST", ".") == puts + 1  # only edited.txt went up
+    assert proxy.count("PUT", DATA) + proxy.count("POST", DATA) == puts + 1  # only edited.txt went up
     assert objects(s3, s3server.bucket, prefix)["edited.txt"] == b"new"
     assert len(_journal_rows(state)) == 4  # recorded: the next plain run sends nothing
 
@@ -269,10 +275,10 @@ def test_preflight_before_the_first_upload_once_the_journal_has_uploads(tmp_path
     # The bucket now looks gone, and one file changed: the check runs, and nothing is uploaded.
     proxy.add(Fault(method="HEAD", path=".", action="status", status=404, code="NoSuchBucket", times=None))
     make_tree(src, {"c.txt": b"c"})
-    puts = proxy.count("PUT", ".")
+    puts = proxy.count("PUT", DATA)
     gone = run_obsbatch(*args, "--debug", "debug", env=s3server.env())
     assert gone.returncode == 2, gone
-    assert "does not exist" in gone.stderr and proxy.count("PUT", ".") == puts
+    assert "does not exist" in gone.stderr and proxy.count("PUT", DATA) == puts
     assert gone.find("file.skipped", reason="unchanged")  # it walked first: the check waited for an upload
     # A first run (a new journal) fails before walking: no file event at all.
     first = run_obsbatch("--source", src, *server_args(s3server, prefix, proxy.endpoint), "--state",
@@ -366,7 +372,8 @@ def test_a_journal_that_cannot_be_written_mid_run_ends_it_with_every_file_accoun
     # when its batch was cut short; nothing handed out is missing.
     records = [json.loads(line) for line in manifest.read_text().splitlines()]
     files = {r["key"]: r for r in records if r["type"] == "file"}
-    put = {path.split("?")[0].split(f"/{prefix}", 1)[1] for method, path, _, _ in proxy.seen if method == "PUT"}
+    put = {path.split("?")[0].split(f"/{prefix}", 1)[1] for method, path, _, _ in proxy.seen
+           if method == "PUT" and f"/{prefix}" in path}
     assert put and {prefix + name for name in put} <= set(files)
     keys = [r["key"] for r in records if r["type"] == "file"]
     assert summary["scanned"] == len(files) == len(keys) and summary["uploaded"] >= 1  # each once

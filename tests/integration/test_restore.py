@@ -109,8 +109,12 @@ def test_the_manifest_catches_an_object_replaced_with_self_consistent_metadata(t
     forged = b"other bytes, with a sha256 that matches them"
     s3.put_object(Bucket=s3server.bucket, Key=prefix + "mode0600", Body=forged,
                   Metadata={"sha256": hashlib.sha256(forged).hexdigest(), "mode": "600"})
-    trusting = run_command("restore", "--target", tmp_path / "a", *store_args(s3server, prefix), env=s3server.env())
-    assert trusting.returncode == 0  # without the manifest the forgery is self-consistent...
+    trusting = run_command("restore", "--target", tmp_path / "a", *store_args(s3server, prefix), "--listing",
+                           env=s3server.env())
+    assert trusting.returncode == 0  # by the listing alone the forgery is self-consistent...
+    snapshot = run_command("restore", "--target", tmp_path / "s", *store_args(s3server, prefix), env=s3server.env())
+    assert snapshot.returncode == 1 and snapshot.summary["failed_by_type"] == {"NotVerified": 1}, snapshot
+    assert not (tmp_path / "s" / "mode0600").exists()  # the snapshot's sha256 refuses it too (issue #20)
     checked = run_command("restore", "--target", tmp_path / "b", *store_args(s3server, prefix), "--manifest",
                           manifest, env=s3server.env())
     assert checked.returncode == 1 and checked.summary["failed_by_type"] == {"NotVerified": 1}, checked
@@ -186,7 +190,10 @@ def test_restore_with_an_sse_c_key(tmp_path, s3server, prefix):
     assert run_obsbatch("--source", src, *server_args(s3server, prefix), "--no-state", "--sse-c-key-file", key_file,
                         *SMALL_MULTIPART, env=s3server.env()).returncode == 0
     without = run_command("restore", "--target", tmp_path / "t1", *store_args(s3server, prefix), env=s3server.env())
-    assert without.returncode == 1 and without.summary["failed"] == 2
+    assert without.returncode == 2 and "cannot read the snapshots" in without.summary["error"], without  # encrypted too
+    listing = run_command("restore", "--target", tmp_path / "t1", *store_args(s3server, prefix), "--listing",
+                          env=s3server.env())
+    assert listing.returncode == 1 and listing.summary["failed"] == 2
     result = run_command("restore", "--target", tmp_path / "t2", *store_args(s3server, prefix), "--sse-c-key-file",
                          key_file, env=s3server.env())
     assert result.returncode == 0 and result.summary["restored"] == 2, result

@@ -70,6 +70,7 @@ def test_ready_status_watchdog_and_stopping_in_order(tmp_path, s3server, prefix,
     assert len(statuses) >= 2 and "uploaded" in statuses[-1]
     assert "STOPPING=1" in messages[-1].split("\n") and "40 uploaded" in messages[-1]
     assert f"manifest head {result.summary['manifest_head']}" in messages[-1]  # the anchor, in journald (#14)
+    assert f"snapshot {result.summary['snapshot']} head {result.summary['snapshot_head']}" in messages[-1]  # #20
 
     pings = notify.times("WATCHDOG=1")
     assert len(pings) >= 5, f"a run of {pings and pings[-1] - ready_at:.1f}s sent {len(pings)} pings"

@@ -39,7 +39,8 @@ def test_one_trace_per_run_with_summary_upload_spans_skip_events_and_metrics(tmp
     assert attrs["obsbatch.bytes.uploaded"] == 6 and attrs["obsbatch.bucket"] == s3server.bucket
     assert attrs["obsbatch.prefix"] == prefix and attrs["obsbatch.source"] == str(src)
     assert root.status.code == 2  # ERROR: the run exited 1
-    assert attrs["obsbatch.reporting.manifest.head"] == result.summary["manifest_head"]  # the manifest's anchor (#14)
+    assert attrs["obsbatch.manifest.head"] == result.summary["manifest_head"]  # the manifest's anchor (#14)
+    assert attrs["obsbatch.snapshot.head"] == result.summary["snapshot_head"]  # the snapshot's (#20)
 
     uploads = [s for s, _ in spans if s.name == "obsbatch.upload"]
     assert sorted(otlp.attributes(s.attributes)["obsbatch.key"] for s in uploads) == sorted(

@@ -1,0 +1,300 @@
+"""Snapshots (issue #20): every backup run records the whole tree; `restore --snapshot/--as-of` brings back
+exactly that tree, entry by entry, on SeaweedFS with versioning on, on moto, and on a bucket without
+versioning (where a changed object is refused, never served as the old file)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import time
+
+from tests.conftest import run_command, run_obsbatch, server_args
+
+
+def store_args(server, bucket: str, prefix: str) -> list:
+    return server_args(server, prefix, bucket=bucket)
+
+
+def tree_state(root) -> dict:
+    """Every entry under root, by its name as bytes: type, mode, owner, mtime (not of symlinks), content
+    (bytes, or the link target), and for files the set of names sharing its inode (hardlinks)."""
+    root = os.fsencode(str(root))
+    state, inodes = {}, {}
+    for directory, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(directory, name)
+            st = os.lstat(path)
+            rel = os.path.relpath(path, root)
+            kind = stat.S_IFMT(st.st_mode)
+            content = None
+            if stat.S_ISREG(st.st_mode):
+                with open(path, "rb") as handle:
+                    content = handle.read()
+                inodes.setdefault(st.st_ino, set()).add(rel)
+            elif stat.S_ISLNK(st.st_mode):
+                content = os.readlink(path)
+            state[rel] = [kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
+                          None if stat.S_ISLNK(st.st_mode) else st.st_mtime_ns, content, st.st_ino, st.st_rdev]
+    for rel, entry in state.items():  # inode numbers differ after a restore; who shares one must not
+        entry[6] = frozenset(inodes.get(entry[6], ())) if entry[0] == stat.S_IFREG else None
+    return state
+
+
+def differences(want: dict, got: dict) -> list:
+    return [(rel, want.get(rel), got.get(rel)) for rel in sorted(set(want) | set(got)) if want.get(rel) != got.get(rel)]
+
+
+def backup(server, bucket, prefix, source, *extra, state=None):
+    result = run_obsbatch("--source", source, *store_args(server, bucket, prefix),
+                          *(["--state", state] if state else []), *extra, env=server.env())
+    return result
+
+
+def restore(server, bucket, prefix, target, *extra):
+    return run_command("restore", "--target", target, *store_args(server, bucket, prefix), *extra, env=server.env())
+
+
+def test_a_copy_of_a_real_system_tree_round_trips_with_zero_differences(tmp_path, s3server, versioned, prefix):
+    source = tmp_path / "src"
+    source.mkdir()
+    subprocess.run(["cp", "-a", "/etc", str(source / "etc")], check=True)
+    docs = sorted(os.listdir("/usr/share/doc"))[:40]
+    (source / "doc").mkdir()
+    for name in docs:
+        subprocess.run(["cp", "-a", f"/usr/share/doc/{name}", str(source / "doc" / name)], check=True)
+    (source / "empty" / "deeper").mkdir(parents=True)
+    os.chmod(source / "empty", 0o700)
+    os.mkfifo(source / "fifo")
+    os.mknod(source / "null", 0o644 | stat.S_IFCHR, os.makedev(1, 3))
+    os.link(source / "etc" / "hostname", source / "hostname-again")
+    os.symlink("does/not/exist", source / "dangling")
+    with open(source / "sparse.img", "wb") as handle:  # 24 MiB, 4 KiB of it data
+        handle.seek(10 << 20)
+        handle.write(os.urandom(4096))
+        handle.truncate(24 << 20)
+    os.utime(source / "doc", ns=(1, 1_000_000_000_123_456_789))
+    want = tree_state(source)
+    kinds = {entry[0] for entry in want.values()}
+    assert {stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFIFO, stat.S_IFCHR} <= kinds
+
+    done = backup(s3server, versioned, prefix, source)
+    assert done.returncode == 0, done
+    assert not done.find("preflight.unversioned")
+    assert done.summary["snapshot"] and done.find("snapshot.written")[0]["symlinks"] > 100
+
+    target = tmp_path / "restored"
+    back = restore(s3server, versioned, prefix, target)
+    assert back.returncode == 0, back
+    assert back.summary["snapshot"] == done.summary["snapshot"]
+    assert differences(want, tree_state(target)) == []
+    assert os.stat(target / "sparse.img").st_blocks * 512 < 2 << 20  # its holes kept
+
+
+def test_three_runs_each_snapshot_restores_the_tree_as_it_was(tmp_path, s3server, versioned, prefix):
+    source, state = tmp_path / "src", tmp_path / "state.db"
+    (source / "docs" / "old").mkdir(parents=True)
+    (source / "docs" / "a.txt").write_bytes(b"first a")
+    (source / "docs" / "old" / "b.txt").write_bytes(b"first b")
+    (source / "keep.txt").write_bytes(b"kept all along")
+    (source / "empty").mkdir()
+    os.symlink("docs/a.txt", source / "to-a")
+    os.link(source / "keep.txt", source / "keep-hardlink.txt")
+    states, ids = [], []
+
+    def run_and_remember():
+        done = backup(s3server, versioned, prefix, source, state=state)
+        assert done.returncode == 0, done
+        states.append(tree_state(source))
+        ids.append(done.summary["snapshot"])
+        time.sleep(1.1)  # snapshot ids (and --as-of) resolve to the second
+        return done
+
+    run_and_remember()
+    # Run 2: an edit, a deletion, a rename, a new symlink, a new empty directory, a mode change.
+    (source / "docs" / "a.txt").write_bytes(b"second a, longer")
+    (source / "docs" / "old" / "b.txt").unlink()
+    os.rename(source / "docs" / "old", source / "docs" / "renamed")
+    os.symlink("../keep.txt", source / "docs" / "to-keep")
+    (source / "new-empty").mkdir()
+    os.chmod(source / "docs", 0o750)
+    second = run_and_remember()
+    assert second.summary["uploaded"] == 1  # only a.txt: the rest are entries, not objects
+    # Run 3: the hardlink pair broken into two files, the symlink re-pointed, a file deleted.
+    os.unlink(source / "keep-hardlink.txt")
+    (source / "keep-hardlink.txt").write_bytes(b"now a file of its own")
+    os.unlink(source / "to-a")
+    os.symlink("keep.txt", source / "to-a")
+    (source / "docs" / "a.txt").unlink()
+    run_and_remember()
+
+    listed = run_command("snapshots", *store_args(s3server, versioned, prefix), "--json", env=s3server.env())
+    assert listed.returncode == 0, listed
+    records = json.loads(listed.stdout.strip().splitlines()[0])
+    assert [r["id"] for r in records] == ids
+    assert set(records[0]) == {"id", "time", "host", "source", "files", "bytes", "exit_code", "head"}
+    assert [r["files"] for r in records] == [4, 3, 2]  # a hardlink pair is two names
+
+    for number, (snapshot_id, want) in enumerate(zip(ids, states)):
+        target = tmp_path / f"restored-{number}"
+        back = restore(s3server, versioned, prefix, target, "--snapshot", snapshot_id)
+        assert back.returncode == 0, back
+        assert differences(want, tree_state(target)) == [], number
+    # With neither flag: the latest; a file deleted before it does not come back.
+    latest = tmp_path / "latest"
+    assert restore(s3server, versioned, prefix, latest).returncode == 0
+    assert differences(states[2], tree_state(latest)) == []
+    assert not (latest / "docs" / "a.txt").exists()
+    # --as-of the second snapshot's time: that snapshot.
+    as_of = tmp_path / "as-of"
+    moment = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.strptime(ids[1][:16], "%Y%m%dT%H%M%SZ"))
+    back = restore(s3server, versioned, prefix, as_of, "--as-of", moment)
+    assert back.returncode == 0 and back.summary["snapshot"] == ids[1], back
+    assert differences(states[1], tree_state(as_of)) == []
+    # --listing: today's objects, the deleted ones among them (a listing knows nothing of deletions).
+    listing = tmp_path / "listing"
+    back = restore(s3server, versioned, prefix, listing, "--listing")
+    assert back.returncode == 0 and back.summary["snapshot"] is None, back
+    assert (listing / "docs" / "a.txt").read_bytes() == b"second a, longer"
+
+
+def test_a_file_busy_in_a_run_keeps_its_last_stored_version_flagged(tmp_path, s3server, versioned, prefix, holder):
+    source, state = tmp_path / "src", tmp_path / "state.db"
+    source.mkdir()
+    (source / "log.txt").write_bytes(b"version one")
+    (source / "other.txt").write_bytes(b"other")
+    assert backup(s3server, versioned, prefix, source, state=state).returncode == 0
+    (source / "log.txt").write_bytes(b"version two, being written")
+    writer = holder((source / "log.txt", os.O_WRONLY))
+    busy = backup(s3server, versioned, prefix, source, state=state)
+    writer.stop()
+    assert busy.returncode == 0 and busy.summary["deferred"] == {"open_for_write": 1}, busy
+    assert busy.find("snapshot.written")[0]["stale"] == 1
+    target = tmp_path / "restored"
+    back = restore(s3server, versioned, prefix, target)
+    assert back.returncode == 0, back
+    assert (target / "log.txt").read_bytes() == b"version one"
+
+
+def test_without_versioning_a_changed_object_is_named_and_left_out(tmp_path, s3server, prefix):
+    source, state = tmp_path / "src", tmp_path / "state.db"
+    source.mkdir()
+    (source / "changes.txt").write_bytes(b"as it was")
+    (source / "stays.txt").write_bytes(b"unchanged")
+    first = backup(s3server, s3server.bucket, prefix, source, state=state)
+    assert first.returncode == 0, first
+    [told] = first.find("preflight.unversioned")  # versioning told, not assumed
+    assert "only the latest object" in told["detail"]
+    time.sleep(1.1)
+    (source / "changes.txt").write_bytes(b"as it is now")
+    assert backup(s3server, s3server.bucket, prefix, source, state=state).returncode == 0
+
+    target = tmp_path / "restored"
+    back = restore(s3server, s3server.bucket, prefix, target, "--snapshot", first.summary["snapshot"])
+    assert back.returncode == 1, back
+    assert back.summary["restored"] == 1 and back.summary["failed"] == 1
+    assert (target / "stays.txt").read_bytes() == b"unchanged"
+    assert not (target / "changes.txt").exists()  # never the newer bytes under the old name
+    failed = back.find("restore.failed")
+    assert len(failed) == 1 and failed[0]["key"] == prefix + "changes.txt", back
+
+
+def test_moto_round_trip(tmp_path, moto, prefix):
+    client = moto.client()
+    client.create_bucket(Bucket="moto-snapshots")
+    client.put_bucket_versioning(Bucket="moto-snapshots", VersioningConfiguration={"Status": "Enabled"})
+    source = tmp_path / "src"
+    (source / "d" / "empty").mkdir(parents=True)
+    (source / "d" / "f.bin").write_bytes(os.urandom(3000))
+    os.symlink("d/f.bin", source / "link")
+    os.link(source / "d" / "f.bin", source / "twin.bin")
+    want = tree_state(source)
+    assert backup(moto, "moto-snapshots", prefix, source).returncode == 0
+    (source / "d" / "f.bin").write_bytes(b"overwritten after the snapshot")
+    assert backup(moto, "moto-snapshots", prefix, source).returncode == 0
+    first = run_command("snapshots", *store_args(moto, "moto-snapshots", prefix), "--json", env=moto.env())
+    first_id = json.loads(first.stdout.strip().splitlines()[0])[0]["id"]
+    target = tmp_path / "restored"
+    back = restore(moto, "moto-snapshots", prefix, target, "--snapshot", first_id)
+    assert back.returncode == 0, back
+    assert differences(want, tree_state(target)) == []
+
+
+def test_a_restore_of_no_such_snapshot_is_one_sentence_exit_2(tmp_path, s3server, prefix):
+    back = restore(s3server, s3server.bucket, prefix, tmp_path / "t", "--snapshot", "20200101T000000Z-00000000")
+    assert back.returncode == 2 and back.summary["error"].startswith("there is no snapshot"), back
+    assert "Traceback" not in back.stderr
+    shutil.rmtree(tmp_path / "t", ignore_errors=True)
+
+
+def test_verify_checks_a_snapshot_and_catches_one_tampered_in_the_store(tmp_path, s3server, versioned, prefix):
+    source = tmp_path / "src"
+    (source / "d").mkdir(parents=True)
+    for n in range(4):
+        (source / "d" / f"{n}.txt").write_bytes(os.urandom(200 + n))
+    done = backup(s3server, versioned, prefix, source)
+    assert done.returncode == 0, done
+    snapshot_id = done.summary["snapshot"]
+    args = [*store_args(s3server, versioned, prefix), "--snapshot", snapshot_id]
+    good = run_command("verify", *args, "--read-data", "100", env=s3server.env())
+    assert good.returncode == 0 and good.summary["ok"] == 4 and good.summary["read_back"] == 4, good
+
+    client = s3server.client()
+    area = prefix.rstrip("/") + ".obsbatch/snapshots/"
+    # A pack altered in the store: its tree no longer matches its hash.
+    pack_key = f"{area}packs/{snapshot_id}"
+    pack = bytearray(client.get_object(Bucket=versioned, Key=pack_key)["Body"].read())
+    pack[-1] ^= 0xFF
+    client.put_object(Bucket=versioned, Key=pack_key, Body=bytes(pack))
+    damaged = run_command("verify", *args, env=s3server.env())
+    assert damaged.returncode == 1 and "the snapshot is damaged" in damaged.summary["error"], damaged
+    assert "Traceback" not in damaged.stderr
+    # A record altered: it claims fewer files than it was sealed with.
+    record_key = f"{area}{snapshot_id}.json"
+    record = json.loads(client.get_object(Bucket=versioned, Key=record_key)["Body"].read())
+    record["files"] = 1
+    client.put_object(Bucket=versioned, Key=record_key, Body=json.dumps(record).encode())
+    altered = run_command("verify", *args, env=s3server.env())
+    assert altered.returncode == 1 and "does not match its head" in altered.summary["error"], altered
+    assert restore(s3server, versioned, prefix, tmp_path / "t", "--snapshot", snapshot_id).returncode == 1
+    listed = run_command("snapshots", *store_args(s3server, versioned, prefix), env=s3server.env())
+    assert listed.returncode == 1 and "DAMAGED" in listed.stdout, listed
+
+
+def test_the_mass_change_guard_uploads_nothing_and_exits_4(tmp_path, s3server, versioned, prefix):
+    source, state = tmp_path / "src", tmp_path / "state.db"
+    source.mkdir()
+    for n in range(120):
+        (source / f"{n:03}.txt").write_bytes(b"original %d" % n)
+    first = backup(s3server, versioned, prefix, source, state=state)
+    assert first.returncode == 0, first
+
+    def snapshot_count():
+        listed = run_command("snapshots", *store_args(s3server, versioned, prefix), "--json", env=s3server.env())
+        return len(json.loads(listed.stdout.strip().splitlines()[0]))
+
+    # A wrong mount: the source is an empty directory now.
+    os.rename(source, tmp_path / "aside")
+    source.mkdir()
+    empty = backup(s3server, versioned, prefix, source, state=state)
+    assert empty.returncode == 4, empty
+    assert empty.find("run.mass_change")[0]["vanished"] == 120 and empty.summary["snapshot"] is None
+    source.rmdir()
+    os.rename(tmp_path / "aside", source)
+    # Ransomware: 70 of 120 files rewritten (58 %).
+    for n in range(70):
+        (source / f"{n:03}.txt").write_bytes(b"encrypted!! %d" % n)
+    attacked = backup(s3server, versioned, prefix, source, state=state)
+    assert attacked.returncode == 4 and attacked.summary["uploaded"] == 0, attacked
+    figures = attacked.find("run.mass_change")[0]
+    assert (figures["changed"], figures["vanished"], figures["share_percent"]) == (70, 0, 58.3)
+    assert "Traceback" not in attacked.stderr
+    client = s3server.client()
+    assert client.get_object(Bucket=versioned, Key=prefix + "000.txt")["Body"].read() == b"original 0"
+    assert snapshot_count() == 1
+    # Meant after all: a higher bound lets it through.
+    meant = backup(s3server, versioned, prefix, source, "--max-changed", "100", state=state)
+    assert meant.returncode == 0 and meant.summary["uploaded"] == 70, meant
+    assert snapshot_count() == 2
