@@ -99,7 +99,9 @@ def _run_locked(config: BackupConfig, source: bytes, notifier: Notifier, telemet
     summary = Summary(observers=[activity.saw] + ([telemetry.record] if telemetry.enabled else []), started=started)
     stages = _stages(config, source, journal_, recorder, gate, remote, summary, activity, telemetry)
     previous = journal_.last_snapshot(config.store.prefix)
-    if not config.dry_run and previous is not None and previous[2] >= guard.MIN_FILES and config.max_changed < 100:
+    # Not in move mode: there every file of the previous snapshot is gone by design (this tool removed it).
+    if (not config.dry_run and not config.delete_source and previous is not None and previous[2] >= guard.MIN_FILES
+            and config.max_changed < 100):
         stages = guard.guarded(stages, journal_, previous[2], config.max_changed, lambda: shutdown.stopping)
     manifest_ = None
     if config.manifest:

@@ -19,7 +19,7 @@ import shutil
 import sqlite3
 import time
 import uuid
-from typing import Iterable, Iterator, Optional, Tuple, Union
+from typing import Callable, Iterable, Iterator, Optional, Tuple, Union
 
 import structlog
 
@@ -207,7 +207,11 @@ class Journal:
         rows: one query per directory, or per file for a directory past DIRECTORY_ROWS."""
         with self._failing_as("read"):
             rows = self._directory(directory, self.STORED)
-        return Stored(self, rows)
+        return Stored(rows, self._stored_one)
+
+    def _stored_one(self, key: str) -> Optional[tuple]:
+        with self._failing_as("read"):
+            return self._journaled(key, self.STORED)
 
     def _remote(self, key: str):
         return self.db.execute("SELECT size, etag FROM remote WHERE key=?", (key,)).fetchone()
@@ -398,17 +402,16 @@ class Journal:
 
 
 class Stored:
-    """One directory's stored files (Journal.stored): `get(key)` -> a Journal.STORED row or None."""
+    """One directory's stored files (Journal.stored): `get(key)` -> a Journal.STORED row or None.
 
-    def __init__(self, journal: Journal, rows: Optional[dict]):
-        self._journal = journal
+    rows: the directory's rows by key, or None past DIRECTORY_ROWS; then `one(key)` reads each row."""
+
+    def __init__(self, rows: Optional[dict], one: Callable[[str], Optional[tuple]]):
         self._rows = rows
+        self._one = one
 
-    def get(self, key: str):
-        if self._rows is not None:
-            return self._rows.get(key)
-        with self._journal._failing_as("read"):
-            return self._journal._journaled(key, Journal.STORED)
+    def get(self, key: str) -> Optional[tuple]:
+        return self._rows.get(key) if self._rows is not None else self._one(key)
 
 
 def lock_run(state: Optional[str], source: bytes):

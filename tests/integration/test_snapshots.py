@@ -298,3 +298,31 @@ def test_the_mass_change_guard_uploads_nothing_and_exits_4(tmp_path, s3server, v
     meant = backup(s3server, versioned, prefix, source, "--max-changed", "100", state=state)
     assert meant.returncode == 0 and meant.summary["uploaded"] == 70, meant
     assert snapshot_count() == 2
+
+
+def test_include_restores_only_what_it_names_and_the_directories_on_its_way(tmp_path, s3server, versioned, prefix):
+    source = tmp_path / "src"
+    (source / "db" / "dumps").mkdir(parents=True)
+    (source / "www" / "empty").mkdir(parents=True)
+    (source / "db" / "dumps" / "x.sql").write_bytes(b"dump")
+    (source / "www" / "index.html").write_bytes(b"<html>")
+    os.chmod(source / "db", 0o710)
+    assert backup(s3server, versioned, prefix, source).returncode == 0
+    target = tmp_path / "restored"
+    back = restore(s3server, versioned, prefix, target, "--include", "db/*")
+    assert back.returncode == 0 and back.summary["restored"] == 1, back
+    assert sorted(tree_state(target)) == [b"db", b"db/dumps", b"db/dumps/x.sql"]
+    assert stat.S_IMODE(os.stat(target / "db").st_mode) == 0o710  # the attributes of those it made
+
+
+def test_move_mode_is_not_taken_for_a_mass_deletion(tmp_path, s3server, versioned, prefix):
+    source, state = tmp_path / "src", tmp_path / "state.db"
+    source.mkdir()
+    for n in range(110):
+        (source / f"{n:03}.csv").write_bytes(b"row %d" % n)
+    moved = backup(s3server, versioned, prefix, source, "--delete-source", state=state)
+    assert moved.returncode == 0 and moved.summary["deleted"] == 110 and not os.listdir(source), moved
+    (source / "next.csv").write_bytes(b"the next export")
+    again = backup(s3server, versioned, prefix, source, "--delete-source", state=state)
+    assert again.returncode == 0 and again.summary["uploaded"] == 1, again  # 110 gone, by obsbatch itself
+    assert not again.find("run.mass_change")
