@@ -41,6 +41,8 @@ FORMAT = "obsbatch-snapshot/1"
 NAME, TYPE, MODE, UID, GID, MTIME, SIZE, CONTENT, VERSION, LINK, STALE = range(11)
 #: TYPE: a regular file, a directory, a symlink, a FIFO, a socket, a character and a block device.
 FILE, DIRECTORY, SYMLINK, FIFO, SOCKET, CHAR_DEVICE, BLOCK_DEVICE = "f", "d", "l", "p", "s", "c", "b"
+#: A file type Linux has no other name for (a Solaris door, on a filesystem that reports one): recorded, never made.
+SPECIAL_UNKNOWN = "?"
 # CONTENT holds the file's sha256, the directory's tree hash, the link's target (display-spelled, see
 # models.display) or the device's rdev; VERSION the object's version id (files; "" where the bucket keeps
 # none); LINK the hardlink group ("" for a file with one name); STALE 1 for a file that was busy or failed in

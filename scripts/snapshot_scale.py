@@ -94,7 +94,6 @@ def write(args) -> dict:
         (work / "journaled").write_text("1")
     started = time.perf_counter()
     recorder = Recorder()
-    seen_dirs = set()
     dir_stat = fake_stat(statmod.S_IFDIR | 0o755, 4096, 1_700_000_000_000_000_000, 1)
     pending = {}
     for rel, entries in tree(args.files, 7, changed_every=args.changed_every):
@@ -102,14 +101,12 @@ def write(args) -> dict:
         for parent in parents(rel):
             child = rel.split(b"/")[len(parent.split(b"/")) - (0 if parent else 1)] if parent else rel.split(b"/")[0]
             pending.setdefault(parent, set()).add(child)
-        seen_dirs.add(rel)
     for parent, children in pending.items():  # the directories that hold only directories
         recorder(parent, [(c, dir_stat, None) for c in sorted(children)])
     pack = snapshot.PackWriter()
-    built = build(recorder, journal, "p/", pack, "run")
-    for digest in built.new_trees:
-        journal.db.execute("INSERT OR IGNORE INTO snapshot_trees VALUES ('e','b','p/',?,?)", (digest, args.pack_name))
-    journal.db.commit()
+    built = build(recorder, journal, "p/", pack, args.pack_name)
+    journal.record_snapshot("p/", args.pack_name, "head", built.files, args.pack_name, built.new_trees,
+                            recorder.rebuilt())
     seconds = time.perf_counter() - started
     handle, _, _ = pack.finished()
     with open(work / args.pack_name, "wb") as out:

@@ -154,6 +154,9 @@ class TreeRestore:
             self.summary.entries["special_left_out"] += 1
             log.warning("restore.special_left_out", path=display(dest),
                         detail="sockets and devices are made only by a restore run as root")
+        elif verdict == "unknown type":
+            self.summary.entries["special_left_out"] += 1
+            log.warning("restore.special_left_out", path=display(dest), detail="a file type Linux cannot make")
         elif verdict == "no first name":
             self.summary.entries["hardlinks_left_out"] += 1
             log.warning("restore.hardlink_left_out", path=display(dest),
@@ -209,7 +212,9 @@ _SPECIAL_TYPES = {snapshot.FIFO: statmod.S_IFIFO, snapshot.SOCKET: statmod.S_IFS
 
 
 def _special(dest: bytes, overwrite: bool, entry: list, as_root: bool) -> Optional[str]:
-    kind = _SPECIAL_TYPES[entry[snapshot.TYPE]]
+    kind = _SPECIAL_TYPES.get(entry[snapshot.TYPE])
+    if kind is None:
+        return "unknown type"
     if kind != statmod.S_IFIFO and not as_root:
         return "not root"
     verdict = _replaceable(dest, overwrite, lambda st: statmod.S_IFMT(st.st_mode) == kind)

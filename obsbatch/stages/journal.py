@@ -96,6 +96,22 @@ CREATE TABLE IF NOT EXISTS snapshot_trees (
     PRIMARY KEY (endpoint, bucket, prefix, hash)
 ) WITHOUT ROWID
 """, """
+CREATE TABLE IF NOT EXISTS snapshot_dirs (
+    endpoint TEXT NOT NULL,
+    bucket TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    rel BLOB NOT NULL,
+    cache_key TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    pack TEXT NOT NULL,
+    files INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    directories INTEGER NOT NULL,
+    symlinks INTEGER NOT NULL,
+    special INTEGER NOT NULL,
+    PRIMARY KEY (endpoint, bucket, prefix, rel)
+) WITHOUT ROWID
+""", """
 CREATE TABLE IF NOT EXISTS snapshot_heads (
     endpoint TEXT NOT NULL,
     bucket TEXT NOT NULL,
@@ -157,6 +173,8 @@ class Journal:
         #: Files `filter` found journaled, and those of them whose size or mtime moved (stages.guard).
         self.known_seen = 0
         self.known_changed = 0
+        #: The key prefixes (directories) of the files this run recorded an upload of: their trees are rebuilt.
+        self.touched: set = set()
         self._pending: list = []  # uploads rows to insert
         self._cleared: list = []  # deferred rows to delete: those files were uploaded
         self._deferrals: list = []  # deferred rows to upsert
@@ -290,6 +308,7 @@ class Journal:
             return
         self._pending.append((self.endpoint, self.bucket, item.key, *item.fingerprint, outcome.sha256, outcome.etag,
                               outcome.ended, outcome.version_id or ""))
+        self.touched.add(item.key[:item.key.rfind("/") + 1])
         self._cleared.append((self.endpoint, self.bucket, item.key))
         self._maybe_commit()
 
@@ -353,6 +372,15 @@ class Journal:
                                   "AND hash=?", (self.endpoint, self.bucket, prefix, digest)).fetchone()
         return row[0] if row else None
 
+    def cached_tree(self, prefix: str, rel: bytes) -> Optional[tuple]:
+        """(cache key, tree hash, pack, files, bytes, directories, symlinks, special, 0, 0) of the directory's
+        last tree (stages.snapshot.build), or None."""
+        with self._failing_as("read"):
+            row = self.db.execute("SELECT cache_key, hash, pack, files, bytes, directories, symlinks, special "
+                                  "FROM snapshot_dirs WHERE endpoint=? AND bucket=? AND prefix=? AND rel=?",
+                                  (self.endpoint, self.bucket, prefix, rel)).fetchone()
+        return None if row is None else (*row, 0, 0)
+
     def last_snapshot(self, prefix: str) -> Optional[Tuple[str, str, int]]:
         """(id, head, files) of the last snapshot this journal wrote for the destination, or None."""
         with self._failing_as("read"):
@@ -361,12 +389,15 @@ class Journal:
         return tuple(row) if row else None
 
     def record_snapshot(self, prefix: str, snapshot_id: str, head: str, files: int, pack: str,
-                        new_trees: Iterable[str]) -> None:
-        """After the snapshot record is stored: its head for the next one, and the trees its pack holds."""
+                        new_trees: Iterable[str], rebuilt: Iterable[tuple]) -> None:
+        """After the snapshot record is stored: its head for the next one, the trees its pack holds, and the
+        directories whose trees were rebuilt (their cache entries, stages.snapshot.build)."""
         with self._failing_as("write"), self.db:
             self.db.execute("BEGIN")
             self.db.executemany("INSERT OR IGNORE INTO snapshot_trees VALUES (?,?,?,?,?)",
                                 ((self.endpoint, self.bucket, prefix, digest, pack) for digest in new_trees))
+            self.db.executemany("INSERT OR REPLACE INTO snapshot_dirs VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                                ((self.endpoint, self.bucket, prefix, *row) for row in rebuilt))
             self.db.execute("INSERT OR REPLACE INTO snapshot_heads VALUES (?,?,?,?,?,?,?)",
                             (self.endpoint, self.bucket, prefix, snapshot_id, head, files, time.time()))
 

@@ -24,7 +24,7 @@ import sqlite3
 import stat as statmod
 import tempfile
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Set
+from typing import Callable, NamedTuple, Optional, Set
 
 import structlog
 
@@ -34,9 +34,9 @@ from obsbatch.stages.journal import Journal
 
 log = structlog.get_logger()
 
-_TYPES = ((statmod.S_ISREG, snapshot.FILE), (statmod.S_ISDIR, snapshot.DIRECTORY), (statmod.S_ISLNK, snapshot.SYMLINK),
-          (statmod.S_ISFIFO, snapshot.FIFO), (statmod.S_ISSOCK, snapshot.SOCKET),
-          (statmod.S_ISCHR, snapshot.CHAR_DEVICE), (statmod.S_ISBLK, snapshot.BLOCK_DEVICE))
+_TYPE_OF_FORMAT = {statmod.S_IFREG: snapshot.FILE, statmod.S_IFDIR: snapshot.DIRECTORY, statmod.S_IFLNK: snapshot.SYMLINK,
+                   statmod.S_IFIFO: snapshot.FIFO, statmod.S_IFSOCK: snapshot.SOCKET,
+                   statmod.S_IFCHR: snapshot.CHAR_DEVICE, statmod.S_IFBLK: snapshot.BLOCK_DEVICE}
 #: Directories per insert batch while walking.
 _BATCH = 256
 
@@ -66,6 +66,9 @@ class Recorder:
         self.db.execute("CREATE TABLE dirs (rel BLOB PRIMARY KEY, depth INTEGER NOT NULL, entries BLOB NOT NULL)")
         self.db.execute("CREATE INDEX dirs_by_depth ON dirs (depth)")
         self.db.execute("CREATE TABLE hashes (rel BLOB PRIMARY KEY, hash TEXT NOT NULL) WITHOUT ROWID")
+        #: The trees rebuilt this run, for the journal's cache once the snapshot is stored (Journal.cached_tree).
+        self.db.execute("CREATE TABLE rebuilt (rel BLOB PRIMARY KEY, cache_key TEXT, hash TEXT, pack TEXT, files INT,"
+                        " bytes INT, directories INT, symlinks INT, special INT) WITHOUT ROWID")
         self._batch = []
 
     def __call__(self, rel: bytes, entries: list) -> None:
@@ -86,10 +89,28 @@ class Recorder:
         self._batch.clear()
 
     def deepest_first(self):
-        """(rel, entries) of every recorded directory, the deepest first."""
+        """(rel, its entries as marshalled) of every recorded directory, the deepest first."""
         self._flush()
-        for rel, blob in self.db.execute("SELECT rel, entries FROM dirs ORDER BY depth DESC"):
-            yield rel, marshal.loads(blob)
+        yield from self.db.execute("SELECT rel, entries FROM dirs ORDER BY depth DESC")
+
+    def hashed(self, rel: bytes, digest: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO hashes VALUES (?,?)", (rel, digest))
+
+    def tree_of(self, rel: bytes) -> str:
+        """The tree hash of a subdirectory `build` has done (deepest first, so before its parent)."""
+        row = self.db.execute("SELECT hash FROM hashes WHERE rel=?", (rel,)).fetchone()
+        if row is None:  # not read in full (a stop, an error): such a walk writes no snapshot
+            raise RuntimeError(f"directory {display(rel)} was not recorded")
+        return row[0]
+
+    def remember(self, rel: bytes, cache_key: str, digest: str, pack: str, counts: tuple) -> None:
+        self.db.execute("INSERT OR REPLACE INTO rebuilt VALUES (?,?,?,?,?,?,?,?,?)",
+                        (rel, cache_key, digest, pack, *counts))
+
+    def rebuilt(self):
+        """(rel, cache key, tree hash, pack, files, bytes, directories, symlinks, special) of every tree
+        `build` made whole (no stale or unstored file): the journal's cache of unchanged directories."""
+        yield from self.db.execute("SELECT * FROM rebuilt")
 
     def close(self) -> None:
         self.db.close()
@@ -112,57 +133,103 @@ class Built:
     #: Files left out: never stored yet (first seen this run, and not uploaded).
     unstored: int = 0
 
+    def add(self, counts: "Counts") -> None:
+        self.files += counts.files
+        self.bytes += counts.bytes
+        self.directories += counts.directories
+        self.symlinks += counts.symlinks
+        self.special += counts.special
+        self.stale += counts.stale
+        self.unstored += counts.unstored
+
 
 def build(recorder: Recorder, journal: Journal, prefix: str, pack: snapshot.PackWriter, pack_id: str) -> Built:
-    """The snapshot's trees from the recorded directories and the journal; new trees written to `pack`."""
+    """The snapshot's trees from the recorded directories and the journal; new trees written to `pack`.
+
+    An unchanged directory is not even rebuilt (issue #20: rebuilding every tree cost a no-op run ~15 µs per
+    file): the journal keeps, per directory, the key of what its tree was built from (the walk's record of
+    its entries and its subdirectories' tree hashes) and the tree's hash. When the key is the same, no upload
+    of this run touched the directory, and its last tree had no stale or unstored file, the tree is the same.
+    """
     built = Built()
-    hashes = recorder.db
-    for rel, entries in recorder.deepest_first():
+    for rel, blob in recorder.deepest_first():
+        entries = sorted(marshal.loads(blob))
+        children = [recorder.tree_of(rel + b"/" + entry[0] if rel else entry[0])
+                    for entry in entries if statmod.S_ISDIR(entry[1])]
+        cache_key = hashlib.sha1(blob + "".join(children).encode()).hexdigest()
         key_dir = prefix + keys.encode(rel) + "/" if rel else prefix
-        stored = journal.stored(key_dir)
-        tree = []
-        for name, mode, uid, gid, mtime_ns, size, ctime_ns, dev, ino, nlink, rdev, target in sorted(entries):
-            kind = next(letter for test, letter in _TYPES if test(mode))
-            entry = [display(name), kind, statmod.S_IMODE(mode), uid, gid, mtime_ns, size, "", "", "", 0]
-            if kind == snapshot.FILE:
-                row = stored.get(key_dir + keys.encode(name))
-                if row is None:
-                    built.unstored += 1
-                    continue
-                if row[:5] != (size, mtime_ns, ctime_ns, dev, ino):
-                    # Not this run's upload nor unchanged since one: its last stored version stands in.
-                    entry[snapshot.SIZE], entry[snapshot.MTIME], entry[snapshot.STALE] = row[0], row[1], 1
-                    built.stale += 1
-                entry[snapshot.CONTENT], entry[snapshot.VERSION] = row[5], row[6]
-                entry[snapshot.LINK] = f"{dev}:{ino}" if nlink > 1 else ""
-                built.files += 1
-                built.bytes += entry[snapshot.SIZE]
-            elif kind == snapshot.DIRECTORY:
-                child = hashes.execute("SELECT hash FROM hashes WHERE rel=?",
-                                       (rel + b"/" + name if rel else name,)).fetchone()
-                if child is None:  # not read in full (a stop, an error): such a walk writes no snapshot
-                    raise RuntimeError(f"directory {display(rel + b'/' + name)} was not recorded")
-                entry[snapshot.SIZE], entry[snapshot.CONTENT] = 0, child[0]
-                built.directories += 1
-            elif kind == snapshot.SYMLINK:
-                entry[snapshot.CONTENT] = display(target)
-                built.symlinks += 1
-            else:
-                entry[snapshot.SIZE] = 0
-                entry[snapshot.CONTENT] = str(rdev) if kind in (snapshot.CHAR_DEVICE, snapshot.BLOCK_DEVICE) else ""
-                built.special += 1
-            tree.append(entry)
-        data = snapshot.tree_bytes(tree)
-        digest = hashlib.sha256(data).hexdigest()
-        hashes.execute("INSERT OR REPLACE INTO hashes VALUES (?,?)", (rel, digest))
-        known = journal.tree_pack(prefix, digest)
-        if known is None and digest not in built.new_trees:
-            pack.add(digest, data)
-            built.new_trees.add(digest)
-        built.packs.add(known or pack_id)
+        cached = None if key_dir in journal.touched else journal.cached_tree(prefix, rel)
+        if cached is not None and cached[0] == cache_key:
+            digest, pack_of, counts = cached[1], cached[2], Counts(*cached[3:])
+        else:
+            tree, counts = _tree(entries, iter(children), journal.stored(key_dir), key_dir)
+            data = snapshot.tree_bytes(tree)
+            digest = hashlib.sha256(data).hexdigest()
+            pack_of = journal.tree_pack(prefix, digest)
+            if pack_of is None:
+                pack_of = pack_id
+                if digest not in built.new_trees:
+                    pack.add(digest, data)
+                    built.new_trees.add(digest)
+            if not (counts.stale or counts.unstored):  # a busy file may be stored by the next run
+                recorder.remember(rel, cache_key, digest, pack_of, counts[:5])
+        built.add(counts)
+        built.packs.add(pack_of)
+        recorder.hashed(rel, digest)
         if not rel:
             built.root = digest
     return built
+
+
+class Counts(NamedTuple):
+    """What one directory's tree holds (its subdirectories' contents aside)."""
+
+    files: int = 0
+    bytes: int = 0
+    directories: int = 0
+    symlinks: int = 0
+    special: int = 0
+    stale: int = 0
+    unstored: int = 0
+
+
+def _tree(entries: list, children, stored, key_dir: str):
+    """One directory's tree (its entries, sorted by name bytes) and its Counts. children: the subdirectories'
+    tree hashes, in order; stored: the journal's rows of its files (Journal.stored)."""
+    tree = []
+    files = size_sum = directories = symlinks = special = stale = unstored = 0
+    for name, mode, uid, gid, mtime_ns, size, ctime_ns, dev, ino, nlink, rdev, target in entries:
+        kind = _type(mode)
+        entry = [display(name), kind, statmod.S_IMODE(mode), uid, gid, mtime_ns, size, "", "", "", 0]
+        if kind == snapshot.FILE:
+            row = stored.get(key_dir + keys.encode(name))
+            if row is None:
+                unstored += 1
+                continue
+            if row[:5] != (size, mtime_ns, ctime_ns, dev, ino):
+                # Not this run's upload nor unchanged since one: its last stored version stands in.
+                entry[snapshot.SIZE], entry[snapshot.MTIME], entry[snapshot.STALE] = row[0], row[1], 1
+                stale += 1
+            entry[snapshot.CONTENT], entry[snapshot.VERSION] = row[5], row[6]
+            entry[snapshot.LINK] = f"{dev}:{ino}" if nlink > 1 else ""
+            files += 1
+            size_sum += entry[snapshot.SIZE]
+        elif kind == snapshot.DIRECTORY:
+            entry[snapshot.SIZE], entry[snapshot.CONTENT] = 0, next(children)
+            directories += 1
+        elif kind == snapshot.SYMLINK:
+            entry[snapshot.CONTENT] = display(target)
+            symlinks += 1
+        else:
+            entry[snapshot.SIZE] = 0
+            entry[snapshot.CONTENT] = str(rdev) if kind in (snapshot.CHAR_DEVICE, snapshot.BLOCK_DEVICE) else ""
+            special += 1
+        tree.append(entry)
+    return tree, Counts(files, size_sum, directories, symlinks, special, stale, unstored)
+
+
+def _type(mode: int) -> str:
+    return _TYPE_OF_FORMAT.get(statmod.S_IFMT(mode), snapshot.SPECIAL_UNKNOWN)
 
 
 def write(config, source: str, recorder: Recorder, journal: Journal, remote, summary) -> Optional[dict]:
@@ -209,7 +276,8 @@ def write(config, source: str, recorder: Recorder, journal: Journal, remote, sum
         signature = json.dumps(signing.signature(record["head"], config.manifest_signing_key), sort_keys=True).encode()
         _stored(remote, summary, key + signing.SUFFIX, signature, hashlib.md5(signature).hexdigest(),
                 hashlib.sha256(signature).hexdigest(), "application/json")
-    journal.record_snapshot(prefix, snapshot_id, record["head"], built.files, snapshot_id, built.new_trees)
+    journal.record_snapshot(prefix, snapshot_id, record["head"], built.files, snapshot_id, built.new_trees,
+                            recorder.rebuilt())
     log.info("snapshot.written", id=snapshot_id, head=record["head"], key=key, files=built.files,
              directories=built.directories, symlinks=built.symlinks, stale=built.stale, unstored=built.unstored,
              new_trees=len(built.new_trees), pack_bytes=pack.size)

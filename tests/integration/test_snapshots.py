@@ -176,6 +176,15 @@ def test_a_file_busy_in_a_run_keeps_its_last_stored_version_flagged(tmp_path, s3
     back = restore(s3server, versioned, prefix, target)
     assert back.returncode == 0, back
     assert (target / "log.txt").read_bytes() == b"version one"
+    # The writer is gone: the next run stores it, and its snapshot names the new version (the directory's tree
+    # is rebuilt, not taken from the journal's cache of unchanged directories).
+    settled = backup(s3server, versioned, prefix, source, state=state)
+    assert settled.returncode == 0 and settled.summary["uploaded"] == 1, settled
+    assert settled.find("snapshot.written")[0]["stale"] == 0
+    later = tmp_path / "later"
+    assert restore(s3server, versioned, prefix, later).returncode == 0
+    assert (later / "log.txt").read_bytes() == b"version two, being written"
+    assert (target / "other.txt").read_bytes() == (later / "other.txt").read_bytes() == b"other"
 
 
 def test_without_versioning_a_changed_object_is_named_and_left_out(tmp_path, s3server, prefix):
