@@ -169,8 +169,18 @@ def _write_snapshot(config: BackupConfig, source: bytes, recorder: snapshots.Rec
         log.info("snapshot.skipped", detail="the endpoint did not answer this run: no snapshot; the previous one "
                                             "stays the latest")
         return
+    from obsbatch.s3.endpoint import Endpoint
+    from obsbatch.s3.lean import LeanPut
+
+    # The record's PUT without botocore, where an earlier run learned botocore's URL for this bucket.
+    remote.lean = LeanPut.usable(journal_.store_url(config.store.addressing_style), config.store.region,
+                                 Endpoint.from_config(config).verify, config.transfer.http_timeout,
+                                 config.transfer.retries, os.environ)
     try:
         record = snapshots.write(config, display(source), recorder, journal_, remote, summary)
+        learned = remote.learned_base() if remote.lean is None else None
+        if learned is not None:
+            journal_.record_store_url(config.store.addressing_style, learned)
     except JournalError as exc:
         log.error("snapshot.failed", error=str(exc), detail="no snapshot of this run")
         summary.failed += 1

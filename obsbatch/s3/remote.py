@@ -48,6 +48,20 @@ class Remote:
         self._checked = False
         #: Why the endpoint did not answer the pre-flight, once it has not (it is not asked again this run).
         self.unavailable = ""
+        #: The botocore-free PUT for obsbatch's own records (s3.lean), where the run could build one.
+        self.lean = None
+
+    def learned_base(self) -> Optional[tuple]:
+        """(base URL, region) botocore resolved for this bucket, once the parent has built its client (None
+        before): the URL of a probe key, less the key. An s3.lean.LeanPut of a later run sends its records there."""
+        if self._client is None:
+            return None
+        probe = "obsbatch-url-probe"
+        url = self._client.generate_presigned_url("put_object", Params={"Bucket": self.config.store.bucket, "Key": probe})
+        base = url.split("?", 1)[0]
+        if not base.endswith("/" + probe):
+            return None
+        return base[:-len(probe)], self._client.meta.region_name
 
     def client(self):
         """The parent's own client, built on first use (the listing, the manifest upload)."""
@@ -100,10 +114,6 @@ class Remote:
         """Store one of obsbatch's own records beside the data (the manifest, a snapshot record or pack):
         `body` is bytes or a seekable file (streamed, not read into memory). Returns None when stored, else
         the S3 error code, logged under `failed_event`."""
-        import botocore.exceptions
-
-        from obsbatch.s3 import client as s3, lock
-
         if self.unavailable:
             log.error(failed_event, key=key, error_type="EndpointUnavailable", error=self.unavailable)
             return "EndpointUnavailable"
@@ -111,6 +121,24 @@ class Remote:
         # that could be deleted or replaced proves nothing about the objects that cannot.
         controls = self.config.archive
         retain_until = controls.retain_until(time.time())
+        if self.lean is not None and not controls.locking:  # a lock is held by a second request: botocore's
+            from obsbatch.s3.lean import LeanFailed
+
+            start = body.tell() if hasattr(body, "seek") else 0
+            size = len(body) if isinstance(body, bytes) else body.seek(0, 2) - start
+            headers = dict(controls.headers({"sha256": sha256_hex}, retain_until), **{"content-type": content_type})
+            try:
+                self.lean.put(key, body, size, base64.b64encode(bytes.fromhex(md5_hex)).decode(), sha256_hex, headers)
+                return None
+            except LeanFailed as exc:
+                log.debug("lean.fallback", key=key, error=str(exc), detail="sending it through botocore")
+                self.lean = None
+                if hasattr(body, "seek"):
+                    body.seek(start)
+        import botocore.exceptions  # here: the lean path above must not pay for botocore
+
+        from obsbatch.s3 import client as s3, lock
+
         try:
             resp = self.client().put_object(
                 Bucket=self.config.store.bucket, Key=key, Body=body, ContentType=content_type,

@@ -112,6 +112,15 @@ CREATE TABLE IF NOT EXISTS snapshot_dirs (
     PRIMARY KEY (endpoint, bucket, prefix, rel)
 ) WITHOUT ROWID
 """, """
+CREATE TABLE IF NOT EXISTS store_urls (
+    endpoint TEXT NOT NULL,
+    bucket TEXT NOT NULL,
+    addressing_style TEXT NOT NULL,
+    base TEXT NOT NULL,
+    region TEXT NOT NULL,
+    PRIMARY KEY (endpoint, bucket, addressing_style)
+) WITHOUT ROWID
+""", """
 CREATE TABLE IF NOT EXISTS snapshot_heads (
     endpoint TEXT NOT NULL,
     bucket TEXT NOT NULL,
@@ -380,6 +389,18 @@ class Journal:
                                   "FROM snapshot_dirs WHERE endpoint=? AND bucket=? AND prefix=? AND rel=?",
                                   (self.endpoint, self.bucket, prefix, rel)).fetchone()
         return None if row is None else (*row, 0, 0)
+
+    def store_url(self, addressing_style: str) -> Optional[tuple]:
+        """(base URL, region) botocore resolved for this endpoint and bucket (s3.remote.Remote.learned_base)."""
+        with self._failing_as("read"):
+            row = self.db.execute("SELECT base, region FROM store_urls WHERE endpoint=? AND bucket=? AND "
+                                  "addressing_style=?", (self.endpoint, self.bucket, addressing_style)).fetchone()
+        return tuple(row) if row else None
+
+    def record_store_url(self, addressing_style: str, learned: tuple) -> None:
+        with self._failing_as("write"), self.db:
+            self.db.execute("INSERT OR REPLACE INTO store_urls VALUES (?,?,?,?,?)",
+                            (self.endpoint, self.bucket, addressing_style, *learned))
 
     def last_snapshot(self, prefix: str) -> Optional[Tuple[str, str, int]]:
         """(id, head, files) of the last snapshot this journal wrote for the destination, or None."""

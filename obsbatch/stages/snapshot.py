@@ -280,7 +280,8 @@ def write(config, source: str, recorder: Recorder, journal: Journal, remote, sum
                             recorder.rebuilt())
     log.info("snapshot.written", id=snapshot_id, head=record["head"], key=key, files=built.files,
              directories=built.directories, symlinks=built.symlinks, stale=built.stale, unstored=built.unstored,
-             new_trees=len(built.new_trees), pack_bytes=pack.size)
+             new_trees=len(built.new_trees), pack_bytes=pack.size,
+             sent_by="obsbatch" if remote.lean is not None else "botocore")  # s3.lean, or its fallback
     return record
 
 

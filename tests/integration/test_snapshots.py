@@ -335,3 +335,28 @@ def test_move_mode_is_not_taken_for_a_mass_deletion(tmp_path, s3server, versione
     again = backup(s3server, versioned, prefix, source, "--delete-source", state=state)
     assert again.returncode == 0 and again.summary["uploaded"] == 1, again  # 110 gone, by obsbatch itself
     assert not again.find("run.mass_change")
+
+
+def test_a_run_with_nothing_to_upload_sends_its_record_without_botocore(tmp_path, s3server, versioned, prefix, proxy):
+    """The first run learns botocore's URL for the bucket; the next ones PUT their record through s3.lean (no
+    botocore import); a learned URL that no longer works falls back to botocore, and the record is stored."""
+    source, state = tmp_path / "src", tmp_path / "state.db"
+    source.mkdir()
+    (source / "a.txt").write_bytes(b"a")
+    args = ["--source", source, *server_args(s3server, prefix, proxy.endpoint, bucket=versioned), "--state", state]
+    first = run_obsbatch(*args, env=s3server.env())
+    assert first.find("snapshot.written")[0]["sent_by"] == "botocore"
+    quiet = run_obsbatch(*args, env=s3server.env())
+    assert quiet.returncode == 0 and quiet.find("snapshot.written")[0]["sent_by"] == "obsbatch", quiet
+    # Through a proxy variable, or with a learned URL gone stale, botocore sends it.
+    proxied = run_obsbatch(*args, env=dict(s3server.env(), HTTPS_PROXY="http://127.0.0.1:9"))
+    assert proxied.returncode == 0 and proxied.find("snapshot.written")[0]["sent_by"] == "botocore", proxied
+    import sqlite3
+
+    with sqlite3.connect(state) as db:
+        db.execute("UPDATE store_urls SET base = replace(base, ?, 'no-such-bucket')", (versioned,))
+    stale = run_obsbatch(*args, "--debug", "debug", env=s3server.env())
+    assert stale.returncode == 0 and stale.find("lean.fallback"), stale
+    assert stale.find("snapshot.written")[0]["sent_by"] == "botocore"
+    listed = run_command("snapshots", *server_args(s3server, prefix, bucket=versioned), "--json", env=s3server.env())
+    assert len(json.loads(listed.stdout.strip().splitlines()[0])) == 4

@@ -9,7 +9,7 @@ import botocore.awsrequest
 import botocore.credentials
 import pytest
 
-from obsbatch.s3.put import SigV4, host_header
+from obsbatch.s3.sigv4 import UNSIGNED, SigV4, host_header
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:8333/bucket/", "https://bucket.s3.eu-central-1.amazonaws.com/",
@@ -53,3 +53,8 @@ def test_the_signing_key_is_derived_once_a_day():
     assert again["authorization"] == first["authorization"]
     signer.sign("PUT", "/b/k", headers, "e3b0", creds, timestamp="20261202T000000Z")
     assert len(signer._keys) == 2
+
+
+def test_the_headers_left_unsigned_are_botocores():
+    """obsbatch.s3.sigv4 writes botocore's list out (it must not import botocore): the two must agree."""
+    assert UNSIGNED == frozenset(botocore.auth.SIGNED_HEADERS_BLACKLIST)
