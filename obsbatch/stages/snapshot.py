@@ -63,7 +63,8 @@ class Recorder:
     def __init__(self, excluded: Optional[Callable[[bytes], bool]] = None):
         self.excluded = excluded
         self.db = scratch_db()
-        self.db.execute("CREATE TABLE dirs (rel BLOB PRIMARY KEY, depth INTEGER NOT NULL, entries BLOB NOT NULL)")
+        self.db.execute("CREATE TABLE dirs (rel BLOB PRIMARY KEY, depth INTEGER NOT NULL, entries BLOB NOT NULL, "
+                        "subdirs BLOB NOT NULL)")
         self.db.execute("CREATE INDEX dirs_by_depth ON dirs (depth)")
         self.db.execute("CREATE TABLE hashes (rel BLOB PRIMARY KEY, hash TEXT NOT NULL) WITHOUT ROWID")
         #: The trees rebuilt this run, for the journal's cache once the snapshot is stored (Journal.cached_tree).
@@ -73,25 +74,32 @@ class Recorder:
 
     def __call__(self, rel: bytes, entries: list) -> None:
         excluded = self.excluded
-        kept = []
+        kept, subdirs = [], []
         for name, st, target in entries:
-            if excluded is not None and not statmod.S_ISDIR(st.st_mode) and excluded(rel + b"/" + name if rel else name):
+            mode = st.st_mode
+            if statmod.S_ISDIR(mode):
+                subdirs.append(name)
+            elif excluded is not None and excluded(rel + b"/" + name if rel else name):
                 continue
-            kept.append((name, st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, st.st_size, st.st_ctime_ns,
+            kept.append((name, mode, st.st_uid, st.st_gid, st.st_mtime_ns, st.st_size, st.st_ctime_ns,
                          st.st_dev, st.st_ino, st.st_nlink, st.st_rdev, target))
-        self._batch.append((rel, rel.count(b"/") + 1 if rel else 0, marshal.dumps(kept)))
+        # The subdirectories apart, in name order: `build` needs only them (and the blob's bytes) to tell an
+        # unchanged directory, without decoding its entries.
+        subdirs.sort()
+        self._batch.append((rel, rel.count(b"/") + 1 if rel else 0, marshal.dumps(kept), marshal.dumps(subdirs)))
         if len(self._batch) >= _BATCH:
             self._flush()
 
     def _flush(self) -> None:
         with self.db:
-            self.db.executemany("INSERT OR REPLACE INTO dirs VALUES (?,?,?)", self._batch)
+            self.db.executemany("INSERT OR REPLACE INTO dirs VALUES (?,?,?,?)", self._batch)
         self._batch.clear()
 
     def deepest_first(self):
-        """(rel, its entries as marshalled) of every recorded directory, the deepest first."""
+        """(rel, its entries as marshalled, its subdirectories' names as marshalled) of every recorded
+        directory, the deepest first."""
         self._flush()
-        yield from self.db.execute("SELECT rel, entries FROM dirs ORDER BY depth DESC")
+        yield from self.db.execute("SELECT rel, entries, subdirs FROM dirs ORDER BY depth DESC")
 
     def hashed(self, rel: bytes, digest: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO hashes VALUES (?,?)", (rel, digest))
@@ -152,17 +160,15 @@ def build(recorder: Recorder, journal: Journal, prefix: str, pack: snapshot.Pack
     of this run touched the directory, and its last tree had no stale or unstored file, the tree is the same.
     """
     built = Built()
-    for rel, blob in recorder.deepest_first():
-        entries = sorted(marshal.loads(blob))
-        children = [recorder.tree_of(rel + b"/" + entry[0] if rel else entry[0])
-                    for entry in entries if statmod.S_ISDIR(entry[1])]
+    for rel, blob, subdirs in recorder.deepest_first():
+        children = [recorder.tree_of(rel + b"/" + name if rel else name) for name in marshal.loads(subdirs)]
         cache_key = hashlib.sha1(blob + "".join(children).encode()).hexdigest()
         key_dir = prefix + keys.encode(rel) + "/" if rel else prefix
         cached = None if key_dir in journal.touched else journal.cached_tree(prefix, rel)
         if cached is not None and cached[0] == cache_key:
             digest, pack_of, counts = cached[1], cached[2], Counts(*cached[3:])
         else:
-            tree, counts = _tree(entries, iter(children), journal.stored(key_dir), key_dir)
+            tree, counts = _tree(sorted(marshal.loads(blob)), iter(children), journal.stored(key_dir), key_dir)
             data = snapshot.tree_bytes(tree)
             digest = hashlib.sha256(data).hexdigest()
             pack_of = journal.tree_pack(prefix, digest)
