@@ -30,8 +30,10 @@ commands (obsbatch COMMAND --help for each; without a command word, obsbatch run
                                   1 tampered, 2 unreadable)
   obsbatch verify --bucket B --prefix P [--manifest FILE] [--read-data PERCENT]
                                   check the stored objects (obsbatch verify --help)
-  obsbatch restore --bucket B --prefix P --target DIR
-                                  bring a backup back (obsbatch restore --help)
+  obsbatch restore --bucket B --prefix P --target DIR [--snapshot ID | --as-of TIME | --listing]
+                                  bring a backup back: the latest snapshot by default (obsbatch restore --help)
+  obsbatch snapshots --bucket B --prefix P [--json]
+                                  list the snapshots, oldest first (obsbatch snapshots --help)
 """
 
 EPILOG = """\

@@ -126,6 +126,8 @@ class Remote:
 
             start = body.tell() if hasattr(body, "seek") else 0
             size = len(body) if isinstance(body, bytes) else body.seek(0, 2) - start
+            if hasattr(body, "seek"):
+                body.seek(start)  # measuring it went to its end
             headers = dict(controls.headers({"sha256": sha256_hex}, retain_until), **{"content-type": content_type})
             try:
                 self.lean.put(key, body, size, base64.b64encode(bytes.fromhex(md5_hex)).decode(), sha256_hex, headers)

@@ -348,6 +348,14 @@ def test_a_run_with_nothing_to_upload_sends_its_record_without_botocore(tmp_path
     assert first.find("snapshot.written")[0]["sent_by"] == "botocore"
     quiet = run_obsbatch(*args, env=s3server.env())
     assert quiet.returncode == 0 and quiet.find("snapshot.written")[0]["sent_by"] == "obsbatch", quiet
+    # A run with a change sends its pack (a file body) the same way, whole.
+    (source / "a.txt").write_bytes(b"a, changed")
+    changed = run_obsbatch(*args, "--debug", "debug", env=s3server.env(), timeout=60)
+    assert changed.returncode == 0 and changed.find("snapshot.written")[0]["sent_by"] == "obsbatch", changed
+    assert not changed.find("lean.fallback") and changed.find("snapshot.written")[0]["new_trees"] == 1
+    back = run_command("restore", "--target", tmp_path / "back", *server_args(s3server, prefix, bucket=versioned),
+                       env=s3server.env())
+    assert back.returncode == 0 and (tmp_path / "back" / "a.txt").read_bytes() == b"a, changed", back
     # Through a proxy variable, or with a learned URL gone stale, botocore sends it.
     proxied = run_obsbatch(*args, env=dict(s3server.env(), HTTPS_PROXY="http://127.0.0.1:9"))
     assert proxied.returncode == 0 and proxied.find("snapshot.written")[0]["sent_by"] == "botocore", proxied
@@ -359,4 +367,4 @@ def test_a_run_with_nothing_to_upload_sends_its_record_without_botocore(tmp_path
     assert stale.returncode == 0 and stale.find("lean.fallback"), stale
     assert stale.find("snapshot.written")[0]["sent_by"] == "botocore"
     listed = run_command("snapshots", *server_args(s3server, prefix, bucket=versioned), "--json", env=s3server.env())
-    assert len(json.loads(listed.stdout.strip().splitlines()[0])) == 4
+    assert len(json.loads(listed.stdout.strip().splitlines()[0])) == 5
