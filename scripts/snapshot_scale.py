@@ -105,14 +105,14 @@ def write(args) -> dict:
         recorder(parent, [(c, dir_stat, None) for c in sorted(children)])
     pack = snapshot.PackWriter()
     built = build(recorder, journal, "p/", pack, args.pack_name)
-    journal.record_snapshot("p/", args.pack_name, "head", built.files, args.pack_name, built.new_trees,
+    journal.record_snapshot("p/", args.pack_name, "head", built.totals.files, args.pack_name, built.new_trees,
                             recorder.rebuilt())
     seconds = time.perf_counter() - started
     handle, _, _ = pack.finished()
     with open(work / args.pack_name, "wb") as out:
         shutil.copyfileobj(handle, out)
-    return {"files": built.files, "directories": built.directories + 1, "new_trees": len(built.new_trees),
-            "pack_bytes": pack.size, "bytes_per_file": round(pack.size / built.files, 1), "seconds": round(seconds, 2),
+    return {"files": built.totals.files, "directories": built.totals.directories + 1, "new_trees": len(built.new_trees),
+            "pack_bytes": pack.size, "bytes_per_file": round(pack.size / built.totals.files, 1), "seconds": round(seconds, 2),
             "root": built.root, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
 
 

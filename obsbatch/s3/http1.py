@@ -21,7 +21,6 @@ configured), no client certificates, no 100-continue.
 
 from __future__ import annotations
 
-import os
 import select
 import socket
 import ssl
@@ -48,18 +47,13 @@ class Response:
 
 def tls_context(verify) -> ssl.SSLContext:
     """An SSLContext for `verify` as botocore resolves it: False, True (its default bundle) or a path."""
-    if verify is False:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        return context
+    from obsbatch.s3.lean import trust
+
     if verify is True:
         from botocore.httpsession import get_cert_path
 
         verify = get_cert_path(True)
-    if os.path.isdir(verify):
-        return ssl.create_default_context(capath=verify)
-    return ssl.create_default_context(cafile=verify)
+    return trust(verify)
 
 
 class Connection:

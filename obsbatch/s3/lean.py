@@ -21,6 +21,7 @@ Any failure it cannot retry away raises LeanFailed, and the caller sends the req
 from __future__ import annotations
 
 import http.client
+import os
 import random
 import re
 import ssl
@@ -130,16 +131,24 @@ class LeanPut:
 
 
 def _tls(verify) -> ssl.SSLContext:
-    """botocore's trust: False (--no-verify-ssl), a CA bundle path, or None (its certifi bundle where it has one)."""
+    """botocore's trust without botocore: None means its default, certifi's bundle where it is installed."""
+    if verify is None:
+        try:
+            import certifi
+        except ImportError:
+            return ssl.create_default_context()
+        verify = certifi.where()
+    return trust(verify)
+
+
+def trust(verify) -> ssl.SSLContext:
+    """An SSLContext for a resolved `verify`: False (--no-verify-ssl), or a CA bundle file or directory (also
+    http1.tls_context's, once botocore has resolved its default)."""
     if verify is False:
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         return context
-    if isinstance(verify, str):
-        return ssl.create_default_context(cafile=verify)
-    try:
-        import certifi
-    except ImportError:
-        return ssl.create_default_context()
-    return ssl.create_default_context(cafile=certifi.where())
+    if os.path.isdir(verify):
+        return ssl.create_default_context(capath=verify)
+    return ssl.create_default_context(cafile=verify)

@@ -131,24 +131,10 @@ class Built:
     root: str = ""
     packs: Set[str] = field(default_factory=set)
     new_trees: Set[str] = field(default_factory=set)
-    files: int = 0
-    bytes: int = 0
-    directories: int = 0
-    symlinks: int = 0
-    special: int = 0
-    #: Files recorded as their last stored version because this run did not store their current content.
-    stale: int = 0
-    #: Files left out: never stored yet (first seen this run, and not uploaded).
-    unstored: int = 0
+    totals: "Counts" = None
 
     def add(self, counts: "Counts") -> None:
-        self.files += counts.files
-        self.bytes += counts.bytes
-        self.directories += counts.directories
-        self.symlinks += counts.symlinks
-        self.special += counts.special
-        self.stale += counts.stale
-        self.unstored += counts.unstored
+        self.totals = counts if self.totals is None else Counts(*map(sum, zip(self.totals, counts)))
 
 
 def build(recorder: Recorder, journal: Journal, prefix: str, pack: snapshot.PackWriter, pack_id: str) -> Built:
@@ -159,7 +145,7 @@ def build(recorder: Recorder, journal: Journal, prefix: str, pack: snapshot.Pack
     its entries and its subdirectories' tree hashes) and the tree's hash. When the key is the same, no upload
     of this run touched the directory, and its last tree had no stale or unstored file, the tree is the same.
     """
-    built = Built()
+    built = Built(totals=Counts())
     for rel, blob, subdirs in recorder.deepest_first():
         children = [recorder.tree_of(rel + b"/" + name if rel else name) for name in marshal.loads(subdirs)]
         cache_key = hashlib.sha1(blob + "".join(children).encode()).hexdigest()
@@ -188,14 +174,16 @@ def build(recorder: Recorder, journal: Journal, prefix: str, pack: snapshot.Pack
 
 
 class Counts(NamedTuple):
-    """What one directory's tree holds (its subdirectories' contents aside)."""
+    """What one directory's tree holds (its subdirectories' contents aside), or a whole snapshot."""
 
     files: int = 0
     bytes: int = 0
     directories: int = 0
     symlinks: int = 0
     special: int = 0
+    #: Files recorded as their last stored version because this run did not store their current content.
     stale: int = 0
+    #: Files left out: never stored yet (first seen this run, and not uploaded).
     unstored: int = 0
 
 
@@ -267,9 +255,7 @@ def write(config, source: str, recorder: Recorder, journal: Journal, remote, sum
     record = snapshot.seal({
         "format": snapshot.FORMAT, "id": snapshot_id, "time": snapshot.rfc3339(summary.started),
         "host": socket.gethostname(), "source": source, "bucket": config.store.bucket, "prefix": prefix,
-        "root": built.root, "packs": sorted(built.packs), "files": built.files, "bytes": built.bytes,
-        "directories": built.directories, "symlinks": built.symlinks, "special": built.special,
-        "stale": built.stale, "unstored": built.unstored, "exit_code": int(summary.exit_code),
+        "root": built.root, "packs": sorted(built.packs), **built.totals._asdict(), "exit_code": int(summary.exit_code),
         "previous": previous[1] if previous else None, "obsbatch": __version__})
     body = json.dumps(record, sort_keys=True).encode() + b"\n"
     key = snapshot.record_key(prefix, snapshot_id)
@@ -282,10 +268,11 @@ def write(config, source: str, recorder: Recorder, journal: Journal, remote, sum
         signature = json.dumps(signing.signature(record["head"], config.manifest_signing_key), sort_keys=True).encode()
         _stored(remote, summary, key + signing.SUFFIX, signature, hashlib.md5(signature).hexdigest(),
                 hashlib.sha256(signature).hexdigest(), "application/json")
-    journal.record_snapshot(prefix, snapshot_id, record["head"], built.files, snapshot_id, built.new_trees,
+    totals = built.totals
+    journal.record_snapshot(prefix, snapshot_id, record["head"], totals.files, snapshot_id, built.new_trees,
                             recorder.rebuilt())
-    log.info("snapshot.written", id=snapshot_id, head=record["head"], key=key, files=built.files,
-             directories=built.directories, symlinks=built.symlinks, stale=built.stale, unstored=built.unstored,
+    log.info("snapshot.written", id=snapshot_id, head=record["head"], key=key, files=totals.files,
+             directories=totals.directories, symlinks=totals.symlinks, stale=totals.stale, unstored=totals.unstored,
              new_trees=len(built.new_trees), pack_bytes=pack.size,
              sent_by="obsbatch" if remote.lean is not None else "botocore")  # s3.lean, or its fallback
     return record
