@@ -49,7 +49,7 @@ SPECIAL_UNKNOWN = "?"
 # this run and is recorded as its last stored version.
 
 _FRAME = struct.Struct(">32sI")
-_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
+_ID = re.compile(r"^\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{8}$")
 
 
 def area(prefix: str) -> str:
@@ -65,9 +65,17 @@ def pack_key(prefix: str, pack_id: str) -> str:
     return f"{area(prefix)}packs/{pack_id}"
 
 
+#: How many leading characters of an id are its time ("YYYYmmddTHHMMSS.mmmZ").
+ID_TIME_LENGTH = 20
+
+
 def new_id(now: float) -> str:
-    """A snapshot id that sorts by time (UTC, to the second) and is unique (a random tail)."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)) + "-" + uuid.uuid4().hex[:8]
+    """A snapshot id that sorts by time (UTC, to the millisecond) and is unique (a random tail). Why not to the
+    second: two runs on one prefix within a second (a quick rerun, a no-op after a retry) would sort by their
+    random tails, and "the latest" could be the older one."""
+    millis = int(now * 1000)
+    return (time.strftime("%Y%m%dT%H%M%S", time.gmtime(millis // 1000)) + f".{millis % 1000:03d}Z-"
+            + uuid.uuid4().hex[:8])
 
 
 def id_of(key: str) -> Optional[str]:
@@ -85,7 +93,9 @@ def rfc3339(timestamp: float) -> str:
 
 def parse_time(text: str) -> float:
     """--as-of: an RFC 3339 time (`2026-12-01T23:00:00Z`, `...+03:00`) or a date (`2026-12-01`: the end of that
-    day, UTC), as a Unix time; ValueError with the reason otherwise."""
+    day, UTC), as a Unix time; ValueError with the reason otherwise. A time given to the second means the end of
+    that second, as a date means the end of that day: `snapshots` shows times to the second, and the time it
+    shows must find that snapshot."""
     text = text.strip()
     try:
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
@@ -96,7 +106,7 @@ def parse_time(text: str) -> float:
         raise ValueError(f"'{text}' is not an RFC 3339 time (2026-12-01T23:00:00Z) or a date (2026-12-01)") from None
     if moment.tzinfo is None:
         raise ValueError(f"'{text}' has no time zone; add Z for UTC or an offset such as +03:00")
-    return moment.timestamp()
+    return moment.timestamp() + (0 if re.search(r":\d{2}[.,]\d", text) else 1 - 1e-6)
 
 
 def tree_bytes(entries: List[list]) -> bytes:

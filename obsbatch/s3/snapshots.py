@@ -61,9 +61,9 @@ def choose(client, bucket: str, prefix: str, snapshot_id: str = "", as_of: Optio
     if snapshot_id:
         return record(client, bucket, prefix, snapshot_id, read_params)
     chosen = None
-    cutoff = None if as_of is None else snapshot.new_id(as_of)[:16]  # "YYYYmmddTHHMMSSZ"
+    cutoff = None if as_of is None else snapshot.new_id(as_of)[:snapshot.ID_TIME_LENGTH]
     for found in ids(client, bucket, prefix):
-        if cutoff is None or found[:16] <= cutoff:
+        if cutoff is None or found[:snapshot.ID_TIME_LENGTH] <= cutoff:
             chosen = found
     if chosen is None:
         if as_of is not None:

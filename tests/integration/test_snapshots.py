@@ -149,7 +149,7 @@ def test_three_runs_each_snapshot_restores_the_tree_as_it_was(tmp_path, s3server
     assert not (latest / "docs" / "a.txt").exists()
     # --as-of the second snapshot's time: that snapshot.
     as_of = tmp_path / "as-of"
-    moment = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.strptime(ids[1][:16], "%Y%m%dT%H%M%SZ"))
+    moment = time.strftime("%Y-%m-%dT%H:%M:%S", time.strptime(ids[1][:15], "%Y%m%dT%H%M%S")) + ids[1][15:20]
     back = restore(s3server, versioned, prefix, as_of, "--as-of", moment)
     assert back.returncode == 0 and back.summary["snapshot"] == ids[1], back
     assert differences(states[1], tree_state(as_of)) == []

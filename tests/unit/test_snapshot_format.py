@@ -12,8 +12,10 @@ from obsbatch import snapshot
 
 
 def test_ids_sort_by_time_and_name_only_records():
-    early, late = snapshot.new_id(1_700_000_000), snapshot.new_id(1_700_000_001)
-    assert early < late and early.startswith("20231114T221320Z-")
+    early, late = snapshot.new_id(1_700_000_000.25), snapshot.new_id(1_700_000_001)
+    assert early < late and early.startswith("20231114T221320.250Z-") and late.startswith("20231114T221321.000Z-")
+    # Runs within one second still sort by time (two of them on one prefix: "the latest" must be the later).
+    assert snapshot.new_id(1_700_000_000.2) < snapshot.new_id(1_700_000_000.3)
     assert snapshot.id_of(f"p.obsbatch/snapshots/{early}.json") == early
     assert snapshot.id_of(f"p.obsbatch/snapshots/{early}.json.sig") is None
     assert snapshot.id_of("p.obsbatch/snapshots/packs/whatever") is None
@@ -21,8 +23,11 @@ def test_ids_sort_by_time_and_name_only_records():
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("2026-12-01T23:00:00Z", 1796166000.0),
-    ("2026-12-02T02:00:00+03:00", 1796166000.0),
+    # A time to the second is the end of that second (the time `snapshots` shows finds that snapshot).
+    ("2026-12-01T23:00:00Z", 1796166000.999999),
+    ("2026-12-02T02:00:00+03:00", 1796166000.999999),
+    ("2026-12-01T23:00:00.250Z", 1796166000.25),
+    ("2026-12-01T23:00:00.000Z", 1796166000.0),
     ("2026-12-01", 1796169599.999999),
 ])
 def test_as_of_takes_rfc_3339_or_a_date(text, expected):
