@@ -58,6 +58,9 @@ WORKLOADS = {
     "wan20-small": dict(files=5000, size=4096, rtt_ms=20, what="5,000 x 4 KiB at RTT 20 ms"),
     "wan80-small": dict(files=5000, size=4096, rtt_ms=80, what="5,000 x 4 KiB at RTT 80 ms"),
     "wan20-large": dict(files=3, size=96 * MiB, rtt_ms=20, what="3 x 96 MiB at RTT 20 ms"),
+    # Issue #21: a nightly incremental run is short; its first seconds are most of it.
+    "wan20-2k": dict(files=2000, size=4096, rtt_ms=20, what="2,000 x 4 KiB at RTT 20 ms"),
+    "wan80-2k": dict(files=2000, size=4096, rtt_ms=80, what="2,000 x 4 KiB at RTT 80 ms"),
     # Issue #12's memory bound: 256 in flight over files just under the 64 MiB multipart threshold.
     "memory": dict(files=24, size=64 * MiB - 1024, obsbatch_args=["--max-concurrent", "256"],
                    what="24 x (64 MiB - 1 KiB), obsbatch at --max-concurrent 256"),
@@ -69,9 +72,12 @@ WORKLOADS = {
     # Issue #14: the download direction. obsbatch restore against each peer's copy from the store.
     "restore-small": dict(files=5000, size=4096, what="restore 5,000 x 4 KiB from the store"),
     "restore-large": dict(files=3, size=96 * MiB, what="restore 3 x 96 MiB from the store"),
+    "wan20-restore-small": dict(files=5000, size=4096, rtt_ms=20, what="restore 5,000 x 4 KiB at RTT 20 ms"),
+    "wan20-restore-large": dict(files=3, size=96 * MiB, rtt_ms=20, what="restore 3 x 96 MiB at RTT 20 ms"),
 }
-DEFAULT_WORKLOADS = ("small", "medium", "large", "wan20-small", "wan80-small", "wan20-large", "memory", "noop",
-                     "scale", "restore-small", "restore-large")
+DEFAULT_WORKLOADS = ("small", "medium", "large", "wan20-small", "wan80-small", "wan20-large", "wan20-2k", "wan80-2k",
+                     "memory", "noop", "scale", "restore-small", "restore-large", "wan20-restore-small",
+                     "wan20-restore-large")
 
 
 @dataclass
@@ -297,9 +303,9 @@ class Bench:
                     "--only-show-errors"]
         raise ValueError(tool)
 
-    def restore_command(self, tool: str, prefix: str, dest: Path) -> list:
+    def restore_command(self, tool: str, prefix: str, dest: Path, endpoint: str = None) -> list:
         """Bring s3://bucket/prefix back into dest, each tool at its defaults."""
-        bucket, ep = self.server.bucket, self.server.endpoint
+        bucket, ep = self.server.bucket, endpoint or self.server.endpoint
         if tool == "obsbatch":
             return [str(BIN / "obsbatch"), "restore", "--target", str(dest), "--bucket", bucket, "--prefix", prefix,
                     "--endpoint", ep, "--region", "us-east-1", "--debug", "warning", "--summary", "json"]
@@ -398,17 +404,29 @@ class Bench:
         if result[5] != 0:
             raise RuntimeError(f"obsbatch could not seed {name}: {result[6][-500:]}")
         tools = self.tools()
-        for rnd in range(self.args.rounds):
-            order = tools[rnd % len(tools):] + tools[:rnd % len(tools)]
-            for tool in order:
-                dest = self.work / "restored" / f"{name}-{tool}-{rnd}"
-                result = measure(self.restore_command(tool, prefix, dest), self.env, self.keep,
-                                 self.server.process.pid)
-                run = self.record(tool, name, rnd, result, spec["files"], nbytes)
-                got = sum(len(names) for _, _, names in os.walk(dest))
-                if run.ok and got != spec["files"]:
-                    run.ok, run.note = False, f"restored {got} of {spec['files']} files"
-                shutil.rmtree(dest, ignore_errors=True)
+        relay = Relay(self.server.endpoint, spec["rtt_ms"]) if spec.get("rtt_ms") else None
+        try:
+            endpoint = relay.endpoint if relay else self.server.endpoint
+            env = dict(self.env, RCLONE_CONFIG_BENCH_ENDPOINT=endpoint)
+            keep = self.keep | ({relay.pid} if relay else set())
+            for rnd in range(self.args.rounds):
+                order = tools[rnd % len(tools):] + tools[:rnd % len(tools)]
+                for tool in order:
+                    dest = self.work / "restored" / f"{name}-{tool}-{rnd}"
+                    relay_cpu = proc_cpu(relay.pid) if relay else 0.0
+                    result = measure(self.restore_command(tool, prefix, dest, endpoint), env, keep,
+                                     self.server.process.pid)
+                    extra = {}
+                    if relay:
+                        extra = {"rtt_ms": spec["rtt_ms"], "relay_cpu_s": round(proc_cpu(relay.pid) - relay_cpu, 3)}
+                    run = self.record(tool, name, rnd, result, spec["files"], nbytes, extra=extra)
+                    got = sum(len(names) for _, _, names in os.walk(dest))
+                    if run.ok and got != spec["files"]:
+                        run.ok, run.note = False, f"restored {got} of {spec['files']} files"
+                    shutil.rmtree(dest, ignore_errors=True)
+        finally:
+            if relay:
+                relay.stop()
 
     def scale_workload(self, name: str) -> None:
         spec = self.scaled(name)
@@ -437,7 +455,7 @@ class Bench:
                 self.noop_workload(name)
             elif name == "scale":
                 self.scale_workload(name)
-            elif name.startswith("restore"):
+            elif "restore" in name:
                 self.restore_workload(name)
             else:
                 self.upload_workload(name)
