@@ -345,9 +345,9 @@ class TransferConfig:
     """How much is in flight, how fast, and how patient: uploads, downloads and checks alike."""
 
     max_concurrent: Optional[int] = field(default=None, metadata=_opt(
-        "requests in flight at once: auto (default) starts at 8 and tunes it from the completion rate and the "
-        "server's throttling, up to --max-concurrent-limit; a number fixes it. Worker processes up to the number "
-        "of CPUs, each with threads for the rest", metavar="N|auto", type=concurrency))
+        "requests in flight at once: auto (default) starts from the pre-flight's round trip (at least 8) and tunes "
+        "it from the completion rate and the server's throttling, up to --max-concurrent-limit; a number fixes it. "
+        "Worker processes up to the number of CPUs, each with threads for the rest", metavar="N|auto", type=concurrency))
     max_concurrent_limit: int = field(default=256, metadata=_opt(
         "with --max-concurrent auto: the most requests in flight it may reach (default 256)", metavar="N",
         type=positive_int))

@@ -186,6 +186,9 @@ def _write_snapshot(config: BackupConfig, source: bytes, recorder: snapshots.Rec
         summary.failed += 1
         summary.failed_by_type["Snapshot"] += 1
         return
+    finally:
+        if remote.lean is not None:
+            remote.lean.close()
     if record is not None:
         summary.snapshot_id, summary.snapshot_head = record["id"], record["head"]
 

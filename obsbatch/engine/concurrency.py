@@ -7,7 +7,13 @@ follow that level between requests, without restarting. Tests drive it with synt
 
 The loop, in rounds (a round lasts until enough requests have completed to measure a rate at the current
 level, and at least MIN_ROUND_SECONDS):
-- **Slow start.** From INITIAL, the level doubles after each round whose completed requests per second rose
+- **The start** (issue #21). Before the first upload the pre-flight measures one round trip to the store on an
+  open connection; the level starts where that many seconds of latency are hidden for every worker:
+  workers x round trip / CPU_PER_REQUEST (a bandwidth-delay product with requests for bytes), at least
+  INITIAL and at most SEED_CAP (that request times the server too). Doubling from 8 took five rounds to reach 256 at RTT 80 ms, most of a 2,000-file run (measured:
+  2.15x s5cmd, which starts at 256); a loopback store (RTT ~0.3 ms) still starts at INITIAL, so a
+  throttling local server is not hit harder than before.
+- **Slow start.** From there, the level doubles after each round whose completed requests per second rose
   by more than GAIN over the best rate so far. The first doubling that gains less ends it: the level goes
   back to the one that gave the best rate. A distant store (RTT 20-80 ms) needs many requests in flight
   to hide its latency; a loopback one is CPU-bound at a few.
@@ -44,6 +50,9 @@ class FixedConcurrency:
     def sample(self, now: float, done: int, resent: int, busy: int) -> int:
         return self.level
 
+    def seed(self, round_trip: float, workers: int) -> None:
+        """The pre-flight's round trip changes nothing: N is N."""
+
 
 class AutoConcurrency:
     """Uploads in flight, tuned from the completion rate and the retries (module docstring)."""
@@ -64,6 +73,13 @@ class AutoConcurrency:
     #: requests it completed, or at most this many (module docstring, Back-off).
     NOISE_SHARE = 0.1
     NOISE_COUNT = 2
+    #: A worker's CPU seconds per small request (sign, send, read the answer, hash a 4 KiB body): measured
+    #: 1.5 ms per file for the whole run at RTT 20 ms (scripts/bench wan20-2k), about 1 ms of it the worker's.
+    CPU_PER_REQUEST = 0.001
+    #: The most the round trip may start it at. The pre-flight's request times the server as well as the link:
+    #: a busy or throttling server looks far away (measured: 47 ms through the test suite's throttling proxy on
+    #: loopback, which started it at 95 and cost more re-sends than a fixed 256). Slow start goes on from here.
+    SEED_CAP = 32
 
     def __init__(self, maximum: int = 256, minimum: int = 1, initial: int = INITIAL):
         self.minimum = minimum
@@ -79,6 +95,13 @@ class AutoConcurrency:
         self.steady_rounds = 0
         self._round: Optional[tuple] = None  # (start time, done, resent) at the round's start
         self._busy_peak = 0
+
+    def seed(self, round_trip: float, workers: int) -> None:
+        """Start from the pre-flight's round trip (module docstring, The start); before the first sample only."""
+        if self._round is None and self.slow_start:
+            wanted = math.ceil(workers * round_trip / self.CPU_PER_REQUEST)
+            self._set(max(self.level, min(wanted, self.SEED_CAP)))
+            self.best_level = self.level
 
     def sample(self, now: float, done: int, resent: int, busy: int) -> int:
         """Take one sample of the cumulative counters; return the level the workers should keep."""

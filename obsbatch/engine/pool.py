@@ -26,6 +26,8 @@ import time
 from concurrent.futures.process import BrokenProcessPool
 from typing import Dict, List, Optional, Tuple
 
+import structlog
+
 from obsbatch.engine.concurrency import AutoConcurrency, FixedConcurrency, per_worker
 from obsbatch.config import TransferConfig
 from obsbatch.models import Outcome, WorkItem, crashed
@@ -211,13 +213,17 @@ class UploadPool:
         if not self.started:
             self.start()
         try:
-            verdict, sentence = self._executor.submit(tasks.check_destination).result()
+            verdict, sentence, round_trip = self._executor.submit(tasks.check_destination).result()
         except BrokenProcessPool:
             raise WorkerDied() from None
         if verdict == "unavailable":
             raise EndpointUnavailable(sentence)
         if verdict != "ok":
             raise PreflightError(sentence)
+        self.controller.seed(round_trip, self.processes)
+        self.shared.level.value = self.controller.level
+        structlog.get_logger().debug("concurrency.start", round_trip_ms=round(round_trip * 1000, 1),
+                                     in_flight=self.controller.level, mode=self.controller.mode)
 
     def submit(self, batch: List[WorkItem]) -> None:
         """Hand a batch to the workers. Raises WorkerDied if the pool is already broken."""

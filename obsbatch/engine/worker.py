@@ -321,23 +321,24 @@ class WorkerContext:
 
     # --- the destination, a batch, a file -------------------------------------------------------------------
 
-    def check_destination(self) -> Tuple[str, str]:
-        """The pre-flight (remote.preflight) with this worker's client: ("ok", ""), ("fatal", sentence) or
-        ("unavailable", sentence), plain data for the parent to raise as PreflightError / EndpointUnavailable."""
+    def check_destination(self) -> Tuple[str, str, float]:
+        """The pre-flight (remote.preflight) with this worker's client: ("ok", "", round trip seconds), ("fatal",
+        sentence, 0) or ("unavailable", sentence, 0), plain data for the parent to raise as PreflightError /
+        EndpointUnavailable or to start its concurrency from."""
         from obsbatch.s3 import remote
         from obsbatch.errors import EndpointUnavailable, PreflightError
 
         if self.init_error:
-            return "fatal", f"cannot create an S3 client: {self.init_error}"
+            return "fatal", f"cannot create an S3 client: {self.init_error}", 0.0
         endpoint = self.settings.endpoint
         try:
-            remote.preflight(self.client, self.settings.bucket, self.settings.prefix, endpoint.url or "AWS",
-                             endpoint.retries, lock=self.settings.archive.locking)
+            round_trip = remote.preflight(self.client, self.settings.bucket, self.settings.prefix,
+                                          endpoint.url or "AWS", endpoint.retries, lock=self.settings.archive.locking)
         except EndpointUnavailable as exc:
-            return "unavailable", str(exc)
+            return "unavailable", str(exc), 0.0
         except PreflightError as exc:
-            return "fatal", str(exc)
-        return "ok", ""
+            return "fatal", str(exc), 0.0
+        return "ok", "", round_trip
 
     def upload_batch(self, items: list) -> list:
         """Several files per round trip through the pool (pool.UploadPool): one Outcome each, in order.
@@ -745,6 +746,6 @@ def verify_batch(items: list) -> list:
     return _context.verify_batch(items)
 
 
-def check_destination() -> Tuple[str, str]:
+def check_destination() -> Tuple[str, str, float]:
     """The pool's pre-flight task (WorkerContext.check_destination)."""
     return _context.check_destination()

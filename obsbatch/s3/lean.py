@@ -64,6 +64,9 @@ class LeanPut:
         self._verify = verify
         self._timeout = timeout
         self._attempts = attempts
+        #: One connection for every PUT of the run, kept alive (a snapshot's pack, then its record): a second
+        #: TCP (and TLS) handshake would cost the far store's round trip once more (issue #21).
+        self._connection: Optional[http.client.HTTPConnection] = None
 
     @classmethod
     def usable(cls, learned: Optional[tuple], region: Optional[str], verify, timeout: float, retries: int,
@@ -106,12 +109,21 @@ class LeanPut:
                 raise LeanFailed(f"{code or 'HTTP'} (HTTP {status}) after {attempt} attempts")
             time.sleep(min(20.0, random.random() * 2 ** attempt * 0.05))
 
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
     def _send(self, path: str, signed, body) -> tuple:
-        """(status, S3 error code or "") of one request."""
-        if self._scheme == "https":
-            connection = http.client.HTTPSConnection(self._netloc, timeout=self._timeout, context=_tls(self._verify))
-        else:
-            connection = http.client.HTTPConnection(self._netloc, timeout=self._timeout)
+        """(status, S3 error code or "") of one request. Any failure closes the connection (the next attempt
+        opens a new one), as does a response that asks for it (http.client then reconnects by itself)."""
+        if self._connection is None:
+            if self._scheme == "https":
+                self._connection = http.client.HTTPSConnection(self._netloc, timeout=self._timeout,
+                                                               context=_tls(self._verify))
+            else:
+                self._connection = http.client.HTTPConnection(self._netloc, timeout=self._timeout)
+        connection = self._connection
         try:
             connection.putrequest("PUT", path, skip_host=True, skip_accept_encoding=True)
             for name, value in signed:
@@ -124,8 +136,9 @@ class LeanPut:
                     connection.send(block)
             response = connection.getresponse()
             content = response.read()
-        finally:
-            connection.close()
+        except BaseException:
+            self.close()
+            raise
         match = re.search(rb"<Code>([^<]{1,100})</Code>", content) if response.status >= 300 else None
         return response.status, match.group(1).decode("ascii", "replace") if match else ""
 

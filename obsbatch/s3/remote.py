@@ -134,6 +134,7 @@ class Remote:
                 return None
             except LeanFailed as exc:
                 log.debug("lean.fallback", key=key, error=str(exc), detail="sending it through botocore")
+                self.lean.close()
                 self.lean = None
                 if hasattr(body, "seek"):
                     body.seek(start)
@@ -155,8 +156,10 @@ class Remote:
         return None
 
 
-def preflight(client, bucket: str, prefix: str, where: str, retries: int, lock: bool = False) -> None:
+def preflight(client, bucket: str, prefix: str, where: str, retries: int, lock: bool = False) -> float:
     """Fail before uploading if the bucket is missing, the credentials are wrong or the endpoint is down.
+    Returns the seconds its last request took: one round trip to the store on a connection already open (the
+    first request paid for the connection), which `auto` concurrency starts from (issue #21).
 
     `where` names the endpoint in messages; `retries` is --retries, for the message. `lock`: objects are to
     be locked (--object-lock-mode, --legal-hold), so the bucket must have Object Lock enabled.
@@ -168,7 +171,9 @@ def preflight(client, bucket: str, prefix: str, where: str, retries: int, lock: 
     _check_access(client, bucket, prefix, where, retries)
     if lock:
         _check_object_lock(client, bucket, where)
+    started = time.monotonic()
     _check_versioning(client, bucket)
+    return time.monotonic() - started
 
 
 def _check_versioning(client, bucket: str) -> None:

@@ -97,6 +97,8 @@ class FaultProxy:
         self.throttle: Optional[Throttle] = None
         self.chaos: Optional[Chaos] = None
         self.seen: list[tuple[str, str, str, float]] = []  # (method, path, what happened, time.monotonic())
+        #: (method, path, the client's port) of every request: requests with one port came on one connection.
+        self.clients: list[tuple[str, str, int]] = []
         self._lock = threading.Lock()
         proxy = self
 
@@ -192,6 +194,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _any(self):
         method, path = self.command, self.path
+        self.owner.clients.append((method, path, self.client_address[1]))
         length = int(self.headers.get("Content-Length") or 0)
         fault = self.owner.take(method, path)
         if fault is not None and fault.action == "reset_mid_body":

@@ -42,4 +42,8 @@ def test_auto_keeps_a_throttling_server_happy_where_a_fixed_256_hammers_it(tmp_p
     assert objects(s3, s3server.bucket, f"{prefix}auto/") == files
     assert auto.summary["retries"] < fixed.summary["retries"], (auto.summary, fixed.summary)
     assert auto.refused < fixed.refused
-    assert min(_levels(auto)) < 8  # it backed off below where it started
+    # It backed off: the level fell below its peak. (Where it starts is the pre-flight's round trip, issue #21:
+    # through the proxy, on a busy machine, that can be tens in flight, and a 2 s run ends before it falls
+    # further.)
+    levels = _levels(auto)
+    assert levels and levels[-1] < max(levels), levels

@@ -350,9 +350,13 @@ def test_a_run_with_nothing_to_upload_sends_its_record_without_botocore(tmp_path
     assert quiet.returncode == 0 and quiet.find("snapshot.written")[0]["sent_by"] == "obsbatch", quiet
     # A run with a change sends its pack (a file body) the same way, whole.
     (source / "a.txt").write_bytes(b"a, changed")
+    proxy.clients.clear()
     changed = run_obsbatch(*args, "--debug", "debug", env=s3server.env(), timeout=60)
     assert changed.returncode == 0 and changed.find("snapshot.written")[0]["sent_by"] == "obsbatch", changed
     assert not changed.find("lean.fallback") and changed.find("snapshot.written")[0]["new_trees"] == 1
+    # The pack and the record went on one connection (a far store's handshake paid once, issue #21).
+    snapshot_puts = [port for method, path, port in proxy.clients if method == "PUT" and ".obsbatch/snapshots/" in path]
+    assert len(snapshot_puts) == 2 and len(set(snapshot_puts)) == 1, proxy.clients
     back = run_command("restore", "--target", tmp_path / "back", *server_args(s3server, prefix, bucket=versioned),
                        env=s3server.env())
     assert back.returncode == 0 and (tmp_path / "back" / "a.txt").read_bytes() == b"a, changed", back

@@ -46,6 +46,26 @@ def test_a_distant_store_gets_many_uploads_in_flight_up_to_the_clients_cpu():
     assert link.levels[0] == 8 and max(link.levels[:30]) >= 60  # it starts modestly, and grows within 1.5 s
 
 
+def test_a_seeded_start_hides_the_round_trip_from_the_first_request():
+    """Issue #21: the pre-flight's round trip sets the start, so a short run over a far link is not spent
+    climbing; on loopback the start is the same modest one as unseeded."""
+    for rtt, cpu_rate in ((0.020, 2000), (0.080, 2000)):
+        link, seeded = Link(rtt=rtt, cpu_rate=cpu_rate), AutoConcurrency()
+        seeded.seed(rtt, workers=2)
+        assert seeded.level == min(round(2 * rtt / AutoConcurrency.CPU_PER_REQUEST), AutoConcurrency.SEED_CAP)
+        link.run(seeded, seconds=3)
+        unseeded = Link(rtt=rtt, cpu_rate=cpu_rate)
+        unseeded.run(AutoConcurrency(), seconds=3)
+        assert link.done > 1.1 * unseeded.done, (rtt, link.levels, unseeded.levels)
+        assert link.rate(link.levels[-1]) >= 0.9 * cpu_rate
+    loopback = AutoConcurrency()
+    loopback.seed(0.0003, workers=2)
+    assert loopback.level == AutoConcurrency.INITIAL
+    capped = AutoConcurrency(maximum=16)
+    capped.seed(0.080, workers=2)
+    assert capped.level == 16
+
+
 def test_the_further_the_store_the_more_in_flight():
     near, far = Link(rtt=0.020, cpu_rate=3000), Link(rtt=0.080, cpu_rate=3000)
     assert far.run(AutoConcurrency(), 10) > near.run(AutoConcurrency(), 10)
