@@ -74,10 +74,18 @@ WORKLOADS = {
     "restore-large": dict(files=3, size=96 * MiB, what="restore 3 x 96 MiB from the store"),
     "wan20-restore-small": dict(files=5000, size=4096, rtt_ms=20, what="restore 5,000 x 4 KiB at RTT 20 ms"),
     "wan20-restore-large": dict(files=3, size=96 * MiB, rtt_ms=20, what="restore 3 x 96 MiB at RTT 20 ms"),
+    # Issue #21: obsbatch against itself. Per round, on one fresh prefix: the backup, a verify of it (no
+    # --read-data), a fresh restore, and a restore over the tree that restore wrote. Rows NAME:STEP; the
+    # ratios are verify / backup and restore-over / restore (targets <= 0.5 each).
+    "self": dict(files=5000, size=4096, what="5,000 x 4 KiB: backup, verify, restore, restore over it"),
+    "wan20-self": dict(files=5000, size=4096, rtt_ms=20,
+                       what="5,000 x 4 KiB at RTT 20 ms: backup, verify, restore, restore over it"),
 }
+#: The self workloads' steps, and what each is measured against (their ratio's denominator).
+SELF_STEPS = {"backup": None, "verify": "backup", "restore": None, "restore-over": "restore"}
 DEFAULT_WORKLOADS = ("small", "medium", "large", "wan20-small", "wan80-small", "wan20-large", "wan20-2k", "wan80-2k",
                      "memory", "noop", "scale", "restore-small", "restore-large", "wan20-restore-small",
-                     "wan20-restore-large")
+                     "wan20-restore-large", "self", "wan20-self")
 
 
 @dataclass
@@ -428,6 +436,31 @@ class Bench:
             if relay:
                 relay.stop()
 
+    def self_workload(self, name: str) -> None:
+        spec = self.scaled(name)
+        src = self.work / "data" / f"{spec['files']}x{spec['size']}"
+        nbytes = make_files(src, spec["files"], spec["size"], settle=not self.args.tiny)
+        relay = Relay(self.server.endpoint, spec["rtt_ms"]) if spec.get("rtt_ms") else None
+        try:
+            endpoint = relay.endpoint if relay else self.server.endpoint
+            keep = self.keep | ({relay.pid} if relay else set())
+            for rnd in range(self.args.rounds):
+                prefix, dest = f"{name}/obsbatch/{rnd}/", self.work / "restored" / f"{name}-{rnd}"
+                restore = self.restore_command("obsbatch", prefix, dest, endpoint)
+                commands = {"backup": self.command("obsbatch", src, prefix, endpoint=endpoint),
+                            "verify": [str(BIN / "obsbatch"), "verify"] + restore[restore.index("--bucket"):],
+                            "restore": restore, "restore-over": restore}
+                for step in SELF_STEPS:
+                    result = measure(commands[step], self.env, keep, self.server.process.pid)
+                    run = self.record("obsbatch", f"{name}:{step}", rnd, result, spec["files"], nbytes)
+                    got = sum(len(names) for _, _, names in os.walk(dest))
+                    if step.startswith("restore") and run.ok and got != spec["files"]:
+                        run.ok, run.note = False, f"restored {got} of {spec['files']} files"
+                shutil.rmtree(dest, ignore_errors=True)
+        finally:
+            if relay:
+                relay.stop()
+
     def scale_workload(self, name: str) -> None:
         spec = self.scaled(name)
         busy_count = 10 if self.args.tiny else 1000
@@ -455,6 +488,8 @@ class Bench:
                 self.noop_workload(name)
             elif name == "scale":
                 self.scale_workload(name)
+            elif name.endswith("self"):
+                self.self_workload(name)
             elif "restore" in name:
                 self.restore_workload(name)
             else:
@@ -485,6 +520,10 @@ def summarize(runs: list) -> list:
         peers = [r["wall_s"] for r in rows if r["workload"] == row["workload"] and r["tool"] != "obsbatch"
                  and r["wall_s"]]
         row["ratio_to_best_peer"] = round(row["wall_s"] / min(peers), 2) if peers and row["wall_s"] else None
+        workload, _, step = row["workload"].partition(":")
+        if SELF_STEPS.get(step):  # a self workload's step: its ratio is to obsbatch's own other step
+            base = next((r["wall_s"] for r in rows if r["workload"] == f"{workload}:{SELF_STEPS[step]}"), None)
+            row["ratio_to_best_peer"] = round(row["wall_s"] / base, 2) if base and row["wall_s"] else None
     return sorted(rows, key=lambda r: (r["workload"], TOOLS.index(r["tool"]) if r["tool"] in TOOLS else 9))
 
 
