@@ -13,9 +13,12 @@ retries + 1 times, whatever the faults.
 
 from __future__ import annotations
 
+import datetime
+
 import botocore.config
 import botocore.exceptions
 import botocore.session
+import botocore.utils
 
 from obsbatch import __version__
 from obsbatch.s3.endpoint import Endpoint
@@ -34,6 +37,8 @@ def make_client(endpoint: Endpoint, pool_connections: int = 2, session=None):
     """
     # A session of its own: a default session is module state and clients are not fork/pickle safe.
     session = session or botocore.session.Session()
+    # botocore's own timestamp parser is ResponseParserFactory's to replace (aws-cli replaces it too).
+    session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=timestamp)
     botocore_config = botocore.config.Config(
         region_name=endpoint.region,
         connect_timeout=endpoint.http_timeout,
@@ -56,6 +61,21 @@ def make_client(endpoint: Endpoint, pool_connections: int = 2, session=None):
 
         urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
     return session.create_client("s3", endpoint_url=endpoint.url, config=botocore_config, verify=endpoint.verify)
+
+
+def timestamp(text: str) -> datetime.datetime:
+    """A response's time as botocore gives it (an aware datetime), ~250 times faster for listings.
+
+    botocore parses every time with dateutil, ~56 µs each: a listing's LastModified cost a verify 0.3 s per
+    5,000 objects, most of its CPU (issue #21). S3 bodies write times in ISO 8601 UTC
+    ('2026-12-03T06:04:28.000Z'), which datetime.fromisoformat reads in ~0.2 µs (Python >= 3.11; older ones
+    refuse the 'Z' and take the fallback); anything else, or a time without a zone, goes to botocore's
+    parser, so the values are the same either way."""
+    try:
+        value = datetime.datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return botocore.utils.parse_timestamp(text)
+    return value if value.tzinfo is not None else botocore.utils.parse_timestamp(text)
 
 
 def error_code(exc: BaseException) -> str:
