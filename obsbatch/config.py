@@ -666,25 +666,32 @@ class VerifyConfig:
     output: OutputConfig
     verify_manifest: Optional[str] = field(default=None, metadata=_opt(
         "the manifest is the truth: every object it says was uploaded must be there, in the recorded version, "
-        "size, ETag, sha256 and retain-until (default: check the listing)", args=["--manifest"], metavar="FILE"))
+        "size, ETag, sha256 and retain-until (default: the latest snapshot)", args=["--manifest"], metavar="FILE"))
     read_data: float = field(default=0.0, metadata=_opt(
         "also read this share of the objects back in full and recompute their SHA-256 (a deterministic sample; "
         "100: all)", metavar="PERCENT", type=percent))
 
     snapshot: Optional[str] = _snapshot_field()
     as_of: Optional[float] = _as_of_field()
+    listing: bool = field(default=False, metadata=_opt(
+        "check every object the listing shows under the prefix (each must carry obsbatch's sha256 metadata: one "
+        "HEAD per object) instead of a snapshot's files (implied where no snapshot exists)"))
 
-    GROUPS = (("verify", ("verify_manifest", "read_data", "snapshot", "as_of")), _STORE_GROUP, _SPEED_GROUP,
-              _OUTPUT_GROUP)
+    GROUPS = (("verify", ("verify_manifest", "read_data", "snapshot", "as_of", "listing")), _STORE_GROUP,
+              _SPEED_GROUP, _OUTPUT_GROUP)
 
     def __post_init__(self) -> None:
         _check_snapshot_choice(self)
-        if (self.snapshot or self.as_of is not None) and self.verify_manifest:
-            raise UsageError("--snapshot and --as-of check a snapshot, --manifest a manifest; give one")
+        if (self.snapshot or self.as_of is not None) and (self.verify_manifest or self.listing):
+            raise UsageError("--snapshot and --as-of check a snapshot, --manifest a manifest, --listing the "
+                             "listing; give one")
+        if self.verify_manifest and self.listing:
+            raise UsageError("--manifest and --listing are two references to check against; give one")
 
     @property
     def by_snapshot(self) -> bool:
-        return bool(self.snapshot) or self.as_of is not None
+        """A snapshot is the reference: the one asked for, or by default the latest (issue #21: as a restore)."""
+        return not (self.listing or self.verify_manifest)
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from typing import BinaryIO, Dict, Iterator, List, Optional, Tuple
 FORMAT = "obsbatch-snapshot/1"
 
 # An entry is a JSON array; its fields by position (compact: a million entries are a million arrays).
-NAME, TYPE, MODE, UID, GID, MTIME, SIZE, CONTENT, VERSION, LINK, STALE = range(11)
+NAME, TYPE, MODE, UID, GID, MTIME, SIZE, CONTENT, VERSION, LINK, STALE, ETAG = range(12)
 #: TYPE: a regular file, a directory, a symlink, a FIFO, a socket, a character and a block device.
 FILE, DIRECTORY, SYMLINK, FIFO, SOCKET, CHAR_DEVICE, BLOCK_DEVICE = "f", "d", "l", "p", "s", "c", "b"
 #: A file type Linux has no other name for (a Solaris door, on a filesystem that reports one): recorded, never made.
@@ -46,10 +46,17 @@ SPECIAL_UNKNOWN = "?"
 # CONTENT holds the file's sha256, the directory's tree hash, the link's target (display-spelled, see
 # models.display) or the device's rdev; VERSION the object's version id (files; "" where the bucket keeps
 # none); LINK the hardlink group ("" for a file with one name); STALE 1 for a file that was busy or failed in
-# this run and is recorded as its last stored version.
+# this run and is recorded as its last stored version; ETAG the object's ETag as the upload got it (files;
+# issue #21: a listing carries every object's ETag, so a verify proves a file by its listing, without a HEAD).
+# ETAG came later than the rest: a tree written before it has 11 fields, and readers take it as "" (etag()).
 
 _FRAME = struct.Struct(">32sI")
 _ID = re.compile(r"^\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{8}$")
+
+
+def etag(entry: list) -> str:
+    """A file entry's ETag, "" where its tree predates the field (or the upload reported none)."""
+    return entry[ETAG] if len(entry) > ETAG else ""
 
 
 def area(prefix: str) -> str:

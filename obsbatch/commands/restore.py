@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import collections
 import os
-import sqlite3
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
 
 import structlog
 
-from obsbatch import keys
+from obsbatch import keys, scratch
 from obsbatch.commands import runner
 from obsbatch.engine import download, pool
 from obsbatch.s3 import listing, remote, snapshots
@@ -193,18 +191,7 @@ class ManifestIndex:
             raise ObsbatchError(f"the manifest {path} does not verify, so it cannot be trusted: {exc}") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read the manifest {path}: {getattr(exc, 'strerror', None) or exc}") from None
-        # The file is unlinked as soon as sqlite has it open: a restore killed at any moment (even before its
-        # signal handlers are installed, while this index loads) leaves no copy of the manifest's paths
-        # behind. journal_mode=OFF, so sqlite never opens the file by name again (no -journal or -wal file).
-        directory = tempfile.mkdtemp(prefix="obsbatch-manifest-")
-        try:
-            self.db = sqlite3.connect(os.path.join(directory, "index.db"))
-            self.db.execute("PRAGMA journal_mode=OFF")
-            self.db.execute("PRAGMA temp_store=MEMORY")
-        finally:
-            for name in os.listdir(directory):
-                os.unlink(os.path.join(directory, name))
-            os.rmdir(directory)
+        self.db = scratch.database("manifest")
         self.db.execute("CREATE TABLE records (key TEXT PRIMARY KEY, sha256 TEXT, size INTEGER, version_id TEXT,"
                         " path TEXT, seen INTEGER DEFAULT 0) WITHOUT ROWID")
         with self.db:

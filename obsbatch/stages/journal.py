@@ -227,7 +227,7 @@ class Journal:
 
     #: What a snapshot records of a stored file: its fingerprint (to tell whether the walked file is the
     #: stored one), then its sha256 and version id.
-    STORED = "size, mtime_ns, ctime_ns, dev, ino, sha256, version_id"
+    STORED = "size, mtime_ns, ctime_ns, dev, ino, sha256, version_id, etag"
 
     def stored(self, directory: str) -> "Stored":
         """The last verified upload of each file of one directory (key prefix ending in '/'), as `STORED`

@@ -19,16 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import marshal
-import os
-import sqlite3
 import stat as statmod
-import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Optional, Set
 
 import structlog
 
-from obsbatch import keys, snapshot
+from obsbatch import keys, scratch, snapshot
 from obsbatch.models import display
 from obsbatch.stages.journal import Journal
 
@@ -37,23 +34,11 @@ log = structlog.get_logger()
 _TYPE_OF_FORMAT = {statmod.S_IFREG: snapshot.FILE, statmod.S_IFDIR: snapshot.DIRECTORY, statmod.S_IFLNK: snapshot.SYMLINK,
                    statmod.S_IFIFO: snapshot.FIFO, statmod.S_IFSOCK: snapshot.SOCKET,
                    statmod.S_IFCHR: snapshot.CHAR_DEVICE, statmod.S_IFBLK: snapshot.BLOCK_DEVICE}
+#: Salts every directory's cache key: a tree cached by an obsbatch whose entries lacked a field (ETAG, issue
+#: #21) is rebuilt once, so the first run after an upgrade writes every tree anew (as a first snapshot does).
+_TREE_FORMAT = b"entries/12\0"
 #: Directories per insert batch while walking.
 _BATCH = 256
-
-
-def scratch_db() -> sqlite3.Connection:
-    """An sqlite file for one run's scratch data, unlinked as soon as it is open: a run killed at any moment
-    leaves no copy of the tree's names behind (as restore.ManifestIndex)."""
-    directory = tempfile.mkdtemp(prefix="obsbatch-snapshot-")
-    try:
-        db = sqlite3.connect(os.path.join(directory, "scratch.db"))
-        db.execute("PRAGMA journal_mode=OFF")
-        db.execute("PRAGMA synchronous=OFF")  # scratch: nothing in it outlives the run
-    finally:
-        for name in os.listdir(directory):
-            os.unlink(os.path.join(directory, name))
-        os.rmdir(directory)
-    return db
 
 
 class Recorder:
@@ -62,7 +47,7 @@ class Recorder:
 
     def __init__(self, excluded: Optional[Callable[[bytes], bool]] = None):
         self.excluded = excluded
-        self.db = scratch_db()
+        self.db = scratch.database("snapshot")
         self.db.execute("CREATE TABLE dirs (rel BLOB PRIMARY KEY, depth INTEGER NOT NULL, entries BLOB NOT NULL, "
                         "subdirs BLOB NOT NULL)")
         self.db.execute("CREATE INDEX dirs_by_depth ON dirs (depth)")
@@ -148,7 +133,7 @@ def build(recorder: Recorder, journal: Journal, prefix: str, pack: snapshot.Pack
     built = Built(totals=Counts())
     for rel, blob, subdirs in recorder.deepest_first():
         children = [recorder.tree_of(rel + b"/" + name if rel else name) for name in marshal.loads(subdirs)]
-        cache_key = hashlib.sha1(blob + "".join(children).encode()).hexdigest()
+        cache_key = hashlib.sha1(_TREE_FORMAT + blob + "".join(children).encode()).hexdigest()
         key_dir = prefix + keys.encode(rel) + "/" if rel else prefix
         cached = None if key_dir in journal.touched else journal.cached_tree(prefix, rel)
         if cached is not None and cached[0] == cache_key:
@@ -194,7 +179,7 @@ def _tree(entries: list, children, stored, key_dir: str):
     files = size_sum = directories = symlinks = special = stale = unstored = 0
     for name, mode, uid, gid, mtime_ns, size, ctime_ns, dev, ino, nlink, rdev, target in entries:
         kind = _type(mode)
-        entry = [display(name), kind, statmod.S_IMODE(mode), uid, gid, mtime_ns, size, "", "", "", 0]
+        entry = [display(name), kind, statmod.S_IMODE(mode), uid, gid, mtime_ns, size, "", "", "", 0, ""]
         if kind == snapshot.FILE:
             row = stored.get(key_dir + keys.encode(name))
             if row is None:
@@ -204,7 +189,7 @@ def _tree(entries: list, children, stored, key_dir: str):
                 # Not this run's upload nor unchanged since one: its last stored version stands in.
                 entry[snapshot.SIZE], entry[snapshot.MTIME], entry[snapshot.STALE] = row[0], row[1], 1
                 stale += 1
-            entry[snapshot.CONTENT], entry[snapshot.VERSION] = row[5], row[6]
+            entry[snapshot.CONTENT], entry[snapshot.VERSION], entry[snapshot.ETAG] = row[5], row[6], row[7]
             entry[snapshot.LINK] = f"{dev}:{ino}" if nlink > 1 else ""
             files += 1
             size_sum += entry[snapshot.SIZE]

@@ -49,7 +49,8 @@ def test_max_rps_keeps_restore_and_verify_under_a_throttling_servers_limit(tmp_p
     args = [*server_args(s3server, prefix, proxy.endpoint), "--retries", "0", "--max-concurrent", "16"]
 
     def run(name, *extra):
-        own = ["--target", tmp_path / name] if command == "restore" else []
+        # verify --listing: one HEAD per object (a snapshot's verify proves these by one listing request).
+        own = ["--target", tmp_path / name] if command == "restore" else ["--listing"]
         return run_command(command, *own, *args, *extra, env=s3server.env())
 
     burst = run("burst")
@@ -69,7 +70,7 @@ def test_a_verify_stopped_by_sigterm_drains_and_counts_what_it_took(tmp_path, s3
                         env=s3server.env()).returncode == 0
     proxy.add(Fault(method="HEAD", action="hold", delay=0.05, times=None))  # a far store: 50 ms per check
     env = dict(os.environ, **s3server.env(), PYTHONPATH=str(REPO))
-    proc = subprocess.Popen(obsbatch_cmd("verify", *server_args(s3server, prefix, proxy.endpoint),
+    proc = subprocess.Popen(obsbatch_cmd("verify", "--listing", *server_args(s3server, prefix, proxy.endpoint),
                                          "--max-concurrent", "2", "--summary", "json", "--log-format", "json"),
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO))
     deadline = time.monotonic() + 60

@@ -121,7 +121,11 @@ def test_the_manifest_catches_an_object_replaced_with_self_consistent_metadata(t
     assert not (tmp_path / "b" / "mode0600").exists()  # ...with it, nothing is written under that name
     assert not [n for n in os.listdir(tmp_path / "b") if ".obsbatch-restore-" in n]
 
-    assert run_command("verify", *store_args(s3server, prefix), env=s3server.env()).returncode == 0
+    assert run_command("verify", *store_args(s3server, prefix), "--listing", env=s3server.env()).returncode == 0
+    # The snapshot recorded the upload's ETag (issue #21): the forgery's differs.
+    by_snapshot = run_command("verify", *store_args(s3server, prefix), env=s3server.env())
+    assert by_snapshot.returncode == 1 and [e["key"] for e in by_snapshot.find("verify.different")] == [
+        prefix + "mode0600"], by_snapshot
     verified = run_command("verify", *store_args(s3server, prefix), "--manifest", manifest, env=s3server.env())
     assert verified.returncode == 1 and verified.summary["different"] == 1, verified
     [bad] = verified.find("verify.different")
@@ -136,11 +140,16 @@ def test_verify_reads_back_a_sample_and_names_what_is_missing_or_corrupt(tmp_pat
     assert 0 < some.summary["read_back"] < len(files)
     assert run_command("verify", *store_args(s3server, prefix), "--read-data", "50",
                        env=s3server.env()).summary["read_back"] == some.summary["read_back"]  # deterministic
-    # Bytes replaced under the old metadata: only reading the data shows it.
+    # Bytes replaced under the old metadata: by the listing alone only reading the data shows it; the snapshot
+    # recorded the upload's ETag, which the new bytes do not have (issue #21).
     head = s3.head_object(Bucket=s3server.bucket, Key=prefix + "mode0444")
     s3.put_object(Bucket=s3server.bucket, Key=prefix + "mode0444", Body=b"rot-9000!", Metadata=head["Metadata"])
-    assert run_command("verify", *store_args(s3server, prefix), env=s3server.env()).returncode == 0
-    rotted = run_command("verify", *store_args(s3server, prefix), "--read-data", "100", env=s3server.env())
+    assert run_command("verify", *store_args(s3server, prefix), "--listing", env=s3server.env()).returncode == 0
+    by_snapshot = run_command("verify", *store_args(s3server, prefix), env=s3server.env())
+    assert by_snapshot.returncode == 1 and [e["key"] for e in by_snapshot.find("verify.different")] == [
+        prefix + "mode0444"], by_snapshot
+    rotted = run_command("verify", *store_args(s3server, prefix), "--listing", "--read-data", "100",
+                         env=s3server.env())
     assert rotted.returncode == 1 and [e["key"] for e in rotted.find("verify.different")] == [prefix + "mode0444"]
     s3.delete_object(Bucket=s3server.bucket, Key=prefix + "empty")
     gone = run_command("verify", *store_args(s3server, prefix), "--manifest", manifest, env=s3server.env())

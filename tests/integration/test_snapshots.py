@@ -11,6 +11,8 @@ import stat
 import subprocess
 import time
 
+import pytest
+
 from tests.conftest import run_command, run_obsbatch, server_args
 
 
@@ -270,6 +272,48 @@ def test_verify_checks_a_snapshot_and_catches_one_tampered_in_the_store(tmp_path
     assert restore(s3server, versioned, prefix, tmp_path / "t", "--snapshot", snapshot_id).returncode == 1
     listed = run_command("snapshots", *store_args(s3server, versioned, prefix), env=s3server.env())
     assert listed.returncode == 1 and "DAMAGED" in listed.stdout, listed
+
+
+@pytest.mark.parametrize("kept", ["versions", "no versions"])
+def test_verify_proves_a_snapshot_by_its_listing_and_heads_only_what_it_cannot(tmp_path, s3server, versioned, prefix,
+                                                                               proxy, kept):
+    """Issue #21: a verify of a snapshot is one listing request per 1,000 objects, not one HEAD per object: a
+    recorded version id (or, without versions, the recorded ETag) with the recorded size proves a file. What
+    the listing does not show as recorded gets a HEAD, which names what is wrong."""
+    bucket = versioned if kept == "versions" else s3server.bucket
+    source = tmp_path / "src"
+    for d in range(3):
+        (source / f"d{d}").mkdir(parents=True)
+        for n in range(10):
+            (source / f"d{d}" / f"f{n}").write_bytes(os.urandom(100 + n))
+    assert backup(s3server, bucket, prefix, source).returncode == 0
+    args = server_args(s3server, prefix, proxy.endpoint, bucket=bucket)
+    clean = run_command("verify", *args, env=s3server.env())
+    assert clean.returncode == 0 and clean.summary["ok"] == 30 and clean.summary["snapshot"], clean
+    # A bucket that never had versions is listed with ListObjectsV2 (cheaper), one that has with its versions.
+    assert proxy.count("HEAD", ".") == 0 and proxy.count("GET", r"[?&]versions" if kept == "versions"
+                                                         else r"[?&]list-type=2") >= 1
+
+    client, key = s3server.client(), prefix + "d1/f3"
+    stored = client.head_object(Bucket=bucket, Key=key)
+    if kept == "versions":
+        # A later version under the key: the snapshot's own is still there, and its listed id proves it.
+        client.put_object(Bucket=bucket, Key=key, Body=b"x" * 103, Metadata=stored["Metadata"])
+        later = run_command("verify", *args, env=s3server.env())
+        assert later.returncode == 0 and later.summary["ok"] == 30 and proxy.count("HEAD", ".") == 0, later
+        # The snapshot's version deleted: the later one does not stand in for it.
+        client.delete_object(Bucket=bucket, Key=key, VersionId=stored["VersionId"])
+    else:  # other bytes of the same size, under the old metadata
+        client.put_object(Bucket=bucket, Key=key, Body=b"x" * 103, Metadata=stored["Metadata"])
+    heads = proxy.count("HEAD", ".")
+    tampered = run_command("verify", *args, env=s3server.env())
+    assert tampered.returncode == 1 and tampered.summary["ok"] == 29, tampered
+    found = tampered.find("verify.missing" if kept == "versions" else "verify.different")
+    assert [e["key"] for e in found] == [key], tampered
+    assert proxy.count("HEAD", ".") - heads == 1  # only the one the listing could not prove
+    # --listing holds each object against its own HEAD: the replaced one is self-consistent there.
+    listed = run_command("verify", *args, "--listing", env=s3server.env())
+    assert listed.summary["checked"] == 30 and proxy.count("HEAD", ".") - heads == 31, listed
 
 
 def test_the_mass_change_guard_uploads_nothing_and_exits_4(tmp_path, s3server, versioned, prefix):
