@@ -74,6 +74,10 @@ WORKLOADS = {
     "restore-large": dict(files=3, size=96 * MiB, what="restore 3 x 96 MiB from the store"),
     "wan20-restore-small": dict(files=5000, size=4096, rtt_ms=20, what="restore 5,000 x 4 KiB at RTT 20 ms"),
     "wan20-restore-large": dict(files=3, size=96 * MiB, rtt_ms=20, what="restore 3 x 96 MiB at RTT 20 ms"),
+    # A long fat pipe, where one TCP stream gets what its window allows (window / RTT: 4 MiB / 80 ms ~ 50 MB/s)
+    # and no more: the relay paces each connection to 40 MB/s each way. Parallel streams are what pay here.
+    "wan80-restore-large": dict(files=3, size=96 * MiB, rtt_ms=80, stream_rate=40e6,
+                                what="restore 3 x 96 MiB at RTT 80 ms, 40 MB/s per connection"),
     # Issue #21: obsbatch against itself. Per round, on one fresh prefix: the backup, a verify of it (no
     # --read-data), a fresh restore, and a restore over the tree that restore wrote. Rows NAME:STEP; the
     # ratios are verify / backup and restore-over / restore (targets <= 0.5 each).
@@ -85,7 +89,7 @@ WORKLOADS = {
 SELF_STEPS = {"backup": None, "verify": "backup", "restore": None, "restore-over": "restore"}
 DEFAULT_WORKLOADS = ("small", "medium", "large", "wan20-small", "wan80-small", "wan20-large", "wan20-2k", "wan80-2k",
                      "memory", "noop", "scale", "restore-small", "restore-large", "wan20-restore-small",
-                     "wan20-restore-large", "self", "wan20-self")
+                     "wan20-restore-large", "wan80-restore-large", "self", "wan20-self")
 
 
 @dataclass
@@ -355,7 +359,7 @@ class Bench:
         src = self.work / "data" / f"{spec['files']}x{spec['size']}"
         nbytes = make_files(src, spec["files"], spec["size"], settle=not self.args.tiny)
         tools = self.tools()
-        relay = Relay(self.server.endpoint, spec["rtt_ms"]) if spec.get("rtt_ms") else None
+        relay = Relay(self.server.endpoint, spec["rtt_ms"], spec.get("stream_rate")) if spec.get("rtt_ms") else None
         try:
             endpoint = relay.endpoint if relay else self.server.endpoint
             env = dict(self.env, RCLONE_CONFIG_BENCH_ENDPOINT=endpoint)
@@ -412,7 +416,7 @@ class Bench:
         if result[5] != 0:
             raise RuntimeError(f"obsbatch could not seed {name}: {result[6][-500:]}")
         tools = self.tools()
-        relay = Relay(self.server.endpoint, spec["rtt_ms"]) if spec.get("rtt_ms") else None
+        relay = Relay(self.server.endpoint, spec["rtt_ms"], spec.get("stream_rate")) if spec.get("rtt_ms") else None
         try:
             endpoint = relay.endpoint if relay else self.server.endpoint
             env = dict(self.env, RCLONE_CONFIG_BENCH_ENDPOINT=endpoint)
@@ -440,7 +444,7 @@ class Bench:
         spec = self.scaled(name)
         src = self.work / "data" / f"{spec['files']}x{spec['size']}"
         nbytes = make_files(src, spec["files"], spec["size"], settle=not self.args.tiny)
-        relay = Relay(self.server.endpoint, spec["rtt_ms"]) if spec.get("rtt_ms") else None
+        relay = Relay(self.server.endpoint, spec["rtt_ms"], spec.get("stream_rate")) if spec.get("rtt_ms") else None
         try:
             endpoint = relay.endpoint if relay else self.server.endpoint
             keep = self.keep | ({relay.pid} if relay else set())
