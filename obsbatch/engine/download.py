@@ -7,6 +7,13 @@ destination only when complete, checked and given its attributes: an interrupted
 under a real name (rename(2) is atomic within a filesystem). The POSIX attributes obsbatch stored
 (`x-amz-meta-mtime/mode`, issue #13) are put back, and uid/gid when running as root.
 
+An object of at least the multipart threshold (64 MiB) is read in ranges (16 MiB, the part size), several
+at once on the worker's threads (`Ranges`), each written at its offset: one stream per object left a 96 MiB
+restore at RTT 20 ms at ~80 MB/s where the download tools, reading ranges in parallel, reach several times
+that (issue #21). Every range after the first names the version (or, without versions, the ETag: If-Match)
+the first one returned, so the ranges are of one object; the SHA-256 is then read from the written file
+before the rename, so the check is the same as for a streamed object.
+
 A local file that is already there is compared first: the same bytes (by SHA-256) are left as they are, so a
 second restore over the same tree changes nothing; other bytes are a conflict, left untouched, unless
 --overwrite.
@@ -21,7 +28,8 @@ import hashlib
 import os
 import re
 import stat
-from typing import Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
 
 import structlog
 
@@ -80,6 +88,44 @@ def _write_sparse(fd: int, block: bytes) -> None:
         _write_all(fd, block)
 
 
+def _pwrite_sparse(fd: int, offset: int, block: bytes) -> None:
+    """_write_sparse at an offset, into a file already truncated to its size (so a skipped block is a hole)."""
+    if block.count(0) == len(block):
+        return
+    view = memoryview(block)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _file_digest(fd: int, size: int) -> str:
+    """The SHA-256 of the first `size` bytes of an open file, read with pread (its offset left alone)."""
+    sha, offset = hashlib.sha256(), 0
+    while offset < size:
+        block = os.pread(fd, min(READ_BLOCK, size - offset), offset)
+        if not block:
+            break
+        sha.update(block)
+        offset += len(block)
+    return sha.hexdigest()
+
+
+@dataclass(frozen=True)
+class Ranges:
+    """How a worker reads a large object: in `size`-byte ranges when it has at least `threshold` bytes, the
+    ranges run by `run_all(function, args)` -> [function(arg) for each arg] (the worker's threads, each
+    range inside its share of requests in flight, their requests counted for this object; it raises the
+    first failure once every range has ended)."""
+
+    threshold: int
+    size: int
+    run_all: Callable[[Callable, list], list]
+
+    def wanted(self, object_size: int) -> bool:
+        """Whether an object this big is read in ranges (two at least: one range is one stream)."""
+        return object_size >= max(self.threshold, 2 * self.size)
+
+
 def mtime_ns(text: str) -> Optional[int]:
     """x-amz-meta-mtime ('1600000000.123456789', rclone's form) as nanoseconds; None if absent or unreadable."""
     match = re.fullmatch(r"(-?[0-9]{1,12})(?:\.([0-9]{1,9}))?", text or "")
@@ -136,12 +182,13 @@ def local_verdict(client, bucket: str, controls: archive.ArchiveControls, item: 
 
 
 def restore(client, bucket: str, controls: archive.ArchiveControls, item: RestoreItem, fetch=None,
-            received=None) -> Dict:
+            received=None, ranges: Optional[Ranges] = None) -> Dict:
     """Restore one object; returns the Outcome's fields (kind, reason, sha256, message...).
 
     fetch(item): the GetObject response for the item's current version, through a cheaper path than
     `client` (the worker's lean GET for small objects); None, or a None answer, means client.get_object.
-    received(n): as read_body's.
+    received(n): as read_body's. ranges: how to read a large object in parallel ranges (module docstring);
+    None reads every object as one stream.
     """
     version = archive.version_param(item.version_id)
     read = controls.read_params(item.version_id)
@@ -150,22 +197,26 @@ def restore(client, bucket: str, controls: archive.ArchiveControls, item: Restor
         return verdict
     directory = os.path.dirname(item.dest)
     os.makedirs(directory, exist_ok=True)
-    response = fetch(item) if fetch is not None and not version else None
-    if response is None:
-        response = client.get_object(Bucket=bucket, Key=item.key, **read)
+    ranged = ranges is not None and ranges.wanted(item.size)
+    response = fetch(item) if fetch is not None and not version and not ranged else None
+    if response is None and ranged:
+        response = client.get_object(Bucket=bucket, Key=item.key, Range=f"bytes=0-{ranges.size - 1}", **read)
+        fill = functools.partial(_fill_ranges, client, bucket, controls, item, response, ranges, received)
+    else:
+        if response is None:
+            response = client.get_object(Bucket=bucket, Key=item.key, **read)
+        fill = functools.partial(_fill_stream, item, response, received)
     metadata = response.get("Metadata", {})
     expected = item.sha256 or metadata.get("sha256", "")
     temp = temp_stem(item.dest) + os.urandom(_TEMP_RANDOM).hex().encode()
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        # Read and write: a ranged read hashes the file it wrote (_file_digest).
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except BaseException:
         response["Body"].close()  # its connection goes back to the pool (or is dropped), not left half-read
         raise
     try:
-        digest, size = read_body(response["Body"], functools.partial(_write_sparse, fd), received)
-        os.ftruncate(fd, size)
-        if size != response.get("ContentLength", size):
-            raise Mismatch(f"read {size} bytes of {item.key}, the server announced {response.get('ContentLength')}")
+        digest, size = fill(fd, temp)
         if size != item.size:
             # The listing (or the manifest) said how big this object is: other bytes are another object, or
             # one replaced since it was listed. Either way not what this name should get (issue #18).
@@ -194,6 +245,91 @@ def restore(client, bucket: str, controls: archive.ArchiveControls, item: Restor
     return dict(kind=Kind.RESTORED, sha256=digest, etag=response.get("ETag", "").strip('"'),
                 version_id=response.get("VersionId", "") or "", size=size,
                 message="" if expected else "no sha256 to check against (not stored by obsbatch?)")
+
+
+def _fill_stream(item: RestoreItem, response: dict, received, fd: int, temp: bytes) -> Tuple[str, int]:
+    """The whole body into the temporary file; (SHA-256 hex, bytes)."""
+    digest, size = read_body(response["Body"], functools.partial(_write_sparse, fd), received)
+    os.ftruncate(fd, size)
+    if size != response.get("ContentLength", size):
+        raise Mismatch(f"read {size} bytes of {item.key}, the server announced {response.get('ContentLength')}")
+    return digest, size
+
+
+def _range_total(response: dict) -> int:
+    """The object's size from a ranged GET's Content-Range (`bytes 0-16777215/100663296`)."""
+    match = re.fullmatch(r"bytes \d+-\d+/(\d+)", response.get("ContentRange") or "")
+    if match is None:  # a store that ignored the Range header sends the whole object, 200 and no range
+        raise Mismatch(f"asked for a range, the server answered Content-Range {response.get('ContentRange')!r}")
+    return int(match.group(1))
+
+
+class _AtOffset:
+    """read_body's `write` for one range: each block to its place in the file (sparse), `offset` advancing."""
+
+    def __init__(self, fd: int, offset: int):
+        self.fd = fd
+        self.offset = offset
+
+    def __call__(self, block: bytes) -> None:
+        _pwrite_sparse(self.fd, self.offset, block)
+        self.offset += len(block)
+
+
+@dataclass(frozen=True)
+class _RangedRead:
+    """One large object read in ranges into its temporary file `temp` (the first range's response already
+    open). Each range is written through a descriptor of its own, opened by the temporary's name: should
+    the restoring thread leave early (a stop), a range still running writes into its own descriptor, never
+    into a number that thread closed and the process reused."""
+
+    client: object
+    bucket: str
+    item: RestoreItem
+    first: dict
+    total: int
+    range_size: int
+    #: The GetObject parameters that pin every later range to the first one's object (see `fill`).
+    pinned: dict
+    temp: bytes
+    received: Optional[Callable[[int], None]]
+
+    def read(self, start: int) -> None:
+        end = min(start + self.range_size, self.total) - 1
+        try:
+            writer = os.open(self.temp, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except BaseException:
+            if start == 0:
+                self.first["Body"].close()
+            raise
+        place = _AtOffset(writer, start)
+        try:
+            response = self.first if start == 0 else self.client.get_object(
+                Bucket=self.bucket, Key=self.item.key, Range=f"bytes={start}-{end}", **self.pinned)
+            read_body(response["Body"], place, self.received)
+        finally:
+            os.close(writer)
+        if place.offset != end + 1:
+            raise Mismatch(f"read {place.offset - start} bytes of the range {start}-{end} of {self.item.key}")
+
+
+def _fill_ranges(client, bucket: str, controls: archive.ArchiveControls, item: RestoreItem, first: dict,
+                 ranges: Ranges, received, fd: int, temp: bytes) -> Tuple[str, int]:
+    """The object into the temporary file in ranges, several at once (Ranges.run_all); (SHA-256 hex, bytes)."""
+    try:
+        total = _range_total(first)
+    except BaseException:
+        first["Body"].close()
+        raise
+    os.ftruncate(fd, total)
+    # The ranges after the first read the object the first one did: its version where the bucket keeps
+    # them, else the same ETag (If-Match: 412 PreconditionFailed if the object was replaced in between).
+    # The SHA-256 check below would refuse a mix of two objects anyway; this names it.
+    version = item.version_id or (first.get("VersionId") if first.get("VersionId") not in (None, "", "null") else "")
+    pinned = dict(controls.read_params(version), **({} if version else {"IfMatch": first.get("ETag", "")}))
+    reader = _RangedRead(client, bucket, item, first, total, ranges.size, pinned, temp, received)
+    ranges.run_all(reader.read, list(range(0, total, ranges.size)))
+    return _file_digest(fd, total), total
 
 
 #: uid_t and gid_t are 32 bits on Linux, and (uid_t)-1 means "leave unchanged" to chown(2): not an owner.

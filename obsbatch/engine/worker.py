@@ -179,6 +179,15 @@ class UploadThreads:
         return results
 
 
+def _counted(counts: RequestCounts, spent: list, function: Callable, arg):
+    """function(arg) on an upload thread, what it sent added to `spent` (for the thread that waits on it)."""
+    before = counts.snapshot()
+    try:
+        return function(arg)
+    finally:
+        spent.append(counts.since(before))
+
+
 def run_batch(items: list, upload: Callable[[WorkItem], Outcome], threads: Optional[UploadThreads],
               in_flight: Optional[InFlight] = None) -> list:
     """upload(item) for each item, on `threads` if given (else here, one after another, each inside
@@ -354,9 +363,36 @@ class WorkerContext:
                          None if multipart else self.in_flight)
 
     def restore_batch(self, items: list) -> list:
-        """`obsbatch restore`: bring back a batch of objects (RestoreItems) on this worker's threads."""
+        """`obsbatch restore`: bring back a batch of objects (RestoreItems) on this worker's threads. An object
+        read in ranges (alone in its batch, as a multipart upload) runs here, in the main thread, outside
+        `in_flight`: its ranges take the worker's share on the threads, as a multipart upload's parts do."""
+        ranges = self._ranges()
+        ranged = len(items) == 1 and ranges is not None and ranges.wanted(items[0].size)
         threads = None if len(items) == 1 else self.threads
-        return run_batch(items, functools.partial(self._unless_stopping, self.restore_one), threads, self.in_flight)
+        return run_batch(items, functools.partial(self._unless_stopping, self.restore_one), threads,
+                         None if ranged else self.in_flight)
+
+    def _ranges(self):
+        """How this worker reads a large object (download.Ranges): in part-sized ranges on its threads; None
+        when it has no threads (one request at a time)."""
+        from obsbatch.engine import download
+
+        if self.threads is None:
+            return None
+        return download.Ranges(self.settings.multipart_threshold, self.settings.multipart_chunksize,
+                               self._run_on_threads)
+
+    def _run_on_threads(self, function: Callable, args: list) -> list:
+        """function(arg) for each arg on this worker's threads, each inside `in_flight`, their requests
+        counted for this thread's object (Outcome.attempts); the first failure raised once all have ended."""
+        spent: list = []
+        results = self.threads.map(functools.partial(_counted, self.counts, spent, function), args)
+        for counted in spent:
+            self.counts.add(counted)
+        failures = [value for ok, value in results if not ok]
+        if failures:
+            raise failures[0]
+        return [value for _, value in results]
 
     def restore_one(self, item: RestoreItem) -> Outcome:
         """One object back (download.restore); never raises: FAILED with a reason, or SKIPPED/archived."""
@@ -368,7 +404,8 @@ class WorkerContext:
             if self.init_error:
                 raise RuntimeError(f"the worker could not create its S3 client: {self.init_error}")
             fields = download.restore(self.client, self.settings.bucket, self.settings.archive, item,
-                                      self._lean_get if self.direct is not None else None, self._received)
+                                      self._lean_get if self.direct is not None else None, self._received,
+                                      self._ranges())
         except download.Mismatch as exc:
             fields = dict(kind=Kind.FAILED, error_type="NotVerified", message=str(exc))
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:

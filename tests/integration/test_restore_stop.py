@@ -14,6 +14,7 @@ import time
 import pytest
 
 from tests.conftest import finish, make_tree, obsbatch_cmd, REPO, run_command, run_obsbatch, server_args
+from obsbatch.testing.faultproxy import Fault
 from obsbatch.testing.relay import Relay
 
 FILES = 120
@@ -71,3 +72,66 @@ def test_a_restore_stopped_mid_way_leaves_only_whole_files(tmp_path, s3server, p
     for rel, path in restored.items():
         with open(path, "rb") as f:
             assert f.read() == files[rel], rel
+
+
+def _large_sparse_file(path, size: int) -> bytes:
+    """`size` bytes, zeros but for 1 MiB of random data at the start, in the middle and at the end: the zeros
+    come back as holes whichever range they fall in."""
+    data = bytearray(size)
+    for offset in (0, size // 2, size - (1 << 20)):
+        data[offset:offset + (1 << 20)] = os.urandom(1 << 20)
+    with open(path, "wb") as handle:
+        for offset in range(0, size, 1 << 20):
+            block = bytes(data[offset:offset + (1 << 20)])
+            if block.count(0) == len(block):
+                handle.seek(len(block), os.SEEK_CUR)
+            else:
+                handle.write(block)
+        handle.truncate(size)
+    old = time.time() - 3600
+    os.utime(path, (old, old))
+    return hashlib.sha256(data).digest()
+
+
+@pytest.mark.slow
+def test_a_large_object_comes_back_in_ranges_whole_sparse_and_never_half(tmp_path, s3server, prefix, proxy):
+    """Issue #21: an object of at least 64 MiB is read in 16 MiB ranges on the worker's threads. It comes back
+    byte for byte and sparse; a range refused fails the object and leaves nothing under its name; a
+    SIGTERM while its ranges are held leaves no temporary, and the next restore completes."""
+    size = 70 * (1 << 20)
+    (tmp_path / "src").mkdir()
+    digest = _large_sparse_file(tmp_path / "src" / "big.img", size)
+    assert run_obsbatch("--source", tmp_path / "src", *server_args(s3server, prefix), "--no-state",
+                        env=s3server.env()).returncode == 0
+    args = [*server_args(s3server, prefix, proxy.endpoint), "--max-concurrent", "8"]
+
+    # The first two ranges pass, the third is refused (no retries): the others are written, the object is not.
+    proxy.add(Fault(method="GET", path="big.img", action="hold", delay=0, times=2))
+    proxy.add(Fault(method="GET", path="big.img", action="status", status=500, code="InternalError", times=1))
+    cut = run_command("restore", "--target", tmp_path / "cut", *args, "--retries", "0", env=s3server.env())
+    assert cut.returncode == 1 and cut.summary["failed"] == 1, cut
+    assert os.listdir(tmp_path / "cut") == [], os.listdir(tmp_path / "cut")
+
+    proxy.faults.clear()
+    # The first range passes (it carries the object's size); the others are held, several at once.
+    proxy.add(Fault(method="GET", path="big.img", action="hold", delay=0, times=1))
+    proxy.add(Fault(method="GET", path="big.img", action="hold", delay=5, times=None))
+    held = proxy.count("GET", "big.img", "held")
+    proc = _start_restore(["--target", tmp_path / "stopped", *args, "--stop-timeout", "0"], s3server.env())
+    deadline = time.monotonic() + 60
+    while proxy.count("GET", "big.img", "held") < held + 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    stopped = finish(proc, timeout=60)
+    assert stopped.returncode == 143 and "Traceback" not in stopped.stderr, stopped
+    assert os.listdir(tmp_path / "stopped") == [], os.listdir(tmp_path / "stopped")
+
+    proxy.faults.clear()
+    gets = proxy.count("GET", "big.img")
+    done = run_command("restore", "--target", tmp_path / "whole", *args, env=s3server.env())
+    assert done.returncode == 0 and done.summary["restored"] == 1, done
+    assert proxy.count("GET", "big.img") - gets == 5  # 70 MiB in 16 MiB ranges
+    restored = tmp_path / "whole" / "big.img"
+    with open(restored, "rb") as handle:
+        assert hashlib.sha256(handle.read()).digest() == digest
+    assert os.stat(restored).st_blocks * 512 < 8 * (1 << 20)  # 3 MiB of data, the rest holes
