@@ -279,6 +279,10 @@ def run(config: RestoreConfig, summary: RestoreSummary, counted: Callable[[Itera
             os.makedirs(target, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"cannot create the target {config.target}: {exc.strerror}") from None
+        # A restore hands every object to the workers: their fork server (a new interpreter importing botocore,
+        # ~0.4 s) starts now, on the other core, while this thread builds its client and reads the snapshot,
+        # rather than at the first object (issue #21; as a first backup does).
+        pool.start_fork_server()
     client = s3.make_client(Endpoint.from_config(config), pool_connections=1)
     if not (config.listing or config.restore_manifest):
         try:
