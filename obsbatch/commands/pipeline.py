@@ -172,13 +172,16 @@ def _write_snapshot(config: BackupConfig, source: bytes, recorder: snapshots.Rec
     from obsbatch.s3.endpoint import Endpoint
     from obsbatch.s3.lean import LeanPut
 
-    # The record's PUT without botocore, where an earlier run learned botocore's URL for this bucket.
-    remote.lean = LeanPut.usable(journal_.store_url(config.store.addressing_style), config.store.region,
+    # The record's PUT without botocore, where an earlier run learned botocore's URL for this bucket, or this
+    # run's pre-flight did (its worker resolved it: remote.Remote.learned_base).
+    known = journal_.store_url(config.store.addressing_style)
+    remote.lean = LeanPut.usable(known or remote.learned_base(), config.store.region,
                                  Endpoint.from_config(config).verify, config.transfer.http_timeout,
                                  config.transfer.retries, os.environ)
     try:
         record = snapshots.write(config, display(source), recorder, journal_, remote, summary)
-        learned = remote.learned_base() if remote.lean is None else None
+        # Recorded when the journal had none, or had one that failed (the lean PUT fell back to botocore).
+        learned = remote.learned_base() if known is None or remote.lean is None else None
         if learned is not None:
             journal_.record_store_url(config.store.addressing_style, learned)
     except JournalError as exc:

@@ -204,16 +204,17 @@ class UploadPool:
         """Feed the controller the workers' counters; publish the level it answers."""
         self.shared.level.value = self.controller.sample(now, *self.gauges.totals())
 
-    def check_destination(self) -> None:
+    def check_destination(self) -> Optional[tuple]:
         """The pre-flight, run by a worker (its client is ready there; the parent then builds none): starts the
-        pool if need be; raises PreflightError or EndpointUnavailable (remote.preflight), or WorkerDied."""
+        pool if need be; raises PreflightError or EndpointUnavailable (remote.preflight), or WorkerDied; returns
+        the (base URL, region) the worker's botocore resolved for the bucket (remote.base_url), or None."""
         from obsbatch.engine import tasks
         from obsbatch.errors import EndpointUnavailable, PreflightError
 
         if not self.started:
             self.start()
         try:
-            verdict, sentence, round_trip = self._executor.submit(tasks.check_destination).result()
+            verdict, sentence, round_trip, base = self._executor.submit(tasks.check_destination).result()
         except BrokenProcessPool:
             raise WorkerDied() from None
         if verdict == "unavailable":
@@ -224,6 +225,7 @@ class UploadPool:
         self.shared.level.value = self.controller.level
         structlog.get_logger().debug("concurrency.start", round_trip_ms=round(round_trip * 1000, 1),
                                      in_flight=self.controller.level, mode=self.controller.mode)
+        return base
 
     def submit(self, batch: List[WorkItem]) -> None:
         """Hand a batch to the workers. Raises WorkerDied if the pool is already broken."""

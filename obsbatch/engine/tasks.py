@@ -7,7 +7,7 @@ server has imported it already; the parent, which submits them, never pays for i
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 
 def init_worker(settings, shared) -> None:
@@ -42,7 +42,7 @@ def verify_batch(items: list) -> List:
 BATCH_TASKS = {"upload": upload_batch, "restore": restore_batch, "verify": verify_batch}
 
 
-def check_destination() -> Tuple[str, str, float]:
+def check_destination() -> Tuple[str, str, float, Optional[tuple]]:
     """The pre-flight (worker.WorkerContext.check_destination)."""
     from obsbatch.engine import worker
 

@@ -330,24 +330,25 @@ class WorkerContext:
 
     # --- the destination, a batch, a file -------------------------------------------------------------------
 
-    def check_destination(self) -> Tuple[str, str, float]:
-        """The pre-flight (remote.preflight) with this worker's client: ("ok", "", round trip seconds), ("fatal",
-        sentence, 0) or ("unavailable", sentence, 0), plain data for the parent to raise as PreflightError /
-        EndpointUnavailable or to start its concurrency from."""
+    def check_destination(self) -> Tuple[str, str, float, Optional[tuple]]:
+        """The pre-flight (remote.preflight) with this worker's client: ("ok", "", round trip seconds, (base URL,
+        region) botocore resolved for the bucket), ("fatal", sentence, 0, None) or ("unavailable", sentence, 0,
+        None), plain data for the parent to raise as PreflightError / EndpointUnavailable, to start its
+        concurrency from, and to send its own records to (remote.Remote.learned_base)."""
         from obsbatch.s3 import remote
         from obsbatch.errors import EndpointUnavailable, PreflightError
 
         if self.init_error:
-            return "fatal", f"cannot create an S3 client: {self.init_error}", 0.0
+            return "fatal", f"cannot create an S3 client: {self.init_error}", 0.0, None
         endpoint = self.settings.endpoint
         try:
             round_trip = remote.preflight(self.client, self.settings.bucket, self.settings.prefix,
                                           endpoint.url or "AWS", endpoint.retries, lock=self.settings.archive.locking)
         except EndpointUnavailable as exc:
-            return "unavailable", str(exc), 0.0
+            return "unavailable", str(exc), 0.0, None
         except PreflightError as exc:
-            return "fatal", str(exc), 0.0
-        return "ok", "", round_trip
+            return "fatal", str(exc), 0.0, None
+        return "ok", "", round_trip, remote.base_url(self.client, self.settings.bucket)
 
     def upload_batch(self, items: list) -> list:
         """Several files per round trip through the pool (pool.UploadPool): one Outcome each, in order.
@@ -783,6 +784,6 @@ def verify_batch(items: list) -> list:
     return _context.verify_batch(items)
 
 
-def check_destination() -> Tuple[str, str, float]:
+def check_destination() -> Tuple[str, str, float, Optional[tuple]]:
     """The pool's pre-flight task (WorkerContext.check_destination)."""
     return _context.check_destination()

@@ -4,9 +4,9 @@ more than the rest of a no-op run over 20,000 files (its walk, journal and snaps
 
 It is used only where it is known to be botocore's request exactly, and anything it does not know falls back
 to botocore:
-- the URL: botocore's own, learned by an earlier run (Remote.learned_base: the presigned URL of a probe key,
-  kept in the journal per endpoint, bucket, addressing style and region), so addressing style and endpoint
-  rules stay botocore's decisions;
+- the URL: botocore's own, learned by an earlier run or by this run's pre-flight in its worker
+  (Remote.learned_base: the presigned URL of a probe key, kept in the journal per endpoint, bucket,
+  addressing style and region), so addressing style and endpoint rules stay botocore's decisions;
 - the signature: obsbatch.s3.sigv4, held equal to botocore's by tests/unit/test_sigv4.py;
 - credentials: only static keys from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, and
   AWS_SESSION_TOKEN if set), which botocore's chain would take first too; any other source (a profile, an

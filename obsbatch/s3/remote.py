@@ -34,34 +34,45 @@ def manifest_key(prefix: str, run_id: str) -> str:
     return f"{prefix.rstrip('/')}.obsbatch/manifests/{run_id}.jsonl"
 
 
+def base_url(client, bucket: str) -> Optional[tuple]:
+    """(base URL, region) `client` resolved for `bucket`: the URL of a probe key, less the key (no request is
+    sent); None where that URL does not end in the key."""
+    probe = "obsbatch-url-probe"
+    url = client.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": probe})
+    base = url.split("?", 1)[0]
+    if not base.endswith("/" + probe):
+        return None
+    return base[:-len(probe)], client.meta.region_name
+
+
 class Remote:
     """The destination as the parent sees it.
 
     check: runs the pre-flight (pool.UploadPool.check_destination) and raises PreflightError or
-        EndpointUnavailable; `checked()` asks it once per run.
+        EndpointUnavailable, or returns the (base URL, region) the worker's botocore resolved for the bucket
+        (`base_url`), or None; `checked()` asks it once per run.
     """
 
-    def __init__(self, config: BackupConfig, check: Callable[[], None]):
+    def __init__(self, config: BackupConfig, check: Callable[[], Optional[tuple]]):
         self.config = config
         self._check = check
         self._client = None
         self._checked = False
+        #: (base URL, region) the pre-flight's worker resolved, once it has run (learned_base).
+        self._preflight_base: Optional[tuple] = None
         #: Why the endpoint did not answer the pre-flight, once it has not (it is not asked again this run).
         self.unavailable = ""
         #: The botocore-free PUT for obsbatch's own records (s3.lean), where the run could build one.
         self.lean = None
 
     def learned_base(self) -> Optional[tuple]:
-        """(base URL, region) botocore resolved for this bucket, once the parent has built its client (None
-        before): the URL of a probe key, less the key. An s3.lean.LeanPut of a later run sends its records there."""
+        """(base URL, region) botocore resolved for this bucket (base_url): by the parent's client once it has
+        built one, else by the pre-flight's worker once that has run, else None. An s3.lean.LeanPut sends
+        obsbatch's records there: this run's (issue #21: a first run's record no longer waits for the parent
+        to import botocore, ~0.4 s) and, through the journal, later runs'."""
         if self._client is None:
-            return None
-        probe = "obsbatch-url-probe"
-        url = self._client.generate_presigned_url("put_object", Params={"Bucket": self.config.store.bucket, "Key": probe})
-        base = url.split("?", 1)[0]
-        if not base.endswith("/" + probe):
-            return None
-        return base[:-len(probe)], self._client.meta.region_name
+            return self._preflight_base
+        return base_url(self._client, self.config.store.bucket)
 
     def client(self):
         """The parent's own client, built on first use (the listing, the manifest upload)."""
@@ -83,7 +94,7 @@ class Remote:
             raise EndpointUnavailable(self.unavailable)
         if not self._checked:
             try:
-                self._check()
+                self._preflight_base = self._check()
             except EndpointUnavailable as exc:
                 self.unavailable = str(exc)
                 log.error("run.endpoint_unavailable", error=self.unavailable,

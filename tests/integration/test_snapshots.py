@@ -382,14 +382,15 @@ def test_move_mode_is_not_taken_for_a_mass_deletion(tmp_path, s3server, versione
 
 
 def test_a_run_with_nothing_to_upload_sends_its_record_without_botocore(tmp_path, s3server, versioned, prefix, proxy):
-    """The first run learns botocore's URL for the bucket; the next ones PUT their record through s3.lean (no
-    botocore import); a learned URL that no longer works falls back to botocore, and the record is stored."""
+    """The first run's pre-flight learns botocore's URL for the bucket (in its worker), and every run PUTs its
+    record through s3.lean, the first one included (issue #21: no botocore import in the parent); a learned
+    URL that no longer works falls back to botocore, and the record is stored."""
     source, state = tmp_path / "src", tmp_path / "state.db"
     source.mkdir()
     (source / "a.txt").write_bytes(b"a")
     args = ["--source", source, *server_args(s3server, prefix, proxy.endpoint, bucket=versioned), "--state", state]
     first = run_obsbatch(*args, env=s3server.env())
-    assert first.find("snapshot.written")[0]["sent_by"] == "botocore"
+    assert first.find("snapshot.written")[0]["sent_by"] == "obsbatch", first
     quiet = run_obsbatch(*args, env=s3server.env())
     assert quiet.returncode == 0 and quiet.find("snapshot.written")[0]["sent_by"] == "obsbatch", quiet
     # A run with a change sends its pack (a file body) the same way, whole.
@@ -414,5 +415,7 @@ def test_a_run_with_nothing_to_upload_sends_its_record_without_botocore(tmp_path
     stale = run_obsbatch(*args, "--debug", "debug", env=s3server.env())
     assert stale.returncode == 0 and stale.find("lean.fallback"), stale
     assert stale.find("snapshot.written")[0]["sent_by"] == "botocore"
+    healed = run_obsbatch(*args, "--debug", "debug", env=s3server.env())  # the stale URL was replaced
+    assert healed.find("snapshot.written")[0]["sent_by"] == "obsbatch" and not healed.find("lean.fallback"), healed
     listed = run_command("snapshots", *server_args(s3server, prefix, bucket=versioned), "--json", env=s3server.env())
-    assert len(json.loads(listed.stdout.strip().splitlines()[0])) == 5
+    assert len(json.loads(listed.stdout.strip().splitlines()[0])) == 6
