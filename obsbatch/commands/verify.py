@@ -25,6 +25,7 @@ after the checks in flight (each worker's side is obsbatch.engine.check). A veri
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from dataclasses import dataclass
@@ -252,7 +253,7 @@ def run(config: VerifyConfig, summary: VerifySummary, counted: Callable[[Iterato
             # own objects have none to hold them against, so --listing still HEADs each one.
             inventory = listing.Inventory(client, store.bucket, store.prefix)
             items = _proven(items, inventory)
-        _dispatch(config, counted(items), summary)
+        _dispatch(config, client, counted(items), summary)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         raise remote.store_error(exc, store.bucket, store.server, where) from None  # the listing failed
     finally:
@@ -276,8 +277,10 @@ def _proven(items: Iterator[VerifyItem], inventory: "listing.Inventory") -> Iter
             yield item
 
 
-def _dispatch(config: VerifyConfig, items: Iterator[Union[VerifyItem, Outcome]], summary: VerifySummary) -> None:
-    """The checks to the workers, through the backup's engine; the stop signal, if any, into the summary."""
+def _dispatch(config: VerifyConfig, client, items: Iterator[Union[VerifyItem, Outcome]], summary: VerifySummary
+              ) -> None:
+    """The checks to the workers, through the backup's engine, their level started from the round trip to the
+    store (as a restore's); the stop signal, if any, into the summary."""
     from obsbatch.engine import pool
     from obsbatch.engine.dispatch import Dispatch
     from obsbatch.engine.settings import WorkerSettings
@@ -287,7 +290,8 @@ def _dispatch(config: VerifyConfig, items: Iterator[Union[VerifyItem, Outcome]],
     shutdown = Shutdown(ctx, config.transfer.stop_timeout)
     workers = pool.UploadPool(ctx, config.transfer, WorkerSettings.for_reading(config), shutdown.workers_flag,
                               pool.Gauges(ctx, config.transfer.processes), task="verify")
-    dispatch = Dispatch(workers, shutdown, summary, _as_returned, preflight=_listed, grace=config.transfer.grace)
+    dispatch = Dispatch(workers, shutdown, summary, _as_returned, grace=config.transfer.grace,
+                        preflight=functools.partial(workers.seed_from_store, client, config.store.bucket))
     try:
         with shutdown.installed():
             dispatch.run(items)
@@ -298,6 +302,3 @@ def _dispatch(config: VerifyConfig, items: Iterator[Union[VerifyItem, Outcome]],
 def _as_returned(item: VerifyItem, outcome: Outcome) -> Outcome:
     return outcome  # a check has no after-step
 
-
-def _listed() -> None:
-    """The verify's pre-flight is its listing (or the manifest's probe), which has answered already."""

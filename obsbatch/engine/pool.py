@@ -221,11 +221,24 @@ class UploadPool:
             raise EndpointUnavailable(sentence)
         if verdict != "ok":
             raise PreflightError(sentence)
+        self.seed(round_trip)
+        return base
+
+    def seed_from_store(self, client, bucket: str) -> None:
+        """A restore's or a verify's pre-flight (Dispatch's `preflight`, run before the first item goes out, so
+        not at all when none does): their listing or snapshot read has proved the store readable already, so
+        it only measures the round trip the level starts from (s3.remote.round_trip)."""
+        from obsbatch.s3 import remote
+
+        self.seed(remote.round_trip(client, bucket))
+
+    def seed(self, round_trip: float) -> None:
+        """Start the level from a round trip to the store, measured on an open connection (AutoConcurrency.seed:
+        the pre-flight's for a backup, a HeadBucket's for a restore or a verify; 0 changes nothing)."""
         self.controller.seed(round_trip, self.processes)
         self.shared.level.value = self.controller.level
         structlog.get_logger().debug("concurrency.start", round_trip_ms=round(round_trip * 1000, 1),
                                      in_flight=self.controller.level, mode=self.controller.mode)
-        return base
 
     def submit(self, batch: List[WorkItem]) -> None:
         """Hand a batch to the workers. Raises WorkerDied if the pool is already broken."""

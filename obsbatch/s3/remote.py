@@ -34,6 +34,21 @@ def manifest_key(prefix: str, run_id: str) -> str:
     return f"{prefix.rstrip('/')}.obsbatch/manifests/{run_id}.jsonl"
 
 
+def round_trip(client, bucket: str) -> float:
+    """Seconds of one HeadBucket on the client's connection (open already: the command has listed or read
+    through it), the link's round trip and the server's least work, for a restore's or a verify's start
+    (engine.concurrency, The start; a backup's pre-flight measures its own). 0.0 if it fails: the start is
+    then the default one, and the failure, if it lasts, is the listing's or the objects' to report."""
+    import botocore.exceptions
+
+    started = time.monotonic()
+    try:
+        client.head_bucket(Bucket=bucket)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+        return 0.0
+    return time.monotonic() - started
+
+
 def base_url(client, bucket: str) -> Optional[tuple]:
     """(base URL, region) `client` resolved for `bucket`: the URL of a probe key, less the key (no request is
     sent); None where that URL does not end in the key."""

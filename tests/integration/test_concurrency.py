@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from tests.conftest import make_tree, objects, run_obsbatch, server_args
+from tests.conftest import make_tree, objects, run_command, run_obsbatch, server_args
 from obsbatch.testing.faultproxy import Throttle
 from obsbatch.testing.relay import Relay
 
@@ -50,3 +50,19 @@ def test_auto_keeps_a_throttling_server_happy_where_a_fixed_256_hammers_it(tmp_p
     # further.)
     levels = _levels(auto)
     assert levels and levels[-1] < max(levels), levels
+
+
+@pytest.mark.parametrize("command", ["restore", "verify"])
+def test_a_restore_or_verify_starts_its_level_from_the_round_trip(tmp_path, s3, s3server, prefix, command):
+    """Issue #21: a backup starts from its pre-flight's round trip; a restore and a verify (whose listing is
+    their pre-flight) from a HeadBucket's on their open connection, not from 8."""
+    make_tree(tmp_path / "src", {f"f{i}.txt": os.urandom(100) for i in range(40)})
+    assert run_obsbatch("--source", tmp_path / "src", *server_args(s3server, prefix), "--no-state",
+                        env=s3server.env()).returncode == 0
+    own = ["--target", tmp_path / "back"] if command == "restore" else ["--listing"]  # --listing: a HEAD each
+    with Relay(s3server.endpoint, rtt_ms=40) as relay:
+        result = run_command(command, *own, *server_args(s3server, prefix, relay.endpoint), "--debug", "debug",
+                             env=s3server.env())
+    assert result.returncode == 0, result
+    [start] = result.find("concurrency.start")
+    assert start["round_trip_ms"] >= 35 and start["in_flight"] > 8, start

@@ -291,7 +291,7 @@ def test_verify_proves_a_snapshot_by_its_listing_and_heads_only_what_it_cannot(t
     clean = run_command("verify", *args, env=s3server.env())
     assert clean.returncode == 0 and clean.summary["ok"] == 30 and clean.summary["snapshot"], clean
     # A bucket that never had versions is listed with ListObjectsV2 (cheaper), one that has with its versions.
-    assert proxy.count("HEAD", ".") == 0 and proxy.count("GET", r"[?&]versions" if kept == "versions"
+    assert proxy.count("HEAD", prefix) == 0 and proxy.count("GET", r"[?&]versions" if kept == "versions"
                                                          else r"[?&]list-type=2") >= 1
 
     client, key = s3server.client(), prefix + "d1/f3"
@@ -300,20 +300,20 @@ def test_verify_proves_a_snapshot_by_its_listing_and_heads_only_what_it_cannot(t
         # A later version under the key: the snapshot's own is still there, and its listed id proves it.
         client.put_object(Bucket=bucket, Key=key, Body=b"x" * 103, Metadata=stored["Metadata"])
         later = run_command("verify", *args, env=s3server.env())
-        assert later.returncode == 0 and later.summary["ok"] == 30 and proxy.count("HEAD", ".") == 0, later
+        assert later.returncode == 0 and later.summary["ok"] == 30 and proxy.count("HEAD", prefix) == 0, later
         # The snapshot's version deleted: the later one does not stand in for it.
         client.delete_object(Bucket=bucket, Key=key, VersionId=stored["VersionId"])
     else:  # other bytes of the same size, under the old metadata
         client.put_object(Bucket=bucket, Key=key, Body=b"x" * 103, Metadata=stored["Metadata"])
-    heads = proxy.count("HEAD", ".")
+    heads = proxy.count("HEAD", prefix)
     tampered = run_command("verify", *args, env=s3server.env())
     assert tampered.returncode == 1 and tampered.summary["ok"] == 29, tampered
     found = tampered.find("verify.missing" if kept == "versions" else "verify.different")
     assert [e["key"] for e in found] == [key], tampered
-    assert proxy.count("HEAD", ".") - heads == 1  # only the one the listing could not prove
+    assert proxy.count("HEAD", prefix) - heads == 1  # only the one the listing could not prove
     # --listing holds each object against its own HEAD: the replaced one is self-consistent there.
     listed = run_command("verify", *args, "--listing", env=s3server.env())
-    assert listed.summary["checked"] == 30 and proxy.count("HEAD", ".") - heads == 31, listed
+    assert listed.summary["checked"] == 30 and proxy.count("HEAD", prefix) - heads == 31, listed
 
 
 def test_the_mass_change_guard_uploads_nothing_and_exits_4(tmp_path, s3server, versioned, prefix):
