@@ -44,6 +44,8 @@ READ_BLOCK = 1 * MiB
 #: Bytes of multipart parts a worker holds in memory at once: parts in flight are at most this over the part
 #: size (at least one), whatever the level of uploads in flight (README "Memory").
 PART_BYTES_IN_FLIGHT = 128 * MiB
+#: Seconds of one wait for an upload thread's task: how late a SIGTERM may be acted on at worst (UploadThreads.map).
+_WAIT_SLICE = 0.2
 #: `obsbatch restore`: objects up to this size are read whole through the lean GET (WorkerContext._lean_get).
 LEAN_GET_BYTES = 1 * MiB
 
@@ -175,7 +177,12 @@ class UploadThreads:
         for index, arg in enumerate(args):
             self.tasks.put((function, arg, index, results, done))
         for _ in args:
-            done.acquire()
+            # In slices: a SIGTERM that lands between the interpreter's check for signals and the wait in
+            # sem_wait() is otherwise acted on only when a task next releases the semaphore (a lost wakeup, as
+            # pool.UploadPool.terminate describes for idle workers): CI saw a stop wait out an 8 s held part.
+            # Between two slices the interpreter runs the handler, so a stop costs at most one slice here.
+            while not done.acquire(timeout=_WAIT_SLICE):
+                pass
         return results
 
 
@@ -696,6 +703,7 @@ class WorkerContext:
         digests = b"".join(digest for _, digest in results)
         if archive.etag_is_md5:
             _check_etag(item, etag, f"{hashlib.md5(digests).hexdigest()}-{len(results)}")
+        self._abort_leftovers(item, upload_id)
         return self._stored(item, etag, sha256, resp.get("VersionId", ""), retain_until, multipart=True)
 
     def _upload_part(self, item: WorkItem, fd: int, chunk: int, upload_id: str, spent: Optional[list],
@@ -726,6 +734,26 @@ class WorkerContext:
         finally:
             if spent is not None:
                 spent.append(self.counts.since(before))
+
+    def _abort_leftovers(self, item: WorkItem, completed: str) -> None:
+        """Abort the other unfinished multipart uploads of this very key, once this one has completed: left by
+        an earlier run whose abort could not reach a restarting server, or whose CreateMultipartUpload answer
+        never came (so it never knew the id), their parts are billed until a lifecycle rule removes them. One
+        ListMultipartUploads per completed multipart file. One run uploads a key at a time (the journal's lock),
+        so another upload of it is a leftover, or a second writer of the same prefix, whose Complete then fails
+        and whose next run uploads again. Best effort: a failure here is logged, never the file's."""
+        bucket = self.settings.bucket
+        try:
+            listed = self.client.list_multipart_uploads(Bucket=bucket, Prefix=item.key).get("Uploads", [])
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            log.debug("upload.leftovers_unlisted", key=item.key, error_type=s3.error_code(exc),
+                      error=s3.error_message(exc))
+            return
+        for upload in listed:
+            if upload.get("Key") == item.key and upload.get("UploadId") not in (None, completed):
+                log.info("upload.leftover_aborted", key=item.key, upload_id=upload["UploadId"],
+                         initiated=str(upload.get("Initiated", "")))
+                self._abort(item, upload["UploadId"])
 
     def _abort(self, item: WorkItem, upload_id: str) -> None:
         """AbortMultipartUpload, so no incomplete upload (and its billed parts) is left behind."""
