@@ -47,11 +47,8 @@ class Mismatch(Exception):
 
 
 def _file_sha256(path: bytes) -> str:
-    sha = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(READ_BLOCK), b""):
-            sha.update(block)
-    return sha.hexdigest()
+        return _file_digest(f.fileno(), os.fstat(f.fileno()).st_size)
 
 
 def read_body(body, write=None, received=None) -> tuple:
@@ -72,24 +69,10 @@ def read_body(body, write=None, received=None) -> tuple:
     return sha.hexdigest(), size
 
 
-def _write_all(fd: int, block: bytes) -> None:
-    view = memoryview(block)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _write_sparse(fd: int, block: bytes) -> None:
-    """Write a block, or, when it is all zeros, leave a hole (lseek past it): a sparse file comes back sparse
-    (issue #20: a 100 MiB sparse file came back fully allocated), as `cp --sparse=auto` and restic restore
-    them. The caller truncates the file to its size at the end, which makes a trailing hole part of it."""
-    if block.count(0) == len(block):
-        os.lseek(fd, len(block), os.SEEK_CUR)
-    else:
-        _write_all(fd, block)
-
-
-def _pwrite_sparse(fd: int, offset: int, block: bytes) -> None:
-    """_write_sparse at an offset, into a file already truncated to its size (so a skipped block is a hole)."""
+def _write_sparse(fd: int, offset: int, block: bytes) -> None:
+    """Write a block at `offset`, or, when it is all zeros, leave a hole (write nothing): a sparse file comes
+    back sparse (issue #20: a 100 MiB sparse file came back fully allocated), as `cp --sparse=auto` and
+    restic restore them. The file is truncated to its size (before or after), which makes any hole part of it."""
     if block.count(0) == len(block):
         return
     view = memoryview(block)
@@ -249,7 +232,7 @@ def restore(client, bucket: str, controls: archive.ArchiveControls, item: Restor
 
 def _fill_stream(item: RestoreItem, response: dict, received, fd: int, temp: bytes) -> Tuple[str, int]:
     """The whole body into the temporary file; (SHA-256 hex, bytes)."""
-    digest, size = read_body(response["Body"], functools.partial(_write_sparse, fd), received)
+    digest, size = read_body(response["Body"], _AtOffset(fd, 0), received)
     os.ftruncate(fd, size)
     if size != response.get("ContentLength", size):
         raise Mismatch(f"read {size} bytes of {item.key}, the server announced {response.get('ContentLength')}")
@@ -265,14 +248,15 @@ def _range_total(response: dict) -> int:
 
 
 class _AtOffset:
-    """read_body's `write` for one range: each block to its place in the file (sparse), `offset` advancing."""
+    """read_body's `write` for a body (or one range of it) that starts at `offset`: each block to its place in
+    the file (sparse), `offset` advancing."""
 
     def __init__(self, fd: int, offset: int):
         self.fd = fd
         self.offset = offset
 
     def __call__(self, block: bytes) -> None:
-        _pwrite_sparse(self.fd, self.offset, block)
+        _write_sparse(self.fd, self.offset, block)
         self.offset += len(block)
 
 
