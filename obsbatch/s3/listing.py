@@ -30,10 +30,6 @@ def objects(client, bucket: str, prefix: str) -> Iterator[dict]:
         yield from page.get("Contents", ())
 
 
-class _Unversioned(Exception):
-    """The bucket never had versioning: list it with ListObjectsV2."""
-
-
 def _ever_versioned(client, bucket: str) -> bool:
     """Whether the bucket has (or had: Suspended) versioning; True when the key may not ask, so that the
     listing of versions is tried (and proves more)."""
@@ -65,8 +61,6 @@ class Inventory:
     """
 
     def __init__(self, client, bucket: str, prefix: str):
-        import botocore.exceptions
-
         from obsbatch import scratch
 
         self.db = scratch.database("listing")
@@ -74,19 +68,25 @@ class Inventory:
                         "PRIMARY KEY (key, version)) WITHOUT ROWID")
         self.db.execute("CREATE INDEX current ON listed (key) WHERE latest")
         try:
-            try:
-                if not _ever_versioned(client, bucket):
-                    raise _Unversioned()
-                self._load(client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix),
-                           "Versions", prefix)
-            except (_Unversioned, botocore.exceptions.ClientError) as exc:
-                if not isinstance(exc, _Unversioned) and exc.response.get("Error", {}).get("Code") not in (
-                        "NotImplemented", "AccessDenied"):
-                    raise
+            if not (_ever_versioned(client, bucket) and self._load_versions(client, bucket, prefix)):
                 self._load(pages(client, bucket, prefix), "Contents", prefix)
         except BaseException:
             self.db.close()
             raise
+
+    def _load_versions(self, client, bucket: str, prefix: str) -> bool:
+        """ListObjectVersions into the table; False when the store has no such call (NotImplemented) or the key
+        may not use it (AccessDenied), which answer the first page."""
+        import botocore.exceptions
+
+        try:
+            self._load(client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix),
+                       "Versions", prefix)
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("NotImplemented", "AccessDenied"):
+                raise
+            return False
+        return True
 
     def _load(self, listed_pages, field: str, prefix: str) -> None:
         beside = prefix.rstrip("/") + ".obsbatch/"
