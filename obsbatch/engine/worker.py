@@ -374,12 +374,13 @@ class WorkerContext:
         """`obsbatch restore`: bring back a batch of objects (RestoreItems) on this worker's threads. An object
         read in ranges (alone in its batch, as a multipart upload) runs here, in the main thread, outside
         `in_flight`: its ranges take the worker's share on the threads, as a multipart upload's parts do."""
-        ranges = self._ranges()
+        ranges = self._ranges
         ranged = len(items) == 1 and ranges is not None and ranges.wanted(items[0].size)
         threads = None if len(items) == 1 else self.threads
         return run_batch(items, functools.partial(self._unless_stopping, self.restore_one), threads,
                          None if ranged else self.in_flight)
 
+    @functools.cached_property
     def _ranges(self):
         """How this worker reads a large object (download.Ranges): in part-sized ranges on its threads; None
         when it has no threads (one request at a time)."""
@@ -394,12 +395,14 @@ class WorkerContext:
         """function(arg) for each arg on this worker's threads, each inside `in_flight`, their requests
         counted for this thread's object (Outcome.attempts); the first failure raised once all have ended."""
         spent: list = []
-        results = self.threads.map(functools.partial(_counted, self.counts, spent, function), args)
-        for counted in spent:
-            self.counts.add(counted)
+        try:
+            results = self.threads.map(functools.partial(_counted, self.counts, spent, function), args)
+        finally:
+            for counted in spent:
+                self.counts.add(counted)
         failures = [value for ok, value in results if not ok]
-        if failures:
-            raise failures[0]
+        if failures:  # the failure itself, not a task that only stood down after it (_Cancelled)
+            raise next((exc for exc in failures if not isinstance(exc, _Cancelled)), failures[0])
         return [value for _, value in results]
 
     def restore_one(self, item: RestoreItem) -> Outcome:
@@ -413,7 +416,7 @@ class WorkerContext:
                 raise RuntimeError(f"the worker could not create its S3 client: {self.init_error}")
             fields = download.restore(self.client, self.settings.bucket, self.settings.archive, item,
                                       self._lean_get if self.direct is not None else None, self._received,
-                                      self._ranges())
+                                      self._ranges)
         except download.Mismatch as exc:
             fields = dict(kind=Kind.FAILED, error_type="NotVerified", message=str(exc))
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
@@ -666,26 +669,18 @@ class WorkerContext:
         # offset. A failed part stops the parts not yet begun; the map returns once the others have ended,
         # so no part lands after the abort below. SIGTERM interrupts the wait itself, and the abort goes
         # out at once.
-        threads = self.threads
-        # (sent, calls, recalls) of each part sent on another thread, added to this thread's counts below.
-        # Parts sent on this thread (no upload threads) are counted here already.
-        spent: Optional[list] = [] if threads is not None else None
         failed = threading.Event()
         # Memory stays bounded whatever the level: at most PART_BYTES_IN_FLIGHT of parts read at once.
         memory = threading.BoundedSemaphore(max(1, PART_BYTES_IN_FLIGHT // chunk))
-        send = functools.partial(self._upload_part, item, f.fileno(), chunk, upload_id, spent, failed, memory)
+        send = functools.partial(self._upload_part, item, f.fileno(), chunk, upload_id, failed, memory)
         try:
-            if threads is None:
+            if self.threads is None:
                 results = []
                 for number in numbers:
                     with self.in_flight:
                         results.append(send(number))
             else:
-                outcomes = threads.map(send, list(numbers))
-                errors = [value for ok, value in outcomes if not ok]
-                if errors:
-                    raise next((e for e in errors if not isinstance(e, _Cancelled)), errors[0])
-                results = [value for _, value in outcomes]
+                results = self._run_on_threads(send, list(numbers))
             # The last chance to refuse: nothing is visible under the key until Complete succeeds.
             self._check_unchanged(item, f, "while uploading")
             resp = self.client.complete_multipart_upload(Bucket=bucket, Key=item.key, UploadId=upload_id,
@@ -694,9 +689,6 @@ class WorkerContext:
         except BaseException:
             self._abort(item, upload_id)
             raise
-        finally:
-            for counted in spent or ():
-                self.counts.add(counted)
         etag = resp.get("ETag", "").strip('"')
         # After Complete the object exists; a mismatch is reported FAILED (never journaled) and the next run
         # uploads the file again over it.
@@ -706,16 +698,12 @@ class WorkerContext:
         self._abort_leftovers(item, upload_id)
         return self._stored(item, etag, sha256, resp.get("VersionId", ""), retain_until, multipart=True)
 
-    def _upload_part(self, item: WorkItem, fd: int, chunk: int, upload_id: str, spent: Optional[list],
-                     failed: threading.Event, memory: threading.BoundedSemaphore, number: int):
-        """Read and send part `number`; returns ({"ETag", "PartNumber"}, binary MD5).
-
-        spent: where an upload thread leaves the requests it counted for this part, for the file's thread
-        to add up; None when the part is sent on the file's own thread, whose counts already hold them.
-        """
+    def _upload_part(self, item: WorkItem, fd: int, chunk: int, upload_id: str, failed: threading.Event,
+                     memory: threading.BoundedSemaphore, number: int):
+        """Read and send part `number`; returns ({"ETag", "PartNumber"}, binary MD5). Once a part has failed
+        (`failed`), the parts not yet begun stand down (_Cancelled)."""
         if failed.is_set():
             raise _Cancelled()
-        before = self.counts.snapshot()
         try:
             with memory:
                 offset = (number - 1) * chunk
@@ -731,9 +719,6 @@ class WorkerContext:
         except BaseException:
             failed.set()
             raise
-        finally:
-            if spent is not None:
-                spent.append(self.counts.since(before))
 
     def _abort_leftovers(self, item: WorkItem, completed: str) -> None:
         """Abort the other unfinished multipart uploads of this very key, once this one has completed: left by
