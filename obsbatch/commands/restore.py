@@ -16,7 +16,6 @@ in memory: a manifest of millions of files stays out of RAM.
 from __future__ import annotations
 
 import collections
-import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -269,7 +268,6 @@ def run(config: RestoreConfig, summary: RestoreSummary, counted: Callable[[Itera
     the workers down; what they were writing is removed (download.remove_temporaries). Whatever the stop, a name
     under --target holds either its checked bytes or what was there before.
     """
-    import botocore.exceptions
 
     from obsbatch.s3 import client as s3
     from obsbatch.s3.endpoint import Endpoint
@@ -286,12 +284,7 @@ def run(config: RestoreConfig, summary: RestoreSummary, counted: Callable[[Itera
         pool.start_fork_server()
     client = s3.make_client(Endpoint.from_config(config), pool_connections=1)
     if not (config.listing or config.restore_manifest):
-        try:
-            record = snapshots.choose(client, config.store.bucket, config.store.prefix, config.snapshot or "",
-                                      config.as_of, config.store.reading.read_params(""))
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise remote.store_error(exc, config.store.bucket, config.store.server,
-                                     f"read the snapshots under s3://{config.store.bucket}/{config.store.prefix}") from None
+        record = remote.chosen_snapshot(client, config.store, config.snapshot or "", config.as_of)
         if record is not None:
             return _restore_snapshot(config, client, record, target, summary, counted)
         log.info("restore.no_snapshot", bucket=config.store.bucket, prefix=config.store.prefix,
@@ -307,14 +300,12 @@ def run(config: RestoreConfig, summary: RestoreSummary, counted: Callable[[Itera
     items = counted(_items(config, target, listing.objects(client, config.store.bucket, config.store.prefix), index,
                            summary, has_our_metadata))
     try:
-        if config.restore_dry_run:
-            _plan_only(client, config.store, items, summary)
-        else:
-            _dispatch(config, client, items, summary)
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-        # The listing failed: the bucket is gone, the key may not list, the endpoint is down.
-        raise remote.store_error(exc, config.store.bucket, config.store.server,
-                                 f"list s3://{config.store.bucket}/{config.store.prefix}") from None
+        # A failure here is the listing's: the bucket is gone, the key may not list, the endpoint is down.
+        with remote.store_errors(config.store, f"list s3://{config.store.bucket}/{config.store.prefix}"):
+            if config.restore_dry_run:
+                _plan_only(client, config.store, items, summary)
+            else:
+                _dispatch(config, client, items, summary)
     finally:
         if index is not None:
             index.close()
@@ -328,7 +319,6 @@ def run(config: RestoreConfig, summary: RestoreSummary, counted: Callable[[Itera
 def _restore_snapshot(config: RestoreConfig, client, record: dict, target: bytes, summary: RestoreSummary,
                       counted: Callable[[Iterator], Iterator]) -> RestoreSummary:
     """Restore one snapshot (commands.restore_tree): its files through the workers, then the rest."""
-    import botocore.exceptions
 
     from obsbatch.commands.restore_tree import TreeRestore
 
@@ -336,10 +326,8 @@ def _restore_snapshot(config: RestoreConfig, client, record: dict, target: bytes
     summary.snapshot = record["id"]
     log.info("restore.snapshot", id=record["id"], time=record.get("time"), host=record.get("host"),
              files=record.get("files"), head=record.get("head"))
-    try:
+    with remote.store_errors(store, f"read the snapshot {record['id']}"):
         trees = snapshots.trees(client, store.bucket, store.prefix, record, store.reading.read_params(""))
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-        raise remote.store_error(exc, store.bucket, store.server, f"read the snapshot {record['id']}") from None
     try:
         tree = TreeRestore(config, record, trees, target, summary, excluder(config.include, config.exclude))
         if config.restore_dry_run:
@@ -354,28 +342,12 @@ def _restore_snapshot(config: RestoreConfig, client, record: dict, target: bytes
 
 
 def _dispatch(config: RestoreConfig, client, items, summary: RestoreSummary) -> None:
-    """The objects to the workers, through the backup's engine, their level started from the round trip to the
-    store (issue #21: from 8, a restore at RTT 20 ms spent its first rounds climbing); the stop signal, if
-    any, into the summary."""
-    from obsbatch.engine.dispatch import Dispatch
-    from obsbatch.engine.shutdown import Shutdown
+    """The objects to the workers (dispatch.run_reads); a worker torn down mid-object leaves no temporary."""
+    from obsbatch.engine.dispatch import run_reads
 
-    from obsbatch.engine.settings import WorkerSettings
-
-    ctx = pool.context()
-    shutdown = Shutdown(ctx, config.transfer.stop_timeout)
-    workers = pool.UploadPool(ctx, config.transfer, WorkerSettings.for_reading(config), shutdown.workers_flag,
-                              pool.Gauges(ctx, config.transfer.processes), task="restore")
-    dispatch = Dispatch(workers, shutdown, summary, _as_returned, grace=config.transfer.grace,
-                        preflight=functools.partial(workers.seed_from_store, client, config.store.bucket),
-                        abandon=_abandoned)
     log.info("restore.start", bucket=config.store.bucket, prefix=config.store.prefix, target=config.target,
              manifest=config.restore_manifest, overwrite=config.overwrite)
-    try:
-        with shutdown.installed():
-            dispatch.run(items)
-    finally:
-        summary.interrupted_by = shutdown.exit_code
+    run_reads(config, client, items, summary, task="restore", abandon=_abandoned)
 
 
 def _plan_only(client, store, items, summary: RestoreSummary) -> None:
@@ -392,10 +364,6 @@ def _plan_only(client, store, items, summary: RestoreSummary) -> None:
             verdict = dict(kind=Kind.PLANNED, message="would replace the local file (--overwrite)" if replacing
                            else "would be written")
         summary.add(Outcome(path=item.display, key=item.key, size=item.size, **verdict))
-
-
-def _as_returned(item: RestoreItem, outcome: Outcome) -> Outcome:
-    return outcome  # a restore has no after-upload step (journal, move mode)
 
 
 def _abandoned(item: RestoreItem) -> None:

@@ -54,7 +54,6 @@ def main(argv: Sequence[str], started: float) -> int:
 
 def _records(config):
     """Each snapshot's listed keys (COLUMNS), oldest first; a record that does not verify is named, damaged."""
-    import botocore.exceptions
 
     from obsbatch.s3 import client as s3, remote, snapshots
     from obsbatch.s3.endpoint import Endpoint
@@ -62,7 +61,7 @@ def _records(config):
     client = s3.make_client(Endpoint.from_config(config), pool_connections=1)
     store = config.store
     reading = store.reading.read_params("")
-    try:
+    with remote.store_errors(store, f"list the snapshots under s3://{store.bucket}/{store.prefix}"):
         for snapshot_id in snapshots.ids(client, store.bucket, store.prefix):
             try:
                 found = snapshots.record(client, store.bucket, store.prefix, snapshot_id, reading)
@@ -71,6 +70,3 @@ def _records(config):
                 yield {"id": snapshot_id, "damaged": True}
                 continue
             yield {column: found.get(column) for column in COLUMNS}
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-        raise remote.store_error(exc, store.bucket, store.server,
-                                 f"list the snapshots under s3://{store.bucket}/{store.prefix}") from None

@@ -25,7 +25,6 @@ after the checks in flight (each worker's side is obsbatch.engine.check). A veri
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import time
 from dataclasses import dataclass
@@ -147,36 +146,15 @@ def _from_manifest(path: str, prefix: str, percent: float) -> Iterator[VerifyIte
                          read=sampled(record["key"], percent))
 
 
-def _chosen_snapshot(config: VerifyConfig, client) -> Optional[dict]:
-    """The snapshot --snapshot or --as-of names, or the latest; None where the prefix has none (and none was
-    named: snapshots.choose refuses a named one that is not there)."""
-    import botocore.exceptions
-
-    from obsbatch.s3 import snapshots
-
-    store = config.store
-    try:
-        return snapshots.choose(client, store.bucket, store.prefix, config.snapshot or "", config.as_of,
-                                store.reading.read_params(""))
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-        raise remote.store_error(exc, store.bucket, store.server,
-                                 f"read the snapshots under s3://{store.bucket}/{store.prefix}") from None
-
-
 def _from_snapshot(config: VerifyConfig, client, record: dict, summary: VerifySummary) -> Iterator[VerifyItem]:
     """Every file of the snapshot `record`, at its recorded version, size, ETag and sha256. The record and
     every tree are checked against their hashes first (snapshots.SnapshotDamaged, exit 1, for one that was
     altered)."""
-    import botocore.exceptions
-
     from obsbatch.s3 import snapshots
 
     store = config.store
-    try:
+    with remote.store_errors(store, f"read the snapshot {record['id']}"):
         trees = snapshots.trees(client, store.bucket, store.prefix, record, store.reading.read_params(""))
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-        raise remote.store_error(exc, store.bucket, store.server,
-                                 f"read the snapshots under s3://{store.bucket}/{store.prefix}") from None
     summary.snapshot = record["id"]
     try:
         # The whole tree is read (and every tree's hash checked) before the first check is sent: a damaged
@@ -209,8 +187,8 @@ def _snapshot_items(record: dict, trees, percent: float) -> Iterator[VerifyItem]
 def run(config: VerifyConfig, summary: VerifySummary, counted: Callable[[Iterator], Iterator] = iter
         ) -> VerifySummary:
     """Check every object under the prefix (or in the manifest); each is counted in `summary`."""
-    import botocore.exceptions
 
+    from obsbatch.engine import dispatch
     from obsbatch.reporting import manifest
     from obsbatch.s3 import client as s3
     from obsbatch.s3.endpoint import Endpoint
@@ -227,16 +205,15 @@ def run(config: VerifyConfig, summary: VerifySummary, counted: Callable[[Iterato
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read the manifest {config.verify_manifest}: "
                               f"{getattr(exc, 'strerror', None) or exc}") from None
-        try:
+        with remote.store_errors(store, where):
             # The pre-flight: with a manifest nothing else is asked of the store before the workers' HEADs, and a
             # missing bucket or rejected credentials must be one sentence and exit 2 here, as in every command,
             # not a failure per object.
             client.list_objects_v2(Bucket=store.bucket, Prefix=store.prefix, MaxKeys=1)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise remote.store_error(exc, store.bucket, store.server, where) from None
         items = _from_manifest(config.verify_manifest, store.prefix, config.read_data)
     else:
-        record = _chosen_snapshot(config, client) if config.by_snapshot else None
+        record = (remote.chosen_snapshot(client, store, config.snapshot or "", config.as_of) if config.by_snapshot
+                  else None)
         if record is not None:
             items = _from_snapshot(config, client, record, summary)
         else:
@@ -248,14 +225,13 @@ def run(config: VerifyConfig, summary: VerifySummary, counted: Callable[[Iterato
              snapshot=summary.snapshot, read_data=config.read_data)
     inventory = None
     try:
-        if config.verify_manifest or summary.snapshot:
-            # A recorded reference (version id, ETag) is what lets the listing prove an object: the listing's
-            # own objects have none to hold them against, so --listing still HEADs each one.
-            inventory = listing.Inventory(client, store.bucket, store.prefix)
-            items = _proven(items, inventory)
-        _dispatch(config, client, counted(items), summary)
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-        raise remote.store_error(exc, store.bucket, store.server, where) from None  # the listing failed
+        with remote.store_errors(store, where):  # the listing failed
+            if config.verify_manifest or summary.snapshot:
+                # A recorded reference (version id, ETag) is what lets the listing prove an object: the listing's
+                # own objects have none to hold them against, so --listing still HEADs each one.
+                inventory = listing.Inventory(client, store.bucket, store.prefix)
+                items = _proven(items, inventory)
+            dispatch.run_reads(config, client, counted(items), summary, task="verify")
     finally:
         if inventory is not None:
             inventory.close()
@@ -275,30 +251,4 @@ def _proven(items: Iterator[VerifyItem], inventory: "listing.Inventory") -> Iter
             yield Outcome(Kind.VERIFIED, item.key, key=item.key, version_id=item.version_id)
         else:
             yield item
-
-
-def _dispatch(config: VerifyConfig, client, items: Iterator[Union[VerifyItem, Outcome]], summary: VerifySummary
-              ) -> None:
-    """The checks to the workers, through the backup's engine, their level started from the round trip to the
-    store (as a restore's); the stop signal, if any, into the summary."""
-    from obsbatch.engine import pool
-    from obsbatch.engine.dispatch import Dispatch
-    from obsbatch.engine.settings import WorkerSettings
-    from obsbatch.engine.shutdown import Shutdown
-
-    ctx = pool.context()
-    shutdown = Shutdown(ctx, config.transfer.stop_timeout)
-    workers = pool.UploadPool(ctx, config.transfer, WorkerSettings.for_reading(config), shutdown.workers_flag,
-                              pool.Gauges(ctx, config.transfer.processes), task="verify")
-    dispatch = Dispatch(workers, shutdown, summary, _as_returned, grace=config.transfer.grace,
-                        preflight=functools.partial(workers.seed_from_store, client, config.store.bucket))
-    try:
-        with shutdown.installed():
-            dispatch.run(items)
-    finally:
-        summary.interrupted_by = shutdown.exit_code
-
-
-def _as_returned(item: VerifyItem, outcome: Outcome) -> Outcome:
-    return outcome  # a check has no after-step
 

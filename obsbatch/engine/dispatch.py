@@ -267,3 +267,32 @@ def plan_only(items: Iterable[Union[WorkItem, Outcome]], shutdown: Shutdown, sum
             return
         summary.add(Outcome(Kind.PLANNED, item.display, key=item.key, size=item.size)
                     if isinstance(item, WorkItem) else item)
+
+
+def run_reads(config, client, items: Iterable, summary, task: str,
+              abandon: Optional[Callable[[WorkItem], None]] = None) -> None:
+    """A restore's or a verify's objects (`task`: pool.UploadPool's) to the workers, through the backup's
+    engine: their level started from the round trip to the store (issue #21: from 8, a restore at RTT 20 ms
+    spent its first rounds climbing), what they return taken as it is (no after-step: no journal, no move
+    mode), and the stop signal, if any, into the summary (`interrupted_by`)."""
+    import functools
+
+    from obsbatch.engine import pool
+    from obsbatch.engine.settings import WorkerSettings
+
+    ctx = pool.context()
+    shutdown = Shutdown(ctx, config.transfer.stop_timeout)
+    workers = pool.UploadPool(ctx, config.transfer, WorkerSettings.for_reading(config), shutdown.workers_flag,
+                              pool.Gauges(ctx, config.transfer.processes), task=task)
+    dispatch = Dispatch(workers, shutdown, summary, _as_returned, grace=config.transfer.grace,
+                        preflight=functools.partial(workers.seed_from_store, client, config.store.bucket),
+                        abandon=abandon)
+    try:
+        with shutdown.installed():
+            dispatch.run(items)
+    finally:
+        summary.interrupted_by = shutdown.exit_code
+
+
+def _as_returned(item, outcome: Outcome) -> Outcome:
+    return outcome

@@ -12,6 +12,7 @@ server at all (issue #5).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import time
 from typing import Callable, Iterator, Optional
@@ -120,15 +121,10 @@ class Remote:
 
     def listing(self) -> Iterator[dict]:
         """--verify-remote: ListObjectsV2 pages under the prefix, one at a time (the paginator fetches lazily)."""
-        import botocore.exceptions
-
-        config = self.config
+        store = self.config.store
         self.checked()
-        try:
-            yield from listing.pages(self.client(), config.store.bucket, config.store.prefix)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise store_error(exc, config.store.bucket, config.store.server,
-                              f"list s3://{config.store.bucket}/{config.store.prefix} (--verify-remote)") from None
+        with store_errors(store, f"list s3://{store.bucket}/{store.prefix} (--verify-remote)"):
+            yield from listing.pages(self.client(), store.bucket, store.prefix)
 
     def put_manifest(self, key: str, body: bytes) -> Optional[str]:
         """Upload the run manifest; returns None when stored, else the S3 error code (already logged)."""
@@ -310,6 +306,26 @@ def _unreachable(where: str, exc: Exception) -> PreflightError:
     if isinstance(exc, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError)):
         return EndpointUnavailable(message)
     return PreflightError(message)
+
+
+def chosen_snapshot(client, store, snapshot_id: str, as_of: Optional[float]) -> Optional[dict]:
+    """The record of the snapshot `snapshot_id` names, or the latest at or before `as_of`, or the latest
+    (snapshots.choose): what restore and verify read; a store that cannot be read is store_error's sentence."""
+    from obsbatch.s3 import snapshots
+
+    with store_errors(store, f"read the snapshots under s3://{store.bucket}/{store.prefix}"):
+        return snapshots.choose(client, store.bucket, store.prefix, snapshot_id, as_of, store.reading.read_params(""))
+
+
+@contextlib.contextmanager
+def store_errors(store, doing: str) -> Iterator[None]:
+    """An S3 call inside that fails raises store_error's sentence for `store` (config.StoreConfig) instead."""
+    import botocore.exceptions
+
+    try:
+        yield
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise store_error(exc, store.bucket, store.server, doing) from None
 
 
 def store_error(exc: BaseException, bucket: str, where: str, doing: str) -> PreflightError:
