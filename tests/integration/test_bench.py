@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_bench_harness_runs_a_tiny_workload(tmp_path):
     out = tmp_path / "results"
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--tiny", "--rounds", "1",
-                           "--workloads", "small,wan20-small,noop,scale,restore-small", "--out", str(out), "--work",
+                           "--workloads", "small,wan20-small,noop,scale,restore-small,wan80-restore-large,self", "--out", str(out), "--work",
                            str(tmp_path / "work")],
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -43,5 +43,11 @@ def test_bench_harness_runs_a_tiny_workload(tmp_path):
     # The download direction (issue #14): every tool brought the whole tree back.
     for tool in ("obsbatch", "s5cmd", "rclone", "aws"):
         assert rows[("restore-small", tool)]["failed"] == 0, rows[("restore-small", tool)]
+    # The paced far link (issue #21) and obsbatch's own steps, each step's ratio to the one it follows.
+    for tool in ("obsbatch", "s5cmd"):
+        assert rows[("wan80-restore-large", tool)]["failed"] == 0, rows[("wan80-restore-large", tool)]
+    for step in ("backup", "verify", "restore", "restore-over"):
+        assert rows[(f"self:{step}", "obsbatch")]["failed"] == 0, rows[(f"self:{step}", "obsbatch")]
+    assert rows[("self:verify", "obsbatch")]["ratio_to_best_peer"] is not None
     assert (out / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| small | obsbatch |" in proc.stdout
