@@ -78,68 +78,75 @@ def _run_locked(config: BackupConfig, source: bytes, notifier: Notifier, telemet
     gauges = pool.Gauges(ctx, config.transfer.processes)
     activity = Activity(gauges.requests)
     uploads = pool.UploadPool(ctx, config.transfer, WorkerSettings.for_backup(config), shutdown.workers_flag, gauges)
-    first_run = not config.dry_run and journal_.empty()
-    if first_run:
-        # A first run (or --no-state) will upload: the fork server starts now, on another core, while this
-        # thread scans /proc and runs the pre-flight.
-        uploads.prewarm()
-    gate = Gate(config.min_age, strict=config.fd_check == "strict")
-    gate.current_index()  # the first /proc scan, now: --fd-check strict fails here, before any upload
-    # The pre-flight runs in an upload worker (pool.UploadPool.check_destination). It runs before walking on
-    # a first run (empty journal), where a mistyped bucket or key is likeliest, and for --verify-remote;
-    # once the journal holds uploads, it runs before the first upload instead, so a run with nothing to
-    # upload contacts no server at all (issue #5). --dry-run never does.
-    remote = Remote(config, uploads.check_destination)
-    if first_run or (config.verify_remote and not config.dry_run):
-        with contextlib.suppress(EndpointUnavailable):  # logged once; every file to upload then fails unsent
-            remote.checked()
-    log.info("run.start", source=display(source), bucket=config.store.bucket, prefix=config.store.prefix,
-             endpoint=config.store.endpoint or "aws", workers=config.transfer.processes, max_concurrent=config.transfer.max_concurrent or "auto",
-             min_age=config.min_age, dry_run=config.dry_run)
-    summary = Summary(observers=[activity.saw] + ([telemetry.record] if telemetry.enabled else []), started=started)
-    stages = _stages(config, source, journal_, recorder, gate, remote, summary, activity, telemetry)
-    previous = journal_.last_snapshot(config.store.prefix)
-    # Not in move mode: there every file of the previous snapshot is gone by design (this tool removed it).
-    if (not config.dry_run and not config.delete_source and previous is not None and previous[2] >= guard.MIN_FILES
-            and config.max_changed < 100):
-        stages = guard.guarded(stages, journal_, previous[2], config.max_changed, lambda: shutdown.stopping)
-    manifest_ = None
-    if config.manifest:
-        # The previous run's head (from the journal) makes successive manifests one chain (issue #14).
-        previous_head = journal_.last_manifest_head(config.store.prefix)
-        manifest_ = Manifest(config.manifest, {"source": display(source), "bucket": config.store.bucket,
-                                               "prefix": config.store.prefix, "endpoint": config.store.endpoint or "aws",
-                                               "started": summary.started, "obsbatch": __version__,
-                                               "previous_head": previous_head})
-        summary.observers.append(manifest_.record)
-    notifier.ready(f"backing up {display(source)} to s3://{config.store.bucket}/{config.store.prefix}")
-    with shutdown.installed(), Heartbeat(notifier, activity, summary.status_line, shutdown), \
-            ProgressBar.for_terminal(summary, config.output) as bar:
-        stages = _counted(stages, activity, bar)
-        try:
-            if config.dry_run:
-                plan_only(stages, shutdown, summary)
-            else:
-                Dispatch(uploads, shutdown, summary, AfterUpload(journal_, gate if config.delete_source else None),
-                         remote.checked, grace=config.transfer.grace).run(stages)
-                journal_.commit()  # before the summary: a journal that cannot be written is in it
-        except ObsbatchError as exc:
-            # The run cannot go on (the journal cannot be written, --fd-check strict went blind, the bucket
-            # is gone): every file handed out is accounted for, and the summary says why it stopped.
-            log.error("run.fatal", error=str(exc), error_type=type(exc).__name__, exit_code=int(exc.exit_code))
-            summary.abort(str(exc), exc.exit_code)
-        summary.finish(shutdown.exit_code)
-    if not config.dry_run and summary.walk_complete:
-        journal_.end_deferrals_not_seen(config.store.prefix)
-        # A snapshot only of a walk that reached every directory: one that stopped part-way would drop the
-        # files it never reached, and a restore of it would delete them in effect (README "Snapshots").
-        _write_snapshot(config, source, recorder, journal_, remote, summary)
-    if manifest_ is not None:
-        _finish_manifest(manifest_, summary, config, remote, journal_)
-    summary.log_final()
-    telemetry.end_run(summary)
-    notifier.stopping(summary.status_line())
-    return summary
+    # Every way out closes the pool: an error before the dispatch (a pre-flight that refuses, a --verify-remote
+    # listing that fails) would otherwise leave its workers to the interpreter's exit, where Python 3.11's
+    # concurrent.futures can race its own manager thread and print a traceback ("Bad file descriptor"; seen
+    # in CI after a rejected secret). Dispatch has closed or terminated it already on the normal way.
+    try:
+        first_run = not config.dry_run and journal_.empty()
+        if first_run:
+            # A first run (or --no-state) will upload: the fork server starts now, on another core, while this
+            # thread scans /proc and runs the pre-flight.
+            uploads.prewarm()
+        gate = Gate(config.min_age, strict=config.fd_check == "strict")
+        gate.current_index()  # the first /proc scan, now: --fd-check strict fails here, before any upload
+        # The pre-flight runs in an upload worker (pool.UploadPool.check_destination). It runs before walking on
+        # a first run (empty journal), where a mistyped bucket or key is likeliest, and for --verify-remote;
+        # once the journal holds uploads, it runs before the first upload instead, so a run with nothing to
+        # upload contacts no server at all (issue #5). --dry-run never does.
+        remote = Remote(config, uploads.check_destination)
+        if first_run or (config.verify_remote and not config.dry_run):
+            with contextlib.suppress(EndpointUnavailable):  # logged once; every file to upload then fails unsent
+                remote.checked()
+        log.info("run.start", source=display(source), bucket=config.store.bucket, prefix=config.store.prefix,
+                 endpoint=config.store.endpoint or "aws", workers=config.transfer.processes, max_concurrent=config.transfer.max_concurrent or "auto",
+                 min_age=config.min_age, dry_run=config.dry_run)
+        summary = Summary(observers=[activity.saw] + ([telemetry.record] if telemetry.enabled else []), started=started)
+        stages = _stages(config, source, journal_, recorder, gate, remote, summary, activity, telemetry)
+        previous = journal_.last_snapshot(config.store.prefix)
+        # Not in move mode: there every file of the previous snapshot is gone by design (this tool removed it).
+        if (not config.dry_run and not config.delete_source and previous is not None and previous[2] >= guard.MIN_FILES
+                and config.max_changed < 100):
+            stages = guard.guarded(stages, journal_, previous[2], config.max_changed, lambda: shutdown.stopping)
+        manifest_ = None
+        if config.manifest:
+            # The previous run's head (from the journal) makes successive manifests one chain (issue #14).
+            previous_head = journal_.last_manifest_head(config.store.prefix)
+            manifest_ = Manifest(config.manifest, {"source": display(source), "bucket": config.store.bucket,
+                                                   "prefix": config.store.prefix, "endpoint": config.store.endpoint or "aws",
+                                                   "started": summary.started, "obsbatch": __version__,
+                                                   "previous_head": previous_head})
+            summary.observers.append(manifest_.record)
+        notifier.ready(f"backing up {display(source)} to s3://{config.store.bucket}/{config.store.prefix}")
+        with shutdown.installed(), Heartbeat(notifier, activity, summary.status_line, shutdown), \
+                ProgressBar.for_terminal(summary, config.output) as bar:
+            stages = _counted(stages, activity, bar)
+            try:
+                if config.dry_run:
+                    plan_only(stages, shutdown, summary)
+                else:
+                    Dispatch(uploads, shutdown, summary, AfterUpload(journal_, gate if config.delete_source else None),
+                             remote.checked, grace=config.transfer.grace).run(stages)
+                    journal_.commit()  # before the summary: a journal that cannot be written is in it
+            except ObsbatchError as exc:
+                # The run cannot go on (the journal cannot be written, --fd-check strict went blind, the bucket
+                # is gone): every file handed out is accounted for, and the summary says why it stopped.
+                log.error("run.fatal", error=str(exc), error_type=type(exc).__name__, exit_code=int(exc.exit_code))
+                summary.abort(str(exc), exc.exit_code)
+            summary.finish(shutdown.exit_code)
+        if not config.dry_run and summary.walk_complete:
+            journal_.end_deferrals_not_seen(config.store.prefix)
+            # A snapshot only of a walk that reached every directory: one that stopped part-way would drop the
+            # files it never reached, and a restore of it would delete them in effect (README "Snapshots").
+            _write_snapshot(config, source, recorder, journal_, remote, summary)
+        if manifest_ is not None:
+            _finish_manifest(manifest_, summary, config, remote, journal_)
+        summary.log_final()
+        telemetry.end_run(summary)
+        notifier.stopping(summary.status_line())
+        return summary
+    finally:
+        uploads.close()
 
 
 def _stages(config: BackupConfig, source: bytes, journal_: journal.Journal, recorder: Optional[snapshots.Recorder],
