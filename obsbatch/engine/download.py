@@ -51,22 +51,24 @@ def _file_sha256(path: bytes) -> str:
         return _file_digest(f.fileno(), os.fstat(f.fileno()).st_size)
 
 
-def read_body(body, write=None, received=None) -> tuple:
+def read_body(body, write=None, received=None, digest: bool = True) -> tuple:
     """Read a GetObject body to its end in READ_BLOCK pieces, each to `write` if given; (SHA-256 hex, bytes).
     received(n): told of each piece's size as it arrives (the worker's --bwlimit pacing), if given.
+    digest: False leaves the SHA-256 out ("" for it): a range's bytes, which the file's digest covers.
     The body is closed, so its connection goes back to the pool (or is dropped, if cut short)."""
-    sha, size = hashlib.sha256(), 0
+    sha, size = hashlib.sha256() if digest else None, 0
     try:
         for block in iter(lambda: body.read(READ_BLOCK), b""):
             if received is not None:
                 received(len(block))
-            sha.update(block)
+            if sha is not None:
+                sha.update(block)
             size += len(block)
             if write is not None:
                 write(block)
     finally:
         body.close()
-    return sha.hexdigest(), size
+    return (sha.hexdigest() if sha is not None else ""), size
 
 
 def _write_sparse(fd: int, offset: int, block: bytes) -> None:
@@ -290,7 +292,8 @@ class _RangedRead:
         try:
             response = self.first if start == 0 else self.client.get_object(
                 Bucket=self.bucket, Key=self.item.key, Range=f"bytes={start}-{end}", **self.pinned)
-            read_body(response["Body"], place, self.received)
+            # Not hashed here: the whole file is, once every range is in it (_fill_ranges).
+            read_body(response["Body"], place, self.received, digest=False)
         finally:
             os.close(writer)
         if place.offset != end + 1:
