@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import datetime
 import functools
 import hashlib
@@ -147,6 +148,14 @@ class ArchiveControls:
     def locking(self) -> bool:
         """Whether objects must be locked (a retention, a legal hold, or both)."""
         return bool(self.lock_mode) or self.legal_hold
+
+    def for_marker(self) -> "ArchiveControls":
+        """What a fleet marker (snapshot.fleet_key) is stored with: encrypted as the data is (a bucket policy may
+        demand --sse), but readable by any monitor the bucket lets read it, and replaceable: no SSE-C key, no
+        archive storage class (a GLACIER marker could not be read), no lock or legal hold (a pointer that the
+        next run overwrites, evidence of nothing), no tags or metadata of the data's."""
+        return dataclasses.replace(self, lock_mode=None, lock_retain=None, legal_hold=False, customer_key=None,
+                                   storage_class=None, tags=(), metadata=())
 
     @property
     def etag_is_md5(self) -> bool:

@@ -190,6 +190,18 @@ def region_name(text: str) -> str:
     return text
 
 
+# A host name's characters (RFC 1123 labels, dots, and '_' as systemd's %H may give): a --host-id becomes part of
+# an object key (the fleet marker, s3.fleet) and a label of every log line and metric.
+_HOST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
+
+
+def host_id(text: str) -> str:
+    if not _HOST_ID_RE.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid host id (at most 253 letters, digits, '.', '-', '_', "
+                                         "starting with a letter or digit)")
+    return text
+
+
 def lock_mode(text: str) -> str:
     value = str(text).strip().upper()
     if value not in ("GOVERNANCE", "COMPLIANCE"):
@@ -412,11 +424,22 @@ class OutputConfig:
     progress: Optional[bool] = field(default=None, metadata=_opt(
         "draw a progress bar on stderr (default: when stdout and stderr are both terminals)", negatable=True))
     summary: Literal["none", "json"] = field(default="none", metadata=_opt("json: print the final summary as one JSON object on stdout"))
+    host_id: Optional[str] = field(default=None, metadata=_opt(
+        "this host's name in every log line, snapshot, manifest and metric (OTEL host.name), so that a fleet "
+        "writing into one bucket can be told apart (default: the host name)", metavar="NAME", type=host_id))
 
     def __post_init__(self) -> None:
         given = [flag for flag, on in (("--debug", self.debug), ("--verbose", self.verbose), ("--quiet", self.quiet)) if on]
         if len(given) > 1:
             raise UsageError(f"{' and '.join(given)} each set the log level; give one")
+        if self.host_id is None:
+            import socket
+
+            name = socket.gethostname()
+            if not _HOST_ID_RE.match(name):
+                raise UsageError(f"the host name {name!r} cannot name this host in the store; set --host-id "
+                                 "(or OBSBATCH_HOST_ID)")
+            object.__setattr__(self, "host_id", name)
 
     @property
     def level(self) -> str:
@@ -536,8 +559,8 @@ class BackupConfig:
         ("speed", ("max_concurrent", "max_concurrent_limit", "bwlimit", "max_rps", "http_timeout", "retries",
                    "multipart_threshold", "multipart_chunksize", "stop_timeout")),
         ("state", ("state", "no_state", "delete_source", "max_changed")),
-        ("output", ("debug", "verbose", "quiet", "log_format", "progress", "summary", "manifest", "upload_manifest",
-                    "manifest_signing_key", "otel_endpoint", "no_telemetry")),
+        ("output", ("debug", "verbose", "quiet", "log_format", "progress", "summary", "host_id", "manifest",
+                    "upload_manifest", "manifest_signing_key", "otel_endpoint", "no_telemetry")),
     )
 
     def __post_init__(self) -> None:
@@ -614,7 +637,7 @@ _STORE_GROUP = ("store", ("bucket", "prefix", "endpoint", "region", "addressing_
                           "no_verify_ssl", "sse_c_key_file"))
 _SPEED_GROUP = ("speed", ("max_concurrent", "max_concurrent_limit", "bwlimit", "max_rps", "http_timeout", "retries",
                           "stop_timeout"))
-_OUTPUT_GROUP = ("output", ("debug", "verbose", "quiet", "log_format", "progress", "summary"))
+_OUTPUT_GROUP = ("output", ("debug", "verbose", "quiet", "log_format", "progress", "summary", "host_id"))
 
 
 @dataclass(frozen=True)
@@ -702,8 +725,16 @@ class SnapshotsConfig:
     transfer: TransferConfig
     output: OutputConfig
     json: bool = field(default=False, metadata=_opt("print one JSON array of objects instead of a table"))
+    all: bool = field(default=False, metadata=_opt(
+        "the fleet view: the latest snapshot of every host and prefix in the bucket (host, prefix, id, time, files, "
+        "bytes, exit code), from the markers each run leaves (with --prefix: of the prefixes that begin with it); "
+        "reads no data listing and no snapshot record"))
+    stale: Optional[float] = field(default=None, metadata=_opt(
+        "exit 1 and name every host and prefix whose latest snapshot is older than DURATION (with --all: of the "
+        "whole fleet; else of --prefix, which then must have one); exit 0 when none is", metavar="DURATION",
+        type=duration))
 
-    GROUPS = (("snapshots", ("json",)), _STORE_GROUP, _SPEED_GROUP, _OUTPUT_GROUP)
+    GROUPS = (("snapshots", ("json", "all", "stale")), _STORE_GROUP, _SPEED_GROUP, _OUTPUT_GROUP)
 
 
 #: The commands whose flags come from a config class.

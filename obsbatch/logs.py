@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Optional
 
 import structlog
 
@@ -24,6 +25,17 @@ def _redact(_logger, _method, event_dict):
     for name in _SECRET_FIELDS.intersection(event_dict):
         event_dict[name] = "<redacted>"
     return event_dict
+
+
+class _Host:
+    """Names the host (--host-id) in every event: a fleet's logs, gathered in one place, say whose each line is."""
+
+    def __init__(self, host: str):
+        self.host = host
+
+    def __call__(self, _logger, _method, event_dict):
+        event_dict["host"] = self.host
+        return event_dict
 
 
 class _LineSink:
@@ -61,8 +73,8 @@ def route_lines(route) -> None:
         _sink.route = route
 
 
-def configure(level: str = "info", fmt: str = "auto", stream=None) -> None:
-    """Configure structlog for this process. `fmt` is auto|json|console."""
+def configure(level: str = "info", fmt: str = "auto", stream=None, host: Optional[str] = None) -> None:
+    """Configure structlog for this process. `fmt` is auto|json|console; `host`: named in every event."""
     global _sink
     stream = stream or sys.stderr
     _sink = _LineSink(stream)
@@ -75,6 +87,7 @@ def configure(level: str = "info", fmt: str = "auto", stream=None) -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *([_Host(host)] if host else []),
             _redact,
             renderer,
         ],

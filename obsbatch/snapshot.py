@@ -31,6 +31,7 @@ import re
 import struct
 import tempfile
 import time
+import urllib.parse
 import uuid
 import zlib
 from typing import BinaryIO, Dict, Iterator, List, Optional, Tuple
@@ -70,6 +71,25 @@ def record_key(prefix: str, snapshot_id: str) -> str:
 
 def pack_key(prefix: str, pack_id: str) -> str:
     return f"{area(prefix)}packs/{pack_id}"
+
+
+#: The fleet markers (issue #22): one object per (host, prefix) that has a snapshot, overwritten by each run.
+FLEET_AREA = ".obsbatch/fleet/"
+#: What a marker says of its latest snapshot: a copy of these fields of the record.
+FLEET_FIELDS = ("host", "prefix", "id", "time", "files", "bytes", "exit_code", "head")
+
+
+def fleet_key(host: str, prefix: str) -> str:
+    """Where the marker of `host`'s snapshots of `prefix` is: at the bucket's root, so that one listing finds
+    the whole fleet (`obsbatch snapshots --all`) without listing any data. The prefix is quoted whole (its '/'
+    too): one key per (host, prefix), whatever the prefix holds. Under `.obsbatch/`, the snapshot area of the
+    prefix "" (area), which no other prefix's data or snapshots can reach."""
+    return f"{FLEET_AREA}{host}/{urllib.parse.quote(prefix, safe='')}.json"
+
+
+def fleet_marker(record: dict) -> bytes:
+    """The marker's body for a stored record: FLEET_FIELDS of it, as canonical JSON."""
+    return json.dumps({name: record.get(name) for name in FLEET_FIELDS}, sort_keys=True).encode() + b"\n"
 
 
 #: How many leading characters of an id are its time ("YYYYmmddTHHMMSS.mmmZ").

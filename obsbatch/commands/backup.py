@@ -90,7 +90,7 @@ def main(argv: Sequence[str], started: float) -> int:
         from obsbatch.engine import pool
 
         pool.start_fork_server()
-    logs.configure(config.output.level, config.output.log_format)
+    logs.configure(config.output.level, config.output.log_format, host=config.output.host_id)
     log = structlog.get_logger()
     # Imported here so that `--help` and usage errors do not pay for the pipeline's imports.
     from obsbatch.commands import pipeline

@@ -115,7 +115,7 @@ def _run_locked(config: BackupConfig, source: bytes, notifier: Notifier, telemet
             manifest_ = Manifest(config.manifest, {"source": display(source), "bucket": config.store.bucket,
                                                    "prefix": config.store.prefix, "endpoint": config.store.endpoint or "aws",
                                                    "started": summary.started, "obsbatch": __version__,
-                                                   "previous_head": previous_head})
+                                                   "previous_head": previous_head, "host": config.output.host_id})
             summary.observers.append(manifest_.record)
         notifier.ready(f"backing up {display(source)} to s3://{config.store.bucket}/{config.store.prefix}")
         with shutdown.installed(), Heartbeat(notifier, activity, summary.status_line, shutdown), \

@@ -324,7 +324,7 @@ def _restore_snapshot(config: RestoreConfig, client, record: dict, target: bytes
 
     store = config.store
     summary.snapshot = record["id"]
-    log.info("restore.snapshot", id=record["id"], time=record.get("time"), host=record.get("host"),
+    log.info("restore.snapshot", id=record["id"], time=record.get("time"), snapshot_host=record.get("host"),
              files=record.get("files"), head=record.get("head"))
     with remote.store_errors(store, f"read the snapshot {record['id']}"):
         trees = snapshots.trees(client, store.bucket, store.prefix, record, store.reading.read_params(""))

@@ -52,7 +52,7 @@ def main(command: str, argv: Sequence[str], started: float, description: str, ne
         config = parse(command, argv, os.environ, description=description)
     except UsageError as exc:
         usage_exit(str(exc), command)
-    logs.configure(config.output.level, config.output.log_format)
+    logs.configure(config.output.level, config.output.log_format, host=config.output.host_id)
     log = structlog.get_logger()
     summary = new_summary(started=started)
     try:

@@ -1,8 +1,14 @@
-"""`obsbatch snapshots`: the snapshots stored for a prefix, oldest first (issue #20).
+"""`obsbatch snapshots`: the snapshots stored for a prefix, oldest first (issue #20); with --all, the latest
+of every host and prefix in the bucket (issue #22, the fleet view).
 
 One line each on stdout: id, time (UTC, RFC 3339), host, source, files, bytes, the run's exit code, head;
 `--json`: one JSON array of objects with those keys. Each record is checked against its head as it is read;
 one that was altered is listed with `"damaged": true` and makes the exit code 1.
+
+--all reads the fleet markers (snapshot.fleet_key: one per host and prefix, a copy of its latest record's
+summary, overwritten by each run): host, prefix, id, time, files, bytes, exit code, head. --stale DURATION
+marks (`STALE`, `"stale": true`) and logs (snapshots.stale) every host and prefix whose latest snapshot is
+older, and makes the exit code 1: the check a monitoring system runs.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Sequence
+from typing import List, Optional, Sequence
 
 import structlog
 
@@ -21,9 +27,14 @@ from obsbatch.errors import ExitCode, FatalExit, ObsbatchError, UsageError
 log = structlog.get_logger()
 
 DESCRIPTION = ("List the snapshots stored for a prefix, oldest first: id, time, host, source, files, bytes, exit "
-               "code, head. Exit 0 listed, 1 a record was altered in the store, 2 usage or access errors.")
+               "code, head; or with --all the latest of every host and prefix in the bucket. Exit 0 listed, 1 a "
+               "record was altered in the store or a snapshot is older than --stale, 2 usage or access errors.")
 #: The keys of each snapshot, in the order of the table's columns.
 COLUMNS = ("id", "time", "host", "source", "files", "bytes", "exit_code", "head")
+#: --all's columns: one (host, prefix) a line.
+FLEET_COLUMNS = ("host", "prefix", "id", "time", "files", "bytes", "exit_code")
+#: GETs of fleet markers in flight at once: a thousand hosts in a few round trips' time.
+FLEET_THREADS = 32
 
 
 def main(argv: Sequence[str], started: float) -> int:
@@ -31,25 +42,69 @@ def main(argv: Sequence[str], started: float) -> int:
         config = runner.parse("snapshots", argv, os.environ, description=DESCRIPTION)
     except UsageError as exc:
         runner.usage_exit(str(exc), "snapshots")
-    logs.configure(config.output.level, config.output.log_format)
+    logs.configure(config.output.level, config.output.log_format, host=config.output.host_id)
     try:
-        listed = list(_records(config))
+        listed = _fleet(config) if config.all else list(_records(config))
     except ObsbatchError as exc:
         log.error("snapshots.fatal", error=str(exc), error_type=type(exc).__name__, exit_code=int(exc.exit_code))
         raise FatalExit(exc.exit_code, str(exc)) from None
     damaged = sum(1 for one in listed if one.get("damaged"))
+    stale = _mark_stale(listed, config.stale, time.time(), latest_only=not config.all,
+                        where=f"s3://{config.store.bucket}/{config.store.prefix}")
+    columns = FLEET_COLUMNS if config.all else COLUMNS
     if config.json:
         print(json.dumps(listed, sort_keys=True), flush=True)
     else:
         for one in listed:
-            print("  ".join(str(one.get(column, "")) for column in COLUMNS) + ("  DAMAGED" if one.get("damaged") else ""))
-    code = ExitCode.PARTIAL if damaged else ExitCode.OK
+            print("  ".join(str(one.get(column, "")) for column in columns) + ("  DAMAGED" if one.get("damaged") else "")
+                  + ("  STALE" if one.get("stale") else ""))
+    code = ExitCode.PARTIAL if damaged or stale else ExitCode.OK
     report = {"snapshots": len(listed), "damaged": damaged, "seconds": round(time.time() - started, 3),
               "exit_code": int(code)}
+    if config.stale is not None:
+        report["stale"] = stale
     (log.info if code == ExitCode.OK else log.warning)("snapshots.summary", **report)
     if config.output.summary == "json":
         print(json.dumps(report, sort_keys=True), flush=True)
     return code
+
+
+def _mark_stale(listed: List[dict], older_than: Optional[float], now: float, latest_only: bool, where: str) -> int:
+    """--stale: mark each listed snapshot that is the latest of its (host, prefix) and older than `older_than`
+    seconds (`"stale": true`), log each (snapshots.stale); how many. latest_only: `listed` is one prefix's
+    snapshots, oldest first, and only the last is its latest; a prefix with none at all is stale too."""
+    from obsbatch import snapshot
+
+    if older_than is None:
+        return 0
+    if latest_only and not listed:
+        log.warning("snapshots.stale", where=where, latest=None, detail="no snapshot at all")
+        return 1
+    stale = 0
+    for one in listed[-1:] if latest_only else listed:
+        try:
+            age = now - snapshot.parse_time(str(one.get("time")))
+        except ValueError:  # a damaged record or marker has no time to trust: it is no proof of a recent run
+            age = float("inf")
+        if age > older_than:
+            one["stale"] = True
+            stale += 1
+            log.warning("snapshots.stale", snapshot_host=one.get("host"), prefix=one.get("prefix"),
+                        latest=one.get("time"), age_s=None if age == float("inf") else round(age),
+                        older_than_s=round(older_than))
+    return stale
+
+
+def _fleet(config) -> List[dict]:
+    """--all: every (host, prefix)'s latest snapshot, from the fleet markers (s3.snapshots.fleet)."""
+    from obsbatch.s3 import client as s3, remote, snapshots
+    from obsbatch.s3.endpoint import Endpoint
+
+    client = s3.make_client(Endpoint.from_config(config), pool_connections=FLEET_THREADS)
+    store = config.store
+    with remote.store_errors(store, f"list the fleet markers in s3://{store.bucket}/"):
+        found = snapshots.fleet(client, store.bucket, FLEET_THREADS)
+    return [one for one in found if str(one.get("prefix")).startswith(store.prefix)]
 
 
 def _records(config):

@@ -21,7 +21,7 @@ class WorkerSettings:
     endpoint: how to build the S3 client (Endpoint). bucket, prefix: where every key is.
     threads: threads per worker process at most (TransferConfig.threads); `workers`: how many processes
         share the level (TransferConfig.processes).
-    log_level, log_format: the worker's logs go to the same stderr as the parent's, in the same form.
+    log_level, log_format, host_id: the worker's logs go to the same stderr as the parent's, in the same form.
     archive: what every object is stored with (--object-lock-*, --sse*, --storage-class, --tag, --metadata,
         the POSIX attributes), or for a restore only the SSE-C key it is read with; never prints the key.
     multipart_threshold, multipart_chunksize, verify_after_upload, follow_symlinks: a backup's flags. A
@@ -36,6 +36,7 @@ class WorkerSettings:
     workers: int
     log_level: str
     log_format: str
+    host_id: str
     archive: ArchiveControls
     multipart_threshold: int = 64 * MiB
     multipart_chunksize: int = 16 * MiB
@@ -46,7 +47,8 @@ class WorkerSettings:
     def _common(cls, config, archive: ArchiveControls, **own) -> "WorkerSettings":
         return cls(endpoint=Endpoint.from_config(config), bucket=config.store.bucket, prefix=config.store.prefix,
                    threads=config.transfer.threads, workers=config.transfer.processes,
-                   log_level=config.output.level, log_format=config.output.log_format, archive=archive, **own)
+                   log_level=config.output.level, log_format=config.output.log_format,
+                   host_id=config.output.host_id, archive=archive, **own)
 
     @classmethod
     def for_backup(cls, config: BackupConfig) -> "WorkerSettings":

@@ -766,7 +766,7 @@ def init_worker(settings: WorkerSettings, shared: Shared) -> None:
     # multipart upload in progress is aborted on the way out rather than left behind.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _exit_on_term)
-    logs.configure(settings.log_level, settings.log_format)
+    logs.configure(settings.log_level, settings.log_format, host=settings.host_id)
     from obsbatch.engine import preload  # in the fork server already: botocore's S3 model, parsed once there
 
     _context = WorkerContext(settings, shared, preload.LOADER)

@@ -120,6 +120,9 @@ class Telemetry:
         resource = Resource.create({"service.version": __version__})
         if resource.attributes.get("service.name", "").startswith("unknown_service"):
             resource = resource.merge(Resource({"service.name": "obsbatch"}))
+        # --host-id names the host here as in the logs and the snapshots, over OTEL_RESOURCE_ATTRIBUTES' host.name:
+        # a fleet's metrics and its snapshots must agree on whose they are.
+        resource = resource.merge(Resource({"host.name": config.output.host_id}))
         # The Python exporters read these in seconds; when one is set, they use it and so does shutdown().
         env_timeout = next((environ[v] for v in _TIMEOUTS if environ.get(v)), None)
         timeout = None if env_timeout else DEFAULT_TIMEOUT

@@ -20,6 +20,7 @@ from typing import Callable, Iterator, Optional
 import structlog
 
 from obsbatch.s3 import listing
+from obsbatch.archive import ArchiveControls
 from obsbatch.config import BackupConfig
 from obsbatch.errors import EndpointUnavailable, PreflightError
 
@@ -132,16 +133,16 @@ class Remote:
                                "application/jsonl", "manifest.upload_failed")
 
     def put_beside(self, key: str, body, md5_hex: str, sha256_hex: str, content_type: str,
-                   failed_event: str) -> Optional[str]:
+                   failed_event: str, controls: Optional[ArchiveControls] = None) -> Optional[str]:
         """Store one of obsbatch's own records beside the data (the manifest, a snapshot record or pack):
         `body` is bytes or a seekable file (streamed, not read into memory). Returns None when stored, else
-        the S3 error code, logged under `failed_event`."""
+        the S3 error code, logged under `failed_event`. controls: what it is stored with; default the data's."""
         if self.unavailable:
             log.error(failed_event, key=key, error_type="EndpointUnavailable", error=self.unavailable)
             return "EndpointUnavailable"
         # Stored as the data is (encryption, storage class, tags, lock), and locked the same way: a record
         # that could be deleted or replaced proves nothing about the objects that cannot.
-        controls = self.config.archive
+        controls = controls or self.config.archive
         retain_until = controls.retain_until(time.time())
         if self.lean is not None and not controls.locking:  # a lock is held by a second request: botocore's
             from obsbatch.s3.lean import LeanFailed

@@ -37,6 +37,37 @@ def ids(client, bucket: str, prefix: str) -> Iterator[str]:
                 yield found
 
 
+def fleet(client, bucket: str, threads: int) -> List[dict]:
+    """The latest snapshot of every (host, prefix) in the bucket, from the fleet markers (snapshot.fleet_key):
+    one listing request per 1,000 of them and one GET each, `threads` at once; no data and no record is read.
+    Sorted by host, then prefix. A marker that is not what a run writes comes back as {"host", "prefix",
+    "damaged": True}, named from its key."""
+    import concurrent.futures
+
+    paginator = client.get_paginator("list_objects_v2")
+    keys = [obj["Key"] for page in paginator.paginate(Bucket=bucket, Prefix=snapshot.FLEET_AREA)
+            for obj in page.get("Contents", ()) if obj["Key"].endswith(".json")]
+    with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
+        found = [one for one in pool.map(lambda key: _marker(client, bucket, key), keys) if one is not None]
+    return sorted(found, key=lambda one: (str(one.get("host")), str(one.get("prefix"))))
+
+
+def _marker(client, bucket: str, key: str) -> Optional[dict]:
+    import urllib.parse
+
+    host, _, name = key[len(snapshot.FLEET_AREA):].partition("/")
+    named = {"host": host, "prefix": urllib.parse.unquote(name[:-len(".json")])}
+    try:
+        found = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    except client.exceptions.NoSuchKey:  # removed since the listing (a retired host cleaned up)
+        return None
+    except ValueError:
+        return dict(named, damaged=True)
+    if not isinstance(found, dict) or {name: found.get(name) for name in ("host", "prefix")} != named:
+        return dict(named, damaged=True)
+    return {name: found.get(name) for name in snapshot.FLEET_FIELDS}
+
+
 def record(client, bucket: str, prefix: str, snapshot_id: str, read_params: Optional[dict] = None) -> dict:
     """One snapshot record, checked against its head; SnapshotError if it is not there or was altered."""
     key = snapshot.record_key(prefix, snapshot_id)

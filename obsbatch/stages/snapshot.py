@@ -220,7 +220,6 @@ def write(config, source: str, recorder: Recorder, journal: Journal, remote, sum
     run exits 1 and the previous snapshot stays the latest). config: the BackupConfig; remote: s3.remote.Remote.
     """
     import json
-    import socket
 
     from obsbatch import __version__
 
@@ -239,7 +238,7 @@ def write(config, source: str, recorder: Recorder, journal: Journal, remote, sum
     previous = journal.last_snapshot(prefix)
     record = snapshot.seal({
         "format": snapshot.FORMAT, "id": snapshot_id, "time": snapshot.rfc3339(summary.started),
-        "host": socket.gethostname(), "source": source, "bucket": config.store.bucket, "prefix": prefix,
+        "host": config.output.host_id, "source": source, "bucket": config.store.bucket, "prefix": prefix,
         "root": built.root, "packs": sorted(built.packs), **built.totals._asdict(), "exit_code": int(summary.exit_code),
         "previous": previous[1] if previous else None, "obsbatch": __version__})
     body = json.dumps(record, sort_keys=True).encode() + b"\n"
@@ -253,6 +252,13 @@ def write(config, source: str, recorder: Recorder, journal: Journal, remote, sum
         signature = json.dumps(signing.signature(record["head"], config.manifest_signing_key), sort_keys=True).encode()
         _stored(remote, summary, key + signing.SUFFIX, signature, hashlib.md5(signature).hexdigest(),
                 hashlib.sha256(signature).hexdigest(), "application/json")
+    # The fleet marker (issue #22) after the record it points to. A marker that cannot be written (a key
+    # allowed to write only under its prefix) is logged and costs the run nothing: the snapshot is stored, and
+    # the fleet view shows this host as of its last marker, stale in time, which is what a monitor notices.
+    marker = snapshot.fleet_marker(record)
+    remote.put_beside(snapshot.fleet_key(record["host"], prefix), marker, hashlib.md5(marker).hexdigest(),
+                      hashlib.sha256(marker).hexdigest(), "application/json", "snapshot.fleet_marker_failed",
+                      config.archive.for_marker())
     totals = built.totals
     journal.record_snapshot(prefix, snapshot_id, record["head"], totals.files, snapshot_id, built.new_trees,
                             recorder.rebuilt())

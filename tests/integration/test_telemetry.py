@@ -32,7 +32,7 @@ def test_one_trace_per_run_with_summary_upload_spans_skip_events_and_metrics(tmp
 
     spans = receiver.spans()
     [(root, resource)] = [(s, r) for s, r in spans if s.name == "obsbatch.run"]
-    assert resource["service.name"] == "obsbatch"
+    assert resource["service.name"] == "obsbatch" and resource["host.name"] == socket.gethostname()  # --host-id
     attrs = otlp.attributes(root.attributes)
     assert attrs["obsbatch.files.uploaded"] == 3 and attrs["obsbatch.files.failed"] == 1
     assert attrs["obsbatch.files.deferred"] == 1 and attrs["obsbatch.files.scanned"] == 5

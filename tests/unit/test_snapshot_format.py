@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 
 import pytest
 
@@ -79,3 +80,12 @@ def test_an_entry_written_before_the_etag_field_reads_as_having_none():
     older = ["name", snapshot.FILE, 0o644, 0, 0, 1, 3, "sha", "", "", 0]
     assert snapshot.etag(older) == ""
     assert snapshot.etag(older + ["0cc175b9c0f1b6a831c399e269772661"]) == "0cc175b9c0f1b6a831c399e269772661"
+
+
+def test_a_fleet_marker_is_one_key_per_host_and_prefix_whatever_the_prefix_holds():
+    keys = {snapshot.fleet_key("web-01", prefix) for prefix in ("", "daily/", "daily/x/", "daily%2Fx/", "a b/")}
+    assert len(keys) == 5 and all(key.startswith(".obsbatch/fleet/web-01/") and key.count("/") == 3 for key in keys)
+    assert snapshot.fleet_key("web-01", "daily/x/") == ".obsbatch/fleet/web-01/daily%2Fx%2F.json"
+    record = {"host": "web-01", "prefix": "daily/", "id": "x", "time": "t", "files": 1, "bytes": 2, "exit_code": 0,
+              "head": "h", "root": "not copied", "packs": ["nor this"]}
+    assert json.loads(snapshot.fleet_marker(record)) == {k: v for k, v in record.items() if k not in ("root", "packs")}
