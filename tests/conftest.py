@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from obsbatch.testing import faultproxy, motoserver, seaweed
+from obsbatch.testing import faultproxy, motoserver, otlp, seaweed
 from obsbatch.testing.holders import Holder
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,6 +66,14 @@ def versioned(s3server):
 @pytest.fixture
 def s3(s3server):
     return s3server.client()
+
+
+@pytest.fixture
+def receiver():
+    """A real OTLP/HTTP receiver on a free loopback port (obsbatch.testing.otlp)."""
+    r = otlp.Receiver()
+    yield r
+    r.close()
 
 
 @pytest.fixture

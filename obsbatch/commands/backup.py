@@ -107,15 +107,15 @@ def main(argv: Sequence[str], started: float) -> int:
         summary = pipeline.run(config, notifier, tel, started)
     except KeyboardInterrupt as exc:  # Ctrl-C before the upload loop took over the signal
         log.warning("run.interrupted", detail="stopped before any upload")
-        _fail(notifier, tel, exc, "interrupted before any upload")
+        _fail(notifier, tel, exc, "interrupted before any upload", ExitCode.INTERRUPTED)
         raise FatalExit(ExitCode.INTERRUPTED, "interrupted before any upload") from None
     except ObsbatchError as exc:
         log.error("run.fatal", error=str(exc), error_type=type(exc).__name__, exit_code=int(exc.exit_code))
-        _fail(notifier, tel, exc, f"failed: {exc}")
+        _fail(notifier, tel, exc, f"failed: {exc}", exc.exit_code)
         raise FatalExit(exc.exit_code, str(exc)) from None
     except Exception as exc:  # a bug: say so in one line; the traceback only at debug level
         log.error("run.crashed", error=f"{type(exc).__name__}: {exc}", exc_info=config.output.traceback)
-        _fail(notifier, tel, exc, f"crashed: {type(exc).__name__}")
+        _fail(notifier, tel, exc, f"crashed: {type(exc).__name__}", ExitCode.FATAL)
         raise FatalExit(ExitCode.FATAL, f"crashed: {type(exc).__name__}: {exc}") from None
     tel.shutdown()
     if config.output.human_summary(sys.stderr.isatty()):
@@ -131,7 +131,7 @@ def main(argv: Sequence[str], started: float) -> int:
     return summary.exit_code
 
 
-def _fail(notifier, tel, exc: BaseException, status: str) -> None:
-    tel.end_run(error=exc)
+def _fail(notifier, tel, exc: BaseException, status: str, exit_code: int) -> None:
+    tel.end_run(error=exc, exit_code=exit_code)
     tel.shutdown()
     notifier.stopping(status)

@@ -76,6 +76,8 @@ class Telemetry:
     def __init__(self):
         self.enabled = False
         self._root = None
+        #: The run's bucket and prefix, the attributes of its run-level metrics (end_run).
+        self._run_attributes: dict = {}
         self._providers = []
         self._timeout = DEFAULT_TIMEOUT
         self._sdk_log = _Collect()
@@ -152,11 +154,18 @@ class Telemetry:
                                                description="Files deferred for longer than --max-defer")
             self._duration = meter.create_histogram("obsbatch.upload.duration", unit="s",
                                                     description="Time to upload one file, retries included")
+            # Run-level gauges, one series per host, bucket and prefix, for alerting (contrib/obsbatch-alerts.yml):
+            # a gauge keeps the latest run's value, so a failed run's alert clears when the next run succeeds.
+            self._exit_code = meter.create_gauge("obsbatch.run.exit_code", unit="{code}",
+                                                 description="The latest run's exit code (README: Exit codes)")
+            self._snapshot_time = meter.create_gauge("obsbatch.snapshot.time", unit="s",
+                                                     description="When the latest snapshot was taken (Unix time)")
         else:
             self._files = None
 
     @_guarded
     def start_run(self, source: str, config: BackupConfig) -> None:
+        self._run_attributes = {"obsbatch.bucket": config.store.bucket, "obsbatch.prefix": config.store.prefix}
         if self._tracer is not None:
             self._root = self._tracer.start_span("obsbatch.run", attributes={
                 "obsbatch.source": source, "obsbatch.bucket": config.store.bucket, "obsbatch.prefix": config.store.prefix,
@@ -205,9 +214,14 @@ class Telemetry:
             self._stuck.add(1, {"obsbatch.reason": outcome.reason.value})
 
     @_guarded
-    def end_run(self, summary=None, error: Optional[BaseException] = None) -> None:
+    def end_run(self, summary=None, error: Optional[BaseException] = None, exit_code: Optional[int] = None) -> None:
+        """The run's end: its summary, or the error that ended it early with its exit code."""
         from opentelemetry import trace
 
+        if self._files is not None:
+            self._exit_code.set(int(summary.exit_code if summary is not None else exit_code), self._run_attributes)
+            if summary is not None and summary.snapshot_id:
+                self._snapshot_time.set(round(summary.started, 3), self._run_attributes)
         if self._root is None:
             return
         if summary is not None:

@@ -70,7 +70,7 @@ class Receiver:
         return out
 
     def metric_points(self) -> dict:
-        """{metric name: [(attributes, value)]} over everything received (sums and histogram counts)."""
+        """{metric name: [(attributes, value)]} over everything received (sums, gauges, histogram counts)."""
         out: dict = {}
         for request in self.metrics:
             for resource_metrics in request.resource_metrics:
@@ -79,8 +79,27 @@ class Receiver:
                         points = out.setdefault(metric.name, [])
                         if metric.HasField("sum"):
                             points += [(attributes(p.attributes), p.as_int or p.as_double) for p in metric.sum.data_points]
+                        elif metric.HasField("gauge"):
+                            points += [(attributes(p.attributes), p.as_int or p.as_double)
+                                       for p in metric.gauge.data_points]
                         elif metric.HasField("histogram"):
                             points += [(attributes(p.attributes), p.count) for p in metric.histogram.data_points]
+        return out
+
+
+    def metric_kinds(self) -> dict:
+        """{metric name: (kind, unit, resource attributes)} over everything received; kind is "counter" (a
+        monotonic sum), "sum", "gauge" or "histogram", as an exporter to Prometheus names them."""
+        out: dict = {}
+        for request in self.metrics:
+            for resource_metrics in request.resource_metrics:
+                resource = attributes(resource_metrics.resource.attributes)
+                for scope_metrics in resource_metrics.scope_metrics:
+                    for metric in scope_metrics.metrics:
+                        kind = metric.WhichOneof("data")
+                        if kind == "sum" and metric.sum.is_monotonic:
+                            kind = "counter"
+                        out[metric.name] = (kind, metric.unit, resource)
         return out
 
 

@@ -11,13 +11,6 @@ from obsbatch.testing import otlp
 from obsbatch.testing.faultproxy import Fault
 
 
-@pytest.fixture
-def receiver():
-    r = otlp.Receiver()
-    yield r
-    r.close()
-
-
 def test_one_trace_per_run_with_summary_upload_spans_skip_events_and_metrics(tmp_path, s3server, prefix, proxy,
                                                                             receiver, holder):
     src = tmp_path / "src"
