@@ -2,8 +2,10 @@
 
 import os
 import signal
+import socket
 import sqlite3
 import time
+import urllib.parse
 
 import pytest
 
@@ -27,9 +29,12 @@ def test_no_change_rerun_sends_no_upload_and_edits_are_uploaded(tmp_path, s3, s3
     requests = len(proxy.seen)
     again = run_obsbatch(*args, env=s3server.env())
     assert again.returncode == 0, again
-    # One request: the snapshot's record (issue #20); no upload, no pre-flight (issue #5), no new tree.
+    # Two requests: the snapshot's record (issue #20), then this host's fleet marker (issue #22); no upload,
+    # no pre-flight (issue #5), no new tree.
     assert [(method, path.split("/")[-2:]) for method, path, *_ in proxy.seen[requests:]] == [
-        ("PUT", ["snapshots", f"{again.summary['snapshot']}.json"])], proxy.seen[requests:]
+        ("PUT", ["snapshots", f"{again.summary['snapshot']}.json"]),
+        ("PUT", [socket.gethostname(), urllib.parse.quote(urllib.parse.quote(prefix, safe=""), safe="") + ".json"]),
+    ], proxy.seen[requests:]
     assert again.summary["skipped"] == {"unchanged": 15} and again.summary["uploaded"] == 0
 
     # Three edits: an append, a new file, and a same-size rewrite with the mtime put back (only ctime moves).
