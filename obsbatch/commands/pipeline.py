@@ -187,8 +187,9 @@ def _write_snapshot(config: BackupConfig, source: bytes, recorder: snapshots.Rec
                                  config.transfer.retries, os.environ)
     try:
         record = snapshots.write(config, display(source), recorder, journal_, remote, summary)
-        # Recorded when the journal had none, or had one that failed (the lean PUT fell back to botocore).
-        learned = remote.learned_base() if known is None or remote.lean is None else None
+        # Recorded when the journal had none, or had one that failed (the lean PUT fell back to botocore), and
+        # only once the record is stored: a URL its PUT reached, with credentials that signed it.
+        learned = remote.learned_base() if record is not None and (known is None or remote.lean is None) else None
         if learned is not None:
             journal_.record_store_url(config.store.addressing_style, learned)
     except JournalError as exc:

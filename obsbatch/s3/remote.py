@@ -174,6 +174,10 @@ class Remote:
                 lock.hold(controls, self.client(), self.config.store.bucket, key, resp.get("VersionId", ""),
                           retain_until)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, lock.NotLocked) as exc:
+            if isinstance(exc, botocore.exceptions.NoCredentialsError) or s3.error_code(exc) in _BAD_CREDENTIAL_CODES:
+                # No key, or a rejected one: the pre-flight's fault and exit 2, said the same way (a run with
+                # nothing to upload has no pre-flight, and this PUT is its first request).
+                raise store_error(exc, self.config.store.bucket, self.config.store.server, f"store {key}") from None
             log.error(failed_event, key=key, error_type=s3.error_code(exc), error=s3.error_message(exc))
             return s3.error_code(exc)
         return None

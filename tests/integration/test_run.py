@@ -172,6 +172,20 @@ def test_retries_exhausted_exit_1(tmp_path, s3server, prefix, proxy):
     assert proxy.count("PUT", r"a\.txt") == 3  # 1 + --retries 2
 
 
+def test_a_run_with_nothing_to_upload_and_no_good_key_is_one_sentence_exit_2(tmp_path, s3server, prefix):
+    """Such a run has no pre-flight (issue #5): its first request is the snapshot record's PUT. A missing or
+    rejected key is the pre-flight's sentence and exit 2 there too, never a crash (found: run.crashed with
+    NoCredentialsError, from learning the store's URL after the record had failed)."""
+    make_tree(tmp_path / "src", {"a.txt": b"a"})
+    args = ["--source", tmp_path / "src", *server_args(s3server, prefix), "--state", tmp_path / "state.db"]
+    assert run_obsbatch(*args, env=s3server.env()).returncode == 0
+    bare = run_obsbatch(*args, env={"AWS_DEFAULT_REGION": "us-east-1"})
+    assert bare.returncode == 2 and not bare.find("run.crashed") and "Traceback" not in bare.stderr, bare
+    assert "no AWS credentials found" in bare.find("run.fatal")[0]["error"], bare
+    wrong = run_obsbatch(*args, env=dict(s3server.env(), AWS_SECRET_ACCESS_KEY="wrong-secret-value-123"))
+    assert wrong.returncode == 2 and "credentials were rejected" in wrong.find("run.fatal")[0]["error"], wrong
+
+
 @pytest.mark.parametrize("case", ["missing-source", "source-is-file", "no-bucket", "bad-secret", "no-credentials"])
 def test_fatal_errors_exit_2_with_one_sentence(tmp_path, s3server, prefix, case):
     make_tree(tmp_path, {"a.txt": b"a"})
