@@ -103,8 +103,7 @@ def _fleet(config) -> List[dict]:
     client = s3.make_client(Endpoint.from_config(config), pool_connections=FLEET_THREADS)
     store = config.store
     with remote.store_errors(store, f"list the fleet markers in s3://{store.bucket}/"):
-        found = snapshots.fleet(client, store.bucket, FLEET_THREADS)
-    return [one for one in found if str(one.get("prefix")).startswith(store.prefix)]
+        return snapshots.fleet(client, store.bucket, FLEET_THREADS, store.prefix)
 
 
 def _records(config):

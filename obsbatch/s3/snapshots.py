@@ -37,26 +37,33 @@ def ids(client, bucket: str, prefix: str) -> Iterator[str]:
                 yield found
 
 
-def fleet(client, bucket: str, threads: int) -> List[dict]:
-    """The latest snapshot of every (host, prefix) in the bucket, from the fleet markers (snapshot.fleet_key):
-    one listing request per 1,000 of them and one GET each, `threads` at once; no data and no record is read.
-    Sorted by host, then prefix. A marker that is not what a run writes comes back as {"host", "prefix",
-    "damaged": True}, named from its key."""
+def fleet(client, bucket: str, threads: int, prefix: str = "") -> List[dict]:
+    """The latest snapshot of every (host, prefix) in the bucket whose prefix starts with `prefix`, from the
+    fleet markers (snapshot.fleet_key): one listing request per 1,000 of them and one GET for each marker the
+    filter keeps (the prefix is in the key), `threads` at once; no data and no record is read. Sorted by host,
+    then prefix. A marker that is not what a run writes comes back as {"host", "prefix", "damaged": True},
+    named from its key."""
     import concurrent.futures
 
     paginator = client.get_paginator("list_objects_v2")
     keys = [obj["Key"] for page in paginator.paginate(Bucket=bucket, Prefix=snapshot.FLEET_AREA)
             for obj in page.get("Contents", ()) if obj["Key"].endswith(".json")]
+    keys = [key for key in keys if _named(key)["prefix"].startswith(prefix)]
     with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
         found = [one for one in pool.map(lambda key: _marker(client, bucket, key), keys) if one is not None]
     return sorted(found, key=lambda one: (str(one.get("host")), str(one.get("prefix"))))
 
 
-def _marker(client, bucket: str, key: str) -> Optional[dict]:
+def _named(key: str) -> dict:
+    """The host and prefix a marker's key names (snapshot.fleet_key, read back)."""
     import urllib.parse
 
     host, _, name = key[len(snapshot.FLEET_AREA):].partition("/")
-    named = {"host": host, "prefix": urllib.parse.unquote(name[:-len(".json")])}
+    return {"host": host, "prefix": urllib.parse.unquote(name[:-len(".json")])}
+
+
+def _marker(client, bucket: str, key: str) -> Optional[dict]:
+    named = _named(key)
     try:
         found = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
     except client.exceptions.NoSuchKey:  # removed since the listing (a retired host cleaned up)

@@ -54,7 +54,7 @@ def test_host_id_names_the_host_in_every_log_line_record_manifest_and_marker(tmp
     assert bad.returncode == 2 and "not a valid host id" in bad.stderr and "Traceback" not in bad.stderr, bad
 
 
-def test_the_fleet_view_lists_each_hosts_latest_and_stale_names_the_old_ones(tmp_path, s3, s3server, prefix):
+def test_the_fleet_view_lists_each_hosts_latest_and_stale_names_the_old_ones(tmp_path, s3, s3server, prefix, proxy):
     make_tree(tmp_path / "src", {"a.txt": b"a"})
     latest = {}
     for host, sub in (("alpha", "daily/"), ("alpha", "weekly/"), ("beta", "daily/"), ("beta", "daily/")):
@@ -70,6 +70,15 @@ def test_the_fleet_view_lists_each_hosts_latest_and_stale_names_the_old_ones(tmp
         (host, where, snapshot) for (host, where), snapshot in sorted(latest.items())]
     assert all(row["files"] == 1 and row["bytes"] == 1 and row["exit_code"] == 0 for row in rows), rows
     assert fleet(s3server, prefix, "--stale", "1h").returncode == 0
+    # Narrowed by --prefix, only the markers under it are read (the prefix is in each marker's key): one listing
+    # and alpha's two markers, not every marker in the bucket.
+    seen = len(proxy.seen)
+    narrowed = run_command("snapshots", *server_args(s3server, prefix + "alpha/", proxy.endpoint), "--all", "--json",
+                           env=s3server.env())
+    assert [row["prefix"] for row in json.loads(narrowed.stdout.strip().splitlines()[0])] == [
+        prefix + "alpha/daily/", prefix + "alpha/weekly/"], narrowed
+    marker_gets = [path for method, path, *_ in proxy.seen[seen:] if method == "GET" and path.endswith(".json")]
+    assert len(marker_gets) == 2, proxy.seen[seen:]
 
     # A host that has not backed up for three days: its marker as that run left it.
     old_key = f".obsbatch/fleet/beta/{urllib.parse.quote(prefix + 'beta/daily/', safe='')}.json"
