@@ -242,7 +242,7 @@ def _store_beside(remote: Remote, path: str, key: str, summary: Summary) -> bool
     """--upload-manifest: store one file (the manifest, its signature) under `key`; a failure is counted."""
     with open(path, "rb") as handle:
         body = handle.read()
-    if remote.put_manifest(key, body) is None:
+    if remote.put_beside(key, body, "application/jsonl", "manifest.upload_failed") is None:
         return True
     summary.failed += 1
     summary.failed_by_type["ManifestUpload"] += 1

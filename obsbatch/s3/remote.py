@@ -127,16 +127,14 @@ class Remote:
         with store_errors(store, f"list s3://{store.bucket}/{store.prefix} (--verify-remote)"):
             yield from listing.pages(self.client(), store.bucket, store.prefix)
 
-    def put_manifest(self, key: str, body: bytes) -> Optional[str]:
-        """Upload the run manifest; returns None when stored, else the S3 error code (already logged)."""
-        return self.put_beside(key, body, hashlib.md5(body).hexdigest(), hashlib.sha256(body).hexdigest(),
-                               "application/jsonl", "manifest.upload_failed")
-
-    def put_beside(self, key: str, body, md5_hex: str, sha256_hex: str, content_type: str,
-                   failed_event: str, controls: Optional[ArchiveControls] = None) -> Optional[str]:
-        """Store one of obsbatch's own records beside the data (the manifest, a snapshot record or pack):
-        `body` is bytes or a seekable file (streamed, not read into memory). Returns None when stored, else
-        the S3 error code, logged under `failed_event`. controls: what it is stored with; default the data's."""
+    def put_beside(self, key: str, body, content_type: str, failed_event: str,
+                   controls: Optional[ArchiveControls] = None, digests: Optional[tuple] = None) -> Optional[str]:
+        """Store one of obsbatch's own records beside the data (the manifest, a snapshot record or pack, a fleet
+        marker): `body` is bytes (hashed here) or a seekable file (streamed, not read into memory) with its
+        `digests`, (MD5 hex, SHA-256 hex), which its writer has (a pack is hashed as it is written). Returns None
+        when stored, else the S3 error code, logged under `failed_event`. controls: what it is stored with;
+        default the data's."""
+        md5_hex, sha256_hex = digests or (hashlib.md5(body).hexdigest(), hashlib.sha256(body).hexdigest())
         if self.unavailable:
             log.error(failed_event, key=key, error_type="EndpointUnavailable", error=self.unavailable)
             return "EndpointUnavailable"

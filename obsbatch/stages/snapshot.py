@@ -230,8 +230,8 @@ def write(config, source: str, recorder: Recorder, journal: Journal, remote, sum
         built = build(recorder, journal, prefix, pack, snapshot_id)
         if built.new_trees:
             handle, md5_hex, sha256_hex = pack.finished()
-            if not _stored(remote, summary, snapshot.pack_key(prefix, snapshot_id), handle, md5_hex, sha256_hex,
-                           "application/octet-stream"):
+            if not _stored(remote, summary, snapshot.pack_key(prefix, snapshot_id), handle,
+                           "application/octet-stream", (md5_hex, sha256_hex)):
                 return None
     finally:
         pack.close()
@@ -243,22 +243,19 @@ def write(config, source: str, recorder: Recorder, journal: Journal, remote, sum
         "previous": previous[1] if previous else None, "obsbatch": __version__})
     body = json.dumps(record, sort_keys=True).encode() + b"\n"
     key = snapshot.record_key(prefix, snapshot_id)
-    if not _stored(remote, summary, key, body, hashlib.md5(body).hexdigest(), hashlib.sha256(body).hexdigest(),
-                   "application/json"):
+    if not _stored(remote, summary, key, body, "application/json"):
         return None
     if config.manifest_signing_key:
         from obsbatch import signing
 
         signature = json.dumps(signing.signature(record["head"], config.manifest_signing_key), sort_keys=True).encode()
-        _stored(remote, summary, key + signing.SUFFIX, signature, hashlib.md5(signature).hexdigest(),
-                hashlib.sha256(signature).hexdigest(), "application/json")
+        _stored(remote, summary, key + signing.SUFFIX, signature, "application/json")
     # The fleet marker (issue #22) after the record it points to. A marker that cannot be written (a key
     # allowed to write only under its prefix) is logged and costs the run nothing: the snapshot is stored, and
     # the fleet view shows this host as of its last marker, stale in time, which is what a monitor notices.
     marker = snapshot.fleet_marker(record)
-    remote.put_beside(snapshot.fleet_key(record["host"], prefix), marker, hashlib.md5(marker).hexdigest(),
-                      hashlib.sha256(marker).hexdigest(), "application/json", "snapshot.fleet_marker_failed",
-                      config.archive.for_marker())
+    remote.put_beside(snapshot.fleet_key(record["host"], prefix), marker, "application/json",
+                      "snapshot.fleet_marker_failed", config.archive.for_marker())
     totals = built.totals
     journal.record_snapshot(prefix, snapshot_id, record["head"], totals.files, snapshot_id, built.new_trees,
                             recorder.rebuilt())
@@ -269,8 +266,8 @@ def write(config, source: str, recorder: Recorder, journal: Journal, remote, sum
     return record
 
 
-def _stored(remote, summary, key: str, body, md5_hex: str, sha256_hex: str, content_type: str) -> bool:
-    if remote.put_beside(key, body, md5_hex, sha256_hex, content_type, "snapshot.upload_failed") is None:
+def _stored(remote, summary, key: str, body, content_type: str, digests: Optional[tuple] = None) -> bool:
+    if remote.put_beside(key, body, content_type, "snapshot.upload_failed", digests=digests) is None:
         return True
     summary.failed += 1
     summary.failed_by_type["SnapshotUpload"] += 1
