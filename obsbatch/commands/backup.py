@@ -132,6 +132,6 @@ def main(argv: Sequence[str], started: float) -> int:
 
 
 def _fail(notifier, tel, exc: BaseException, status: str, exit_code: int) -> None:
-    tel.end_run(error=exc, exit_code=exit_code)
+    tel.abort_run(exc, exit_code)
     tel.shutdown()
     notifier.stopping(status)

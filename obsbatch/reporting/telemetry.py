@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from typing import Mapping, Optional
+from typing import Mapping
 
 import structlog
 
@@ -76,8 +76,10 @@ class Telemetry:
     def __init__(self):
         self.enabled = False
         self._root = None
-        #: The run's bucket and prefix, the attributes of its run-level metrics (end_run).
+        #: The run's bucket and prefix, the attributes of its run-level metrics (end_run, abort_run).
         self._run_attributes: dict = {}
+        #: Whether metrics are exported (the instruments below exist only then).
+        self._metered = False
         self._providers = []
         self._timeout = DEFAULT_TIMEOUT
         self._sdk_log = _Collect()
@@ -148,6 +150,7 @@ class Telemetry:
             provider = MeterProvider(resource=resource, metric_readers=[PeriodicExportingMetricReader(exporter)])
             self._providers.append(provider)
             meter = provider.get_meter("obsbatch", __version__)
+            self._metered = True
             self._files = meter.create_counter("obsbatch.files", unit="{file}", description="Files by outcome")
             self._bytes = meter.create_counter("obsbatch.bytes", unit="By", description="Bytes by outcome")
             self._stuck = meter.create_counter("obsbatch.files.stuck", unit="{file}",
@@ -160,8 +163,6 @@ class Telemetry:
                                                  description="The latest run's exit code (README: Exit codes)")
             self._snapshot_time = meter.create_gauge("obsbatch.snapshot.time", unit="s",
                                                      description="When the latest snapshot was taken (Unix time)")
-        else:
-            self._files = None
 
     @_guarded
     def start_run(self, source: str, config: BackupConfig) -> None:
@@ -180,7 +181,7 @@ class Telemetry:
         attributes = {"obsbatch.outcome": kind.value}
         if outcome.reason is not None:
             attributes["obsbatch.reason"] = outcome.reason.value
-        if self._files is not None:
+        if self._metered:
             self._files.add(1, attributes)
             self._bytes.add(outcome.size, attributes)
             if kind in (Kind.UPLOADED, Kind.FAILED) and outcome.ended:
@@ -210,39 +211,50 @@ class Telemetry:
 
     @_guarded
     def stuck(self, outcome: Outcome) -> None:
-        if self._files is not None:
+        if self._metered:
             self._stuck.add(1, {"obsbatch.reason": outcome.reason.value})
 
     @_guarded
-    def end_run(self, summary=None, error: Optional[BaseException] = None, exit_code: Optional[int] = None) -> None:
-        """The run's end: its summary, or the error that ended it early with its exit code."""
+    def end_run(self, summary) -> None:
+        """The run's end, with its summary."""
         from opentelemetry import trace
 
-        if self._files is not None:
-            self._exit_code.set(int(summary.exit_code if summary is not None else exit_code), self._run_attributes)
-            if summary is not None and summary.snapshot_id:
+        if self._metered:
+            self._exit_code.set(int(summary.exit_code), self._run_attributes)
+            if summary.snapshot_id:
                 self._snapshot_time.set(round(summary.started, 3), self._run_attributes)
         if self._root is None:
             return
-        if summary is not None:
-            self._root.set_attributes({
-                "obsbatch.files.scanned": summary.scanned,
-                "obsbatch.files.uploaded": summary.uploaded,
-                "obsbatch.files.skipped": sum(summary.skipped.values()),
-                "obsbatch.files.deferred": sum(summary.deferred.values()),
-                "obsbatch.files.failed": summary.failed,
-                "obsbatch.bytes.uploaded": summary.bytes_uploaded,
-                "obsbatch.exit_code": int(summary.exit_code)})
-            if summary.manifest_head:  # the manifest's anchor, kept by the trace backend (issue #14)
-                self._root.set_attribute("obsbatch.manifest.head", summary.manifest_head)
-            if summary.snapshot_head:  # the snapshot chain's anchor (issue #20)
-                self._root.set_attribute("obsbatch.snapshot.id", summary.snapshot_id)
-                self._root.set_attribute("obsbatch.snapshot.head", summary.snapshot_head)
-            if summary.exit_code:
-                self._root.set_status(trace.Status(trace.StatusCode.ERROR, f"exit code {int(summary.exit_code)}"))
-        if error is not None:
-            self._root.set_attribute("error.type", type(error).__name__)
-            self._root.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
+        self._root.set_attributes({
+            "obsbatch.files.scanned": summary.scanned,
+            "obsbatch.files.uploaded": summary.uploaded,
+            "obsbatch.files.skipped": sum(summary.skipped.values()),
+            "obsbatch.files.deferred": sum(summary.deferred.values()),
+            "obsbatch.files.failed": summary.failed,
+            "obsbatch.bytes.uploaded": summary.bytes_uploaded,
+            "obsbatch.exit_code": int(summary.exit_code)})
+        if summary.manifest_head:  # the manifest's anchor, kept by the trace backend (issue #14)
+            self._root.set_attribute("obsbatch.manifest.head", summary.manifest_head)
+        if summary.snapshot_head:  # the snapshot chain's anchor (issue #20)
+            self._root.set_attribute("obsbatch.snapshot.id", summary.snapshot_id)
+            self._root.set_attribute("obsbatch.snapshot.head", summary.snapshot_head)
+        if summary.exit_code:
+            self._root.set_status(trace.Status(trace.StatusCode.ERROR, f"exit code {int(summary.exit_code)}"))
+        self._root.end()
+        self._root = None
+
+    @_guarded
+    def abort_run(self, error: BaseException, exit_code: int) -> None:
+        """A run that a fatal error ended before it had a summary: the error, and the exit code it ends with
+        (README: Exit codes), which the alert on failed runs reads."""
+        from opentelemetry import trace
+
+        if self._metered:
+            self._exit_code.set(exit_code, self._run_attributes)
+        if self._root is None:
+            return
+        self._root.set_attribute("error.type", type(error).__name__)
+        self._root.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
         self._root.end()
         self._root = None
 

@@ -54,6 +54,19 @@ def test_one_trace_per_run_with_summary_upload_spans_skip_events_and_metrics(tmp
     assert sum(v for a, v in points["obsbatch.upload.duration"]) == 4
 
 
+def test_a_run_ended_by_a_fatal_error_exports_its_exit_code_and_an_error_span(tmp_path, s3server, prefix, receiver):
+    """The failed-run alert (contrib/obsbatch-alerts.yml) reads obsbatch.run.exit_code: a run that never got a
+    summary (here the pre-flight finds no such bucket, exit 2) must export it too, with its root span in error."""
+    make_tree(tmp_path / "src", {"a.txt": b"a"})
+    result = run_obsbatch("--source", tmp_path / "src", *server_args(s3server, prefix, bucket="no-such-bucket-here"),
+                          "--no-state", env=dict(s3server.env(), OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint))
+    assert result.returncode == 2, result
+    assert receiver.metric_points()["obsbatch.run.exit_code"] == [(
+        {"obsbatch.bucket": "no-such-bucket-here", "obsbatch.prefix": prefix}, 2)]
+    [root] = [span for span, _ in receiver.spans() if span.name == "obsbatch.run"]
+    assert root.status.code == 2 and otlp.attributes(root.attributes)["error.type"] == "PreflightError", root
+
+
 def test_otel_endpoint_flag_and_no_telemetry_flag(tmp_path, s3server, prefix, receiver):
     make_tree(tmp_path, {"a.txt": b"a"})
     result = run_obsbatch("--source", tmp_path, *server_args(s3server, prefix), "--otel-endpoint", receiver.endpoint,
