@@ -33,8 +33,9 @@ DESCRIPTION = ("List the snapshots stored for a prefix, oldest first: id, time, 
 COLUMNS = ("id", "time", "host", "source", "files", "bytes", "exit_code", "head")
 #: --all's columns: one (host, prefix) a line.
 FLEET_COLUMNS = ("host", "prefix", "id", "time", "files", "bytes", "exit_code")
-#: GETs of fleet markers in flight at once: a thousand hosts in a few round trips' time.
-FLEET_THREADS = 32
+#: GETs of snapshot records or fleet markers in flight at once: a thousand of them in a few dozen round trips'
+#: time (a year of a 15-minute timer is 35,040 records of one prefix).
+READ_THREADS = 32
 
 
 def main(argv: Sequence[str], started: float) -> int:
@@ -44,7 +45,7 @@ def main(argv: Sequence[str], started: float) -> int:
         runner.usage_exit(str(exc), "snapshots")
     logs.configure(config.output.level, config.output.log_format, host=config.output.host_id)
     try:
-        listed = _fleet(config) if config.all else list(_records(config))
+        listed = _fleet(config) if config.all else _records(config)
     except ObsbatchError as exc:
         log.error("snapshots.fatal", error=str(exc), error_type=type(exc).__name__, exit_code=int(exc.exit_code))
         raise FatalExit(exc.exit_code, str(exc)) from None
@@ -100,27 +101,38 @@ def _fleet(config) -> List[dict]:
     from obsbatch.s3 import client as s3, remote, snapshots
     from obsbatch.s3.endpoint import Endpoint
 
-    client = s3.make_client(Endpoint.from_config(config), pool_connections=FLEET_THREADS)
+    client = s3.make_client(Endpoint.from_config(config), pool_connections=READ_THREADS)
     store = config.store
     with remote.store_errors(store, f"list the fleet markers in s3://{store.bucket}/"):
-        return snapshots.fleet(client, store.bucket, FLEET_THREADS, store.prefix)
+        return snapshots.fleet(client, store.bucket, READ_THREADS, store.prefix)
 
 
-def _records(config):
-    """Each snapshot's listed keys (COLUMNS), oldest first; a record that does not verify is named, damaged."""
+def _records(config) -> List[dict]:
+    """Each snapshot's listed keys (COLUMNS), oldest first; a record that does not verify is named, damaged.
+    The records are read READ_THREADS at once: one after another, a year of a 15-minute timer's records took a
+    quarter of an hour at a 20 ms round trip."""
+    import concurrent.futures
+    import functools
 
     from obsbatch.s3 import client as s3, remote, snapshots
     from obsbatch.s3.endpoint import Endpoint
 
-    client = s3.make_client(Endpoint.from_config(config), pool_connections=1)
+    client = s3.make_client(Endpoint.from_config(config), pool_connections=READ_THREADS)
     store = config.store
-    reading = store.reading.read_params("")
+    read_one = functools.partial(_record, client, store, store.reading.read_params(""))
     with remote.store_errors(store, f"list the snapshots under s3://{store.bucket}/{store.prefix}"):
-        for snapshot_id in snapshots.ids(client, store.bucket, store.prefix):
-            try:
-                found = snapshots.record(client, store.bucket, store.prefix, snapshot_id, reading)
-            except snapshots.SnapshotError as exc:
-                log.error("snapshots.damaged", id=snapshot_id, error=str(exc))
-                yield {"id": snapshot_id, "damaged": True}
-                continue
-            yield {column: found.get(column) for column in COLUMNS}
+        listed_ids = list(snapshots.ids(client, store.bucket, store.prefix))
+        with concurrent.futures.ThreadPoolExecutor(READ_THREADS) as pool:
+            return list(pool.map(read_one, listed_ids))  # in the listing's order: oldest first
+
+
+def _record(client, store, reading: dict, snapshot_id: str) -> dict:
+    """One snapshot's COLUMNS, or {"id", "damaged": True} (logged) for a record that does not verify."""
+    from obsbatch.s3 import snapshots
+
+    try:
+        found = snapshots.record(client, store.bucket, store.prefix, snapshot_id, reading)
+    except snapshots.SnapshotError as exc:
+        log.error("snapshots.damaged", id=snapshot_id, error=str(exc))
+        return {"id": snapshot_id, "damaged": True}
+    return {column: found.get(column) for column in COLUMNS}
