@@ -49,6 +49,9 @@ def main(argv: Sequence[str], started: float) -> int:
     except ObsbatchError as exc:
         log.error("snapshots.fatal", error=str(exc), error_type=type(exc).__name__, exit_code=int(exc.exit_code))
         raise FatalExit(exc.exit_code, str(exc)) from None
+    except KeyboardInterrupt:  # Ctrl-C: it only reads, so there is nothing to finish; the same line as restore's
+        log.warning("snapshots.interrupted")
+        raise FatalExit(ExitCode.INTERRUPTED, "interrupted") from None
     damaged = sum(1 for one in listed if one.get("damaged"))
     stale = _mark_stale(listed, config.stale, time.time(), latest_only=not config.all,
                         where=f"s3://{config.store.bucket}/{config.store.prefix}")
@@ -122,8 +125,10 @@ def _records(config) -> List[dict]:
     read_one = functools.partial(_record, client, store, store.reading.read_params(""))
     with remote.store_errors(store, f"list the snapshots under s3://{store.bucket}/{store.prefix}"):
         listed_ids = list(snapshots.ids(client, store.bucket, store.prefix))
+        # In the listing's order, oldest first. A Ctrl-C while waiting cancels the reads not yet started (map's
+        # iterator cancels its futures when it is left), so the pool's exit waits only for those in flight.
         with concurrent.futures.ThreadPoolExecutor(READ_THREADS) as pool:
-            return list(pool.map(read_one, listed_ids))  # in the listing's order: oldest first
+            return list(pool.map(read_one, listed_ids))
 
 
 def _record(client, store, reading: dict, snapshot_id: str) -> dict:

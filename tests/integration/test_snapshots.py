@@ -419,3 +419,29 @@ def test_a_run_with_nothing_to_upload_sends_its_record_without_botocore(tmp_path
     assert healed.find("snapshot.written")[0]["sent_by"] == "obsbatch" and not healed.find("lean.fallback"), healed
     listed = run_command("snapshots", *server_args(s3server, prefix, bucket=versioned), "--json", env=s3server.env())
     assert len(json.loads(listed.stdout.strip().splitlines()[0])) == 6
+
+
+def test_ctrl_c_while_reading_many_records_stops_at_once(s3, s3server, prefix, proxy):
+    """`obsbatch snapshots` reads a prefix's records 32 at once (issue #22). A Ctrl-C among them ends it in
+    moments, with one line and exit 130 (it printed a traceback), and the reads not yet started are not sent."""
+    import signal
+
+    from obsbatch import snapshot
+    from obsbatch.testing.faultproxy import Fault
+    from tests.conftest import finish, start_obsbatch
+
+    now = time.time()
+    for n in range(320):  # ten rounds of 32 reads; their bodies need not be records (damaged is listed too)
+        s3.put_object(Bucket=s3server.bucket, Key=snapshot.record_key(prefix, snapshot.new_id(now - n)), Body=b"{}")
+    held = Fault(method="GET", path=r"snapshots/[^/]+\.json", action="hold", delay=1.0, times=None)
+    proxy.add(held)  # each read takes a second: ten seconds to read them all
+    proc = start_obsbatch("snapshots", *server_args(s3server, prefix, proxy.endpoint), "--json", env=s3server.env())
+    assert held.arrived.wait(30), "no record was read"
+    interrupted = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    result = finish(proc, timeout=30)
+    stopped_after = time.monotonic() - interrupted
+    assert result.returncode == 130 and "Traceback" not in result.stderr, result
+    assert len(result.find("snapshots.interrupted")) == 1, result
+    assert stopped_after < 4, f"took {stopped_after:.1f} s after the interrupt: the queued reads were not cancelled"
+    assert len(proxy.seen) < 100, len(proxy.seen)  # a listing and the reads in flight, not all 320
