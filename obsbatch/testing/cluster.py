@@ -44,14 +44,6 @@ class Node:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait()
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
 
 @dataclass
 class Gateway(seaweed.LocalS3):
@@ -86,9 +78,20 @@ class Cluster:
         _wait_until(lambda: _serves(gateway, self.bucket), timeout, f"gateway {index} to serve again", self,
                     [gateway.node])
 
-    def stop(self) -> None:
-        for node in reversed(self.nodes):  # gateways first, the master last
-            node.stop()
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM to every node at once, then SIGKILL to any still running after `grace` seconds. One after
+        another, with 10 s each, took 30-45 s: a volume server waits its -preStopSeconds (10 s) after SIGTERM,
+        and the filer had not exited 15 s after it. The cluster's data is thrown away with it, so nothing
+        needs a clean shutdown."""
+        running = [node for node in reversed(self.nodes) if node.process is not None and node.process.poll() is None]
+        for node in running:
+            node.process.terminate()
+        deadline = time.monotonic() + grace
+        for node in running:
+            try:
+                node.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                node.kill()
 
     def logs(self) -> str:
         """The tail of every node's log, for a failure's message."""
