@@ -3,8 +3,9 @@ local SeaweedFS on loopback, through the real command line.
 
 Steps, each timed with its peak memory (the parent's own high-water mark and the sum over its process tree):
 walk (`--dry-run --no-state`: walk and judge only), the first backup (every file uploaded, the first snapshot),
-a no-op rerun, and a "nightly" rerun after --changed-dirs of the tree's 1,000 directories were rewritten.
-Then the snapshot area is listed: the bytes each snapshot added to the store (record and pack), and the size of
+a no-op rerun, a "nightly" rerun after --changed-dirs of the tree's 1,000 directories were rewritten, and a
+restore of the latest snapshot into an empty directory, compared file by file with the tree. Then the
+snapshot area is listed: the bytes each snapshot added to the store (record and pack), and the size of
 the journal on disk. Prints one JSON object. Reuses scripts/bench.py's tree maker and sampler.
 """
 
@@ -38,7 +39,7 @@ def step(name: str, cmd: list, env: dict, keep: set, server_pid: int) -> dict:
     lines = text.strip().splitlines()
     try:
         summary = json.loads(lines[-1])
-        row.update({k: summary[k] for k in ("uploaded", "skipped", "failed", "unchanged") if k in summary})
+        row.update({k: summary[k] for k in ("uploaded", "skipped", "failed", "restored") if k in summary})
     except (IndexError, ValueError):
         row["output"] = text[-2000:]
     print(json.dumps(row), flush=True)
@@ -56,6 +57,18 @@ def rewrite(src: Path, dirs: int) -> int:
             changed += 1
     time.sleep(2.1)  # past the default --min-age by ctime too
     return changed
+
+
+def differences(src: Path, target: Path) -> int:
+    """How many files of `src` are missing from `target` or differ in content, plus files only in `target`."""
+    seen, differ = 0, 0
+    for root, _, names in os.walk(src):
+        for name in names:
+            path = Path(root, name)
+            copy = target / path.relative_to(src)
+            seen += 1
+            differ += not copy.is_file() or copy.read_bytes() != path.read_bytes()
+    return differ + max(0, sum(len(names) for _, _, names in os.walk(target)) - seen)
 
 
 def snapshot_objects(client, bucket: str) -> dict:
@@ -94,6 +107,13 @@ def main() -> None:
             rows.append(step("no-op rerun", with_state, env, keep, server.process.pid))
             changed = rewrite(src, args.changed_dirs)
             rows.append(step(f"nightly ({changed} files rewritten)", with_state, env, keep, server.process.pid))
+            target = work / "restored"
+            shutil.rmtree(target, ignore_errors=True)
+            restore = [base[0], "restore", "--bucket", server.bucket, "--prefix", PREFIX, "--target", str(target),
+                       "--endpoint", server.endpoint, "--region", "us-east-1", "--debug", "warning", "--summary",
+                       "json"]
+            rows.append(step("restore of the latest snapshot", restore, env, keep, server.process.pid))
+            rows[-1]["differences"] = differences(src, target)
             print(json.dumps({"steps": rows, "snapshot_objects": snapshot_objects(server.client(), server.bucket),
                               "journal_bytes": sum(p.stat().st_size for p in work.glob("scale.db*"))}, indent=1))
     finally:
