@@ -101,34 +101,35 @@ def _mark_stale(listed: List[dict], older_than: Optional[float], now: float, lat
 
 def _fleet(config) -> List[dict]:
     """--all: every (host, prefix)'s latest snapshot, from the fleet markers (s3.snapshots.fleet)."""
-    from obsbatch.s3 import client as s3, remote, snapshots
-    from obsbatch.s3.endpoint import Endpoint
+    from obsbatch.s3 import remote, snapshots
 
-    client = s3.make_client(Endpoint.from_config(config), pool_connections=READ_THREADS)
     store = config.store
     with remote.store_errors(store, f"list the fleet markers in s3://{store.bucket}/"):
-        return snapshots.fleet(client, store.bucket, READ_THREADS, store.prefix)
+        return snapshots.fleet(_client(config), store.bucket, READ_THREADS, store.prefix)
 
 
 def _records(config) -> List[dict]:
     """Each snapshot's listed keys (COLUMNS), oldest first; a record that does not verify is named, damaged.
     The records are read READ_THREADS at once: one after another, a year of a 15-minute timer's records took a
     quarter of an hour at a 20 ms round trip."""
-    import concurrent.futures
     import functools
 
-    from obsbatch.s3 import client as s3, remote, snapshots
-    from obsbatch.s3.endpoint import Endpoint
+    from obsbatch.s3 import remote, snapshots
 
-    client = s3.make_client(Endpoint.from_config(config), pool_connections=READ_THREADS)
+    client = _client(config)
     store = config.store
     read_one = functools.partial(_record, client, store, store.reading.read_params(""))
     with remote.store_errors(store, f"list the snapshots under s3://{store.bucket}/{store.prefix}"):
         listed_ids = list(snapshots.ids(client, store.bucket, store.prefix))
-        # In the listing's order, oldest first. A Ctrl-C while waiting cancels the reads not yet started (map's
-        # iterator cancels its futures when it is left), so the pool's exit waits only for those in flight.
-        with concurrent.futures.ThreadPoolExecutor(READ_THREADS) as pool:
-            return list(pool.map(read_one, listed_ids))
+        return snapshots.read_all(read_one, listed_ids, READ_THREADS)  # in the listing's order: oldest first
+
+
+def _client(config):
+    """A client with a connection for each of the READ_THREADS reads at once."""
+    from obsbatch.s3 import client as s3
+    from obsbatch.s3.endpoint import Endpoint
+
+    return s3.make_client(Endpoint.from_config(config), pool_connections=READ_THREADS)
 
 
 def _record(client, store, reading: dict, snapshot_id: str) -> dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from typing import Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 from obsbatch import snapshot
 from obsbatch.errors import ExitCode, ObsbatchError
@@ -43,15 +43,22 @@ def fleet(client, bucket: str, threads: int, prefix: str = "") -> List[dict]:
     filter keeps (the prefix is in the key), `threads` at once; no data and no record is read. Sorted by host,
     then prefix. A marker that is not what a run writes comes back as {"host", "prefix", "damaged": True},
     named from its key."""
-    import concurrent.futures
-
     paginator = client.get_paginator("list_objects_v2")
     keys = [obj["Key"] for page in paginator.paginate(Bucket=bucket, Prefix=snapshot.FLEET_AREA)
             for obj in page.get("Contents", ()) if obj["Key"].endswith(".json")]
     keys = [key for key in keys if _named(key)["prefix"].startswith(prefix)]
-    with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
-        found = [one for one in pool.map(lambda key: _marker(client, bucket, key), keys) if one is not None]
+    found = [one for one in read_all(lambda key: _marker(client, bucket, key), keys, threads) if one is not None]
     return sorted(found, key=lambda one: (str(one.get("host")), str(one.get("prefix"))))
+
+
+def read_all(read: Callable, items: list, threads: int) -> list:
+    """[read(item) for item in items], `threads` at once, in the items' order. A Ctrl-C while waiting cancels
+    the reads not yet started (map's iterator cancels its futures when it is left), so the pool's exit waits
+    only for those in flight."""
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
+        return list(pool.map(read, items))
 
 
 def _named(key: str) -> dict:
