@@ -22,7 +22,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
 
+import bench  # noqa: E402
 from obsbatch import snapshot  # noqa: E402
 from obsbatch.testing import seaweed  # noqa: E402
 
@@ -52,13 +54,10 @@ def generate(root: Path, hosts: int, snapshots: int, now: float) -> int:
     return count
 
 
-def timed(cmd: list, env: dict) -> dict:
-    """One run of `cmd`: its wall time, exit code, stdout, and its own peak RSS (GNU time's %M, in KiB)."""
-    started = time.monotonic()
-    proc = subprocess.run(["/usr/bin/time", "-f", "peak-kib %M", *cmd], env=env, capture_output=True, text=True)
-    wall = time.monotonic() - started
-    peak = int(proc.stderr.strip().splitlines()[-1].split()[-1])
-    return {"wall_s": wall, "exit": proc.returncode, "stdout": proc.stdout, "peak_rss_mib": round(peak / 1024, 1)}
+def timed(cmd: list, env: dict, server_pid: int) -> dict:
+    """One run of `cmd` (bench.measure): its wall time, exit code, stdout, and its own peak RSS."""
+    wall, _, rss_main, _, _, code, text = bench.measure(cmd, env, {server_pid}, server_pid)
+    return {"wall_s": wall, "exit": code, "stdout": text, "peak_rss_mib": round(rss_main, 1)}
 
 
 def main() -> None:
@@ -67,6 +66,7 @@ def main() -> None:
     parser.add_argument("--snapshots", type=int, default=365)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    bench.set_subreaper()  # bench.measure reaps what the measured command leaves behind
     work = Path(tempfile.mkdtemp(prefix="obsbatch-fleet-scale-"))
     try:
         with seaweed.running("fleet", str(work / "weed")) as server:
@@ -88,8 +88,8 @@ def main() -> None:
                     "--log-format", "json"]
             views, stales = [], []
             for _ in range(args.rounds):
-                views.append(timed(base, env))
-                stales.append(timed(base + ["--stale", "26h"], env))
+                views.append(timed(base, env, server.process.pid))
+                stales.append(timed(base + ["--stale", "26h"], env, server.process.pid))
             rows = json.loads(views[-1]["stdout"].splitlines()[0])
             assert views[-1]["exit"] == 0 and len(rows) == args.hosts, views[-1]
             print(json.dumps({
