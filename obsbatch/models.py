@@ -208,8 +208,9 @@ class Outcome:
 class RestoreItem:
     """One object to bring back (`obsbatch restore`), pickled to a worker like a WorkItem.
 
-    key: the object key. display: the local path for humans. dest: where it goes (bytes, absolute; the
-    parent has checked that it stays under --target). size: the listed size.
+    key: the object key. display: the local path for humans. target: --target (bytes, absolute). rel: where
+    it goes beneath the target (bytes; the parent has checked each of its names with beneath.valid_path, and
+    the worker enters it from the target without following a symlink). size: the listed size.
     sha256: what the manifest says the bytes are (--manifest), or "" (then the object's own sha256
     metadata is the reference). version_id: the manifest's version to read, or "" (the current one).
     overwrite: --overwrite. chown: restore uid/gid too (the restore runs as root).
@@ -219,13 +220,24 @@ class RestoreItem:
 
     key: str
     display: str
-    dest: bytes
+    target: bytes
+    rel: bytes
     size: int
     sha256: str = ""
     version_id: str = ""
     overwrite: bool = False
     chown: bool = False
     listed_mtime_ns: int = 0
+
+    @property
+    def parent(self) -> bytes:
+        """The directory it goes in, relative to the target ("" for the target itself)."""
+        return self.rel.rpartition(b"/")[0]
+
+    @property
+    def name(self) -> bytes:
+        """Its own name in that directory."""
+        return self.rel.rpartition(b"/")[2]
 
 
 @dataclass(frozen=True)

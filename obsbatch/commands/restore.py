@@ -23,7 +23,7 @@ from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
 
 import structlog
 
-from obsbatch import keys, scratch
+from obsbatch import beneath, keys, scratch
 from obsbatch.commands import runner
 from obsbatch.engine import download, pool
 from obsbatch.s3 import listing, remote, snapshots
@@ -172,13 +172,6 @@ def local_name(key_text: str, ours: Callable[[], bool]) -> bytes:
     return keys.decode(key_text)
 
 
-def unsafe(rel: bytes) -> bool:
-    """Whether a relative path could leave the target or names no file: empty, absolute, a '.', '..' or empty
-    segment (a directory marker 'a/' among them), or a NUL byte. keys.encode never makes such a key from a
-    walked path; someone else's object can be one."""
-    return not rel or b"\0" in rel or any(part in (b"", b".", b"..") for part in rel.split(b"/"))
-
-
 class ManifestIndex:
     """The uploaded records of a manifest, by key, in a temporary sqlite file; which were seen in the store."""
 
@@ -233,15 +226,17 @@ def _items(config: RestoreConfig, target: bytes, listed, index: Optional[Manifes
         if excluded is not None and excluded(rel):
             yield Outcome(Kind.SKIPPED, display(os.path.join(target, rel)), key=key, reason=Reason.EXCLUDED)
             continue
-        if unsafe(rel):
+        # An empty, absolute, '.', '..' or empty segment (a directory marker 'a/' among them), or a NUL byte:
+        # keys.encode never makes such a key from a walked path; someone else's object can be one.
+        if not beneath.valid_path(rel):
             yield Outcome(Kind.SKIPPED, key, key=key, reason=Reason.UNSAFE_KEY,
                           message="this key would land outside --target, or names no file; not written")
             continue
-        dest = os.path.join(target, rel)
+        dest = display(os.path.join(target, rel))
         if not keys.plain(rel):
             first = taken.setdefault(rel, key)
             if first != key:
-                yield Outcome(Kind.FAILED, display(dest), key=key, error_type="NameCollision",
+                yield Outcome(Kind.FAILED, dest, key=key, error_type="NameCollision",
                               message=f"the keys {first!r} and {key!r} both name this path; only the first was "
                                       "restored (restore the other alone, with --include, into another --target)")
                 continue
@@ -249,7 +244,7 @@ def _items(config: RestoreConfig, target: bytes, listed, index: Optional[Manifes
         # The manifest's size goes with the manifest's version; the listing's with the current one.
         size = record[1] if record and version_id else obj.get("Size", 0)
         modified = obj.get("LastModified")
-        yield RestoreItem(key=key, display=display(dest), dest=dest, size=size, sha256=sha256,
+        yield RestoreItem(key=key, display=dest, target=target, rel=rel, size=size, sha256=sha256,
                           version_id=version_id, overwrite=config.overwrite, chown=chown,
                           listed_mtime_ns=int(modified.timestamp() * 1e9) if modified is not None else 0)
     if index is not None:
@@ -352,20 +347,16 @@ def _dispatch(config: RestoreConfig, client, items, summary: RestoreSummary) -> 
 
 def _plan_only(client, store, items, summary: RestoreSummary) -> None:
     """--dry-run: each object judged against what is at its destination, as the workers would judge it
-    (download.local_verdict), and nothing written. A signal simply stops it: nothing is in flight."""
+    (download.planned), and nothing written. A signal simply stops it: nothing is in flight."""
     reading = store.reading
     for item in items:
         if isinstance(item, Outcome):
             summary.add(item)
             continue
-        verdict = download.local_verdict(client, store.bucket, reading, item)
-        if verdict is None:
-            replacing = os.path.lexists(item.dest)
-            verdict = dict(kind=Kind.PLANNED, message="would replace the local file (--overwrite)" if replacing
-                           else "would be written")
+        verdict = download.planned(client, store.bucket, reading, item)
         summary.add(Outcome(path=item.display, key=item.key, size=item.size, **verdict))
 
 
 def _abandoned(item: RestoreItem) -> None:
     """Dispatch's `abandon`: a torn-down worker may have left a temporary of this object."""
-    download.remove_temporaries(item.dest)
+    download.remove_temporaries(item)

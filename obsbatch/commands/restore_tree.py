@@ -12,18 +12,26 @@ Two passes over the snapshot's trees (read from the packs, never held whole in m
    deepest first, each directory's mode, mtime and (as root) owner: set after its contents, since creating
    an entry moves a directory's mtime, and so that no directory is more open during the restore than at its
    end.
+
+Every path is entered beneath the target by directory fd, never through a symlink (obsbatch.beneath): a
+symlink, file or device where the snapshot has a directory is a conflict, named once and left untouched
+(what would go beneath it is a conflict too), or with --overwrite is replaced by the directory. Every entry
+is checked before use (s3.snapshots.entry_problem: one path component, a known type, sane numbers); one that
+fails is a failure named `DamagedEntry`, left out with what is beneath it, and the rest of the snapshot is
+restored (exit 1): after a disaster the genuine files are wanted back, and nothing a damaged entry names is
+ever written. A forged record that names only valid entries is what signatures are for (--public-key).
 """
 
 from __future__ import annotations
 
 import os
 import stat as statmod
-from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple, Union
 
 import structlog
 
-from obsbatch import keys, snapshot
-from obsbatch.models import Kind, Outcome, Reason, RestoreItem, display
+from obsbatch import beneath, keys, snapshot
+from obsbatch.models import Kind, Outcome, Reason, RestoreItem, display, undisplay
 from obsbatch.s3 import snapshots
 
 log = structlog.get_logger()
@@ -44,106 +52,149 @@ class TreeRestore:
         self.summary = summary
         self.excluded = excluded
         self.chown = os.geteuid() == 0
-        #: The name restored for each hardlink group, by group (link targets of its other names).
+        #: The name restored for each hardlink group, by group (link targets of its other names), relative.
         self._first_names: Dict[str, bytes] = {}
-        #: The last directory `_parent_made` made sure of (entries come a directory at a time).
-        self._made_parent = b""
+        #: Components found in the way of a directory (a symlink, a file), each named once.
+        self._in_the_way: Set[bytes] = set()
 
-    def _parent_made(self, dest: bytes) -> None:
-        """With --include/--exclude only the directories on the way to a kept entry are made (not the whole
-        skeleton), each 0700 as in pass 1 (os.makedirs would give intermediate ones the umask's mode)."""
-        parent = os.path.dirname(dest)
-        if parent == self._made_parent:
-            return
-        missing = []
-        probe = parent
-        while not os.path.isdir(probe):
-            missing.append(probe)
-            probe = os.path.dirname(probe)
-        for directory in reversed(missing):
-            try:
-                os.mkdir(directory, _WHILE_RESTORING)
-            except FileExistsError:
-                pass
-        self._made_parent = parent
-
-    def _entries(self) -> Iterator[Tuple[bytes, list]]:
-        """(relative path, entry) of every entry --include/--exclude keep, parents before children."""
+    def _listings(self, damaged: Optional[Callable[[bytes, str], None]]) -> Iterator[Tuple[bytes, list]]:
+        """(relative directory, [(relative path, entry) of each entry --include/--exclude keep]) of every
+        directory, parents before children, each entry checked (snapshots.walk)."""
         excluded = self.excluded
-        for rel_dir, entries in snapshots.walk(self.trees, self.record["root"]):
+        walked = snapshots.walk(self.trees, self.record["root"], damaged or (lambda where, problem: None),
+                                snapshots.entry_budget(self.record))
+        for rel_dir, entries in walked:
+            kept = []
             for entry in entries:
                 name = entry[snapshot.NAME]
                 rel = rel_dir + b"/" + name if rel_dir else name
-                if excluded is not None and entry[snapshot.TYPE] != snapshot.DIRECTORY and excluded(rel):
-                    continue
-                yield rel, entry
+                if excluded is None or entry[snapshot.TYPE] == snapshot.DIRECTORY or not excluded(rel):
+                    kept.append((rel, entry))
+            yield rel_dir, kept
+
+    def _damaged(self, where: bytes, problem: str) -> None:
+        self.summary.add(Outcome(Kind.FAILED, display(os.path.join(self.target, where)), error_type="DamagedEntry",
+                                 message=f"the snapshot's entry {problem}; it is not restored, nor anything "
+                                         "beneath it (altered or forged in the store?)"))
+
+    def _directory(self, directories: beneath.Directories, rel_dir: bytes) -> Optional[int]:
+        """The fd of `rel_dir` beneath the target, made (0700) where missing; None, with a conflict named
+        once, where something that is not a directory is in the way (--overwrite replaces it)."""
+        try:
+            return directories.get(rel_dir, make=_WHILE_RESTORING, replace=self.config.overwrite)
+        except beneath.InTheWay as exc:
+            if exc.rel not in self._in_the_way:
+                self._in_the_way.add(exc.rel)
+                self.summary.add(Outcome(Kind.SKIPPED, display(os.path.join(self.target, exc.rel)),
+                                         reason=Reason.CONFLICT, message=f"{exc.strerror}; it is left untouched, "
+                                         "and nothing beneath it is restored (--overwrite replaces it)"))
+            return None
+        except OSError as exc:
+            self._failed(os.path.join(self.target, rel_dir), exc)
+            return None
+
+    def _beneath_conflict(self, rel: bytes) -> Outcome:
+        return Outcome(Kind.SKIPPED, display(os.path.join(self.target, rel)), reason=Reason.CONFLICT,
+                       message="a directory on its way is not one here (named above); left untouched")
 
     def items(self) -> Iterator[Union[RestoreItem, Outcome]]:
         """Pass 1: make the directories, and a RestoreItem for each file's first name."""
+        if self.config.restore_dry_run:
+            yield from self._items(None)
+            return
+        directories = beneath.Directories(self.target)
+        try:
+            yield from self._items(directories)
+        finally:
+            directories.close()
+
+    def _items(self, directories: Optional[beneath.Directories]) -> Iterator[Union[RestoreItem, Outcome]]:
         prefix = self.record["prefix"]
-        dry_run = self.config.restore_dry_run
-        for rel, entry in self._entries():
-            kind = entry[snapshot.TYPE]
-            dest = os.path.join(self.target, rel)
-            if kind == snapshot.DIRECTORY:
-                if not dry_run and self.excluded is None:  # every directory, the empty ones too
-                    try:
-                        os.mkdir(dest, _WHILE_RESTORING)
-                    except FileExistsError:
-                        pass
-                continue
-            if kind != snapshot.FILE:
-                continue
-            if not dry_run and self.excluded is not None:
-                self._parent_made(dest)
-            group = entry[snapshot.LINK]
-            if group:
-                if group in self._first_names:
-                    continue  # linked to the first name in pass 2
-                self._first_names[group] = dest
-            self.summary.listed += 1  # the objects to read, as a listing's restore counts them
-            yield RestoreItem(key=prefix + keys.encode(rel), display=display(dest), dest=dest,
-                              size=entry[snapshot.SIZE], sha256=entry[snapshot.CONTENT],
-                              version_id=entry[snapshot.VERSION], overwrite=self.config.overwrite, chown=self.chown,
-                              listed_mtime_ns=entry[snapshot.MTIME])
+        for rel_dir, entries in self._listings(self._damaged):
+            # Every directory is made as its own listing comes, the empty ones too; with --include/--exclude
+            # only those on the way to a kept file. None: not judged yet (or a dry run, which makes nothing).
+            entered = None
+            if directories is not None and self.excluded is None:
+                entered = self._directory(directories, rel_dir) is not None
+            for rel, entry in entries:
+                if entry[snapshot.TYPE] != snapshot.FILE:
+                    continue
+                if directories is not None and entered is None:
+                    entered = self._directory(directories, rel_dir) is not None
+                if entered is False:
+                    yield self._beneath_conflict(rel)
+                    continue
+                group = entry[snapshot.LINK]
+                if group:
+                    if group in self._first_names:
+                        continue  # linked to the first name in pass 2
+                    self._first_names[group] = rel
+                self.summary.listed += 1  # the objects to read, as a listing's restore counts them
+                yield RestoreItem(key=prefix + keys.encode(rel), display=display(os.path.join(self.target, rel)),
+                                  target=self.target, rel=rel, size=entry[snapshot.SIZE],
+                                  sha256=entry[snapshot.CONTENT], version_id=entry[snapshot.VERSION],
+                                  overwrite=self.config.overwrite, chown=self.chown,
+                                  listed_mtime_ns=entry[snapshot.MTIME])
 
     def finish(self) -> None:
-        """Pass 2: links, special files, then every directory's attributes, deepest first."""
-        directories: List[Tuple[bytes, list]] = []
-        for rel, entry in self._entries():
-            kind = entry[snapshot.TYPE]
-            dest = os.path.join(self.target, rel)
-            if kind == snapshot.DIRECTORY:
-                directories.append((dest, entry))
-                continue
-            if self.excluded is not None:
-                self._parent_made(dest)
-            if kind == snapshot.SYMLINK:
-                self._made(dest, "symlinks", _symlink, entry)
-            elif kind == snapshot.FILE and entry[snapshot.LINK]:
-                first = self._first_names.get(entry[snapshot.LINK])
-                if first is not None and first != dest:
-                    self._made(dest, "hardlinks", _hardlink, first)
-            elif kind != snapshot.FILE:
-                self._made(dest, "special", _special, entry, self.chown)
+        """Pass 2: links, special files, then every directory's attributes, deepest first. The umask is 0 while
+        it runs: mknod(2) and mkdir(2) then give exactly the mode asked for, with no chmod by name after."""
+        old_umask = os.umask(0)
+        directories = beneath.Directories(self.target)
+        try:
+            self._finish(directories)
+        finally:
+            directories.close()
+            os.umask(old_umask)
+
+    def _finish(self, directories: beneath.Directories) -> None:
+        made: List[Tuple[bytes, list]] = []
+        for rel_dir, entries in self._listings(None):
+            for rel, entry in entries:
+                kind = entry[snapshot.TYPE]
+                if kind == snapshot.DIRECTORY:
+                    made.append((rel, entry))
+                    continue
+                if kind == snapshot.FILE and not entry[snapshot.LINK]:
+                    continue
+                dir_fd = self._directory(directories, rel_dir)  # the same fd for a listing (Directories)
+                if dir_fd is None:
+                    continue  # in the way: named in pass 1
+                name = entry[snapshot.NAME]
+                if kind == snapshot.SYMLINK:
+                    self._made(rel, "symlinks", _symlink, dir_fd, name, entry)
+                elif kind == snapshot.FILE:
+                    first = self._first_names.get(entry[snapshot.LINK])
+                    if first is not None and first != rel:
+                        self._made(rel, "hardlinks", _hardlink, dir_fd, name, directories.root, first)
+                else:
+                    self._made(rel, "special", _special, dir_fd, name, entry, self.chown)
         # Pre-order reversed: every directory after all of its descendants. With --include/--exclude, only
         # those made for a kept entry.
-        for dest, entry in reversed(directories):
-            if self.excluded is not None and not os.path.isdir(dest):
+        for rel, entry in reversed(made):
+            try:
+                fd = beneath.open_directory(directories.root, rel)
+            except (FileNotFoundError, beneath.InTheWay):
+                continue  # not made (filtered), or in the way (named in pass 1)
+            except OSError as exc:
+                self._failed(os.path.join(self.target, rel), exc)
                 continue
             try:
                 if self.chown:
-                    os.lchown(dest, entry[snapshot.UID], entry[snapshot.GID])
-                os.chmod(dest, entry[snapshot.MODE])
-                os.utime(dest, ns=(entry[snapshot.MTIME], entry[snapshot.MTIME]), follow_symlinks=False)
+                    os.fchown(fd, entry[snapshot.UID], entry[snapshot.GID])
+                os.fchmod(fd, entry[snapshot.MODE])
+                os.utime(fd, ns=(entry[snapshot.MTIME], entry[snapshot.MTIME]))
                 self.summary.entries["directories"] += 1
             except OSError as exc:
-                self._failed(dest, exc)
+                self._failed(os.path.join(self.target, rel), exc)
+            finally:
+                os.close(fd)
 
-    def _made(self, dest: bytes, counter: str, make: Callable, *args) -> None:
+    def _made(self, rel: bytes, counter: str, make: Callable, *args) -> None:
         """Make one entry that is not a file's bytes: counted, or named in the summary when it cannot be."""
+        dest = os.path.join(self.target, rel)
         try:
-            verdict = make(dest, self.config.overwrite, *args)
+            verdict = make(self.config.overwrite, *args)
         except OSError as exc:
             self._failed(dest, exc)
             return
@@ -169,60 +220,70 @@ class TreeRestore:
                                  message=f"cannot make {display(dest)}: {exc.strerror or exc}"))
 
 
-def _replaceable(dest: bytes, overwrite: bool, same: Callable[[os.stat_result], bool]) -> Optional[str]:
-    """None when `dest` is free (or was removed, with --overwrite); "identical" or "conflict" otherwise."""
-    try:
-        st = os.lstat(dest)
-    except FileNotFoundError:
+def _replaceable(dir_fd: int, name: bytes, overwrite: bool, same: Callable[[os.stat_result], bool]) -> Optional[str]:
+    """None when `name` in `dir_fd` is free (or was removed, with --overwrite); "identical" or "conflict"
+    otherwise. A directory is never removed."""
+    st = beneath.lstat(dir_fd, name)
+    if st is None:
         return None
     if same(st):
         return "identical"
     if not overwrite or statmod.S_ISDIR(st.st_mode):
         return "conflict"
-    os.unlink(dest)
+    os.unlink(name, dir_fd=dir_fd)
     return None
 
 
-def _symlink(dest: bytes, overwrite: bool, entry: list) -> Optional[str]:
-    from obsbatch.models import undisplay
-
+def _symlink(overwrite: bool, dir_fd: int, name: bytes, entry: list) -> Optional[str]:
+    """A symlink of the snapshot: made as it was recorded (its target is never followed by the restore)."""
     target = undisplay(entry[snapshot.CONTENT])
-    verdict = _replaceable(dest, overwrite, lambda st: statmod.S_ISLNK(st.st_mode) and os.readlink(dest) == target)
+    verdict = _replaceable(dir_fd, name, overwrite,
+                           lambda st: statmod.S_ISLNK(st.st_mode) and os.readlink(name, dir_fd=dir_fd) == target)
     if verdict is None:
-        os.symlink(target, dest)
+        os.symlink(target, name, dir_fd=dir_fd)
         if os.geteuid() == 0:
-            os.lchown(dest, entry[snapshot.UID], entry[snapshot.GID])
-        os.utime(dest, ns=(entry[snapshot.MTIME], entry[snapshot.MTIME]), follow_symlinks=False)
+            os.chown(name, entry[snapshot.UID], entry[snapshot.GID], dir_fd=dir_fd, follow_symlinks=False)
+        os.utime(name, ns=(entry[snapshot.MTIME], entry[snapshot.MTIME]), dir_fd=dir_fd, follow_symlinks=False)
     return verdict
 
 
-def _hardlink(dest: bytes, overwrite: bool, first: bytes) -> Optional[str]:
+def _hardlink(overwrite: bool, dir_fd: int, name: bytes, root_fd: int, first: bytes) -> Optional[str]:
+    """Another name of a hardlink group: linkat(2) to the group's first name, both beneath the target and
+    neither followed if a symlink (linkat without AT_SYMLINK_FOLLOW links the symlink itself)."""
+    first_dir, _, first_name = first.rpartition(b"/")
     try:
-        first_st = os.lstat(first)
-    except FileNotFoundError:  # its first name was not restored (failed): said there
+        first_fd = beneath.open_directory(root_fd, first_dir)
+    except (FileNotFoundError, beneath.InTheWay):
         return "no first name"
-    verdict = _replaceable(dest, overwrite, lambda st: (st.st_dev, st.st_ino) == (first_st.st_dev, first_st.st_ino))
-    if verdict is None:
-        os.link(first, dest)
-    return verdict
+    try:
+        first_st = beneath.lstat(first_fd, first_name)
+        if first_st is None or not statmod.S_ISREG(first_st.st_mode):  # not restored (failed): said there
+            return "no first name"
+        verdict = _replaceable(dir_fd, name, overwrite,
+                               lambda st: (st.st_dev, st.st_ino) == (first_st.st_dev, first_st.st_ino))
+        if verdict is None:
+            os.link(first_name, name, src_dir_fd=first_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+        return verdict
+    finally:
+        os.close(first_fd)
 
 
 _SPECIAL_TYPES = {snapshot.FIFO: statmod.S_IFIFO, snapshot.SOCKET: statmod.S_IFSOCK,
                   snapshot.CHAR_DEVICE: statmod.S_IFCHR, snapshot.BLOCK_DEVICE: statmod.S_IFBLK}
 
 
-def _special(dest: bytes, overwrite: bool, entry: list, as_root: bool) -> Optional[str]:
+def _special(overwrite: bool, dir_fd: int, name: bytes, entry: list, as_root: bool) -> Optional[str]:
+    """A FIFO, socket or device, made by mknodat(2) in its directory (the umask is 0: TreeRestore.finish)."""
     kind = _SPECIAL_TYPES.get(entry[snapshot.TYPE])
     if kind is None:
         return "unknown type"
     if kind != statmod.S_IFIFO and not as_root:
         return "not root"
-    verdict = _replaceable(dest, overwrite, lambda st: statmod.S_IFMT(st.st_mode) == kind)
+    verdict = _replaceable(dir_fd, name, overwrite, lambda st: statmod.S_IFMT(st.st_mode) == kind)
     if verdict is None:
         rdev = int(entry[snapshot.CONTENT] or 0)
-        os.mknod(dest, kind | entry[snapshot.MODE], rdev)
-        os.chmod(dest, entry[snapshot.MODE])  # mknod's mode is masked by the umask
+        os.mknod(name, kind | entry[snapshot.MODE], rdev, dir_fd=dir_fd)
         if as_root:
-            os.lchown(dest, entry[snapshot.UID], entry[snapshot.GID])
-        os.utime(dest, ns=(entry[snapshot.MTIME], entry[snapshot.MTIME]), follow_symlinks=False)
+            os.chown(name, entry[snapshot.UID], entry[snapshot.GID], dir_fd=dir_fd, follow_symlinks=False)
+        os.utime(name, ns=(entry[snapshot.MTIME], entry[snapshot.MTIME]), dir_fd=dir_fd, follow_symlinks=False)
     return verdict

@@ -159,7 +159,9 @@ def _from_snapshot(config: VerifyConfig, client, record: dict, summary: VerifySu
     try:
         # The whole tree is read (and every tree's hash checked) before the first check is sent: a damaged
         # snapshot is one sentence, not a verify that stops part-way.
-        for _ in snapshots.walk(trees, record["root"]):
+        # Every entry is checked too (snapshots.entry_problem): a name that could leave a restore's target, or
+        # any other value a restore could not use, makes the snapshot damaged.
+        for _ in snapshots.walk(trees, record["root"], limit=snapshots.entry_budget(record)):
             pass
     except BaseException:
         trees.close()
@@ -172,7 +174,7 @@ def _snapshot_items(record: dict, trees, percent: float) -> Iterator[VerifyItem]
     from obsbatch.s3 import snapshots
 
     try:
-        for rel_dir, entries in snapshots.walk(trees, record["root"]):
+        for rel_dir, entries in snapshots.walk(trees, record["root"], limit=snapshots.entry_budget(record)):
             for entry in entries:
                 if entry[snapshot.TYPE] != snapshot.FILE:
                     continue

@@ -33,7 +33,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import structlog
 
-from obsbatch import archive
+from obsbatch import archive, beneath
 from obsbatch.models import Kind, Reason, RestoreItem
 
 log = structlog.get_logger()
@@ -46,9 +46,12 @@ class Mismatch(Exception):
     """The bytes read are not the ones the manifest or the object's metadata say were stored."""
 
 
-def _file_sha256(path: bytes) -> str:
-    with open(path, "rb") as f:
-        return _file_digest(f.fileno(), os.fstat(f.fileno()).st_size)
+def _file_sha256(dir_fd: int, name: bytes) -> str:
+    fd = beneath.open_file(dir_fd, name)
+    try:
+        return _file_digest(fd, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
 
 
 def read_body(body, write=None, received=None, digest: bool = True) -> tuple:
@@ -125,38 +128,63 @@ def mtime_ns(text: str) -> Optional[int]:
 _TEMP_RANDOM = 6
 
 
-def temp_stem(dest: bytes) -> bytes:
-    """The path of `dest`'s temporaries less their random tail: `DIR/.NAME.obsbatch-restore-`."""
-    directory, name = os.path.split(dest)
-    return os.path.join(directory, b"." + name[:200] + TEMP_MARK)
+def temp_stem(name: bytes) -> bytes:
+    """The name of the temporaries of `name` (in its directory) less their random tail: `.NAME.obsbatch-restore-`."""
+    return b"." + name[:200] + TEMP_MARK
 
 
-def remove_temporaries(dest: bytes) -> None:
-    """Remove what a worker torn down mid-object may have left of `dest` (its temporaries, never `dest`)."""
-    stem = temp_stem(dest)
-    directory, prefix = os.path.split(stem)
+def remove_temporaries(item: RestoreItem) -> None:
+    """Remove what a worker torn down mid-object may have left of the item (its temporaries, never the item's
+    own name), in its directory entered beneath the target (beneath.directory)."""
+    prefix = os.fsdecode(temp_stem(item.name))  # os.listdir of an fd gives str names
     try:
-        names = os.listdir(directory)
+        with beneath.directory(item.target, item.parent) as dir_fd:
+            for name in os.listdir(dir_fd):
+                if name.startswith(prefix) and len(name) == len(prefix) + 2 * _TEMP_RANDOM:
+                    with contextlib.suppress(OSError):
+                        os.unlink(name, dir_fd=dir_fd)
     except OSError:
         return
-    for name in names:
-        if name.startswith(prefix) and len(name) == len(prefix) + 2 * _TEMP_RANDOM:
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(directory, name))
 
 
-def local_verdict(client, bucket: str, controls: archive.ArchiveControls, item: RestoreItem) -> Optional[Dict]:
-    """What is already at the destination decides: the Outcome fields of an identical file (left as it is) or
-    of a conflict (left untouched); None when the object is to be written (nothing there, or --overwrite of a
-    file). Reads the local file, and HEADs the object for its sha256 when no manifest gave one."""
+def in_the_way(exc: beneath.InTheWay) -> Dict:
+    """The Outcome fields of an object whose directory is not one here (a symlink, a file): never followed."""
+    return dict(kind=Kind.SKIPPED, reason=Reason.CONFLICT,
+                message=f"{exc.strerror}; left untouched (--overwrite replaces it with the directory)")
+
+
+def planned(client, bucket: str, controls: archive.ArchiveControls, item: RestoreItem) -> Dict:
+    """--dry-run: the Outcome fields of what a restore would do with the item, judged as the worker judges it
+    (local_verdict) through the same directories beneath the target, and nothing written."""
     try:
-        local = os.lstat(item.dest)
-    except FileNotFoundError:
+        with beneath.directory(item.target, item.parent, replace=False) as dir_fd:
+            verdict = local_verdict(client, bucket, controls, item, dir_fd)
+            replacing = beneath.lstat(dir_fd, item.name) is not None
+    except FileNotFoundError:  # its directory is not made yet: nothing is in the way
+        verdict, replacing = None, False
+    except beneath.InTheWay as exc:
+        if not item.overwrite:
+            return in_the_way(exc)
+        verdict, replacing = None, True
+    if verdict is not None:
+        return verdict
+    return dict(kind=Kind.PLANNED, message="would replace the local file (--overwrite)" if replacing
+                else "would be written")
+
+
+def local_verdict(client, bucket: str, controls: archive.ArchiveControls, item: RestoreItem,
+                  dir_fd: int) -> Optional[Dict]:
+    """What is already at the item's name in `dir_fd` (its directory) decides: the Outcome fields of an
+    identical file (left as it is) or of a conflict (left untouched); None when the object is to be written
+    (nothing there, or --overwrite of a file). Reads the local file (never through a symlink), and HEADs the
+    object for its sha256 when no manifest gave one."""
+    local = beneath.lstat(dir_fd, item.name)
+    if local is None:
         return None
     if stat.S_ISREG(local.st_mode) and local.st_size == item.size:
         expected = item.sha256 or client.head_object(Bucket=bucket, Key=item.key, **controls.read_params(
             item.version_id)).get("Metadata", {}).get("sha256")
-        if expected and _file_sha256(item.dest) == expected:
+        if expected and _file_sha256(dir_fd, item.name) == expected:
             return dict(kind=Kind.SKIPPED, reason=Reason.IDENTICAL, sha256=expected,
                         message="the local file already holds these bytes")
     if not item.overwrite or not stat.S_ISREG(local.st_mode):
@@ -174,14 +202,28 @@ def restore(client, bucket: str, controls: archive.ArchiveControls, item: Restor
     `client` (the worker's lean GET for small objects); None, or a None answer, means client.get_object.
     received(n): as read_body's. ranges: how to read a large object in parallel ranges (module docstring);
     None reads every object as one stream.
+
+    Its directory is entered beneath the target (beneath.directory: never through a symlink; a missing one
+    made, as `mkdir -p` would, with the umask's mode); one that is not a directory here is a conflict, or
+    with --overwrite is replaced by the directory.
     """
+    with contextlib.ExitStack() as stack:
+        try:
+            dir_fd = stack.enter_context(beneath.directory(item.target, item.parent, make=0o777,
+                                                           replace=item.overwrite))
+        except beneath.InTheWay as exc:
+            return in_the_way(exc)
+        return _restore_into(dir_fd, client, bucket, controls, item, fetch, received, ranges)
+
+
+def _restore_into(dir_fd: int, client, bucket: str, controls: archive.ArchiveControls, item: RestoreItem, fetch,
+                  received, ranges: Optional[Ranges]) -> Dict:
+    """restore(), in the item's directory `dir_fd`: every name below is relative to it."""
     version = archive.version_param(item.version_id)
     read = controls.read_params(item.version_id)
-    verdict = local_verdict(client, bucket, controls, item)
+    verdict = local_verdict(client, bucket, controls, item, dir_fd)
     if verdict is not None:
         return verdict
-    directory = os.path.dirname(item.dest)
-    os.makedirs(directory, exist_ok=True)
     ranged = ranges is not None and ranges.wanted(item.size)
     response = fetch(item) if fetch is not None and not version and not ranged else None
     if response is None and ranged:
@@ -193,10 +235,10 @@ def restore(client, bucket: str, controls: archive.ArchiveControls, item: Restor
         fill = functools.partial(_fill_stream, item, response, received)
     metadata = response.get("Metadata", {})
     expected = item.sha256 or metadata.get("sha256", "")
-    temp = temp_stem(item.dest) + os.urandom(_TEMP_RANDOM).hex().encode()
+    temp = temp_stem(item.name) + os.urandom(_TEMP_RANDOM).hex().encode()
     try:
         # Read and write: a ranged read hashes the file it wrote (_file_digest).
-        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
     except BaseException:
         response["Body"].close()  # its connection goes back to the pool (or is dropped), not left half-read
         raise
@@ -217,12 +259,13 @@ def restore(client, bucket: str, controls: archive.ArchiveControls, item: Restor
         os.fsync(fd)
         os.close(fd)
         fd = -1
-        os.replace(temp, item.dest)
+        # renameat(2) replaces the name itself, whatever it is (a symlink is not followed).
+        os.replace(temp, item.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         if fd >= 0:
             os.close(fd)
         try:
-            os.unlink(temp)
+            os.unlink(temp, dir_fd=dir_fd)
         except OSError as exc:
             if exc.errno != errno.ENOENT:
                 raise
@@ -265,9 +308,10 @@ class _AtOffset:
 @dataclass(frozen=True)
 class _RangedRead:
     """One large object read in ranges into its temporary file `temp` (the first range's response already
-    open). Each range is written through a descriptor of its own, opened by the temporary's name: should
-    the restoring thread leave early (a stop), a range still running writes into its own descriptor, never
-    into a number that thread closed and the process reused."""
+    open). Each range is written through a descriptor of its own, opened by the temporary's name in its
+    directory entered afresh beneath the target: should the restoring thread leave early (a stop), a range
+    still running writes into its own descriptor, never into a number that thread closed and the process
+    reused."""
 
     client: object
     bucket: str
@@ -283,7 +327,8 @@ class _RangedRead:
     def read(self, start: int) -> None:
         end = min(start + self.range_size, self.total) - 1
         try:
-            writer = os.open(self.temp, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with beneath.directory(self.item.target, self.item.parent) as dir_fd:
+                writer = os.open(self.temp, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
         except BaseException:
             if start == 0:
                 self.first["Body"].close()
@@ -319,8 +364,6 @@ def _fill_ranges(client, bucket: str, controls: archive.ArchiveControls, item: R
     return _file_digest(fd, total), total
 
 
-#: uid_t and gid_t are 32 bits on Linux, and (uid_t)-1 means "leave unchanged" to chown(2): not an owner.
-_MAX_ID = 2 ** 32 - 2
 
 
 def attributes(metadata: Dict[str, str], listed_mtime_ns: int = 0) -> Tuple[Dict[str, int], List[str]]:
@@ -337,10 +380,10 @@ def attributes(metadata: Dict[str, str], listed_mtime_ns: int = 0) -> Tuple[Dict
     for name in ("uid", "gid"):
         value = metadata.get(name)
         if value is not None:
-            if value.isascii() and value.isdigit() and int(value) <= _MAX_ID:
+            if value.isascii() and value.isdigit() and int(value) <= beneath.MAX_ID:
                 found[name] = int(value)
             else:
-                bad.append(f"{name} {value!r} is not a user or group id (0..{_MAX_ID})")
+                bad.append(f"{name} {value!r} is not a user or group id (0..{beneath.MAX_ID})")
     if "mtime" in metadata:
         ns = mtime_ns(metadata["mtime"])
         if ns is None:

@@ -8,11 +8,13 @@ command turns botocore's into its sentence with obsbatch.s3.remote.store_error.
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from typing import Callable, Iterator, List, Optional
 
-from obsbatch import snapshot
+from obsbatch import beneath, snapshot
 from obsbatch.errors import ExitCode, ObsbatchError
+from obsbatch.models import undisplay
 
 
 class SnapshotError(ObsbatchError):
@@ -145,12 +147,72 @@ def trees(client, bucket: str, prefix: str, found: dict, read_params: Optional[d
     return loaded
 
 
-def walk(loaded: snapshot.Trees, root: str) -> Iterator[tuple]:
-    """(relative directory path as bytes, its entries) for every directory of a snapshot, parents before
-    children; the entries' names are bytes. SnapshotError for a tree that is missing or altered."""
-    from obsbatch.models import undisplay
+_TYPES = frozenset((snapshot.FILE, snapshot.DIRECTORY, snapshot.SYMLINK, snapshot.FIFO, snapshot.SOCKET,
+                    snapshot.CHAR_DEVICE, snapshot.BLOCK_DEVICE, snapshot.SPECIAL_UNKNOWN))
+_HASH = re.compile(r"[0-9a-f]{64}")
+_I64 = 2 ** 63
 
+
+def _int_in(value, low: int, high: int) -> bool:
+    return type(value) is int and low <= value <= high
+
+
+def entry_problem(entry) -> Optional[str]:
+    """Why a tree entry read from the store cannot be used, or None; its NAME is already bytes (walk).
+
+    The one check of what a snapshot entry holds (a forger who can write the bucket writes these): a name that
+    is one path component (beneath.valid_name), a known type, a permission mode, 32-bit owners, whole
+    numbers for time and size, a tree hash for a directory, a link target without NUL, a device number."""
+    if not isinstance(entry, list) or len(entry) not in (snapshot.ETAG, snapshot.ETAG + 1):
+        return "is not a snapshot entry"
+    name = entry[snapshot.NAME]
+    if not beneath.valid_name(name):
+        return "has a name that is not one path component ('', '.', '..', a '/' or a NUL)"
+    kind = entry[snapshot.TYPE]
+    if kind not in _TYPES:
+        return f"has the unknown type {kind!r}"
+    if not _int_in(entry[snapshot.MODE], 0, 0o7777):
+        return f"has the mode {entry[snapshot.MODE]!r}, not a permission mode (0..7777 octal)"
+    if not (_int_in(entry[snapshot.UID], 0, beneath.MAX_ID) and _int_in(entry[snapshot.GID], 0, beneath.MAX_ID)):
+        return f"has the owner {entry[snapshot.UID]!r}:{entry[snapshot.GID]!r}, not user and group ids"
+    if not _int_in(entry[snapshot.MTIME], -_I64, _I64 - 1) or not _int_in(entry[snapshot.SIZE], 0, _I64 - 1):
+        return "has an mtime or size that is not a whole number in range"
+    content = entry[snapshot.CONTENT]
+    if not all(isinstance(value, str) for value in (content, entry[snapshot.VERSION], entry[snapshot.LINK],
+                                                    snapshot.etag(entry))):
+        return "has a content, version or hardlink group that is not text"
+    if kind == snapshot.DIRECTORY and not _HASH.fullmatch(content):
+        return "is a directory without a tree hash"
+    if kind == snapshot.SYMLINK and (not content or b"\0" in undisplay(content)):
+        return "is a symlink with an empty target or a NUL in it"
+    if kind in (snapshot.CHAR_DEVICE, snapshot.BLOCK_DEVICE) and not (content.isascii() and content.isdigit()
+                                                                      and int(content) < 2 ** 64):
+        return f"is a device with the number {content!r}"
+    return None
+
+
+def entry_budget(found: dict) -> Optional[int]:
+    """How many entries a record's trees may hold: what its counts say (a tree shared by two directories is
+    walked twice, and counted twice when it was built, so a genuine snapshot meets its count exactly). A
+    forged record can state a large count, but not an unbounded walk: without this, a few trees each naming
+    the next twice describe 2**60 directories. None for a record without counts."""
+    counts = [found.get(name) for name in ("files", "directories", "symlinks", "special")]
+    if not all(type(count) is int and count >= 0 for count in counts):
+        return None
+    return sum(counts)
+
+
+def walk(loaded: snapshot.Trees, root: str, damaged: Optional[Callable[[bytes, str], None]] = None,
+         limit: Optional[int] = None) -> Iterator[tuple]:
+    """(relative directory path as bytes, its entries) for every directory of a snapshot, parents before
+    children; the entries' names are bytes. SnapshotError for a tree that is missing or altered.
+
+    Every entry is checked (entry_problem) before it is yielded: one that fails is left out, with everything
+    beneath it, and told to `damaged(path, problem)` (the path as far as it can be spelled); with no
+    `damaged`, the first one raises SnapshotDamaged. `limit` (entry_budget): more entries than that is
+    SnapshotDamaged, so a forged tree cannot make a walk run forever."""
     stack: List[tuple] = [(b"", root)]
+    walked = 0
     while stack:
         rel, digest = stack.pop()
         try:
@@ -160,10 +222,27 @@ def walk(loaded: snapshot.Trees, root: str) -> Iterator[tuple]:
                                 "of this snapshot") from None
         except snapshot.Damaged as exc:
             raise SnapshotDamaged(f"the snapshot is damaged (altered in the store?): {exc}") from None
+        if not isinstance(entries, list):
+            entries = [None]
+        walked += len(entries)
+        if limit is not None and walked > limit:
+            raise SnapshotDamaged(f"the snapshot's trees hold more than the {limit} entries its record counts "
+                                  "(forged to run a restore forever?)")
+        kept = []
         for entry in entries:
-            entry[snapshot.NAME] = undisplay(entry[snapshot.NAME])
-        yield rel, entries
-        for entry in reversed(entries):
+            if isinstance(entry, list) and entry and isinstance(entry[snapshot.NAME], str):
+                entry[snapshot.NAME] = undisplay(entry[snapshot.NAME])
+            problem = entry_problem(entry)
+            if problem is None:
+                kept.append(entry)
+                continue
+            name = entry[snapshot.NAME] if isinstance(entry, list) and entry and isinstance(entry[0], bytes) else b"?"
+            where = (rel + b"/" if rel else b"") + name.replace(b"/", b"\\x2f")
+            if damaged is None:
+                raise SnapshotDamaged(f"the entry {where.decode('utf-8', 'replace')} {problem}")
+            damaged(where, problem)
+        yield rel, kept
+        for entry in reversed(kept):
             if entry[snapshot.TYPE] == snapshot.DIRECTORY:
                 name = entry[snapshot.NAME]
                 stack.append((rel + b"/" + name if rel else name, entry[snapshot.CONTENT]))

@@ -1,0 +1,194 @@
+"""A restore runs as root and the store is less trusted than the host: nothing read back may reach outside the
+target. Symlinks already in the target are never followed; a forged snapshot's hostile entries (names that
+leave the target, devices, hardlinks to outside files) are refused, named, and nothing outside changes.
+
+Every test restores into `sandbox/target` and fingerprints the rest of `sandbox` (and the `outside` directory
+a symlink points at) before and after: nothing there may change."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+
+import pytest
+
+from obsbatch.testing.forge import Forger
+from tests.conftest import run_command, run_obsbatch, server_args
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a restore as root is what is under test")
+
+
+def fingerprint(root) -> dict:
+    """Every entry under root (root itself too), by path: type and mode, owner, size, mtime, and the
+    contents' hash or the link target."""
+    root = os.fsencode(str(root))
+    found = {}
+
+    def one(path):
+        st = os.lstat(path)
+        content = None
+        if stat.S_ISREG(st.st_mode):
+            with open(path, "rb") as handle:
+                content = hashlib.sha256(handle.read()).hexdigest()
+        elif stat.S_ISLNK(st.st_mode):
+            content = os.readlink(path)
+        found[path] = (st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, st.st_nlink, content)
+
+    one(root)
+    for directory, dirs, files in os.walk(root):
+        for name in dirs + files:
+            one(os.path.join(directory, name))
+    return found
+
+
+@pytest.fixture
+def sandbox(tmp_path):
+    """tmp_path/sandbox with a target to restore into, an `outside` directory (0755, with a secret file),
+    and a few files beside them; `check()` asserts that nothing but the target changed."""
+    box = tmp_path / "sandbox"
+    (box / "target").mkdir(parents=True)
+    (box / "outside").mkdir()
+    (box / "outside").chmod(0o755)
+    (box / "outside" / "secret").write_bytes(b"outside the target")
+    (box / "outside" / "secret").chmod(0o600)
+    (box / "beside.txt").write_bytes(b"beside the target")
+
+    class Box:
+        path = box
+        target = box / "target"
+        outside = box / "outside"
+
+        def __init__(self):
+            self.before = self.others()
+
+        def others(self):
+            return {path: value for path, value in fingerprint(box).items()
+                    if not path.startswith(os.fsencode(str(box / "target")))}
+
+        def check(self):
+            after = self.others()
+            changed = {path: (self.before.get(path), after.get(path)) for path in set(self.before) | set(after)
+                       if self.before.get(path) != after.get(path)}
+            assert changed == {}, changed
+
+    return Box()
+
+
+def restore(server, bucket, prefix, target, *extra):
+    return run_command("restore", "--target", target, *server_args(server, prefix, bucket=bucket), *extra,
+                       env=server.env())
+
+
+def backup(server, bucket, prefix, source):
+    done = run_obsbatch("--source", source, *server_args(server, prefix, bucket=bucket), env=server.env())
+    assert done.returncode == 0, done
+    return done.summary["snapshot"]
+
+
+@pytest.mark.parametrize("mode", ["snapshot", "listing", "dry-run"])
+def test_a_symlink_in_the_target_is_a_conflict_never_followed(tmp_path, s3server, versioned, prefix, sandbox, mode):
+    source = tmp_path / "src"
+    (source / "etc").mkdir(parents=True)
+    (source / "etc").chmod(0o777)
+    (source / "etc" / "passwd-test").write_bytes(b"from the snapshot")
+    (source / "etc" / "secret").write_bytes(b"would replace the outside secret")
+    backup(s3server, versioned, prefix, source)
+    os.symlink(sandbox.outside, sandbox.target / "etc")
+    extra = {"snapshot": [], "listing": ["--listing"], "dry-run": ["--dry-run"]}[mode]
+    for overwrite in ([], ["--overwrite"]) if mode != "dry-run" else ([],):
+        done = restore(s3server, versioned, prefix, sandbox.target, *extra, *overwrite)
+        sandbox.check()
+        if overwrite:
+            assert done.returncode == 0, done
+            assert not os.path.islink(sandbox.target / "etc")
+            assert (sandbox.target / "etc" / "passwd-test").read_bytes() == b"from the snapshot"
+        else:
+            assert done.returncode == 1, done
+            assert done.summary["conflicts"] >= 1 and done.summary["restored"] == 0, done
+            assert os.path.islink(sandbox.target / "etc")
+            assert any("never followed" in (e.get("detail") or "") for e in done.find("restore.conflict")), done
+    assert "Traceback" not in done.stderr
+
+
+def test_two_snapshots_into_one_target_never_write_through_the_first_ones_symlink(tmp_path, s3server, versioned,
+                                                                                   prefix, sandbox):
+    source = tmp_path / "src"
+    source.mkdir()
+    os.symlink(sandbox.outside, source / "d")
+    first = backup(s3server, versioned, prefix, source)
+    os.unlink(source / "d")
+    (source / "d").mkdir()
+    (source / "d" / "secret").write_bytes(b"from the second snapshot")
+    (source / "d").chmod(0o777)
+    second = backup(s3server, versioned, prefix, source)
+    assert restore(s3server, versioned, prefix, sandbox.target, "--snapshot", first).returncode == 0
+    assert os.readlink(sandbox.target / "d") == str(sandbox.outside)
+    refused = restore(s3server, versioned, prefix, sandbox.target, "--snapshot", second)
+    assert refused.returncode == 1 and refused.summary["conflicts"] >= 1, refused
+    sandbox.check()
+    replaced = restore(s3server, versioned, prefix, sandbox.target, "--snapshot", second, "--overwrite")
+    assert replaced.returncode == 0, replaced
+    sandbox.check()
+    assert stat.S_IMODE(os.lstat(sandbox.target / "d").st_mode) == 0o777
+    assert (sandbox.target / "d" / "secret").read_bytes() == b"from the second snapshot"
+
+
+def _hostile(sandbox) -> dict:
+    """Each hostile entry a forger could write, as a tree spec (obsbatch.testing.forge)."""
+    outside = str(sandbox.outside)
+    return {
+        "dot-dot": {"..": {"x": b"into the parent"}},
+        "dot-dot-file": {"../escape-file": b"next to the target"},
+        "dot-dot-dir": {"../escape-dir": {"f": b"in a new directory beside the target"}},
+        "absolute": {outside + "/planted": b"at an absolute path"},
+        "dot": {".": {"f": b"the target itself"}},
+        "empty-name": {"": b"no name"},
+        "nul": {"a\0b": b"a NUL in the name"},
+        "device-outside": {"../dev-node": ("b", os.makedev(7, 0))},
+        "symlink-then-fifo": {"sub": ("l", outside), "sub/fifo": ("p",)},
+        "hardlink-outside": {outside + "/secret": ("h", "g", b"x"), "inside": ("h", "g", b"x")},
+        "setuid-absolute": {outside + "/suid": ["", "f", 0o4755, 0, 0, 0, 1, "0" * 64, "", "", 0, ""]},
+        "bad-mode": {"f": ["f", "f", 0o177777, 0, 0, 0, 0, "0" * 64, "", "", 0, ""]},
+        "bad-owner": {"f": ["f", "f", 0o644, -1, 2 ** 40, 0, 0, "0" * 64, "", "", 0, ""]},
+        "bad-type": {"f": ["f", "x", 0o644, 0, 0, 0, 0, "", "", "", 0, ""]},
+        "not-an-entry": {"f": ["f"]},
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_hostile(type("B", (), {"outside": "/o"})).keys()))
+def test_a_forged_snapshots_hostile_entry_is_refused_and_nothing_outside_changes(s3server, versioned, prefix,
+                                                                                  sandbox, case):
+    client = s3server.client()
+    forger = Forger(client, versioned, prefix)
+    spec = dict(_hostile(sandbox)[case], **{"good.txt": b"a genuine file beside it"})
+    snapshot_id, _ = forger.store(spec)
+    done = restore(s3server, versioned, prefix, sandbox.target, "--snapshot", snapshot_id)
+    sandbox.check()
+    assert done.returncode == 1, done
+    assert done.summary.get("failed_by_type", {}).get("DamagedEntry", 0) >= 1, done
+    # The rest of the snapshot is restored: the genuine files are what a disaster recovery wants back.
+    assert (sandbox.target / "good.txt").read_bytes() == b"a genuine file beside it"
+    assert "Traceback" not in done.stderr
+    checked = run_command("verify", *server_args(s3server, prefix, bucket=versioned), "--snapshot", snapshot_id,
+                          env=s3server.env())
+    assert checked.returncode == 1 and "entry" in checked.summary["error"], checked
+
+
+def test_a_forged_snapshot_that_describes_an_endless_tree_is_damaged(s3server, versioned, prefix, sandbox):
+    """Trees naming the next one twice, 40 deep, describe 2**40 directories; the record's counts bound the
+    walk. (A forger can also lie in the counts: they are then the bound.)"""
+    from obsbatch import snapshot
+
+    forger = Forger(s3server.client(), versioned, prefix)
+    digest = forger.tree({})
+    for _ in range(40):
+        entries = [[name, "d", 0o755, 0, 0, 0, 0, digest, "", "", 0, ""] for name in ("a", "b")]
+        data = snapshot.tree_bytes(entries)
+        digest = hashlib.sha256(data).hexdigest()
+        forger.pack.add(digest, data)
+    snapshot_id, _ = forger.store({"top": ["top", "d", 0o755, 0, 0, 0, 0, digest, "", "", 0, ""]},
+                                  counts=dict(directories=1000))
+    done = restore(s3server, versioned, prefix, sandbox.target, "--snapshot", snapshot_id)
+    assert done.returncode == 1 and "more than the 1000 entries" in done.summary["error"], done
+    sandbox.check()
