@@ -54,35 +54,51 @@ def parse_size(text: str) -> int:
     return value
 
 
-def at_least(minimum: int):
-    """A parser of whole numbers >= minimum, named for argparse's messages."""
+# Every number a flag takes is bounded where it is parsed, with a sentence naming the range (exit 2): an
+# unbounded one reaches code that never expected it (a thread per request in flight for 10^11 requests, a
+# float overflow in a deadline, a pacing interval of 10^300 seconds).
+
+#: Requests in flight at most (--max-concurrent, --max-concurrent-limit): a thread and a connection each;
+#: four times the default limit, and more than any S3 endpoint is known to serve one client well.
+MAX_IN_FLIGHT = 1024
+#: Seconds any timeout or age may be at most: a day (--http-timeout, --stop-timeout), a year (--min-age).
+DAY = 86400.0
+YEAR = 365 * DAY
+#: A duration (--max-defer, --object-lock-retain, --stale) at most: 100 years, S3's longest retention period.
+MAX_DURATION = 100 * YEAR
+
+
+def whole_number(minimum: int, maximum: int):
+    """A parser of whole numbers from minimum to maximum, named for argparse's messages."""
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{text!r} must be {minimum} or more")
+        if not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"{text!r} must be from {minimum} to {maximum}")
         return value
 
     return parse
 
 
-positive_int = at_least(1)
-non_negative_int = at_least(0)
+in_flight = whole_number(1, MAX_IN_FLIGHT)
+#: Retries per request: botocore's own retry modes count attempts in the tens, and 50 retries with backoff is
+#: already hours of waiting.
+retry_count = whole_number(0, 50)
 
 
 def concurrency(text: str) -> Optional[int]:
-    """'auto' (None: tuned as the run goes) or a whole number of uploads in flight, 1 or more."""
+    """'auto' (None: tuned as the run goes) or a whole number of uploads in flight, 1 to MAX_IN_FLIGHT."""
     if str(text).strip().lower() == "auto":
         return None
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is neither 'auto' nor a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more, or 'auto'")
+    if not 1 <= value <= MAX_IN_FLIGHT:
+        raise argparse.ArgumentTypeError(f"{text!r} must be from 1 to {MAX_IN_FLIGHT}, or 'auto'")
     return value
 
 
@@ -97,10 +113,11 @@ def _finite(text: str, noun: str) -> float:
     return value
 
 
-def _seconds(text: str, minimum_exclusive: bool) -> float:
+def _seconds(text: str, minimum_exclusive: bool, maximum: float) -> float:
     value = _finite(text, "number of seconds")
-    if value < 0 or (minimum_exclusive and value == 0):
-        raise argparse.ArgumentTypeError(f"{text!r} must be {'more than' if minimum_exclusive else 'at least'} 0 seconds")
+    if value < 0 or (minimum_exclusive and value == 0) or value > maximum:
+        raise argparse.ArgumentTypeError(f"{text!r} must be {'more than' if minimum_exclusive else 'at least'} 0 "
+                                         f"and at most {maximum:.0f} seconds")
     return value
 
 
@@ -112,23 +129,37 @@ def duration(text: str) -> float:
     m = re.match(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", str(text).lower())
     if not m or m.group(2) not in _DURATION_UNITS:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration (examples: 90s, 30m, 24h, 2d)")
-    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-
-
-def positive_number(text: str) -> float:
-    """A finite number more than zero (a rate)."""
-    value = _finite(text, "number")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number more than 0")
+    value = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    if value > MAX_DURATION:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than 100 years ({MAX_DURATION / DAY:.0f}d)")
     return value
 
 
-def positive_seconds(text: str) -> float:
-    return _seconds(text, minimum_exclusive=True)
+#: --max-rps: from one request every 100 s (a throttled store trickled at) to a million a second.
+MIN_RPS, MAX_RPS = 0.01, 1e6
 
 
-def non_negative_seconds(text: str) -> float:
-    return _seconds(text, minimum_exclusive=False)
+def request_rate(text: str) -> float:
+    """--max-rps: requests per second, MIN_RPS to MAX_RPS."""
+    value = _finite(text, "number")
+    if not MIN_RPS <= value <= MAX_RPS:
+        raise argparse.ArgumentTypeError(f"{text!r} must be from {MIN_RPS} to {MAX_RPS:.0f} requests per second")
+    return value
+
+
+def timeout_seconds(text: str) -> float:
+    """--http-timeout: more than 0, at most a day."""
+    return _seconds(text, minimum_exclusive=True, maximum=DAY)
+
+
+def stop_seconds(text: str) -> float:
+    """--stop-timeout: 0 (abort at once) to a day."""
+    return _seconds(text, minimum_exclusive=False, maximum=DAY)
+
+
+def age_seconds(text: str) -> float:
+    """--min-age: 0 to a year."""
+    return _seconds(text, minimum_exclusive=False, maximum=YEAR)
 
 
 def _shown(url: str) -> str:
@@ -239,6 +270,9 @@ def _rate(text: str) -> Optional[float]:
         value = -1.0
     if not (0 < value < float("inf")):
         raise argparse.ArgumentTypeError(f"{text!r} is not a rate (examples: 512K, 4M, 1.5G, off)")
+    # From 1 KiB/s (slower is no transfer at all: a part would take months) to 1 PiB/s (no limit at all).
+    if not 1024 <= value <= 1024 ** 5:
+        raise argparse.ArgumentTypeError(f"{text!r} must be from 1K to 1024T bytes per second, or off")
     return value
 
 
@@ -362,7 +396,7 @@ class TransferConfig:
         "Worker processes up to the number of CPUs, each with threads for the rest", metavar="N|auto", type=concurrency))
     max_concurrent_limit: int = field(default=256, metadata=_opt(
         "with --max-concurrent auto: the most requests in flight it may reach (default 256)", metavar="N",
-        type=positive_int))
+        type=in_flight))
     bwlimit: Optional[tuple] = field(default=None, metadata=_opt(
         "bytes sent or received at most RATE bytes/s, all workers together (rclone's units: 512K, 4M, 1.5G, off; "
         "a plain number is KiB/s), or a timetable in local time: '08:00,4M 19:00,off'", metavar="RATE",
@@ -370,12 +404,12 @@ class TransferConfig:
     max_rps: Optional[float] = field(default=None, metadata=_opt(
         "at most N HTTP requests per second to the endpoint, summed over all workers and retries included "
         "(default: no limit); keeps a server that throttles bursts (503 SlowDown) from being pushed into it",
-        metavar="N", type=positive_number))
-    http_timeout: float = field(default=15.0, metadata=_opt("connect and read timeout per HTTP request, seconds (default 15)", metavar="S", type=positive_seconds))
-    retries: int = field(default=5, metadata=_opt("retries per request after the first attempt (default 5)", metavar="N", type=non_negative_int))
+        metavar="N", type=request_rate))
+    http_timeout: float = field(default=15.0, metadata=_opt("connect and read timeout per HTTP request, seconds (default 15; at most 86400)", metavar="S", type=timeout_seconds))
+    retries: int = field(default=5, metadata=_opt("retries per request after the first attempt (default 5; at most 50)", metavar="N", type=retry_count))
     stop_timeout: float = field(default=60.0, metadata=_opt(
         "after SIGTERM/SIGINT/SIGHUP, let the transfers in flight finish for at most S seconds, then abort them "
-        "(default 60)", metavar="S", type=non_negative_seconds))
+        "(default 60; at most 86400)", metavar="S", type=stop_seconds))
 
     # cached_property (it writes the instance __dict__, which a frozen dataclass allows): these are read for
     # every file and batch, and os.cpu_count() is a system call's worth of work each time.
@@ -481,7 +515,7 @@ class BackupConfig:
     transfer: TransferConfig
     output: OutputConfig
     source: Optional[str] = field(default=None, metadata=_opt("directory tree to back up (required)", metavar="DIR"))
-    min_age: float = field(default=2.0, metadata=_opt("a file modified less than S seconds ago is deferred (default 2)", metavar="S", type=non_negative_seconds))
+    min_age: float = field(default=2.0, metadata=_opt("a file modified less than S seconds ago is deferred (default 2; at most a year)", metavar="S", type=age_seconds))
     include: tuple = _include_field()
     exclude: tuple = _exclude_field()
     follow_symlinks: bool = field(default=False, metadata=_opt("follow symbolic links (loop-safe); default: skip them"))
@@ -616,9 +650,20 @@ def point_in_time(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def snapshot_id(text: str) -> str:
+    """--snapshot: an id as `obsbatch snapshots` lists them (it becomes part of a key: nothing else may)."""
+    from obsbatch.snapshot import valid_id
+
+    if not valid_id(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a snapshot id (20261201T230000.123Z-0a1b2c3d, as "
+                                         "obsbatch snapshots lists them)")
+    return text
+
+
 def _snapshot_field():
     return field(default=None, metadata=_opt(
-        "the snapshot to use, by id (obsbatch snapshots lists them); default: the latest", metavar="ID"))
+        "the snapshot to use, by id (obsbatch snapshots lists them); default: the latest", metavar="ID",
+        type=snapshot_id))
 
 
 def _as_of_field():

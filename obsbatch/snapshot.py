@@ -105,6 +105,11 @@ def new_id(now: float) -> str:
             + uuid.uuid4().hex[:8])
 
 
+def valid_id(text: str) -> bool:
+    """Whether `text` is a snapshot id as new_id makes them (and so safe inside a key)."""
+    return bool(_ID.fullmatch(text))
+
+
 def id_of(key: str) -> Optional[str]:
     """The snapshot id a listed key names, or None for anything else under the area (packs, signatures)."""
     name = key.rsplit("/", 1)[-1]
@@ -118,6 +123,10 @@ def rfc3339(timestamp: float) -> str:
     return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+#: The last millisecond of 9999, UTC: the latest time a snapshot id can hold.
+_LAST_TIME = 253402300799.999
+
+
 def parse_time(text: str) -> float:
     """--as-of: an RFC 3339 time (`2026-12-01T23:00:00Z`, `...+03:00`) or a date (`2026-12-01`: the end of that
     day, UTC), as a Unix time; ValueError with the reason otherwise. A time given to the second means the end of
@@ -127,13 +136,19 @@ def parse_time(text: str) -> float:
     try:
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
             day = datetime.datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=datetime.timezone.utc)
-            return (day + datetime.timedelta(days=1)).timestamp() - 1e-6
-        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+            # Seconds added to the timestamp, not a day to the date: the end of 9999-12-31 is past datetime's range.
+            moment, end = day, 86400 - 1e-6
+        else:
+            moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+            end = 0 if re.search(r":\d{2}[.,]\d", text) else 1 - 1e-6
     except ValueError:
         raise ValueError(f"'{text}' is not an RFC 3339 time (2026-12-01T23:00:00Z) or a date (2026-12-01)") from None
     if moment.tzinfo is None:
         raise ValueError(f"'{text}' has no time zone; add Z for UTC or an offset such as +03:00")
-    return moment.timestamp() + (0 if re.search(r":\d{2}[.,]\d", text) else 1 - 1e-6)
+    if moment.year < 1970:
+        raise ValueError(f"'{text}' is before 1970, older than any snapshot")
+    # An id's time has four digits of year (new_id): the end of 9999 is the latest time one can say.
+    return min(moment.timestamp() + end, _LAST_TIME)
 
 
 def tree_bytes(entries: List[list]) -> bytes:

@@ -234,7 +234,7 @@ def test_moto_round_trip(tmp_path, moto, prefix):
 
 
 def test_a_restore_of_no_such_snapshot_is_one_sentence_exit_2(tmp_path, s3server, prefix):
-    back = restore(s3server, s3server.bucket, prefix, tmp_path / "t", "--snapshot", "20200101T000000Z-00000000")
+    back = restore(s3server, s3server.bucket, prefix, tmp_path / "t", "--snapshot", "20200101T000000.000Z-00000000")
     assert back.returncode == 2 and back.summary["error"].startswith("there is no snapshot"), back
     assert "Traceback" not in back.stderr
     shutil.rmtree(tmp_path / "t", ignore_errors=True)

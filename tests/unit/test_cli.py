@@ -71,9 +71,20 @@ def test_prefix_gets_trailing_slash_like_aws_s3_sync(prefix, expected):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--max-concurrent", "-1"], "--max-concurrent: '-1' must be 1 or more, or 'auto'"),
+    (["--max-concurrent", "-1"], "--max-concurrent: '-1' must be from 1 to 1024, or 'auto'"),
     (["--max-concurrent", "two"], "'two' is neither 'auto' nor a whole number"),
-    (["--max-concurrent-limit", "0"], "--max-concurrent-limit: '0' must be 1 or more"),
+    (["--max-concurrent-limit", "0"], "--max-concurrent-limit: '0' must be from 1 to 1024"),
+    (["--max-concurrent", "99999999999"], "--max-concurrent: '99999999999' must be from 1 to 1024, or 'auto'"),
+    (["--max-concurrent-limit", "5000"], "'5000' must be from 1 to 1024"),
+    (["--http-timeout", "1e308"], "'1e308' must be more than 0 and at most 86400 seconds"),
+    (["--stop-timeout", "1e9"], "at most 86400 seconds"),
+    (["--min-age", "1e12"], "at most 31536000 seconds"),
+    (["--max-rps", "1e-300"], "'1e-300' must be from 0.01 to 1000000 requests per second"),
+    (["--max-rps", "1e300"], "must be from 0.01"),
+    (["--retries", "1000"], "'1000' must be from 0 to 50"),
+    (["--bwlimit", "0.000001K"], "must be from 1K to 1024T bytes per second"),
+    (["--max-defer", "99999999d"], "is more than 100 years"),
+    (["--object-lock-mode", "GOVERNANCE", "--object-lock-retain", "1e300d"], "is not a duration"),
     (["--multipart-chunksize", "12XB"], "'12XB' is not a size"),
     (["--multipart-chunksize", "1MiB"], "between 5MiB and 5GiB"),
     (["--multipart-threshold", "6GiB"], "at most 5GiB"),
@@ -82,8 +93,8 @@ def test_prefix_gets_trailing_slash_like_aws_s3_sync(prefix, expected):
     (["--endpoint", "https://host:99999"], "is not a valid URL"),
     (["--endpoint", "https://key:s3cret@host:99999"], "'https://***@host:99999' is not a valid URL"),  # not echoed
     (["--endpoint", "http://a\nb"], "'http://a\\nb'"),  # one line, whatever the value holds
-    (["--http-timeout", "0"], "must be more than 0 seconds"),
-    (["--min-age", "-3"], "must be at least 0 seconds"),
+    (["--http-timeout", "0"], "must be more than 0 and at most"),
+    (["--min-age", "-3"], "must be at least 0 and at most"),
     (["--min-age", "nan"], "finite"),
     (["--debug", "loud"], "invalid choice"),
     (["--checksum-mode", "always"], "invalid choice"),
@@ -198,3 +209,28 @@ def test_output_flags_mean_the_same_in_every_command(command):
     with pytest.raises(UsageError, match="unrecognized arguments: -x"):
         output(["-x"])
 
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--snapshot", "../../x"], "'../../x' is not a snapshot id"),
+    (["--snapshot", "20261201T230000.123Z-0a1b2c3d/../x"], "is not a snapshot id"),
+    (["--as-of", "0001-01-01"], "is before 1970"),
+    (["--as-of", "2026-13-01"], "is not an RFC 3339 time"),
+    (["--http-timeout", "inf"], "finite"),
+])
+def test_restore_and_verify_bound_what_reaches_a_key_or_a_clock(args, message):
+    from obsbatch.commands import runner
+
+    for command in ("restore", "verify"):
+        extra = ["--target", "/t"] if command == "restore" else []
+        with pytest.raises(UsageError) as info:
+            runner.parse(command, ["--bucket", "b", *extra, *args], {})
+        assert message in str(info.value)
+
+
+def test_as_of_the_end_of_time_is_the_latest_snapshot_not_a_traceback():
+    from obsbatch.commands import runner
+    from obsbatch.snapshot import new_id
+
+    config = runner.parse("restore", ["--bucket", "b", "--target", "/t", "--as-of", "9999-12-31"], {})
+    assert new_id(config.as_of).startswith("99991231T235959.999Z")

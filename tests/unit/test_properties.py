@@ -167,7 +167,7 @@ def test_bucket_names_accepted_are_exactly_what_botocore_accepts(text):
     assert accepted == bool(VALID_BUCKET.search(text))
 
 
-@given(st.integers(0, 10 ** 6), st.sampled_from(["", "s", "m", "min", "h", "d", "S", "H"]))
+@given(st.integers(0, 36500), st.sampled_from(["", "s", "m", "min", "h", "d", "S", "H"]))
 def test_durations_parse_to_seconds(number, unit):
     from obsbatch.config import duration
 
@@ -179,16 +179,17 @@ def test_durations_parse_to_seconds(number, unit):
 @example("-1")
 @example("1.5")
 @example("inf")
-def test_whole_number_flags_accept_only_whole_numbers_at_or_above_their_minimum(text):
-    from obsbatch.config import at_least
+@example("99999999999")
+def test_whole_number_flags_accept_only_whole_numbers_in_their_range(text):
+    from obsbatch.config import whole_number
 
-    for minimum in (0, 1):
+    for minimum, maximum in ((0, 50), (1, 1024)):
         try:
-            value = at_least(minimum)(text)
+            value = whole_number(minimum, maximum)(text)
         except argparse.ArgumentTypeError as exc:
             assert str(exc).startswith(repr(text))
         else:
-            assert isinstance(value, int) and value >= minimum
+            assert isinstance(value, int) and minimum <= value <= maximum
 
 
 @settings(max_examples=500)
