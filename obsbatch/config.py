@@ -270,9 +270,9 @@ def _rate(text: str) -> Optional[float]:
         value = -1.0
     if not (0 < value < float("inf")):
         raise argparse.ArgumentTypeError(f"{text!r} is not a rate (examples: 512K, 4M, 1.5G, off)")
-    # From 1 KiB/s (slower is no transfer at all: a part would take months) to 1 PiB/s (no limit at all).
-    if not 1024 <= value <= 1024 ** 5:
-        raise argparse.ArgumentTypeError(f"{text!r} must be from 1K to 1024T bytes per second, or off")
+    # From a byte a second (a fraction of one never completes a request) to 1 PiB/s (no limit at all).
+    if not 1 <= value <= 1024 ** 5:
+        raise argparse.ArgumentTypeError(f"{text!r} must be from 1B to 1024T bytes per second, or off")
     return value
 
 
@@ -550,9 +550,13 @@ class BackupConfig:
         metavar="PATH"))
     upload_manifest: bool = field(default=False, metadata=_opt(
         "also store the manifest at <prefix without '/'>.obsbatch/manifests/<run-id>.jsonl, beside the data"))
-    manifest_signing_key: Optional[str] = field(default=None, metadata=_opt(
-        "sign the manifest's chain head with this Ed25519 private key (PEM), into <manifest>.sig; check with "
-        "obsbatch verify-manifest --public-key (needs the 'signing' extra)", metavar="PATH", type=readable_file))
+    # Once --manifest-signing-key (and OBSBATCH_MANIFEST_SIGNING_KEY), when it signed only a manifest: both
+    # names still work, so an older unit or EnvironmentFile keeps signing.
+    signing_key: Optional[str] = field(default=None, metadata=_opt(
+        "sign every snapshot record (<id>.json.sig beside it) and, with --manifest, the manifest's chain head "
+        "(<manifest>.sig) with this Ed25519 private key (PEM); restore, verify and snapshots check them with "
+        "--public-key (needs the 'signing' extra; old name --manifest-signing-key)", metavar="PATH",
+        type=readable_file, args=["--signing-key", "--manifest-signing-key"], env_alias="MANIFEST_SIGNING_KEY"))
     otel_endpoint: Optional[str] = field(default=None, metadata=_opt(
         "OTLP/HTTP receiver base URL (traces to /v1/traces, metrics to /v1/metrics); default: the OTEL_EXPORTER_OTLP_* "
         "variables, else no telemetry", metavar="URL", type=http_url))
@@ -594,7 +598,7 @@ class BackupConfig:
                    "multipart_threshold", "multipart_chunksize", "stop_timeout")),
         ("state", ("state", "no_state", "delete_source", "max_changed")),
         ("output", ("debug", "verbose", "quiet", "log_format", "progress", "summary", "host_id", "manifest",
-                    "upload_manifest", "manifest_signing_key", "otel_endpoint", "no_telemetry")),
+                    "upload_manifest", "signing_key", "otel_endpoint", "no_telemetry")),
     )
 
     def __post_init__(self) -> None:
@@ -609,12 +613,10 @@ class BackupConfig:
             raise UsageError("--verify-remote reconciles the destination with the journal; it cannot go with --no-state")
         if self.upload_manifest and not self.manifest:
             raise UsageError("--upload-manifest needs --manifest PATH")
-        if self.manifest_signing_key:
-            if not self.manifest:
-                raise UsageError("--manifest-signing-key signs a manifest; it needs --manifest PATH")
+        if self.signing_key:
             from obsbatch.signing import load_private_key
 
-            load_private_key(self.manifest_signing_key)  # a bad key is a usage error now, not after the run
+            load_private_key(self.signing_key)  # a bad key is a usage error now, not after the run
         if self.upload_manifest and not self.store.prefix:
             raise UsageError("--upload-manifest needs a --prefix, so that manifests sit beside the data, never among it")
         if bool(self.object_lock_mode) != (self.object_lock_retain is not None):
@@ -672,6 +674,20 @@ def _as_of_field():
         "its end, UTC)", metavar="TIME", type=point_in_time))
 
 
+def _public_key_field():
+    return field(default=None, metadata=_opt(
+        "trust only snapshot records signed by this Ed25519 public key (PEM, of backup's --signing-key): any other "
+        "is UNTRUSTED, listed as such, never chosen as the latest, never restored from", metavar="PATH",
+        type=readable_file))
+
+
+def _check_public_key(config) -> None:
+    if config.public_key:
+        from obsbatch.signing import load_public_key
+
+        load_public_key(config.public_key)  # a bad key is a usage error now, before the store is asked
+
+
 def _check_snapshot_choice(config) -> None:
     if config.snapshot and config.as_of is not None:
         raise UsageError("--snapshot and --as-of both choose a snapshot; give one")
@@ -708,18 +724,23 @@ class RestoreConfig:
         args=["--dry-run"]))
     snapshot: Optional[str] = _snapshot_field()
     as_of: Optional[float] = _as_of_field()
+    public_key: Optional[str] = _public_key_field()
     listing: bool = field(default=False, metadata=_opt(
         "restore every object the listing shows under the prefix, as it is now, instead of a snapshot (for "
         "prefixes other tools wrote; implied by --manifest and where no snapshot exists)"))
 
     GROUPS = (("restore", ("target", "overwrite", "restore_manifest", "include", "exclude", "restore_dry_run")),
-              ("snapshot", ("snapshot", "as_of", "listing")), _STORE_GROUP, _SPEED_GROUP, _OUTPUT_GROUP)
+              ("snapshot", ("snapshot", "as_of", "public_key", "listing")), _STORE_GROUP, _SPEED_GROUP, _OUTPUT_GROUP)
 
     def __post_init__(self) -> None:
         _tuples(self, ("include", "exclude"))
         if not self.target:
             raise UsageError("--target is required (or OBSBATCH_TARGET)")
         _check_snapshot_choice(self)
+        _check_public_key(self)
+        if self.public_key and (self.listing or self.restore_manifest):
+            raise UsageError("--public-key trusts signed snapshots; --listing and --manifest restore the listing, "
+                             "which no snapshot signature covers; give one kind")
         if (self.snapshot or self.as_of is not None) and (self.listing or self.restore_manifest):
             raise UsageError("--snapshot and --as-of restore a snapshot; --listing and --manifest restore the "
                              "listing; give one kind")
@@ -741,18 +762,23 @@ class VerifyConfig:
 
     snapshot: Optional[str] = _snapshot_field()
     as_of: Optional[float] = _as_of_field()
+    public_key: Optional[str] = _public_key_field()
     listing: bool = field(default=False, metadata=_opt(
         "check every object the listing shows under the prefix (each must carry obsbatch's sha256 metadata: one "
         "HEAD per object) instead of a snapshot's files (implied where no snapshot exists)"))
 
-    GROUPS = (("verify", ("verify_manifest", "read_data", "snapshot", "as_of", "listing")), _STORE_GROUP,
+    GROUPS = (("verify", ("verify_manifest", "read_data", "snapshot", "as_of", "public_key", "listing")), _STORE_GROUP,
               _SPEED_GROUP, _OUTPUT_GROUP)
 
     def __post_init__(self) -> None:
         _check_snapshot_choice(self)
+        _check_public_key(self)
         if (self.snapshot or self.as_of is not None) and (self.verify_manifest or self.listing):
             raise UsageError("--snapshot and --as-of check a snapshot, --manifest a manifest, --listing the "
                              "listing; give one")
+        if self.public_key and not self.by_snapshot:
+            raise UsageError("--public-key trusts signed snapshots; --manifest and --listing check against "
+                             "something else (verify-manifest --public-key checks a manifest's signature)")
         if self.verify_manifest and self.listing:
             raise UsageError("--manifest and --listing are two references to check against; give one")
 
@@ -778,8 +804,12 @@ class SnapshotsConfig:
         "exit 1 and name every host and prefix whose latest snapshot is older than DURATION (with --all: of the "
         "whole fleet; else of --prefix, which then must have one); exit 0 when none is", metavar="DURATION",
         type=duration))
+    public_key: Optional[str] = _public_key_field()
 
-    GROUPS = (("snapshots", ("json", "all", "stale")), _STORE_GROUP, _SPEED_GROUP, _OUTPUT_GROUP)
+    GROUPS = (("snapshots", ("json", "all", "stale", "public_key")), _STORE_GROUP, _SPEED_GROUP, _OUTPUT_GROUP)
+
+    def __post_init__(self) -> None:
+        _check_public_key(self)
 
 
 #: The commands whose flags come from a config class.

@@ -71,6 +71,8 @@ class Parser(argparse_dataclass.ArgumentParser):
             # returns None (--max-concurrent auto) was given, and beats its variable.
             if value is MISSING or (value is None and (f.metadata.get("append") or f.metadata.get("negatable"))):
                 raw = environ.get(ENV_PREFIX + name.upper())
+                if raw is None and f.metadata.get("env_alias"):  # the flag's old name's variable
+                    raw = environ.get(ENV_PREFIX + f.metadata["env_alias"])
                 if f.metadata.get("negatable") and raw is not None and not raw.strip():
                     raw = None  # OBSBATCH_PROGRESS= : neither on nor off, the default
                 if raw is not None:
@@ -98,9 +100,9 @@ def unrecognized(extra: Sequence[str], flags) -> str:
 
 
 def environment_names() -> frozenset:
-    """Every OBSBATCH_* variable some command reads: one per flag of backup, restore and verify."""
-    return frozenset(ENV_PREFIX + f.name.upper() for config_class in COMMAND_CONFIGS.values()
-                     for f in flag_fields(config_class))
+    """Every OBSBATCH_* variable some command reads: one per flag of every command (and a renamed flag's old one)."""
+    return frozenset(ENV_PREFIX + name for config_class in COMMAND_CONFIGS.values() for f in flag_fields(config_class)
+                     for name in (f.name.upper(), f.metadata.get("env_alias")) if name)
 
 
 def check_environment(environ: Mapping[str, str], known: Sequence[str]) -> None:

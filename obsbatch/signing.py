@@ -1,5 +1,5 @@
-"""Ed25519 signatures over a manifest's chain head (issue #14, optional): `--manifest-signing-key` and
-`verify-manifest --public-key`.
+"""Ed25519 signatures over a manifest's chain head and a snapshot record's head (optional): `--signing-key`
+(once `--manifest-signing-key`) at backup; `--public-key` at restore, verify, snapshots and verify-manifest.
 
 The head seals every line of the manifest; a signature over it, by a key the backup host holds and the
 auditor's public key checks, proves who wrote that manifest, where the journald/trace anchor proves only
@@ -35,7 +35,7 @@ def load_private_key(path: str):
     """The Ed25519 private key in a PEM file (`openssl genpkey -algorithm ed25519`); UsageError otherwise,
     never with the file's content."""
     serialization, ed25519 = _serialization()
-    return _load_pem(path, "--manifest-signing-key", lambda data: serialization.load_pem_private_key(data, None),
+    return _load_pem(path, "--signing-key", lambda data: serialization.load_pem_private_key(data, None),
                      ed25519.Ed25519PrivateKey)
 
 
@@ -82,21 +82,36 @@ def sign(manifest_path: str, head: str, key_path: str) -> str:
 
 def check(manifest_path: str, head: str, public_key_path: str) -> Optional[str]:
     """None if `<manifest>.sig` holds a valid signature of `head` by the public key; else why not."""
-    from cryptography.exceptions import InvalidSignature
-
     public_key = load_public_key(public_key_path)
     try:
-        with open(manifest_path + SUFFIX, encoding="utf-8") as f:
-            record = json.load(f)
-        signature = base64.b64decode(record["signature"], validate=True)
+        with open(manifest_path + SUFFIX, "rb") as f:
+            body = f.read()
     except OSError as exc:
         return f"no signature beside it ({manifest_path + SUFFIX}: {exc.strerror})"
-    except (ValueError, KeyError, TypeError):
+    why = checked(body, head, public_key)
+    if why == _NOT_A_SIGNATURE:
         return f"{manifest_path + SUFFIX} is not a signature file"
-    if record.get("head") != head:
-        return f"the signature is over head {record.get('head')}, but the manifest ends at {head}"
+    return why
+
+
+_NOT_A_SIGNATURE = "it is not a signature record"
+
+
+def checked(body: bytes, head: str, public_key) -> Optional[str]:
+    """None if `body` (a `.sig` record, as `signature` makes them) is a valid signature of `head` by
+    `public_key` (load_public_key); else why not, in a few words. The record's own `public_key` field is never
+    trusted: whoever forged a record could name their own key there."""
+    from cryptography.exceptions import InvalidSignature
+
     try:
-        public_key.verify(signature, head.encode("ascii"))
+        record = json.loads(body)
+        signature_bytes = base64.b64decode(record["signature"], validate=True)
+    except (ValueError, KeyError, TypeError):
+        return _NOT_A_SIGNATURE
+    if record.get("head") != head:
+        return f"the signature is over head {str(record.get('head'))[:64]}, but what it should sign ends at {head}"
+    try:
+        public_key.verify(signature_bytes, head.encode("ascii"))
     except InvalidSignature:
         return "the signature does not verify with this public key"
     return None

@@ -217,11 +217,11 @@ def _finish_manifest(manifest_: Manifest, summary: Summary, config: BackupConfig
             log.error("journal.commit_failed", error=str(exc),
                       detail="the next run's manifest will not cite this one's head")
     signature = None
-    if config.manifest_signing_key:
+    if config.signing_key:
         from obsbatch import signing
 
         try:
-            signing.sign(manifest_.path, head, config.manifest_signing_key)
+            signing.sign(manifest_.path, head, config.signing_key)
             signature = manifest_.path + signing.SUFFIX
         except (OSError, ObsbatchError) as exc:
             log.error("manifest.sign_failed", path=manifest_.path, error=str(exc))

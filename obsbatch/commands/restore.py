@@ -279,7 +279,8 @@ def run(config: RestoreConfig, summary: RestoreSummary, counted: Callable[[Itera
         pool.start_fork_server()
     client = s3.make_client(Endpoint.from_config(config), pool_connections=1)
     if not (config.listing or config.restore_manifest):
-        record = remote.chosen_snapshot(client, config.store, config.snapshot or "", config.as_of)
+        record = remote.chosen_snapshot(client, config.store, config.snapshot or "", config.as_of,
+                                        config.public_key, "restore")
         if record is not None:
             return _restore_snapshot(config, client, record, target, summary, counted)
         log.info("restore.no_snapshot", bucket=config.store.bucket, prefix=config.store.prefix,

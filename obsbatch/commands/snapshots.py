@@ -3,7 +3,10 @@ of every host and prefix in the bucket (issue #22, the fleet view).
 
 One line each on stdout: id, time (UTC, RFC 3339), host, source, files, bytes, the run's exit code, head;
 `--json`: one JSON array of objects with those keys. Each record is checked against its head as it is read;
-one that was altered is listed with `"damaged": true` and makes the exit code 1.
+one that was altered is listed with `"damaged": true` and makes the exit code 1. With --public-key, one
+without a valid signature by that key is listed `UNTRUSTED` (`"untrusted": true`), exit 1. The `previous`
+links are followed along each host's records: where one does not cite the head of the record before it,
+`CHAIN BROKEN` (`"chain_broken": true`, snapshots.chain_broken says what), exit 1.
 
 --all reads the fleet markers (snapshot.fleet_key: one per host and prefix, a copy of its latest record's
 summary, overwritten by each run): host, prefix, id, time, files, bytes, exit code, head. --stale DURATION
@@ -28,7 +31,8 @@ log = structlog.get_logger()
 
 DESCRIPTION = ("List the snapshots stored for a prefix, oldest first: id, time, host, source, files, bytes, exit "
                "code, head; or with --all the latest of every host and prefix in the bucket. Exit 0 listed, 1 a "
-               "record was altered in the store or a snapshot is older than --stale, 2 usage or access errors.")
+               "record was altered in the store, is not signed by --public-key, breaks the chain of previous "
+               "heads, or a snapshot is older than --stale, 2 usage or access errors.")
 #: The keys of each snapshot, in the order of the table's columns.
 COLUMNS = ("id", "time", "host", "source", "files", "bytes", "exit_code", "head")
 #: --all's columns: one (host, prefix) a line.
@@ -53,6 +57,8 @@ def main(argv: Sequence[str], started: float) -> int:
         log.warning("snapshots.interrupted")
         raise FatalExit(ExitCode.INTERRUPTED, "interrupted") from None
     damaged = sum(1 for one in listed if one.get("damaged"))
+    untrusted = sum(1 for one in listed if one.get("untrusted"))
+    broken = 0 if config.all else _mark_chain(listed)
     stale = _mark_stale(listed, config.stale, time.time(), latest_only=not config.all,
                         where=f"s3://{config.store.bucket}/{config.store.prefix}")
     columns = FLEET_COLUMNS if config.all else COLUMNS
@@ -60,17 +66,38 @@ def main(argv: Sequence[str], started: float) -> int:
         print(json.dumps(listed, sort_keys=True), flush=True)
     else:
         for one in listed:
-            print("  ".join(str(one.get(column, "")) for column in columns) + ("  DAMAGED" if one.get("damaged") else "")
-                  + ("  STALE" if one.get("stale") else ""))
-    code = ExitCode.PARTIAL if damaged or stale else ExitCode.OK
+            print("  ".join(str(one.get(column, "")) for column in columns)
+                  + "".join(f"  {mark}" for key, mark in _MARKS if one.get(key)))
+    code = ExitCode.PARTIAL if damaged or stale or untrusted or broken else ExitCode.OK
     report = {"snapshots": len(listed), "damaged": damaged, "seconds": round(time.time() - started, 3),
               "exit_code": int(code)}
+    if config.public_key:
+        report["untrusted"] = untrusted
+    if not config.all:
+        report["chain_broken"] = broken
     if config.stale is not None:
         report["stale"] = stale
     (log.info if code == ExitCode.OK else log.warning)("snapshots.summary", **report)
     if config.output.summary == "json":
         print(json.dumps(report, sort_keys=True), flush=True)
     return code
+
+
+#: What a line of the table says of a snapshot, after its columns, by the key its dict has.
+_MARKS = (("damaged", "DAMAGED"), ("untrusted", "UNTRUSTED"), ("chain_broken", "CHAIN BROKEN"), ("stale", "STALE"))
+
+
+def _mark_chain(listed: List[dict]) -> int:
+    """Mark (`"chain_broken": true`) and log each record whose `previous` is not the head of its host's record
+    before it (s3.snapshots.chain_breaks); how many. Damaged records are not links: they are named already."""
+    from obsbatch.s3 import snapshots
+
+    broken = 0
+    for one, why in snapshots.chain_breaks([one for one in listed if not one.get("damaged")]):
+        one["chain_broken"] = True
+        broken += 1
+        log.warning("snapshots.chain_broken", id=one.get("id"), snapshot_host=one.get("host"), error=why)
+    return broken
 
 
 def _mark_stale(listed: List[dict], older_than: Optional[float], now: float, latest_only: bool, where: str) -> int:
@@ -116,9 +143,12 @@ def _records(config) -> List[dict]:
 
     from obsbatch.s3 import remote, snapshots
 
+    from obsbatch import signing
+
     client = _client(config)
     store = config.store
-    read_one = functools.partial(_record, client, store, store.reading.read_params(""))
+    public_key = signing.load_public_key(config.public_key) if config.public_key else None
+    read_one = functools.partial(_record, client, store, store.reading.read_params(""), public_key)
     with remote.store_errors(store, f"list the snapshots under s3://{store.bucket}/{store.prefix}"):
         listed_ids = list(snapshots.ids(client, store.bucket, store.prefix))
         return snapshots.read_all(read_one, listed_ids, READ_THREADS)  # in the listing's order: oldest first
@@ -132,8 +162,9 @@ def _client(config):
     return s3.make_client(Endpoint.from_config(config), pool_connections=READ_THREADS)
 
 
-def _record(client, store, reading: dict, snapshot_id: str) -> dict:
-    """One snapshot's COLUMNS, or {"id", "damaged": True} (logged) for a record that does not verify."""
+def _record(client, store, reading: dict, public_key, snapshot_id: str) -> dict:
+    """One snapshot's COLUMNS and its `previous` head, or {"id", "damaged": True} (logged) for a record that does
+    not verify; with `public_key`, `"untrusted": True` (logged) for one it did not sign."""
     from obsbatch.s3 import snapshots
 
     try:
@@ -141,4 +172,11 @@ def _record(client, store, reading: dict, snapshot_id: str) -> dict:
     except snapshots.SnapshotError as exc:
         log.error("snapshots.damaged", id=snapshot_id, error=str(exc))
         return {"id": snapshot_id, "damaged": True}
-    return {column: found.get(column) for column in COLUMNS}
+    listed = {column: found.get(column) for column in COLUMNS + ("previous",)}
+    if public_key is not None:
+        why = snapshots.signature_problem(client, store.bucket, store.prefix, found, public_key, reading)
+        if why is not None:
+            log.error("snapshots.untrusted", id=snapshot_id, error=why,
+                      detail="not signed by --public-key: never chosen as the latest, never restored from")
+            listed["untrusted"] = True
+    return listed

@@ -214,8 +214,8 @@ def run(config: VerifyConfig, summary: VerifySummary, counted: Callable[[Iterato
             client.list_objects_v2(Bucket=store.bucket, Prefix=store.prefix, MaxKeys=1)
         items = _from_manifest(config.verify_manifest, store.prefix, config.read_data)
     else:
-        record = (remote.chosen_snapshot(client, store, config.snapshot or "", config.as_of) if config.by_snapshot
-                  else None)
+        record = (remote.chosen_snapshot(client, store, config.snapshot or "", config.as_of, config.public_key,
+                                         "verify") if config.by_snapshot else None)
         if record is not None:
             items = _from_snapshot(config, client, record, summary)
         else:

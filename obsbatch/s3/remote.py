@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import os
 import time
 from typing import Callable, Iterator, Optional
 
@@ -311,13 +312,31 @@ def _unreachable(where: str, exc: Exception) -> PreflightError:
     return PreflightError(message)
 
 
-def chosen_snapshot(client, store, snapshot_id: str, as_of: Optional[float]) -> Optional[dict]:
+def chosen_snapshot(client, store, snapshot_id: str, as_of: Optional[float], public_key_path: Optional[str],
+                    command: str) -> Optional[dict]:
     """The record of the snapshot `snapshot_id` names, or the latest at or before `as_of`, or the latest
-    (snapshots.choose): what restore and verify read; a store that cannot be read is store_error's sentence."""
+    (snapshots.choose): what restore and verify read; a store that cannot be read is store_error's sentence.
+
+    With a public key (--public-key), only a record signed by it (snapshots.choose); each newer one passed over
+    is logged (`<command>.untrusted_snapshot`). Without one, a restore run as root says once that the records
+    are not authenticated: whoever can write the bucket chose what is restored (README: the threat model)."""
+    from obsbatch import signing
     from obsbatch.s3 import snapshots
 
+    public_key = signing.load_public_key(public_key_path) if public_key_path else None
+    if public_key is None and command == "restore" and os.geteuid() == 0:
+        log.warning("restore.unauthenticated", detail="the snapshot records are not authenticated (no --public-key): "
+                    "whoever can write the bucket decides what this restore writes as root; sign at backup with "
+                    "--signing-key and give its public key here")
+
+    def passed_over(snapshot_id: str, why: str) -> None:
+        log.warning(f"{command}.untrusted_snapshot", id=snapshot_id, error=why,
+                    detail="passed over: a newer record that is not signed by --public-key is never the latest")
+
     with store_errors(store, f"read the snapshots under s3://{store.bucket}/{store.prefix}"):
-        return snapshots.choose(client, store.bucket, store.prefix, snapshot_id, as_of, store.reading.read_params(""))
+        chosen = snapshots.choose(client, store.bucket, store.prefix, snapshot_id, as_of,
+                                  store.reading.read_params(""), public_key, passed_over)
+    return chosen
 
 
 @contextlib.contextmanager

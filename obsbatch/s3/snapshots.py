@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import tempfile
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from obsbatch import beneath, snapshot
 from obsbatch.errors import ExitCode, ObsbatchError
@@ -26,6 +26,11 @@ class SnapshotDamaged(SnapshotError):
     it, and verify reports it (exit 1, as any object found missing or different)."""
 
     exit_code = ExitCode.PARTIAL
+
+
+class SnapshotUntrusted(SnapshotDamaged):
+    """A record without a valid signature by the operator's --public-key: whoever can write the bucket could
+    have written it. Never restored from, never chosen as the latest (exit 1 when asked for by id)."""
 
 
 def ids(client, bucket: str, prefix: str) -> Iterator[str]:
@@ -84,8 +89,11 @@ def _marker(client, bucket: str, key: str) -> Optional[dict]:
     return {name: found.get(name) for name in snapshot.FLEET_FIELDS}
 
 
-def record(client, bucket: str, prefix: str, snapshot_id: str, read_params: Optional[dict] = None) -> dict:
-    """One snapshot record, checked against its head; SnapshotError if it is not there or was altered."""
+def record(client, bucket: str, prefix: str, snapshot_id: str, read_params: Optional[dict] = None,
+           public_key=None) -> dict:
+    """One snapshot record, checked against its head; SnapshotError if it is not there or was altered. With
+    `public_key` (signing.load_public_key), its signature (`<record key>.sig`) must verify against that key, or
+    SnapshotUntrusted."""
     key = snapshot.record_key(prefix, snapshot_id)
     try:
         body = client.get_object(Bucket=bucket, Key=key, **(read_params or {}))["Body"].read()
@@ -98,25 +106,75 @@ def record(client, bucket: str, prefix: str, snapshot_id: str, read_params: Opti
     if not snapshot.sealed(found) or found.get("id") != snapshot_id:
         raise SnapshotDamaged(f"the snapshot record {key} does not match its head (altered in the store); it cannot "
                             "be trusted")
+    if public_key is not None:
+        why = signature_problem(client, bucket, prefix, found, public_key, read_params)
+        if why is not None:
+            raise SnapshotUntrusted(f"the snapshot {snapshot_id} is UNTRUSTED: {why}; it is not signed by the "
+                                    "--public-key, so whoever can write the bucket could have written it")
     return found
 
 
+def signature_problem(client, bucket: str, prefix: str, found: dict, public_key,
+                      read_params: Optional[dict] = None) -> Optional[str]:
+    """Why the sealed record `found` has no valid signature by `public_key` beside it, or None."""
+    from obsbatch import signing
+
+    key = snapshot.record_key(prefix, found["id"])
+    head = found["head"]
+    try:
+        body = client.get_object(Bucket=bucket, Key=key + signing.SUFFIX, **(read_params or {}))["Body"].read()
+    except client.exceptions.NoSuchKey:
+        return "it has no signature"
+    return signing.checked(body, head, public_key)
+
+
 def choose(client, bucket: str, prefix: str, snapshot_id: str = "", as_of: Optional[float] = None,
-           read_params: Optional[dict] = None) -> Optional[dict]:
+           read_params: Optional[dict] = None, public_key=None,
+           passed_over: Optional[Callable[[str, str], None]] = None) -> Optional[dict]:
     """The record asked for: `snapshot_id`, else the latest at or before `as_of` (a Unix time), else the
-    latest; None when the prefix has no snapshot at all (with an id or a time: SnapshotError)."""
+    latest; None when the prefix has no snapshot at all (with an id or a time: SnapshotError).
+
+    With `public_key`, only a record signed by it is chosen: a newer one that is damaged or UNTRUSTED is passed
+    over, each told to `passed_over(id, why)` (never silently), and the latest trusted one is chosen (one
+    asked for by id must be trusted itself: SnapshotUntrusted). Without a key the latest is the latest, and a
+    damaged one is an error, as before: nothing says which records to believe."""
     if snapshot_id:
-        return record(client, bucket, prefix, snapshot_id, read_params)
-    chosen = None
+        return record(client, bucket, prefix, snapshot_id, read_params, public_key)
     cutoff = None if as_of is None else snapshot.new_id(as_of)[:snapshot.ID_TIME_LENGTH]
-    for found in ids(client, bucket, prefix):
-        if cutoff is None or found[:snapshot.ID_TIME_LENGTH] <= cutoff:
-            chosen = found
-    if chosen is None:
+    candidates = [found for found in ids(client, bucket, prefix)
+                  if cutoff is None or found[:snapshot.ID_TIME_LENGTH] <= cutoff]
+    if not candidates:
         if as_of is not None:
             raise SnapshotError(f"no snapshot under s3://{bucket}/{prefix} is as old as {snapshot.rfc3339(as_of)}")
+        if public_key is not None:  # not the listing instead: nothing there is signed
+            raise SnapshotUntrusted(f"there is no snapshot under s3://{bucket}/{prefix} to check against the "
+                                    "--public-key; nothing is restored or checked without one")
         return None
-    return record(client, bucket, prefix, chosen, read_params)
+    if public_key is None:
+        return record(client, bucket, prefix, candidates[-1], read_params)
+    for found in reversed(candidates):
+        try:
+            return record(client, bucket, prefix, found, read_params, public_key)
+        except SnapshotDamaged as exc:  # SnapshotUntrusted among them
+            if passed_over is not None:
+                passed_over(found, str(exc))
+    raise SnapshotUntrusted(f"no snapshot under s3://{bucket}/{prefix} is signed by the --public-key "
+                            f"({len(candidates)} listed, none trusted); nothing is restored from an untrusted record")
+
+
+def chain_breaks(records: List[dict]) -> Iterator[Tuple[dict, str]]:
+    """(record, why) for each record whose `previous` is not the head of the one before it from the same host
+    (records: oldest first, damaged ones left out). A run cites the head of its host's last snapshot of the
+    prefix (stages.snapshot.write), so a record inserted, removed or rewritten in between breaks the chain
+    there. A record that cites nothing (a first run, or a host whose journal was lost) restarts it."""
+    last_head: Dict[str, str] = {}
+    for one in records:
+        host = str(one.get("host"))
+        cited = one.get("previous")
+        if cited is not None and host in last_head and cited != last_head[host]:
+            yield one, (f"it cites the head {str(cited)[:16]}..., but the snapshot before it from {host} has "
+                        f"{last_head[host][:16]}...")
+        last_head[host] = str(one.get("head"))
 
 
 def trees(client, bucket: str, prefix: str, found: dict, read_params: Optional[dict] = None) -> snapshot.Trees:

@@ -245,10 +245,10 @@ def write(config, source: str, recorder: Recorder, journal: Journal, remote, sum
     key = snapshot.record_key(prefix, snapshot_id)
     if not _stored(remote, summary, key, body, "application/json"):
         return None
-    if config.manifest_signing_key:
+    if config.signing_key:
         from obsbatch import signing
 
-        signature = json.dumps(signing.signature(record["head"], config.manifest_signing_key), sort_keys=True).encode()
+        signature = json.dumps(signing.signature(record["head"], config.signing_key), sort_keys=True).encode()
         _stored(remote, summary, key + signing.SUFFIX, signature, "application/json")
     # The fleet marker (issue #22) after the record it points to. A marker that cannot be written (a key
     # allowed to write only under its prefix) is logged and costs the run nothing: the snapshot is stored, and

@@ -83,9 +83,9 @@ class Forger:
         return digest
 
     def store(self, spec: dict, previous: Optional[str] = None, at: Optional[float] = None,
-              counts: Optional[dict] = None) -> Tuple[str, dict]:
+              counts: Optional[dict] = None, host: str = "forger") -> Tuple[str, dict]:
         """The snapshot of `spec`: pack and sealed record stored; (its id, the record). counts: override the
-        record's counts (a lie about the size of the trees)."""
+        record's counts (a lie about the size of the trees); host: whose run it claims to be."""
         root = self.tree(spec)
         at = time.time() if at is None else at
         snapshot_id = snapshot.new_id(at)
@@ -93,7 +93,7 @@ class Forger:
         self.client.put_object(Bucket=self.bucket, Key=snapshot.pack_key(self.prefix, snapshot_id), Body=handle.read())
         self.pack.close()
         record = snapshot.seal({
-            "format": snapshot.FORMAT, "id": snapshot_id, "time": snapshot.rfc3339(at), "host": "forger",
+            "format": snapshot.FORMAT, "id": snapshot_id, "time": snapshot.rfc3339(at), "host": host,
             "source": "/forged", "bucket": self.bucket, "prefix": self.prefix, "root": root, "packs": [snapshot_id],
             **dict(self.counts, **(counts or {})), "exit_code": 0, "previous": previous, "obsbatch": "forged"})
         self.client.put_object(Bucket=self.bucket, Key=snapshot.record_key(self.prefix, snapshot_id),

@@ -8,6 +8,7 @@ a symlink points at) before and after: nothing there may change."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 
@@ -192,3 +193,61 @@ def test_a_forged_snapshot_that_describes_an_endless_tree_is_damaged(s3server, v
     done = restore(s3server, versioned, prefix, sandbox.target, "--snapshot", snapshot_id)
     assert done.returncode == 1 and "more than the 1000 entries" in done.summary["error"], done
     sandbox.check()
+
+
+def test_public_key_refuses_a_forged_newer_record_and_restores_the_genuine_latest(tmp_path, s3server, versioned,
+                                                                                   prefix, sandbox):
+    from obsbatch import signing
+    from obsbatch.testing.ed25519keys import keypair
+
+    private, public = keypair(tmp_path, "fleet")
+    other_private, _ = keypair(tmp_path, "thief")
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "data.txt").write_bytes(b"genuine, first run")
+    store = server_args(s3server, prefix, bucket=versioned)
+    # Signed without --manifest (the old flag name still works).
+    first = run_obsbatch("--source", source, *store, "--manifest-signing-key", private, env=s3server.env())
+    (source / "data.txt").write_bytes(b"genuine, second run")
+    second = run_obsbatch("--source", source, *store, "--signing-key", private, env=s3server.env())
+    assert first.returncode == 0 and second.returncode == 0, second
+    genuine = second.summary["snapshot"]
+    client = s3server.client()
+    # A forged newer record (sealed, unsigned) and one signed by another key, both claiming this host's runs.
+    records = run_command("snapshots", *store, "--json", env=s3server.env())
+    latest = json.loads(records.stdout.strip().splitlines()[0])[-1]
+    forged, _ = Forger(client, versioned, prefix).store({"data.txt": b"forged"}, previous=latest["head"],
+                                                         host=latest["host"])
+    thief, thief_record = Forger(client, versioned, prefix).store({"data.txt": b"signed by a thief"},
+                                                                  previous="0" * 64, host=latest["host"])
+    sig = signing.signature(thief_record["head"], other_private)
+    client.put_object(Bucket=versioned, Key=snapshot_key(prefix, thief) + ".sig", Body=json.dumps(sig).encode())
+
+    trusted = restore(s3server, versioned, prefix, sandbox.target, "--public-key", public)
+    assert trusted.returncode == 0 and trusted.summary["snapshot"] == genuine, trusted
+    assert (sandbox.target / "data.txt").read_bytes() == b"genuine, second run"
+    assert {e["id"] for e in trusted.find("restore.untrusted_snapshot")} == {forged, thief}, trusted
+    refused = restore(s3server, versioned, prefix, tmp_path / "t2", "--public-key", public, "--snapshot", forged)
+    assert refused.returncode == 1 and "UNTRUSTED" in refused.summary["error"], refused
+    assert not (tmp_path / "t2" / "data.txt").exists()
+    checked = run_command("verify", *store, "--public-key", public, env=s3server.env())
+    assert checked.returncode == 0 and checked.summary["snapshot"] == genuine, checked
+    # Without the key, the forged latest is what a restore would take: said once, as root.
+    unkeyed = restore(s3server, versioned, prefix, tmp_path / "t3")
+    assert unkeyed.find("restore.unauthenticated"), unkeyed
+    listed = run_command("snapshots", *store, "--public-key", public, env=s3server.env())
+    assert listed.returncode == 1, listed
+    lines = {line.split()[0]: line for line in listed.stdout.splitlines() if line.split()}
+    assert "UNTRUSTED" in lines[forged] and "UNTRUSTED" in lines[thief] and "UNTRUSTED" not in lines[genuine]
+    # The thief's record cites a head no record has: the chain breaks there, with or without the key.
+    plain = run_command("snapshots", *store, env=s3server.env())
+    assert plain.returncode == 1 and "CHAIN BROKEN" in {line.split()[0]: line for line in
+                                                        plain.stdout.splitlines() if line.split()}[thief], plain
+    assert [e["id"] for e in plain.find("snapshots.chain_broken")] == [thief], plain
+    sandbox.check()
+
+
+def snapshot_key(prefix: str, snapshot_id: str) -> str:
+    from obsbatch import snapshot
+
+    return snapshot.record_key(prefix, snapshot_id)

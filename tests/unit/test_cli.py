@@ -82,7 +82,7 @@ def test_prefix_gets_trailing_slash_like_aws_s3_sync(prefix, expected):
     (["--max-rps", "1e-300"], "'1e-300' must be from 0.01 to 1000000 requests per second"),
     (["--max-rps", "1e300"], "must be from 0.01"),
     (["--retries", "1000"], "'1000' must be from 0 to 50"),
-    (["--bwlimit", "0.000001K"], "must be from 1K to 1024T bytes per second"),
+    (["--bwlimit", "0.000001K"], "must be from 1B to 1024T bytes per second"),
     (["--max-defer", "99999999d"], "is more than 100 years"),
     (["--object-lock-mode", "GOVERNANCE", "--object-lock-retain", "1e300d"], "is not a duration"),
     (["--multipart-chunksize", "12XB"], "'12XB' is not a size"),
@@ -234,3 +234,15 @@ def test_as_of_the_end_of_time_is_the_latest_snapshot_not_a_traceback():
 
     config = runner.parse("restore", ["--bucket", "b", "--target", "/t", "--as-of", "9999-12-31"], {})
     assert new_id(config.as_of).startswith("99991231T235959.999Z")
+
+
+def test_the_signing_keys_old_flag_and_variable_still_sign(tmp_path):
+    from obsbatch.testing.ed25519keys import keypair
+
+    private, public = keypair(tmp_path)
+    base = ["--source", "/s", "--bucket", "b"]
+    assert parse(base + ["--manifest-signing-key", private], {}).signing_key == private
+    assert parse(base, {"OBSBATCH_MANIFEST_SIGNING_KEY": private}).signing_key == private
+    assert parse(base, {"OBSBATCH_SIGNING_KEY": private}).signing_key == private
+    with pytest.raises(UsageError, match="is not an Ed25519 key|is not an unencrypted PEM key"):
+        parse(base + ["--signing-key", public], {})
