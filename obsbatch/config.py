@@ -350,6 +350,15 @@ class StoreConfig:
             raise UsageError(f"--prefix {prefix!r} must not start with '/'")
         if ".." in prefix.split("/"):
             raise UsageError(f"--prefix {prefix!r} must not contain a '..' segment")
+        parts = prefix.split("/")
+        reserved = next((n for n, part in enumerate(parts) if part.endswith(".obsbatch")), None)
+        if reserved is not None:
+            # `p1.obsbatch/` is where the prefix `p1/` keeps its snapshots, manifests and fleet markers (and
+            # `.obsbatch/` the prefix ""'s): data there would be read as records, and overwritten by them.
+            owner = "/".join(parts[:reserved] + [parts[reserved][:-len(".obsbatch")]])
+            raise UsageError(f"--prefix {prefix!r} lies in {'/'.join(parts[:reserved + 1]) + '/'!r}, obsbatch's own "
+                             f"area beside the prefix {(owner + '/') if owner else ''!r} (snapshots, manifests, "
+                             "fleet markers); choose another prefix")
         if prefix and not prefix.endswith("/"):
             object.__setattr__(self, "prefix", prefix + "/")
         if self.ca_bundle and self.no_verify_ssl:

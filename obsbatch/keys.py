@@ -10,6 +10,14 @@ Rule (README "Keys"), per character of the name decoded as UTF-8:
   and AWS lists them among the characters to avoid;
 - a `%` that two hex digits follow (either case) is written `%25`, so that it cannot be read as such an
   escape;
+- a name that ends in `.obsbatch` has that `.` written `%2E` (`.obsbatch` -> `%2Eobsbatch`, `p1.obsbatch` ->
+  `p1%2Eobsbatch`), at every depth: obsbatch keeps its own objects (snapshot records and packs, manifests,
+  fleet markers) under `<prefix less '/'>.obsbatch/`, which for the prefix "" is `.obsbatch/` and for `p1/`
+  is `p1.obsbatch/`, where a source's own `.obsbatch` (prefix "") or `p1.obsbatch` (a prefix above `p1/`)
+  would otherwise land: its files were read as snapshot records, and overwritten by fleet markers. A `.` is
+  otherwise never escaped, so no other name has that key; at every depth, so that a name's key does not
+  depend on where the name is (the walk encodes names one at a time). Records written before this rule have
+  no `key_format` and name their files' keys by `encode_v1` (`encoder`);
 - every other character is written as it is, `/` included.
 
 So every valid UTF-8 name without `%`, `\\` or a control character keeps exactly the key `aws s3 sync` gives
@@ -46,8 +54,22 @@ def _escape(match: re.Match) -> str:
     return f"%{code - 0xDC00 if code >= 0xDC80 else code:02X}"
 
 
+#: How the name of obsbatch's own area beside the data ends (module docstring); a data name ending so has its
+#: `.` escaped in its key.
+RESERVED = ".obsbatch"
+_RESERVED = re.compile(r"\.obsbatch(?=/|$)")
+#: The key format of snapshot records that name their files' keys by `encode` (with the RESERVED rule).
+KEY_FORMAT = 2
+
+
 def encode(rel: bytes) -> str:
     """The key text for a relative path (or one name): valid UTF-8 as it is, the rest escaped (module docstring)."""
+    text = encode_v1(rel)
+    return _RESERVED.sub("%2Eobsbatch", text) if RESERVED in text else text
+
+
+def encode_v1(rel: bytes) -> str:
+    """`encode` without the RESERVED rule: the keys of records written before it (`encoder`)."""
     try:
         text = rel.decode("utf-8")
     except UnicodeDecodeError:
@@ -57,6 +79,11 @@ def encode(rel: bytes) -> str:
         if not _SPECIAL.search(text):
             return text  # the common case: nothing to escape
     return _NEEDS_ESCAPE.sub(_escape, text)
+
+
+def encoder(record: dict):
+    """The encode a snapshot record's files were stored by: `encode` from KEY_FORMAT on, else `encode_v1`."""
+    return encode if record.get("key_format") == KEY_FORMAT else encode_v1
 
 
 def decode(text: str) -> bytes:

@@ -110,6 +110,7 @@ class TreeRestore:
 
     def _items(self, directories: Optional[beneath.Directories]) -> Iterator[Union[RestoreItem, Outcome]]:
         prefix = self.record["prefix"]
+        encode = keys.encoder(self.record)
         for rel_dir, entries in self._listings(self._damaged):
             # Every directory is made as its own listing comes, the empty ones too; with --include/--exclude
             # only those on the way to a kept file. None: not judged yet (or a dry run, which makes nothing).
@@ -130,7 +131,7 @@ class TreeRestore:
                         continue  # linked to the first name in pass 2
                     self._first_names[group] = rel
                 self.summary.listed += 1  # the objects to read, as a listing's restore counts them
-                yield RestoreItem(key=prefix + keys.encode(rel), display=display(os.path.join(self.target, rel)),
+                yield RestoreItem(key=prefix + encode(rel), display=display(os.path.join(self.target, rel)),
                                   target=self.target, rel=rel, size=entry[snapshot.SIZE],
                                   sha256=entry[snapshot.CONTENT], version_id=entry[snapshot.VERSION],
                                   overwrite=self.config.overwrite, chown=self.chown,

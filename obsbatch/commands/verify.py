@@ -173,13 +173,14 @@ def _snapshot_items(record: dict, trees, percent: float) -> Iterator[VerifyItem]
     from obsbatch import keys, snapshot
     from obsbatch.s3 import snapshots
 
+    encode = keys.encoder(record)
     try:
         for rel_dir, entries in snapshots.walk(trees, record["root"], limit=snapshots.entry_budget(record)):
             for entry in entries:
                 if entry[snapshot.TYPE] != snapshot.FILE:
                     continue
                 rel = rel_dir + b"/" + entry[snapshot.NAME] if rel_dir else entry[snapshot.NAME]
-                key = record["prefix"] + keys.encode(rel)
+                key = record["prefix"] + encode(rel)
                 yield VerifyItem(key, entry[snapshot.SIZE], etag=snapshot.etag(entry), sha256=entry[snapshot.CONTENT],
                                  version_id=entry[snapshot.VERSION], read=sampled(key, percent))
     finally:

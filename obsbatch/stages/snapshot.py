@@ -35,8 +35,9 @@ _TYPE_OF_FORMAT = {statmod.S_IFREG: snapshot.FILE, statmod.S_IFDIR: snapshot.DIR
                    statmod.S_IFIFO: snapshot.FIFO, statmod.S_IFSOCK: snapshot.SOCKET,
                    statmod.S_IFCHR: snapshot.CHAR_DEVICE, statmod.S_IFBLK: snapshot.BLOCK_DEVICE}
 #: Salts every directory's cache key: a tree cached by an obsbatch whose entries lacked a field (ETAG, issue
-#: #21) is rebuilt once, so the first run after an upgrade writes every tree anew (as a first snapshot does).
-_TREE_FORMAT = b"entries/12\0"
+#: #21), or whose files were stored under the keys before keys.KEY_FORMAT (a name `.obsbatch`), is rebuilt
+#: once, so the first run after an upgrade writes every tree anew (as a first snapshot does).
+_TREE_FORMAT = b"entries/12,keys/2\0"
 #: Directories per insert batch while walking.
 _BATCH = 256
 
@@ -240,7 +241,7 @@ def write(config, source: str, recorder: Recorder, journal: Journal, remote, sum
         "format": snapshot.FORMAT, "id": snapshot_id, "time": snapshot.rfc3339(summary.started),
         "host": config.output.host_id, "source": source, "bucket": config.store.bucket, "prefix": prefix,
         "root": built.root, "packs": sorted(built.packs), **built.totals._asdict(), "exit_code": int(summary.exit_code),
-        "previous": previous[1] if previous else None, "obsbatch": __version__})
+        "previous": previous[1] if previous else None, "obsbatch": __version__, "key_format": keys.KEY_FORMAT})
     body = json.dumps(record, sort_keys=True).encode() + b"\n"
     key = snapshot.record_key(prefix, snapshot_id)
     if not _stored(remote, summary, key, body, "application/json"):

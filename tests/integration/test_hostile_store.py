@@ -251,3 +251,42 @@ def snapshot_key(prefix: str, snapshot_id: str) -> str:
     from obsbatch import snapshot
 
     return snapshot.record_key(prefix, snapshot_id)
+
+
+@pytest.mark.parametrize("server_name", ["s3server", "moto"])
+def test_the_empty_prefix_keeps_a_sources_own_obsbatch_files_apart_from_obsbatchs_records(
+        request, tmp_path, server_name):
+    import uuid
+
+    server = request.getfixturevalue(server_name)
+    bucket = f"empty-prefix-{uuid.uuid4().hex[:8]}"
+    server.client().create_bucket(Bucket=bucket)
+    server.client().put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    source = tmp_path / "src"
+    files = {
+        ".obsbatch/snapshots/20261201T000000.000Z-0a1b2c3d.json": b'{"not": "a record"}',
+        ".obsbatch/fleet/h1/.json": b"the user's own file, where the fleet marker of h1 goes",
+        ".obsbatch/manifests/run.jsonl": b"a user file",
+        "p1.obsbatch/snapshots/x.json": b"where the prefix p1/ keeps its records",
+        "sub/.obsbatch": b"a file named .obsbatch deeper down",
+        "plain.txt": b"plain",
+    }
+    for rel, data in files.items():
+        (source / rel).parent.mkdir(parents=True, exist_ok=True)
+        (source / rel).write_bytes(data)
+    store = ["--bucket", bucket, "--prefix", "", "--endpoint", server.endpoint, "--region", "us-east-1",
+             "--addressing-style", "path"]
+    for _ in range(2):  # the second run reads the first one's record, not the source's look-alike
+        done = run_obsbatch("--source", source, *store, "--host-id", "h1", env=server.env())
+        assert done.returncode == 0 and done.summary["failed"] == 0, done
+    for extra in ([], ["--listing"]):
+        target = tmp_path / f"restored{len(extra)}"
+        back = run_command("restore", "--target", target, *store, *extra, env=server.env())
+        assert back.returncode == 0, back
+        got = {str(p.relative_to(target)): p.read_bytes() for p in target.rglob("*") if p.is_file()}
+        assert got == files, (extra, got)
+    checked = run_command("verify", *store, env=server.env())
+    assert checked.returncode == 0 and checked.summary["ok"] == len(files), checked
+    listed = run_command("snapshots", *store, env=server.env())
+    assert listed.returncode == 0 and len(listed.stdout.strip().splitlines()) == 3, listed  # 2 runs + summary
+    assert run_command("snapshots", *store, "--all", env=server.env()).returncode == 0

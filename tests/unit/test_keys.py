@@ -19,6 +19,12 @@ from obsbatch.models import display
     (b"back\\slash/\\", "back%5Cslash/%5C"),
     (b"line\nbreak\ttab\x7f", "line%0Abreak%09tab%7F"),  # control characters (moto refuses a newline)
     (b"%5C", "%255C"),  # an escape spelled literally stays apart from the backslash
+    # A name ending in .obsbatch would land in obsbatch's own area (the prefix ""'s, or p1/'s): its '.' escaped.
+    (b".obsbatch/snapshots/x.json", "%2Eobsbatch/snapshots/x.json"),
+    (b"p1.obsbatch/x", "p1%2Eobsbatch/x"),
+    (b"a/.obsbatch", "a/%2Eobsbatch"),
+    (b"%2Eobsbatch", "%252Eobsbatch"),
+    (b".obsbatchx/a.obsbatch.txt", ".obsbatchx/a.obsbatch.txt"),
 ])
 def test_encode_and_decode(rel, key):
     assert keys.encode(rel) == key
@@ -46,3 +52,8 @@ def test_canonical_tells_our_keys_from_keys_another_tool_wrote(key, ours):
     """%41 (an escaped 'A') and %2F (an escaped '/') are never written by encode, nor a raw backslash or
     control character, nor a lower-case escape: such a key is another tool's, taken literally by a restore."""
     assert keys.canonical(key) is ours
+
+
+def test_records_before_the_reserved_rule_keep_their_keys():
+    assert keys.encoder({})(b".obsbatch/x") == ".obsbatch/x"
+    assert keys.encoder({"key_format": keys.KEY_FORMAT})(b".obsbatch/x") == "%2Eobsbatch/x"

@@ -44,6 +44,7 @@ tricky = st.lists(st.sampled_from([b"%", b"E", b"9", b"e", b"f", b"G", b"2", b"5
 @example(b"caf\xe9.txt")
 @example(b"caf%E9.txt")
 @example(b"%%E9")
+@example(b"x.obsbatch/.obsbatch")
 def test_decode_inverts_encode_exactly(rel):
     assert keys.decode(keys.encode(rel)) == rel
     assert keys.canonical(keys.encode(rel))  # a restore takes every key obsbatch wrote as obsbatch's
@@ -53,6 +54,7 @@ def test_decode_inverts_encode_exactly(rel):
 @given(st.one_of(rel_path, tricky), st.one_of(rel_path, tricky))
 @example(b"caf\xe9.txt", b"caf%E9.txt")
 @example(b"%\xe9", b"%%E9")
+@example(b".obsbatch", b"%2Eobsbatch")
 def test_two_paths_never_share_a_key(a, b):
     if a != b:
         assert keys.encode(a) != keys.encode(b)
