@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import stat
+import time
 
 import pytest
 
@@ -290,3 +292,90 @@ def test_the_empty_prefix_keeps_a_sources_own_obsbatch_files_apart_from_obsbatch
     listed = run_command("snapshots", *store, env=server.env())
     assert listed.returncode == 0 and len(listed.stdout.strip().splitlines()) == 3, listed  # 2 runs + summary
     assert run_command("snapshots", *store, "--all", env=server.env()).returncode == 0
+
+
+def _descendants(pid: int) -> list:
+    import psutil
+
+    return psutil.Process(pid).children(recursive=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["backup", "restore"])
+def test_a_stop_ends_every_process_obsbatch_started_even_one_blocked_in_a_read(tmp_path, s3server, versioned,
+                                                                                prefix, proxy, command):
+    """The workers block in recv(2) on requests the proxy holds; a SIGTERM (drain 1 s, then the tear-down)
+    must end the parent, the fork server and every worker, and nothing may be left to SIGKILL."""
+    import psutil
+
+    from obsbatch.testing.faultproxy import Fault
+    from tests.conftest import finish, start_obsbatch
+
+    source = tmp_path / "src"
+    source.mkdir()
+    for n in range(8):
+        (source / f"f{n}.txt").write_bytes(b"x" * 100)
+    store = server_args(s3server, prefix, proxy.endpoint, bucket=versioned)
+    if command == "restore":
+        assert run_obsbatch("--source", source, *store, env=s3server.env()).returncode == 0
+        hold = proxy.add(Fault(method="GET", path=r"f\d\.txt", action="hold", delay=120, times=None))
+        args = ["restore", "--target", tmp_path / "t", *store]
+    else:
+        hold = proxy.add(Fault(method="PUT", path=r"f\d\.txt", action="hold", delay=120, times=None))
+        args = ["--source", source, *store]
+    proc = start_obsbatch(*args, "--max-concurrent", 4, "--stop-timeout", 1, "--http-timeout", 100,
+                          env=s3server.env())
+    try:
+        assert hold.arrived.wait(60)
+        time.sleep(0.5)
+        started = _descendants(proc.pid)
+        assert len(started) >= 2, started  # the fork server and a worker at least
+        proc.send_signal(signal.SIGTERM)
+        result = finish(proc, timeout=60)
+        assert result.returncode == 143, result
+        assert "Traceback" not in result.stderr
+        gone, alive = psutil.wait_procs(started, timeout=10)
+        assert alive == [], [p.cmdline() for p in alive]
+    finally:
+        for p in _descendants(proc.pid) if proc.poll() is None else ():
+            p.kill()
+        proc.kill()
+
+
+@pytest.fixture
+def small_mount(tmp_path):
+    """mount(tmpfs, options) -> its path, unmounted after the test; skips where mounting is not allowed."""
+    import subprocess
+
+    mounted = []
+
+    def mount(options: str):
+        path = tmp_path / f"mnt{len(mounted)}"
+        path.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@pytest.mark.parametrize("fault", ["read-only", "no-inodes"])
+def test_a_target_that_cannot_take_the_files_is_a_failure_per_file_never_a_crash(tmp_path, s3server, versioned,
+                                                                                  prefix, small_mount, fault):
+    source = tmp_path / "src"
+    for d in range(3):
+        (source / f"d{d}").mkdir(parents=True)
+        for n in range(5):
+            (source / f"d{d}" / f"f{n}.txt").write_bytes(b"y" * 10)
+    store = server_args(s3server, prefix, bucket=versioned)
+    assert run_obsbatch("--source", source, *store, env=s3server.env()).returncode == 0
+    target = small_mount("ro,size=1m" if fault == "read-only" else "size=4m,nr_inodes=3")
+    for extra in ([], ["--listing"]):
+        done = run_command("restore", "--target", target, *store, *extra, env=s3server.env())
+        assert done.returncode == 1, done
+        assert "Traceback" not in done.stderr and not done.find("restore.crashed"), done
+        assert done.summary["failed"] >= 1 and done.summary["restored"] < 15, done

@@ -100,6 +100,8 @@ def test_prefix_gets_trailing_slash_like_aws_s3_sync(prefix, expected):
     (["--checksum-mode", "always"], "invalid choice"),
     (["--prefix", "/abs"], "must not start with '/'"),
     (["--prefix", "a/../b"], "'..' segment"),
+    (["--prefix", "p1.obsbatch/"], "lies in 'p1.obsbatch/', obsbatch's own area beside the prefix 'p1/'"),
+    (["--prefix", ".obsbatch/fleet/"], "obsbatch's own area beside the prefix ''"),
     (["--bucket", "bad bucket!"], "is not a valid bucket name"),
     (["--region", "ru moscow"], "is not a valid region name"),
     (["--frobnicate"], "unrecognized arguments: --frobnicate"),
