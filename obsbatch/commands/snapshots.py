@@ -89,11 +89,13 @@ _MARKS = (("damaged", "DAMAGED"), ("untrusted", "UNTRUSTED"), ("chain_broken", "
 
 def _mark_chain(listed: List[dict]) -> int:
     """Mark (`"chain_broken": true`) and log each record whose `previous` is not the head of its host's record
-    before it (s3.snapshots.chain_breaks); how many. Damaged records are not links: they are named already."""
+    before it (s3.snapshots.chain_breaks); how many. Damaged and untrusted records are not links (they are
+    named already): a forged record in between must not make the genuine one after it look broken."""
     from obsbatch.s3 import snapshots
 
     broken = 0
-    for one, why in snapshots.chain_breaks([one for one in listed if not one.get("damaged")]):
+    links = [one for one in listed if not (one.get("damaged") or one.get("untrusted"))]
+    for one, why in snapshots.chain_breaks(links):
         one["chain_broken"] = True
         broken += 1
         log.warning("snapshots.chain_broken", id=one.get("id"), snapshot_host=one.get("host"), error=why)

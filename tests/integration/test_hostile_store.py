@@ -379,3 +379,81 @@ def test_a_target_that_cannot_take_the_files_is_a_failure_per_file_never_a_crash
         assert done.returncode == 1, done
         assert "Traceback" not in done.stderr and not done.find("restore.crashed"), done
         assert done.summary["failed"] >= 1 and done.summary["restored"] < 15, done
+
+
+# --- The property: whatever a forger stores and whatever the target already holds, nothing outside changes ---
+
+def _tree_strategy(outside: str):
+    from hypothesis import strategies as st
+
+    names = st.sampled_from(["a", "b", "sub", "..", ".", "", "a/b", "../x", "../../y", outside + "/planted",
+                             "x\0y", ".obsbatch", "link", "dev", "fifo", "caf\\xe9"])
+    link_targets = st.sampled_from([outside, outside + "/secret", "..", "../..", "../outside", "/", "sub", "a"])
+    leaves = st.one_of(
+        st.binary(max_size=20),
+        st.tuples(st.just("l"), link_targets),
+        st.tuples(st.just("p")),
+        st.tuples(st.sampled_from(["b", "c"]), st.just(os.makedev(1, 3))),  # /dev/null's numbers
+        st.tuples(st.just("h"), st.sampled_from(["g1", "g2"]), st.binary(max_size=10)),
+    )
+    return st.recursive(leaves, lambda children: st.dictionaries(names, children, max_size=4), max_leaves=12).map(
+        lambda tree: tree if isinstance(tree, dict) else {"only": tree})
+
+
+def _prepared(draw_target, box, outside):
+    """Plant what a local user (or an earlier restore) could have left in the target: symlinks out of it."""
+    for name, kind in draw_target:
+        path = box / "target" / name
+        if os.path.lexists(path):
+            continue
+        if kind == "dir-link":
+            os.symlink(outside, path)
+        elif kind == "file-link":
+            os.symlink(os.path.join(outside, "secret"), path)
+        else:
+            path.write_bytes(b"already here")
+
+
+@pytest.mark.slow
+def test_property_nothing_outside_the_target_ever_changes(tmp_path_factory, s3server, versioned):
+    """hypothesis builds random snapshot trees (hostile names, symlinks to outside paths, hardlink groups,
+    devices, FIFOs), stores each as a forger would, plants symlinks out of the target, and restores as root
+    (with and without --overwrite, snapshot and dry run): the sandbox around the target is fingerprinted before
+    and after, and nothing there may change; the restore never crashes."""
+    import uuid
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    root = tmp_path_factory.mktemp("property")
+    outside = str(root / "box" / "outside")
+    planted = st.lists(st.tuples(st.sampled_from(["a", "sub", "link", "dev", "only"]),
+                                 st.sampled_from(["dir-link", "file-link", "file"])), max_size=3)
+
+    @settings(max_examples=int(os.environ.get("RESTORE_PROPERTY_EXAMPLES", "25")), deadline=None,
+              suppress_health_check=list(HealthCheck), database=None)
+    @given(tree=_tree_strategy(outside), already=planted, overwrite=st.booleans(), dry_run=st.booleans())
+    def check(tree, already, overwrite, dry_run):
+        import shutil
+
+        box = root / "box"
+        shutil.rmtree(box, ignore_errors=True)
+        (box / "target").mkdir(parents=True)
+        os.mkdir(outside, 0o755)
+        (box / "outside" / "secret").write_bytes(b"outside the target")
+        (box / "beside.txt").write_bytes(b"beside")
+        _prepared(already, box, outside)
+        before = {p: v for p, v in fingerprint(box).items() if not p.startswith(os.fsencode(str(box / "target")) + b"/")}
+        prefix = f"p-{uuid.uuid4().hex[:10]}/"
+        snapshot_id, _ = Forger(s3server.client(), versioned, prefix).store(tree)
+        done = restore(s3server, versioned, prefix, box / "target", "--snapshot", snapshot_id,
+                       *(["--overwrite"] if overwrite else []), *(["--dry-run"] if dry_run else []))
+        after = {p: v for p, v in fingerprint(box).items() if not p.startswith(os.fsencode(str(box / "target")) + b"/")}
+        target_key = os.fsencode(str(box / "target"))
+        for found in (before, after):  # the target itself: its mode and owner, not its times, size or links
+            found[target_key] = found[target_key][:3]
+        assert after == before, (tree, already, done)
+        assert done.returncode in (0, 1), done
+        assert "Traceback" not in done.stderr and not done.find("restore.crashed"), done
+
+    check()
