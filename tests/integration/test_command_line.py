@@ -9,7 +9,7 @@ def test_usage_error_is_one_line_exit_2_no_traceback():
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
-    assert "Traceback" not in proc.stderr and "--retries: '-2' must be 0 or more" in proc.stderr
+    assert "Traceback" not in proc.stderr and "--retries: '-2' must be from 0 to 50" in proc.stderr
 
 
 def test_help_lists_exit_codes_and_environment():

@@ -78,6 +78,20 @@ def sandbox(tmp_path):
     return Box()
 
 
+@pytest.fixture(params=["seaweedfs", "moto"])
+def versioned_store(request):
+    """(server, a bucket with versioning on) on SeaweedFS and on moto: the same attacks on both."""
+    if request.param == "seaweedfs":
+        return request.getfixturevalue("s3server"), request.getfixturevalue("versioned")
+    server = request.getfixturevalue("moto")
+    client = server.client()
+    bucket = "hostile-versioned"
+    if bucket not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
+        client.create_bucket(Bucket=bucket)
+        client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    return server, bucket
+
+
 def restore(server, bucket, prefix, target, *extra):
     return run_command("restore", "--target", target, *server_args(server, prefix, bucket=bucket), *extra,
                        env=server.env())
@@ -90,7 +104,8 @@ def backup(server, bucket, prefix, source):
 
 
 @pytest.mark.parametrize("mode", ["snapshot", "listing", "dry-run"])
-def test_a_symlink_in_the_target_is_a_conflict_never_followed(tmp_path, s3server, versioned, prefix, sandbox, mode):
+def test_a_symlink_in_the_target_is_a_conflict_never_followed(tmp_path, versioned_store, prefix, sandbox, mode):
+    s3server, versioned = versioned_store
     source = tmp_path / "src"
     (source / "etc").mkdir(parents=True)
     (source / "etc").chmod(0o777)
@@ -160,8 +175,9 @@ def _hostile(sandbox) -> dict:
 
 
 @pytest.mark.parametrize("case", sorted(_hostile(type("B", (), {"outside": "/o"})).keys()))
-def test_a_forged_snapshots_hostile_entry_is_refused_and_nothing_outside_changes(s3server, versioned, prefix,
-                                                                                  sandbox, case):
+def test_a_forged_snapshots_hostile_entry_is_refused_and_nothing_outside_changes(versioned_store, prefix, sandbox,
+                                                                                  case):
+    s3server, versioned = versioned_store
     client = s3server.client()
     forger = Forger(client, versioned, prefix)
     spec = dict(_hostile(sandbox)[case], **{"good.txt": b"a genuine file beside it"})

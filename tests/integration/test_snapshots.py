@@ -136,7 +136,9 @@ def test_three_runs_each_snapshot_restores_the_tree_as_it_was(tmp_path, s3server
     assert listed.returncode == 0, listed
     records = json.loads(listed.stdout.strip().splitlines()[0])
     assert [r["id"] for r in records] == ids
-    assert set(records[0]) == {"id", "time", "host", "source", "files", "bytes", "exit_code", "head"}
+    assert set(records[0]) == {"id", "time", "host", "source", "files", "bytes", "exit_code", "head", "previous"}
+    # Each record cites the head of the one before (the chain `snapshots` follows); the first cites none.
+    assert [r["previous"] for r in records] == [None] + [r["head"] for r in records[:-1]]
     assert [r["files"] for r in records] == [4, 3, 2]  # a hardlink pair is two names
 
     for number, (snapshot_id, want) in enumerate(zip(ids, states)):
