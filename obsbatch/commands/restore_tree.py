@@ -77,9 +77,11 @@ class TreeRestore:
                                  message=f"the snapshot's entry {problem}; it is not restored, nor anything "
                                          "beneath it (altered or forged in the store?)"))
 
-    def _directory(self, directories: beneath.Directories, rel_dir: bytes) -> Optional[int]:
-        """The fd of `rel_dir` beneath the target, made (0700) where missing; None, with a conflict named
-        once, where something that is not a directory is in the way (--overwrite replaces it)."""
+    def _directory(self, directories: beneath.Directories, rel_dir: bytes) -> Union[int, Callable[[bytes], Outcome]]:
+        """The fd of `rel_dir` beneath the target, made (0700) where missing. Where it cannot be had, what
+        happened is named once, and what comes back instead makes the Outcome of each file beneath it: a
+        conflict where something that is not a directory is in the way (--overwrite replaces it), a failure
+        where the directory cannot be made or entered (a read-only target, no inodes left)."""
         try:
             return directories.get(rel_dir, make=_WHILE_RESTORING, replace=self.config.overwrite)
         except beneath.InTheWay as exc:
@@ -88,14 +90,13 @@ class TreeRestore:
                 self.summary.add(Outcome(Kind.SKIPPED, display(os.path.join(self.target, exc.rel)),
                                          reason=Reason.CONFLICT, message=f"{exc.strerror}; it is left untouched, "
                                          "and nothing beneath it is restored (--overwrite replaces it)"))
-            return None
+            return lambda rel: Outcome(Kind.SKIPPED, display(os.path.join(self.target, rel)), reason=Reason.CONFLICT,
+                                       message="a directory on its way is not one here (named above); left untouched")
         except OSError as exc:
             self._failed(os.path.join(self.target, rel_dir), exc)
-            return None
-
-    def _beneath_conflict(self, rel: bytes) -> Outcome:
-        return Outcome(Kind.SKIPPED, display(os.path.join(self.target, rel)), reason=Reason.CONFLICT,
-                       message="a directory on its way is not one here (named above); left untouched")
+            error_type, why = type(exc).__name__, f"its directory could not be made or entered: {exc.strerror or exc}"
+            return lambda rel: Outcome(Kind.FAILED, display(os.path.join(self.target, rel)), error_type=error_type,
+                                       message=why)
 
     def items(self) -> Iterator[Union[RestoreItem, Outcome]]:
         """Pass 1: make the directories, and a RestoreItem for each file's first name."""
@@ -116,14 +117,14 @@ class TreeRestore:
             # only those on the way to a kept file. None: not judged yet (or a dry run, which makes nothing).
             entered = None
             if directories is not None and self.excluded is None:
-                entered = self._directory(directories, rel_dir) is not None
+                entered = self._directory(directories, rel_dir)
             for rel, entry in entries:
                 if entry[snapshot.TYPE] != snapshot.FILE:
                     continue
                 if directories is not None and entered is None:
-                    entered = self._directory(directories, rel_dir) is not None
-                if entered is False:
-                    yield self._beneath_conflict(rel)
+                    entered = self._directory(directories, rel_dir)
+                if callable(entered):  # not to be had: a conflict or a failure for each file beneath
+                    yield entered(rel)
                     continue
                 group = entry[snapshot.LINK]
                 if group:
@@ -159,8 +160,8 @@ class TreeRestore:
                 if kind == snapshot.FILE and not entry[snapshot.LINK]:
                     continue
                 dir_fd = self._directory(directories, rel_dir)  # the same fd for a listing (Directories)
-                if dir_fd is None:
-                    continue  # in the way: named in pass 1
+                if callable(dir_fd):
+                    continue  # in the way, or not made: named in pass 1
                 name = entry[snapshot.NAME]
                 if kind == snapshot.SYMLINK:
                     self._made(rel, "symlinks", _symlink, dir_fd, name, entry)
