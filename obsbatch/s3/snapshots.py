@@ -249,14 +249,15 @@ def entry_problem(entry) -> Optional[str]:
     return None
 
 
-def entry_budget(found: dict) -> Optional[int]:
+def entry_budget(found: dict) -> int:
     """How many entries a record's trees may hold: what its counts say (a tree shared by two directories is
     walked twice, and counted twice when it was built, so a genuine snapshot meets its count exactly). A
     forged record can state a large count, but not an unbounded walk: without this, a few trees each naming
-    the next twice describe 2**60 directories. None for a record without counts."""
+    the next twice describe 2**60 directories. A record without counts (obsbatch has always written them) may
+    hold none."""
     counts = [found.get(name) for name in ("files", "directories", "symlinks", "special")]
     if not all(type(count) is int and count >= 0 for count in counts):
-        return None
+        return 0
     return sum(counts)
 
 

@@ -175,6 +175,8 @@ def _hostile(sandbox) -> dict:
 
 
 _CASES = sorted(_hostile(type("B", (), {"outside": "/o"})).keys())
+#: The cases verify is run on too: a name that leaves, a bad number, a bad type, no entry at all.
+_VERIFIED = ("dot-dot", "absolute", "bad-owner", "bad-type", "not-an-entry")
 
 
 # Every case on SeaweedFS; on moto those whose keys or objects differ most (names that leave the target, a
@@ -195,9 +197,10 @@ def test_a_forged_snapshots_hostile_entry_is_refused_and_nothing_outside_changes
     # The rest of the snapshot is restored: the genuine files are what a disaster recovery wants back.
     assert (sandbox.target / "good.txt").read_bytes() == b"a genuine file beside it"
     assert "Traceback" not in done.stderr
-    checked = run_command("verify", *server_args(s3server, prefix, bucket=versioned), "--snapshot", snapshot_id,
-                          env=s3server.env())
-    assert checked.returncode == 1 and "entry" in checked.summary["error"], checked
+    if case in _VERIFIED:  # verify walks the same checked entries (snapshots.walk): one case of each kind
+        checked = run_command("verify", *server_args(s3server, prefix, bucket=versioned), "--snapshot", snapshot_id,
+                              env=s3server.env())
+        assert checked.returncode == 1 and "entry" in checked.summary["error"], checked
 
 
 def test_a_forged_snapshot_that_describes_an_endless_tree_is_damaged(s3server, versioned, prefix, sandbox):
