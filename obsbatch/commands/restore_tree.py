@@ -56,6 +56,15 @@ class TreeRestore:
         self._first_names: Dict[str, bytes] = {}
         #: Components found in the way of a directory (a symlink, a file), each named once.
         self._in_the_way: Set[bytes] = set()
+        #: The files (display paths) that were neither restored nor found identical: a conflict left a local
+        #: file of other bytes there, or the object failed. Few, whatever the tree. A hardlink group whose first
+        #: name is one of them gets no other name: linking to it would give them bytes nobody checked.
+        self._not_restored: Set[str] = set()
+        summary.observers.append(self._observe)
+
+    def _observe(self, outcome: Outcome) -> None:
+        if outcome.kind is not Kind.RESTORED and outcome.reason is not Reason.IDENTICAL:
+            self._not_restored.add(outcome.path)
 
     def _listings(self, damaged: Optional[Callable[[bytes, str], None]]) -> Iterator[Tuple[bytes, list]]:
         """(relative directory, [(relative path, entry) of each entry --include/--exclude keep]) of every
@@ -167,7 +176,11 @@ class TreeRestore:
                     self._made(rel, "symlinks", _symlink, dir_fd, name, entry)
                 elif kind == snapshot.FILE:
                     first = self._first_names.get(entry[snapshot.LINK])
-                    if first is not None and first != rel:
+                    if first is None or first == rel:
+                        continue
+                    if display(os.path.join(self.target, first)) in self._not_restored:
+                        self._made(rel, "hardlinks", lambda overwrite: "no first name")
+                    else:
                         self._made(rel, "hardlinks", _hardlink, dir_fd, name, directories.root, first)
                 else:
                     self._made(rel, "special", _special, dir_fd, name, entry, self.chown)
@@ -213,7 +226,8 @@ class TreeRestore:
         elif verdict == "no first name":
             self.summary.entries["hardlinks_left_out"] += 1
             log.warning("restore.hardlink_left_out", path=display(dest),
-                        detail="the name it shares its inode with was not restored (see the failure above)")
+                        detail="the name it shares its inode with was not restored (see the conflict or failure "
+                               "above)")
         else:
             self.summary.entries[counter] += 1
 

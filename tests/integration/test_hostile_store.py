@@ -482,3 +482,21 @@ def test_property_nothing_outside_the_target_ever_changes(tmp_path_factory, s3se
         assert "Traceback" not in done.stderr and not done.find("restore.crashed"), done
 
     check()
+
+
+def test_a_hardlink_is_never_made_to_a_local_file_its_first_name_left_in_conflict(tmp_path, s3server, versioned,
+                                                                                  prefix, sandbox):
+    """The first name of a hardlink group meets a local file of other bytes (a conflict, left untouched): its
+    other names are left out, never linked to bytes the restore did not check."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.txt").write_bytes(b"the snapshot's bytes")
+    os.link(source / "a.txt", source / "b.txt")
+    snapshot_id = backup(s3server, versioned, prefix, source)
+    os.link(sandbox.outside / "secret", sandbox.target / "a.txt")  # a local user's link to an outside file
+    sandbox.before = sandbox.others()  # its link count is 2 now; a third name would show there
+    done = restore(s3server, versioned, prefix, sandbox.target, "--snapshot", snapshot_id)
+    assert done.returncode == 1 and done.summary["conflicts"] == 1, done
+    assert not os.path.lexists(sandbox.target / "b.txt"), done
+    assert done.summary["entries"].get("hardlinks_left_out") == 1 and done.find("restore.hardlink_left_out"), done
+    sandbox.check()
