@@ -324,10 +324,6 @@ def chosen_snapshot(client, store, snapshot_id: str, as_of: Optional[float], pub
     from obsbatch.s3 import snapshots
 
     public_key = signing.load_public_key(public_key_path) if public_key_path else None
-    if public_key is None and command == "restore" and os.geteuid() == 0:
-        log.warning("restore.unauthenticated", detail="the snapshot records are not authenticated (no --public-key): "
-                    "whoever can write the bucket decides what this restore writes as root; sign at backup with "
-                    "--signing-key and give its public key here")
 
     def passed_over(snapshot_id: str, why: str) -> None:
         log.warning(f"{command}.untrusted_snapshot", id=snapshot_id, error=why,
@@ -336,6 +332,10 @@ def chosen_snapshot(client, store, snapshot_id: str, as_of: Optional[float], pub
     with store_errors(store, f"read the snapshots under s3://{store.bucket}/{store.prefix}"):
         chosen = snapshots.choose(client, store.bucket, store.prefix, snapshot_id, as_of,
                                   store.reading.read_params(""), public_key, passed_over)
+    if chosen is not None and public_key is None and command == "restore" and os.geteuid() == 0:
+        log.warning("restore.unauthenticated", id=chosen["id"], detail="the snapshot records are not authenticated "
+                    "(no --public-key): whoever can write the bucket decides what this restore writes as root; sign "
+                    "at backup with --signing-key and give its public key here")
     return chosen
 
 
