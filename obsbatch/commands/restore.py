@@ -282,6 +282,10 @@ def run(config: RestoreConfig, summary: RestoreSummary, counted: Callable[[Itera
         record = remote.chosen_snapshot(client, config.store, config.snapshot or "", config.as_of,
                                         config.public_key, "restore")
         if record is not None:
+            if not config.public_key and os.geteuid() == 0:  # README: the threat model
+                log.warning("restore.unauthenticated", id=record["id"], detail="the snapshot records are not "
+                            "authenticated (no --public-key): whoever can write the bucket decides what this restore "
+                            "writes as root; sign at backup with --signing-key and give its public key here")
             return _restore_snapshot(config, client, record, target, summary, counted)
         log.info("restore.no_snapshot", bucket=config.store.bucket, prefix=config.store.prefix,
                  detail="no snapshot under this prefix: restoring every object the listing shows (--listing)")

@@ -157,7 +157,7 @@ def planned(client, bucket: str, controls: archive.ArchiveControls, item: Restor
     """--dry-run: the Outcome fields of what a restore would do with the item, judged as the worker judges it
     (local_verdict) through the same directories beneath the target, and nothing written."""
     try:
-        with beneath.directory(item.target, item.parent, replace=False) as dir_fd:
+        with beneath.directory(item.target, item.parent) as dir_fd:
             verdict = local_verdict(client, bucket, controls, item, dir_fd)
             replacing = beneath.lstat(dir_fd, item.name) is not None
     except FileNotFoundError:  # its directory is not made yet: nothing is in the way

@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import os
 import time
 from typing import Callable, Iterator, Optional
 
@@ -318,8 +317,7 @@ def chosen_snapshot(client, store, snapshot_id: str, as_of: Optional[float], pub
     (snapshots.choose): what restore and verify read; a store that cannot be read is store_error's sentence.
 
     With a public key (--public-key), only a record signed by it (snapshots.choose); each newer one passed over
-    is logged (`<command>.untrusted_snapshot`). Without one, a restore run as root says once that the records
-    are not authenticated: whoever can write the bucket chose what is restored (README: the threat model)."""
+    is logged (`<command>.untrusted_snapshot`)."""
     from obsbatch import signing
     from obsbatch.s3 import snapshots
 
@@ -332,10 +330,6 @@ def chosen_snapshot(client, store, snapshot_id: str, as_of: Optional[float], pub
     with store_errors(store, f"read the snapshots under s3://{store.bucket}/{store.prefix}"):
         chosen = snapshots.choose(client, store.bucket, store.prefix, snapshot_id, as_of,
                                   store.reading.read_params(""), public_key, passed_over)
-    if chosen is not None and public_key is None and command == "restore" and os.geteuid() == 0:
-        log.warning("restore.unauthenticated", id=chosen["id"], detail="the snapshot records are not authenticated "
-                    "(no --public-key): whoever can write the bucket decides what this restore writes as root; sign "
-                    "at backup with --signing-key and give its public key here")
     return chosen
 
 
