@@ -76,10 +76,33 @@ def _named(key: str) -> dict:
     return {"host": host, "prefix": urllib.parse.unquote(name[:-len(".json")])}
 
 
+#: The most of obsbatch's own small objects read into memory: a record (it names every pack its trees are in,
+#: ~20 bytes a run that changed something: years of a 15-minute timer fit), a fleet marker, a signature.
+#: Whoever can write the bucket could store gigabytes under such a key; more than this is damaged.
+RECORD_LIMIT = 64 * 1024 * 1024
+SMALL_LIMIT = 64 * 1024
+
+
+class TooLarge(ValueError):
+    """An object of obsbatch's own that is larger than it can be (RECORD_LIMIT, SMALL_LIMIT)."""
+
+
+def _bounded(response: dict, limit: int) -> bytes:
+    """A GetObject body read to at most `limit` bytes; TooLarge (the rest never read) past that."""
+    body = response["Body"]
+    try:
+        data = body.read(limit + 1)
+    finally:
+        body.close()
+    if len(data) > limit:
+        raise TooLarge(f"larger than {limit} bytes")
+    return data
+
+
 def _marker(client, bucket: str, key: str) -> Optional[dict]:
     named = _named(key)
     try:
-        found = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+        found = json.loads(_bounded(client.get_object(Bucket=bucket, Key=key), SMALL_LIMIT))
     except client.exceptions.NoSuchKey:  # removed since the listing (a retired host cleaned up)
         return None
     except ValueError:
@@ -96,9 +119,11 @@ def record(client, bucket: str, prefix: str, snapshot_id: str, read_params: Opti
     SnapshotUntrusted."""
     key = snapshot.record_key(prefix, snapshot_id)
     try:
-        body = client.get_object(Bucket=bucket, Key=key, **(read_params or {}))["Body"].read()
+        body = _bounded(client.get_object(Bucket=bucket, Key=key, **(read_params or {})), RECORD_LIMIT)
     except client.exceptions.NoSuchKey:
         raise SnapshotError(f"there is no snapshot {snapshot_id} under s3://{bucket}/{prefix}") from None
+    except TooLarge as exc:
+        raise SnapshotDamaged(f"the snapshot record {key} is {exc}; it cannot be trusted") from None
     try:
         found = json.loads(body)
     except ValueError:
@@ -122,9 +147,12 @@ def signature_problem(client, bucket: str, prefix: str, found: dict, public_key,
     key = snapshot.record_key(prefix, found["id"])
     head = found["head"]
     try:
-        body = client.get_object(Bucket=bucket, Key=key + signing.SUFFIX, **(read_params or {}))["Body"].read()
+        body = _bounded(client.get_object(Bucket=bucket, Key=key + signing.SUFFIX, **(read_params or {})),
+                        SMALL_LIMIT)
     except client.exceptions.NoSuchKey:
         return "it has no signature"
+    except TooLarge as exc:
+        return f"its signature is {exc}"
     return signing.checked(body, head, public_key)
 
 

@@ -500,3 +500,28 @@ def test_a_hardlink_is_never_made_to_a_local_file_its_first_name_left_in_conflic
     assert not os.path.lexists(sandbox.target / "b.txt"), done
     assert done.summary["entries"].get("hardlinks_left_out") == 1 and done.find("restore.hardlink_left_out"), done
     sandbox.check()
+
+
+def test_obsbatchs_own_small_objects_are_read_only_to_their_bound(tmp_path, s3server, versioned, prefix):
+    """A signature or fleet marker can be gigabytes if a forger wants: read no further than 64 KiB, and call it
+    what it is (untrusted, damaged), never hold it in memory."""
+    from obsbatch import snapshot
+    from obsbatch.testing.ed25519keys import keypair
+
+    _, public = keypair(tmp_path)
+    client = s3server.client()
+    snapshot_id, _ = Forger(client, versioned, prefix).store({"f": b"x"})
+    client.put_object(Bucket=versioned, Key=snapshot.record_key(prefix, snapshot_id) + ".sig", Body=b"{" * 100_000)
+    marker = snapshot.fleet_key("big-host", prefix)
+    client.put_object(Bucket=versioned, Key=marker, Body=b" " * 100_000)
+    try:
+        store = server_args(s3server, prefix, bucket=versioned)
+        listed = run_command("snapshots", *store, "--public-key", public, env=s3server.env())
+        assert listed.returncode == 1 and "UNTRUSTED" in listed.stdout, listed
+        assert any("larger than 65536 bytes" in e["error"] for e in listed.find("snapshots.untrusted")), listed
+        fleet = run_command("snapshots", *store, "--all", "--json", env=s3server.env())
+        rows = json.loads(fleet.stdout.strip().splitlines()[0])
+        assert [row for row in rows if row["host"] == "big-host"] == [
+            {"host": "big-host", "prefix": prefix, "damaged": True}], fleet
+    finally:
+        client.delete_object(Bucket=versioned, Key=marker)  # the fleet view is the bucket's: leave it as found
