@@ -821,9 +821,143 @@ class SnapshotsConfig:
         _check_public_key(self)
 
 
+def positional(f: dataclasses.Field) -> bool:
+    """Whether a field is an operand (ls's PATH, diff's two ids) rather than a flag: given only on the command
+    line, so it has no OBSBATCH_* variable (one EnvironmentFile serves every command; a PATH there would be
+    every command's)."""
+    names = f.metadata.get("args") or ("--",)
+    return not names[0].startswith("-")
+
+
+def snapshot_path(text: str) -> str:
+    """A path inside a snapshot, as ls prints it (the display spelling; a leading '/' is the snapshot's root)."""
+    parts = [part for part in text.strip("/").split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise argparse.ArgumentTypeError(f"{text!r} has a '..' component; paths are inside the snapshot")
+    _printable(text)
+    return "/".join(parts)
+
+
+def _printable(text: str) -> None:
+    # ls prints a control character of a name as \xNN (models.printable), which is how it is given back.
+    if not text.isprintable():
+        raise argparse.ArgumentTypeError(f"{text!r} has a control character; write it as ls prints it (\\xNN)")
+
+
+def _json_field():
+    return field(default=False, metadata=_opt("print JSON instead of a table (one object per line, then the totals)"))
+
+
+def _path_operand(help: str, required: bool = False):
+    return field(default="" if not required else None, metadata=_opt(
+        help, args=["path"], metavar="PATH", type=snapshot_path, **({} if required else {"nargs": "?"})))
+
+
+#: --help's group of the flags that choose one snapshot.
+_CHOICE_GROUP = ("snapshot", ("snapshot", "as_of", "public_key"))
+
+
+@dataclass(frozen=True)
+class LsConfig:
+    """`obsbatch ls`: the entries of one snapshot under a path."""
+
+    store: StoreConfig
+    transfer: TransferConfig
+    output: OutputConfig
+    path: str = _path_operand("the directory or file inside the snapshot (default: its root)")
+    snapshot: Optional[str] = _snapshot_field()
+    as_of: Optional[float] = _as_of_field()
+    public_key: Optional[str] = _public_key_field()
+    long: bool = field(default=False, metadata=_opt("also each file's sha256 and the object version it was stored as"))
+    recursive: bool = field(default=False, metadata=_opt("everything beneath PATH, not only its own entries"))
+    json: bool = _json_field()
+
+    GROUPS = (("ls", ("path", "long", "recursive", "json")), _CHOICE_GROUP, _STORE_GROUP, _SPEED_GROUP,
+              _OUTPUT_GROUP)
+
+    def __post_init__(self) -> None:
+        _check_snapshot_choice(self)
+        _check_public_key(self)
+
+
+@dataclass(frozen=True)
+class DiffConfig:
+    """`obsbatch diff`: what changed between two snapshots."""
+
+    store: StoreConfig
+    transfer: TransferConfig
+    output: OutputConfig
+    first: Optional[str] = field(default=None, metadata=_opt("the older snapshot's id", args=["first"], metavar="ID1",
+                                                              type=snapshot_id))
+    second: Optional[str] = field(default=None, metadata=_opt("the newer snapshot's id", args=["second"],
+                                                               metavar="ID2", type=snapshot_id))
+    path: str = _path_operand("compare only beneath this path (default: the whole tree)")
+    public_key: Optional[str] = _public_key_field()
+    json: bool = _json_field()
+
+    GROUPS = (("diff", ("first", "second", "path", "public_key", "json")), _STORE_GROUP, _SPEED_GROUP, _OUTPUT_GROUP)
+
+    def __post_init__(self) -> None:
+        _check_public_key(self)
+
+
+@dataclass(frozen=True)
+class FindConfig:
+    """`obsbatch find`: which snapshots hold paths that match a glob."""
+
+    store: StoreConfig
+    transfer: TransferConfig
+    output: OutputConfig
+    patterns: tuple = field(default=(), metadata=_opt(
+        "a glob: `*` and `?` within one name, `**` across directories; without a '/' it matches a name at any "
+        "depth, with one the path from the snapshot's root", args=["patterns"], metavar="PATTERN", nargs="+",
+        type=str))
+    snapshot: Optional[str] = _snapshot_field()
+    newest: Optional[int] = field(default=None, metadata=_opt("search only the N newest snapshots", metavar="N",
+                                                              type=whole_number(1, 10 ** 9)))
+    oldest: Optional[int] = field(default=None, metadata=_opt("search only the N oldest snapshots", metavar="N",
+                                                              type=whole_number(1, 10 ** 9)))
+    public_key: Optional[str] = _public_key_field()
+    json: bool = _json_field()
+
+    GROUPS = (("find", ("patterns", "snapshot", "newest", "oldest", "public_key", "json")), _STORE_GROUP,
+              _SPEED_GROUP, _OUTPUT_GROUP)
+
+    def __post_init__(self) -> None:
+        _tuples(self, ("patterns",))
+        _check_public_key(self)
+        given = [flag for flag, on in (("--snapshot", self.snapshot), ("--newest", self.newest),
+                                       ("--oldest", self.oldest)) if on]
+        if len(given) > 1:
+            raise UsageError(f"{' and '.join(given)} each choose the snapshots to search; give one")
+        for pattern in self.patterns:
+            _printable(pattern)
+
+
+@dataclass(frozen=True)
+class DumpConfig:
+    """`obsbatch dump`: one file's bytes, or a directory as a tar stream, on stdout."""
+
+    store: StoreConfig
+    transfer: TransferConfig
+    output: OutputConfig
+    path: str = _path_operand("the file (its bytes) or directory (a tar stream; '/' the whole snapshot) to print",
+                              required=True)
+    snapshot: Optional[str] = _snapshot_field()
+    as_of: Optional[float] = _as_of_field()
+    public_key: Optional[str] = _public_key_field()
+
+    GROUPS = (("dump", ("path",)), _CHOICE_GROUP, _STORE_GROUP, _SPEED_GROUP, _OUTPUT_GROUP)
+
+    def __post_init__(self) -> None:
+        _check_snapshot_choice(self)
+        _check_public_key(self)
+
+
 #: The commands whose flags come from a config class.
 COMMAND_CONFIGS = {"backup": BackupConfig, "restore": RestoreConfig, "verify": VerifyConfig,
-                   "snapshots": SnapshotsConfig}
+                   "snapshots": SnapshotsConfig, "ls": LsConfig, "diff": DiffConfig, "find": FindConfig,
+                   "dump": DumpConfig}
 
 
 def flag_fields(config_class) -> list:

@@ -43,6 +43,16 @@ def _display_char(match: re.Match) -> str:
     return "\\\\" if char == "\\" else f"\\x{ord(char) - 0xDC00:02x}"
 
 
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(path: bytes) -> str:
+    """`display`, with each control character also spelled `\\xNN` (those of C1 as their UTF-8 bytes): what a
+    table on a terminal prints, so that no name (a forged one included) can move the cursor, start an escape
+    sequence or break a line. Still exactly invertible by `undisplay`: a backslash of the name is doubled."""
+    return _CONTROLS.sub(lambda match: "".join(f"\\x{byte:02x}" for byte in match.group().encode()), display(path))
+
+
 def undisplay(text: str) -> bytes:
     """The path bytes `display` spelled as `text`."""
     out, start = bytearray(), 0

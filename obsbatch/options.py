@@ -14,7 +14,7 @@ from typing import Mapping, NoReturn, Optional, Sequence
 
 import argparse_dataclass
 
-from obsbatch.config import COMMAND_CONFIGS, flag_fields
+from obsbatch.config import COMMAND_CONFIGS, flag_fields, positional
 from obsbatch.errors import UsageError
 
 ENV_PREFIX = "OBSBATCH_"
@@ -67,6 +67,10 @@ class Parser(argparse_dataclass.ArgumentParser):
         values = {}
         for name, f in self.option_fields.items():
             value = getattr(namespace, name, MISSING)
+            if positional(f):  # an operand (ls's PATH): the command line's alone, no variable
+                if value is not MISSING and value is not None:
+                    values[name] = tuple(value) if isinstance(value, list) else value
+                continue
             # Not given: MISSING (argparse-dataclass), or None for a repeatable flag. A flag whose parser
             # returns None (--max-concurrent auto) was given, and beats its variable.
             if value is MISSING or (value is None and (f.metadata.get("append") or f.metadata.get("negatable"))):
@@ -102,7 +106,7 @@ def unrecognized(extra: Sequence[str], flags) -> str:
 def environment_names() -> frozenset:
     """Every OBSBATCH_* variable some command reads: one per flag of every command (and a renamed flag's old one)."""
     return frozenset(ENV_PREFIX + name for config_class in COMMAND_CONFIGS.values() for f in flag_fields(config_class)
-                     for name in (f.name.upper(), f.metadata.get("env_alias")) if name)
+                     if not positional(f) for name in (f.name.upper(), f.metadata.get("env_alias")) if name)
 
 
 def check_environment(environ: Mapping[str, str], known: Sequence[str]) -> None:

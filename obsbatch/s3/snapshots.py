@@ -208,16 +208,27 @@ def chain_breaks(records: List[dict]) -> Iterator[Tuple[dict, str]]:
 def trees(client, bucket: str, prefix: str, found: dict, read_params: Optional[dict] = None) -> snapshot.Trees:
     """The packs a record names, each streamed into an unlinked temporary file and indexed; SnapshotError
     when one is missing or damaged."""
+    return trees_of(client, bucket, prefix, [found], read_params)
+
+
+def trees_of(client, bucket: str, prefix: str, records: List[dict],
+             read_params: Optional[dict] = None) -> snapshot.Trees:
+    """trees() of several records at once: each pack any of them names is read once (a run's pack is named
+    by every later record whose trees it holds, so two snapshots share most of theirs)."""
     loaded = snapshot.Trees()
-    try:
+    needed = {}
+    for found in records:
         for pack_id in found.get("packs", []):
+            needed.setdefault(pack_id, found["id"])
+    try:
+        for pack_id, snapshot_id in needed.items():
             key = snapshot.pack_key(prefix, pack_id)
             handle = tempfile.TemporaryFile(prefix="obsbatch-pack-")
             try:
                 body = client.get_object(Bucket=bucket, Key=key, **(read_params or {}))["Body"]
             except client.exceptions.NoSuchKey:
                 handle.close()
-                raise SnapshotDamaged(f"the snapshot {found['id']} needs {key}, which the store does not have") from None
+                raise SnapshotDamaged(f"the snapshot {snapshot_id} needs {key}, which the store does not have") from None
             for chunk in iter(lambda: body.read(1 << 20), b""):
                 handle.write(chunk)
             handle.seek(0)
@@ -225,8 +236,9 @@ def trees(client, bucket: str, prefix: str, found: dict, read_params: Optional[d
                 loaded.add_pack(handle)
             except snapshot.Damaged as exc:
                 raise SnapshotDamaged(f"the pack {key} is damaged: {exc}") from None
-        if found.get("root") not in loaded:
-            raise SnapshotDamaged(f"no pack of snapshot {found['id']} holds its root tree")
+        for found in records:
+            if found.get("root") not in loaded:
+                raise SnapshotDamaged(f"no pack of snapshot {found['id']} holds its root tree")
     except BaseException:
         loaded.close()
         raise
@@ -289,47 +301,67 @@ def entry_budget(found: dict) -> int:
     return sum(counts)
 
 
+def entries(loaded: snapshot.Trees, digest: str, rel: bytes,
+            damaged: Optional[Callable[[bytes, str], None]] = None) -> List[list]:
+    """The checked entries of one tree (the directory `rel`), names as bytes: each that fails entry_problem is
+    left out and told to `damaged(path, problem)` (the path as far as it can be spelled), or with no `damaged`
+    raises SnapshotDamaged. SnapshotDamaged for a tree that is missing or altered."""
+    try:
+        found = loaded.get(digest)
+    except KeyError:
+        raise SnapshotDamaged(f"tree {digest} (directory {rel.decode('utf-8', 'replace') or '.'}) is in no pack "
+                              "of this snapshot") from None
+    except snapshot.Damaged as exc:
+        raise SnapshotDamaged(f"the snapshot is damaged (altered in the store?): {exc}") from None
+    if not isinstance(found, list):
+        found = [None]
+    kept = []
+    for entry in found:
+        if isinstance(entry, list) and entry and isinstance(entry[snapshot.NAME], str):
+            entry[snapshot.NAME] = undisplay(entry[snapshot.NAME])
+        problem = entry_problem(entry)
+        if problem is None:
+            kept.append(entry)
+            continue
+        name = entry[snapshot.NAME] if isinstance(entry, list) and entry and isinstance(entry[0], bytes) else b"?"
+        where = (rel + b"/" if rel else b"") + name.replace(b"/", b"\\x2f")
+        if damaged is None:
+            raise SnapshotDamaged(f"the entry {where.decode('utf-8', 'replace')} {problem}")
+        damaged(where, problem)
+    return kept
+
+
 def walk(loaded: snapshot.Trees, root: str, damaged: Optional[Callable[[bytes, str], None]] = None,
          limit: Optional[int] = None) -> Iterator[tuple]:
     """(relative directory path as bytes, its entries) for every directory of a snapshot, parents before
     children; the entries' names are bytes. SnapshotError for a tree that is missing or altered.
 
-    Every entry is checked (entry_problem) before it is yielded: one that fails is left out, with everything
-    beneath it, and told to `damaged(path, problem)` (the path as far as it can be spelled); with no
-    `damaged`, the first one raises SnapshotDamaged. `limit` (entry_budget): more entries than that is
-    SnapshotDamaged, so a forged tree cannot make a walk run forever."""
+    Every entry is checked (entries: entry_problem) before it is yielded: one that fails is left out, with
+    everything beneath it, and told to `damaged(path, problem)`; with no `damaged`, the first one raises
+    SnapshotDamaged. `limit` (entry_budget): more entries than that is SnapshotDamaged, so a forged tree
+    cannot make a walk run forever."""
     stack: List[tuple] = [(b"", root)]
-    walked = 0
+    budget = Budget(limit)
     while stack:
         rel, digest = stack.pop()
-        try:
-            entries = loaded.get(digest)
-        except KeyError:
-            raise SnapshotDamaged(f"tree {digest} (directory {rel.decode('utf-8', 'replace') or '.'}) is in no pack "
-                                "of this snapshot") from None
-        except snapshot.Damaged as exc:
-            raise SnapshotDamaged(f"the snapshot is damaged (altered in the store?): {exc}") from None
-        if not isinstance(entries, list):
-            entries = [None]
-        walked += len(entries)
-        if limit is not None and walked > limit:
-            raise SnapshotDamaged(f"the snapshot's trees hold more than the {limit} entries its record counts "
-                                  "(forged to run a restore forever?)")
-        kept = []
-        for entry in entries:
-            if isinstance(entry, list) and entry and isinstance(entry[snapshot.NAME], str):
-                entry[snapshot.NAME] = undisplay(entry[snapshot.NAME])
-            problem = entry_problem(entry)
-            if problem is None:
-                kept.append(entry)
-                continue
-            name = entry[snapshot.NAME] if isinstance(entry, list) and entry and isinstance(entry[0], bytes) else b"?"
-            where = (rel + b"/" if rel else b"") + name.replace(b"/", b"\\x2f")
-            if damaged is None:
-                raise SnapshotDamaged(f"the entry {where.decode('utf-8', 'replace')} {problem}")
-            damaged(where, problem)
+        kept = entries(loaded, digest, rel, damaged)
+        budget.spend(len(kept))
         yield rel, kept
         for entry in reversed(kept):
             if entry[snapshot.TYPE] == snapshot.DIRECTORY:
                 name = entry[snapshot.NAME]
                 stack.append((rel + b"/" + name if rel else name, entry[snapshot.CONTENT]))
+
+
+class Budget:
+    """How many more entries a walk may read (entry_budget; None: no bound): SnapshotDamaged past it."""
+
+    def __init__(self, limit: Optional[int]):
+        self.limit = limit
+        self.spent = 0
+
+    def spend(self, count: int) -> None:
+        self.spent += count
+        if self.limit is not None and self.spent > self.limit:
+            raise SnapshotDamaged(f"the snapshot's trees hold more than the {self.limit} entries its record counts "
+                                  "(forged to run a restore forever?)")
