@@ -305,13 +305,14 @@ def _opt(help: str, **metadata) -> dict:
 
 # Fields more than one command has, made by a function each: a dataclasses.Field belongs to one class.
 def _include_field():
-    return field(default=(), metadata=_opt("take only files whose relative path matches GLOB (repeatable; `*` spans "
-                                           "`/`)", metavar="GLOB", append=True))
+    return field(default=(), metadata=_opt("take only files whose relative path matches GLOB, or lies beneath a "
+                                           "directory it matches (repeatable; `*` spans `/`; `docs` is the whole "
+                                           "directory)", metavar="GLOB", append=True))
 
 
 def _exclude_field():
-    return field(default=(), metadata=_opt("leave out files whose relative path matches GLOB (repeatable; beats "
-                                           "--include)", metavar="GLOB", append=True))
+    return field(default=(), metadata=_opt("leave out files whose relative path matches GLOB, or lies beneath a "
+                                           "directory it matches (repeatable; beats --include)", metavar="GLOB", append=True))
 
 
 def _tuples(config, names) -> None:

@@ -58,6 +58,9 @@ class RestoreSummary(EngineSummary):
     archived: int = 0
     unsafe: int = 0
     excluded: int = 0
+    #: With --include: the entries it selected (files, and a snapshot's directories too); None without.
+    #: None selected is exit 1: a mistyped --include must not pass for a restore.
+    selected: Optional[int] = None
     unverified: int = 0
     failed: int = 0
     failed_by_type: collections.Counter = field(default_factory=collections.Counter)
@@ -113,7 +116,7 @@ class RestoreSummary(EngineSummary):
         # Nothing listed is exit 1: most often a mistyped --prefix, which must not pass for a restore. (A
         # snapshot was found, so the prefix is right; one of a tree without files is restored as it was.)
         if (self.failed or self.conflicts or self.archived or self.unsafe or self.aborted
-                or not (self.listed or self.snapshot)):
+                or not (self.listed or self.snapshot) or self.selected == 0):
             return ExitCode.PARTIAL
         return ExitCode.OK
 
@@ -121,7 +124,7 @@ class RestoreSummary(EngineSummary):
         return {"listed": self.listed, "planned": self.planned, "bytes_planned": self.bytes_planned,
                 "restored": self.restored, "bytes_restored": self.bytes_restored,
                 "identical": self.identical, "conflicts": self.conflicts, "archived": self.archived,
-                "unsafe_keys": self.unsafe, "excluded": self.excluded, "unverified": self.unverified,
+                "unsafe_keys": self.unsafe, "excluded": self.excluded, "selected": self.selected, "unverified": self.unverified,
                 "failed": self.failed, "failed_by_type": dict(self.failed_by_type),
                 "interrupted": self.interrupted, "aborted": self.aborted or None,
                 "snapshot": self.snapshot, "entries": dict(self.entries),
@@ -226,6 +229,8 @@ def _items(config: RestoreConfig, target: bytes, listed, index: Optional[Manifes
         if excluded is not None and excluded(rel):
             yield Outcome(Kind.SKIPPED, display(os.path.join(target, rel)), key=key, reason=Reason.EXCLUDED)
             continue
+        if summary.selected is not None:
+            summary.selected += 1
         # An empty, absolute, '.', '..' or empty segment (a directory marker 'a/' among them), or a NUL byte:
         # keys.encode never makes such a key from a walked path; someone else's object can be one.
         if not beneath.valid_path(rel):
@@ -268,6 +273,8 @@ def run(config: RestoreConfig, summary: RestoreSummary, counted: Callable[[Itera
     from obsbatch.s3.endpoint import Endpoint
 
     target = os.fsencode(os.path.abspath(config.target))
+    if config.include:
+        summary.selected = 0
     if not config.restore_dry_run:
         try:
             os.makedirs(target, exist_ok=True)
@@ -309,6 +316,7 @@ def run(config: RestoreConfig, summary: RestoreSummary, counted: Callable[[Itera
     finally:
         if index is not None:
             index.close()
+    _say_if_nothing_selected(config, summary)
     if summary.listed == 0 and summary.interrupted_by is None and summary.snapshot is None:
         # Most often a mistyped --prefix or bucket: say so, rather than a silent "0 restored".
         log.warning("restore.empty", bucket=config.store.bucket, prefix=config.store.prefix,
@@ -338,7 +346,15 @@ def _restore_snapshot(config: RestoreConfig, client, record: dict, target: bytes
                 tree.finish()
     finally:
         trees.close()
+    _say_if_nothing_selected(config, summary)
     return summary
+
+
+def _say_if_nothing_selected(config: RestoreConfig, summary: RestoreSummary) -> None:
+    if summary.selected == 0 and summary.interrupted_by is None:
+        log.warning("restore.nothing_selected", include=list(config.include), snapshot=summary.snapshot,
+                    detail="no path matches --include (a directory is given by its path, e.g. --include docs); "
+                           "nothing was restored; exit 1")
 
 
 def _dispatch(config: RestoreConfig, client, items, summary: RestoreSummary) -> None:

@@ -123,11 +123,16 @@ class TreeRestore:
         encode = keys.encoder(self.record)
         for rel_dir, entries in self._listings(self._damaged):
             # Every directory is made as its own listing comes, the empty ones too; with --include/--exclude
-            # only those on the way to a kept file. None: not judged yet (or a dry run, which makes nothing).
+            # those they select (`--include docs`: docs and every directory beneath it, empty or not) and those
+            # on the way to a kept file. None: not judged yet (or a dry run, which makes nothing).
             entered = None
-            if directories is not None and self.excluded is None:
+            selected = self.excluded is None or (rel_dir and not self.excluded(rel_dir))
+            if directories is not None and selected:
                 entered = self._directory(directories, rel_dir)
             for rel, entry in entries:
+                if self.summary.selected is not None and not (entry[snapshot.TYPE] == snapshot.DIRECTORY
+                                                              and self.excluded(rel)):
+                    self.summary.selected += 1  # a file _listings kept, or a directory --include names
                 if entry[snapshot.TYPE] != snapshot.FILE:
                     continue
                 if directories is not None and entered is None:

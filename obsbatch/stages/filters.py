@@ -1,8 +1,11 @@
 """Stage 2: --include / --exclude, on the path relative to the source.
 
 Globs are `fnmatch` patterns matched against the whole relative path, so `*` spans `/` (`*.tmp` matches
-`a/b/c.tmp`), as in aws-cli. With any --include, only matching files are kept; --exclude then removes
-matches. argparse keeps the two lists apart, so order between them cannot matter: exclude always wins.
+`a/b/c.tmp`), as in aws-cli. A glob that matches a directory matches everything beneath it too, with or
+without a trailing '/': `--include docs` and `--include docs/` take the directory `docs` whole, as tar, rsync
+and restic read them (`docs` alone once matched only a file named docs, and a restore of it was silently
+empty). With any --include, only matching files are kept; --exclude then removes matches. argparse keeps the
+two lists apart, so order between them cannot matter: exclude always wins.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from obsbatch.models import Candidate, Kind, Outcome, Reason, display
 def _compile(globs: Sequence[str]) -> Optional[re.Pattern]:
     if not globs:
         return None
-    return re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in globs))
+    # Each glob as itself and as "glob/*" (fnmatch's `*` spans '/'): the path, or anything beneath it.
+    whole = [g.rstrip("/") or g for g in globs]
+    return re.compile("|".join(f"(?:{fnmatch.translate(one)})" for g in whole for one in (g, g + "/*")))
 
 
 def excluder(include: Sequence[str], exclude: Sequence[str]) -> Optional[Callable[[bytes], bool]]:

@@ -240,3 +240,28 @@ def test_dump_needs_a_path_and_ls_refuses_a_dotdot(history):
     result = history.run("ls", "docs/../etc")
     assert result.returncode == 2 and "'..'" in result.stderr
     assert shutil.which("tar")
+
+
+@pytest.mark.parametrize("include", ["docs", "docs/"])
+def test_restore_include_of_a_directory_takes_it_whole_with_its_empty_directories(history, tmp_path, include):
+    target = tmp_path / "t"
+    result = history.run("restore", "--target", target, "--snapshot", history.ids[0], "--include", include)
+    assert result.returncode == 0, result
+    got = sorted(os.path.relpath(os.path.join(d, n), target) for d, dirs, files in os.walk(target)
+                 for n in dirs + files)
+    assert got == ["docs", "docs/a.txt", "docs/empty", "docs/sub", "docs/sub/b.txt"]
+    assert result.summary["selected"] == 5
+    # The directories have their recorded mtimes, the empty one included.
+    assert os.stat(target / "docs").st_mtime_ns == 1_700_000_000_123_456_789
+    listing = history.run("restore", "--target", tmp_path / "l", "--listing", "--include", include)
+    assert listing.returncode == 0, listing
+    # The listing is every object under docs/ as it is now: the renamed directory's old keys are still there
+    # (a backup never deletes an object).
+    assert sorted(os.listdir(tmp_path / "l" / "docs")) == ["a.txt", "moved", "new.txt", "sub"]
+
+
+def test_restore_include_that_matches_nothing_is_exit_1(history, tmp_path):
+    result = history.run("restore", "--target", tmp_path / "t", "--include", "docs/nothere.txt")
+    assert result.returncode == 1, result
+    assert result.find("restore.nothing_selected") and result.summary["selected"] == 0
+    assert not os.listdir(tmp_path / "t")
