@@ -121,14 +121,14 @@ def _seconds(text: str, minimum_exclusive: bool, maximum: float) -> float:
     return value
 
 
-_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
 
 
 def duration(text: str) -> float:
-    """'24h' -> 86400.0; a plain number is seconds (s, m/min, h, d)."""
+    """'24h' -> 86400.0; a plain number is seconds (s, m/min, h, d, w, y: 365 days)."""
     m = re.match(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", str(text).lower())
     if not m or m.group(2) not in _DURATION_UNITS:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (examples: 90s, 30m, 24h, 2d)")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (examples: 90s, 30m, 24h, 2d, 4w, 1y)")
     value = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
     if value > MAX_DURATION:
         raise argparse.ArgumentTypeError(f"{text!r} is more than 100 years ({MAX_DURATION / DAY:.0f}d)")
@@ -955,10 +955,66 @@ class DumpConfig:
         _check_public_key(self)
 
 
+def _keep_field(period: str):
+    return field(default=0, metadata=_opt(f"keep the newest snapshot of each of the last N {period} that have one",
+                                          metavar="N", type=whole_number(0, 10 ** 6)))
+
+
+@dataclass(frozen=True)
+class ForgetConfig:
+    """`obsbatch forget`: which of this host's snapshots a policy keeps; the rest forgotten, and with --prune
+    the object versions no remaining snapshot needs deleted."""
+
+    store: StoreConfig
+    transfer: TransferConfig
+    output: OutputConfig
+    keep_last: int = field(default=0, metadata=_opt("keep the N newest snapshots", metavar="N",
+                                                    type=whole_number(0, 10 ** 6)))
+    keep_hourly: int = _keep_field("hours")
+    keep_daily: int = _keep_field("days")
+    keep_weekly: int = _keep_field("ISO weeks")
+    keep_monthly: int = _keep_field("months")
+    keep_yearly: int = _keep_field("years")
+    keep_within: Optional[float] = field(default=None, metadata=_opt(
+        "keep every snapshot taken within DURATION of the host's newest (2d, 4w, 1y)", metavar="DURATION",
+        type=duration))
+    forget_dry_run: bool = field(default=False, metadata=_opt(
+        "say what would be forgotten and (with --prune) deleted, with counts and bytes; change nothing",
+        args=["--dry-run"]))
+    prune: bool = field(default=False, metadata=_opt(
+        "also delete every object version under the prefix that no remaining snapshot (of any host) names, and "
+        "the packs only forgotten snapshots needed; never one younger than --prune-grace or newer than a host's "
+        "latest snapshot, never one under Object Lock"))
+    prune_grace: float = field(default=86400.0, metadata=_opt(
+        "with --prune, never delete a version younger than this (default 24h; 0s for a prefix nothing else "
+        "writes to)", metavar="DURATION", type=duration))
+    public_key: Optional[str] = _public_key_field()
+    json: bool = _json_field()
+
+    GROUPS = (("forget", ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly",
+                          "keep_within", "forget_dry_run", "prune", "prune_grace", "public_key", "json")),
+              _STORE_GROUP, _SPEED_GROUP, _OUTPUT_GROUP)
+
+    def __post_init__(self) -> None:
+        _check_public_key(self)
+        if not (any(self.keep_counts) or self.keep_within is not None or self.prune):
+            raise UsageError("give a policy (--keep-last, --keep-daily, ... --keep-within) or --prune; with neither, "
+                             "nothing would be forgotten")
+        if self.prune and not self.store.prefix:
+            raise UsageError("--prune needs a --prefix: under the empty prefix lies every other prefix's data, "
+                             "which it must never delete")
+
+    @property
+    def keep_counts(self) -> tuple:
+        """(last, hourly, daily, weekly, monthly, yearly): s3.retention.Policy's counts."""
+        return (self.keep_last, self.keep_hourly, self.keep_daily, self.keep_weekly, self.keep_monthly,
+                self.keep_yearly)
+
+
 #: The commands whose flags come from a config class.
 COMMAND_CONFIGS = {"backup": BackupConfig, "restore": RestoreConfig, "verify": VerifyConfig,
                    "snapshots": SnapshotsConfig, "ls": LsConfig, "diff": DiffConfig, "find": FindConfig,
-                   "dump": DumpConfig}
+                   "dump": DumpConfig, "forget": ForgetConfig}
 
 
 def flag_fields(config_class) -> list:

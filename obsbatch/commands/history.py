@@ -63,7 +63,7 @@ def main(command: str, argv: Sequence[str], started: float, description: str,
         log.warning(f"{command}.interrupted")
         raise FatalExit(ExitCode.INTERRUPTED, "interrupted") from None
     code = ExitCode.PARTIAL if history.damaged or report.get("failed") else ExitCode.OK
-    report = dict(report, damaged_entries=history.damaged, seconds=round(time.time() - started, 3),
+    report = dict(report, damaged_entries=history.damaged, requests=history.requests, seconds=round(time.time() - started, 3),
                   exit_code=int(code))
     (log.info if code == ExitCode.OK else log.warning)(f"{command}.summary", **report)
     if config.output.summary == "json":
@@ -81,6 +81,8 @@ class History:
         self.command = command
         self.store = config.store
         self.damaged = 0
+        #: HTTP requests sent (summary "requests"): what a command cost against the store.
+        self.requests = 0
         self._loaded: List[snapshot.Trees] = []
         self._client = None
 
@@ -98,7 +100,12 @@ class History:
             from obsbatch.s3.endpoint import Endpoint
 
             self._client = s3.make_client(Endpoint.from_config(self.config), pool_connections=READ_THREADS)
+            # Each HTTP request, retries included, counted for the summary (botocore's documented event).
+            self._client.meta.events.register("before-send.s3", self._count_request)
         return self._client
+
+    def _count_request(self, **kwargs) -> None:
+        self.requests += 1
 
     @functools.cached_property
     def public_key(self):

@@ -49,7 +49,7 @@ def main(argv: Sequence[str], started: float) -> int:
         runner.usage_exit(str(exc), "snapshots")
     logs.configure(config.output.level, config.output.log_format, host=config.output.host_id)
     try:
-        listed = _fleet(config) if config.all else _records(config)
+        listed, forgotten = (_fleet(config), []) if config.all else _records(config)
     except ObsbatchError as exc:
         log.error("snapshots.fatal", error=str(exc), error_type=type(exc).__name__, exit_code=int(exc.exit_code))
         raise FatalExit(exc.exit_code, str(exc)) from None
@@ -58,7 +58,7 @@ def main(argv: Sequence[str], started: float) -> int:
         raise FatalExit(ExitCode.INTERRUPTED, "interrupted") from None
     damaged = sum(1 for one in listed if one.get("damaged"))
     untrusted = sum(1 for one in listed if one.get("untrusted"))
-    broken = 0 if config.all else _mark_chain(listed)
+    broken = 0 if config.all else _mark_chain(listed, forgotten)
     stale = _mark_stale(listed, config.stale, time.time(), latest_only=not config.all,
                         where=f"s3://{config.store.bucket}/{config.store.prefix}")
     columns = FLEET_COLUMNS if config.all else COLUMNS
@@ -87,15 +87,20 @@ def main(argv: Sequence[str], started: float) -> int:
 _MARKS = (("damaged", "DAMAGED"), ("untrusted", "UNTRUSTED"), ("chain_broken", "CHAIN BROKEN"), ("stale", "STALE"))
 
 
-def _mark_chain(listed: List[dict]) -> int:
+def _mark_chain(listed: List[dict], forgotten: List[dict]) -> int:
     """Mark (`"chain_broken": true`) and log each record whose `previous` is not the head of its host's record
     before it (s3.snapshots.chain_breaks); how many. Damaged and untrusted records are not links (they are
-    named already): a forged record in between must not make the genuine one after it look broken."""
+    named already): a forged record in between must not make the genuine one after it look broken. The
+    tombstones `forget` leaves are links too (never listed): a forgotten snapshot is a gap the chain crosses."""
     from obsbatch.s3 import snapshots
 
     broken = 0
     links = [one for one in listed if not (one.get("damaged") or one.get("untrusted"))]
+    present = {one.get("id") for one in listed}
+    links = sorted(links + [one for one in forgotten if one["id"] not in present], key=lambda one: str(one["id"]))
     for one, why in snapshots.chain_breaks(links):
+        if one.get("forgotten"):
+            continue  # a tombstone is not listed; the record after it is what is named
         one["chain_broken"] = True
         broken += 1
         log.warning("snapshots.chain_broken", id=one.get("id"), snapshot_host=one.get("host"), error=why)
@@ -137,15 +142,15 @@ def _fleet(config) -> List[dict]:
         return snapshots.fleet(_client(config), store.bucket, READ_THREADS, store.prefix)
 
 
-def _records(config) -> List[dict]:
-    """Each snapshot's listed keys (COLUMNS), oldest first; a record that does not verify is named, damaged.
+def _records(config) -> tuple:
+    """(each snapshot's listed keys (COLUMNS), oldest first; the links of forgotten ones (s3.retention
+    tombstones)); a record that does not verify is named, damaged.
     The records are read READ_THREADS at once: one after another, a year of a 15-minute timer's records took a
     quarter of an hour at a 20 ms round trip."""
     import functools
 
-    from obsbatch.s3 import remote, snapshots
-
     from obsbatch import signing
+    from obsbatch.s3 import remote, retention, snapshots
 
     client = _client(config)
     store = config.store
@@ -153,7 +158,9 @@ def _records(config) -> List[dict]:
     read_one = functools.partial(_record, client, store, store.reading.read_params(""), public_key)
     with remote.store_errors(store, f"list the snapshots under s3://{store.bucket}/{store.prefix}"):
         listed_ids = list(snapshots.ids(client, store.bucket, store.prefix))
-        return snapshots.read_all(read_one, listed_ids, READ_THREADS)  # in the listing's order: oldest first
+        forgotten = list(retention.tombstones(client, store.bucket, store.prefix))
+        # In the listing's order: oldest first.
+        return snapshots.read_all(read_one, listed_ids, READ_THREADS), forgotten
 
 
 def _client(config):

@@ -58,6 +58,14 @@ def fleet(client, bucket: str, threads: int, prefix: str = "") -> List[dict]:
     return sorted(found, key=lambda one: (str(one.get("host")), str(one.get("prefix"))))
 
 
+def fleet_prefixes(client, bucket: str) -> set:
+    """Every prefix some host's fleet marker names, from the markers' keys alone (one listing request per
+    1,000 markers, none read)."""
+    paginator = client.get_paginator("list_objects_v2")
+    return {_named(obj["Key"])["prefix"] for page in paginator.paginate(Bucket=bucket, Prefix=snapshot.FLEET_AREA)
+            for obj in page.get("Contents", ()) if obj["Key"].endswith(".json")}
+
+
 def read_all(read: Callable, items: list, threads: int) -> list:
     """[read(item) for item in items], `threads` at once, in the items' order. A Ctrl-C while waiting cancels
     the reads not yet started (map's iterator cancels its futures when it is left), so the pool's exit waits
