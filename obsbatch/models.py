@@ -103,6 +103,9 @@ class Reason(str, enum.Enum):
     ALREADY_STORED = "already_stored"
     NOT_REGULAR = "not_regular"
     SYMLINK = "symlink"
+    #: a symlink, FIFO, socket or device the run's snapshot records (it has no object of its own): not a file
+    #: left out, so logged at debug only.
+    RECORDED = "recorded"
     SYMLINK_LOOP = "symlink_loop"
     OUTSIDE_SOURCE = "outside_source"
     VANISHED = "vanished"

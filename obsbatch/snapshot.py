@@ -76,7 +76,7 @@ def pack_key(prefix: str, pack_id: str) -> str:
 #: The fleet markers (issue #22): one object per (host, prefix) that has a snapshot, overwritten by each run.
 FLEET_AREA = ".obsbatch/fleet/"
 #: What a marker says of its latest snapshot: a copy of these fields of the record.
-FLEET_FIELDS = ("host", "prefix", "id", "time", "files", "bytes", "exit_code", "head")
+FLEET_FIELDS = ("host", "prefix", "id", "time", "files", "bytes", "unstored", "exit_code", "head")
 
 
 def fleet_key(host: str, prefix: str) -> str:

@@ -3,8 +3,8 @@ and trees for them. They only read, so a Ctrl-C has nothing to finish and a read
 ends the command quietly.
 
 Exit codes, the same for each: 0 done; 1 nothing matched (a PATH the snapshot does not hold, a glob no entry
-matches), an entry of the snapshot failed its check (named, left out), or a file's bytes did not match their
-sha256 (dump); 2 usage, access or a snapshot that does not exist; 130 interrupted.
+matches, no snapshot at all under the prefix), an entry of the snapshot failed its check (named, left out), or a file's bytes did not match their
+sha256 (dump); 2 usage, access or a snapshot id that does not exist; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -121,13 +121,13 @@ class History:
     def chosen(self, snapshot_id: str = "", as_of: Optional[float] = None) -> dict:
         """The snapshot asked for (--snapshot, --as-of, else the latest; with --public-key the latest trusted);
         SnapshotError (exit 2) when the prefix has none."""
-        from obsbatch.s3 import remote, snapshots
+        from obsbatch.s3 import remote
 
         found = remote.chosen_snapshot(self.client, self.store, snapshot_id, as_of, self.config.public_key,
                                        self.command)
-        if found is None:
-            raise snapshots.SnapshotError(f"there is no snapshot under {self.store.location} (check --bucket and "
-                                          "--prefix; obsbatch snapshots lists them)")
+        if found is None:  # exit 1, as `snapshots` and a restore of an empty listing say it
+            raise NothingMatched(f"there is no snapshot under {self.store.location} (check --bucket and --prefix; "
+                                 "obsbatch snapshots lists them)")
         return found
 
     def record(self, snapshot_id: str) -> dict:

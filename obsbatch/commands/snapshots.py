@@ -1,7 +1,8 @@
 """`obsbatch snapshots`: the snapshots stored for a prefix, oldest first (issue #20); with --all, the latest
 of every host and prefix in the bucket (issue #22, the fleet view).
 
-One line each on stdout: id, time (UTC, RFC 3339), host, source, files, bytes, the run's exit code, head;
+A header, then one line each on stdout: id, time (UTC, RFC 3339), host, source, files, bytes, unstored (the
+tree's files in no snapshot yet: deferred or failed on every run so far), the run's exit code, head;
 `--json`: one JSON array of objects with those keys. Each record is checked against its head as it is read;
 one that was altered is listed with `"damaged": true` and makes the exit code 1. With --public-key, one
 without a valid signature by that key is listed `UNTRUSTED` (`"untrusted": true`), exit 1. The `previous`
@@ -29,14 +30,14 @@ from obsbatch.errors import ExitCode, FatalExit, ObsbatchError, UsageError
 
 log = structlog.get_logger()
 
-DESCRIPTION = ("List the snapshots stored for a prefix, oldest first: id, time, host, source, files, bytes, exit "
-               "code, head; or with --all the latest of every host and prefix in the bucket. Exit 0 listed, 1 a "
-               "record was altered in the store, is not signed by --public-key, breaks the chain of previous "
-               "heads, or a snapshot is older than --stale, 2 usage or access errors.")
+DESCRIPTION = ("List the snapshots stored for a prefix, oldest first: id, time, host, source, files, bytes, "
+               "unstored, exit code, head; or with --all the latest of every host and prefix in the bucket. Exit 0 "
+               "listed, 1 none under the prefix, a record was altered in the store, is not signed by --public-key, "
+               "breaks the chain of previous heads, or a snapshot is older than --stale, 2 usage or access errors.")
 #: The keys of each snapshot, in the order of the table's columns.
-COLUMNS = ("id", "time", "host", "source", "files", "bytes", "exit_code", "head")
+COLUMNS = ("id", "time", "host", "source", "files", "bytes", "unstored", "exit_code", "head")
 #: --all's columns: one (host, prefix) a line.
-FLEET_COLUMNS = ("host", "prefix", "id", "time", "files", "bytes", "exit_code")
+FLEET_COLUMNS = ("host", "prefix", "id", "time", "files", "bytes", "unstored", "exit_code")
 #: GETs of snapshot records or fleet markers in flight at once: a thousand of them in a few dozen round trips'
 #: time (a year of a 15-minute timer is 35,040 records of one prefix).
 READ_THREADS = 32
@@ -64,11 +65,17 @@ def main(argv: Sequence[str], started: float) -> int:
     columns = FLEET_COLUMNS if config.all else COLUMNS
     if config.json:
         print(json.dumps(listed, sort_keys=True), flush=True)
-    else:
+    elif listed:
+        print("  ".join(column.upper() for column in columns))
         for one in listed:
             print("  ".join(str(one.get(column, "")) for column in columns)
                   + "".join(f"  {mark}" for key, mark in _MARKS if one.get(key)))
-    code = ExitCode.PARTIAL if damaged or stale or untrusted or broken else ExitCode.OK
+    if not listed and not config.all and config.stale is None:
+        # Most often a mistyped --prefix: said, and exit 1, as a restore of an empty listing is.
+        log.warning("snapshots.none", where=f"s3://{config.store.bucket}/{config.store.prefix}",
+                    detail="no snapshot under this prefix (check --bucket and --prefix); exit 1")
+    code = (ExitCode.PARTIAL if damaged or stale or untrusted or broken or not (listed or config.all)
+            else ExitCode.OK)
     report = {"snapshots": len(listed), "damaged": damaged, "seconds": round(time.time() - started, 3),
               "exit_code": int(code)}
     if config.public_key:

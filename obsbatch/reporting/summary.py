@@ -22,7 +22,7 @@ log = structlog.get_logger()
 
 # Skips that are the configuration (or the state journal) working as intended are logged at debug, so a
 # tree of a million excluded or unchanged files does not flood the log; they are still counted.
-_QUIET_SKIPS = frozenset({Reason.EXCLUDED, Reason.UNCHANGED})
+_QUIET_SKIPS = frozenset({Reason.EXCLUDED, Reason.UNCHANGED, Reason.RECORDED})
 
 
 @dataclass
@@ -82,6 +82,11 @@ class Summary:
     #: This run's snapshot (issue #20), once stored: its id, and its head (the anchor of the snapshot chain).
     snapshot_id: Optional[str] = None
     snapshot_head: Optional[str] = None
+    #: Files of the tree in no snapshot yet (deferred on every run so far, or failed): what the latest
+    #: snapshot leaves out. A snapshot not written because it would hold no file at all while the tree has
+    #: some (a freshly copied tree, every file too new) is exit 1: an empty backup is never a green one.
+    snapshot_unstored: int = 0
+    snapshot_withheld: bool = False
     started: float = field(default_factory=time.time)
     ended: float = 0.0
     #: Called with every Outcome after it is counted (telemetry); not part of the summary itself.
@@ -153,7 +158,7 @@ class Summary:
             return self.stopped_by
         if self.abort_code is not None:
             return self.abort_code
-        if self.failed or self.errors or self.aborted:
+        if self.failed or self.errors or self.aborted or self.snapshot_withheld:
             return ExitCode.PARTIAL
         if self.stuck:
             return ExitCode.STUCK
@@ -184,6 +189,8 @@ class Summary:
             "manifest_head": self.manifest_head,
             "snapshot": self.snapshot_id,
             "snapshot_head": self.snapshot_head,
+            "snapshot_unstored": self.snapshot_unstored,
+            "snapshot_withheld": self.snapshot_withheld,
         }
 
     def progress_line(self) -> str:

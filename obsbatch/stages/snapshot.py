@@ -229,6 +229,8 @@ def write(config, source: str, recorder: Recorder, journal: Journal, remote, sum
     pack = snapshot.PackWriter()
     try:
         built = build(recorder, journal, prefix, pack, snapshot_id)
+        if not _truthful(built.totals, summary):
+            return None
         if built.new_trees:
             handle, md5_hex, sha256_hex = pack.finished()
             if not _stored(remote, summary, snapshot.pack_key(prefix, snapshot_id), handle,
@@ -265,6 +267,31 @@ def write(config, source: str, recorder: Recorder, journal: Journal, remote, sum
              new_trees=len(built.new_trees), pack_bytes=pack.size,
              sent_by="obsbatch" if remote.lean is not None else "botocore")  # s3.lean, or its fallback
     return record
+
+
+#: The share of the tree's files a snapshot may leave out (in no snapshot yet) before the run warns.
+INCOMPLETE_SHARE = 0.10
+
+
+def _truthful(totals: "Counts", summary) -> bool:
+    """Whether this run's snapshot should be written: not when it would hold no file while the tree has some
+    that no snapshot holds (all deferred or failed: a tree copied a moment ago). Written, it would become the
+    latest, and a restore of "the latest" would bring back nothing, exit 0. Instead the previous snapshot stays
+    the latest and the run is exit 1 (the next run takes the files). A snapshot that leaves out more than
+    INCOMPLETE_SHARE of the tree's files is written, and the run says so."""
+    summary.snapshot_unstored = totals.unstored
+    whole = totals.files + totals.unstored
+    if totals.files == 0 and totals.unstored:
+        summary.snapshot_withheld = True
+        log.warning("snapshot.withheld", unstored=totals.unstored,
+                    detail="no file of the tree is stored yet (each deferred or failed); no snapshot written, the "
+                           "previous one stays the latest; exit 1 (the next run takes them)")
+        return False
+    if whole and totals.unstored > INCOMPLETE_SHARE * whole:
+        log.warning("snapshot.incomplete", unstored=totals.unstored, files=totals.files,
+                    detail=f"more than {INCOMPLETE_SHARE:.0%} of the tree's files are in no snapshot yet (deferred "
+                           "or failed on every run so far); the snapshot leaves them out")
+    return True
 
 
 def _stored(remote, summary, key: str, body, content_type: str, digests: Optional[tuple] = None) -> bool:

@@ -133,6 +133,7 @@ def _judge_entry(entry: os.DirEntry, rel: bytes, key: str, follow: bool, chain: 
         if is_link and not follow:
             if noted is not None:
                 noted.append((entry.name, entry.stat(follow_symlinks=False), os.readlink(path)))
+                return Outcome(Kind.SKIPPED, display(path), reason=Reason.RECORDED, message="symlink")
             return Outcome(Kind.SKIPPED, display(path), reason=Reason.SYMLINK)
         if is_link and inside is not None and _outside(path, inside):
             # Checked where the link is; what lies under a followed directory link is inside by construction,
@@ -167,4 +168,6 @@ def _judge_entry(entry: os.DirEntry, rel: bytes, key: str, follow: bool, chain: 
         noted.append((entry.name, st, None))
     if statmod.S_ISREG(mode):
         return Candidate(path=path, rel=rel, key=key, stat=st)
-    return Outcome(Kind.SKIPPED, display(path), reason=Reason.NOT_REGULAR, message=_type_name(mode))
+    # Recorded in the snapshot (noted) it is not left out: a restore makes it again.
+    return Outcome(Kind.SKIPPED, display(path), reason=Reason.NOT_REGULAR if noted is None else Reason.RECORDED,
+                   message=_type_name(mode))

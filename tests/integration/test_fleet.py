@@ -42,7 +42,7 @@ def test_host_id_names_the_host_in_every_log_line_record_manifest_and_marker(tmp
     assert record["host"] == "web-01.example"
     marker = markers(s3, s3server.bucket, "web-01.example")[prefix]
     assert marker == {name: record[name] for name in ("host", "prefix", "id", "time", "files", "bytes",
-                                                       "exit_code", "head")}
+                                                       "unstored", "exit_code", "head")}
     # The default is the host name; a value that cannot be part of a key is one sentence, exit 2.
     import socket
 

@@ -136,7 +136,7 @@ def test_three_runs_each_snapshot_restores_the_tree_as_it_was(tmp_path, s3server
     assert listed.returncode == 0, listed
     records = json.loads(listed.stdout.strip().splitlines()[0])
     assert [r["id"] for r in records] == ids
-    assert set(records[0]) == {"id", "time", "host", "source", "files", "bytes", "exit_code", "head", "previous"}
+    assert set(records[0]) == {"id", "time", "host", "source", "files", "bytes", "unstored", "exit_code", "head", "previous"}
     # Each record cites the head of the one before (the chain `snapshots` follows); the first cites none.
     assert [r["previous"] for r in records] == [None] + [r["head"] for r in records[:-1]]
     assert [r["files"] for r in records] == [4, 3, 2]  # a hardlink pair is two names
@@ -447,3 +447,27 @@ def test_ctrl_c_while_reading_many_records_stops_at_once(s3, s3server, prefix, p
     assert len(result.find("snapshots.interrupted")) == 1, result
     assert stopped_after < 4, f"took {stopped_after:.1f} s after the interrupt: the queued reads were not cancelled"
     assert len(proxy.seen) < 100, len(proxy.seen)  # a listing and the reads in flight, not all 320
+
+
+def test_a_fully_deferred_first_run_writes_no_empty_latest_snapshot(tmp_path, s3server, versioned, prefix):
+    """A tree copied a moment ago (every file too new): no files=0 snapshot becomes the latest; exit 1, said.
+    Files in no snapshot yet are counted in the record and shown by `snapshots`, under a header."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for n in range(3):
+        (source / f"f{n}").write_bytes(b"new")
+    state = str(tmp_path / "state.db")
+    first = backup(s3server, versioned, prefix, source, "--min-age", "600", state=state)
+    assert first.returncode == 1, first
+    assert first.find("snapshot.withheld") and first.summary["snapshot"] is None
+    assert first.summary["snapshot_withheld"] is True and first.summary["snapshot_unstored"] == 3
+    none = run_command("snapshots", *store_args(s3server, versioned, prefix), env=s3server.env())
+    assert none.returncode == 1 and none.find("snapshots.none"), none
+    assert backup(s3server, versioned, prefix, source, state=state).returncode == 0
+    (source / "late").write_bytes(b"too new")
+    third = backup(s3server, versioned, prefix, source, "--min-age", "600", state=state)
+    assert third.returncode == 0 and third.summary["snapshot_unstored"] == 1, third
+    listed = run_command("snapshots", *store_args(s3server, versioned, prefix), env=s3server.env())
+    header, *rows = listed.stdout.splitlines()[:-1]
+    assert header.split() == ["ID", "TIME", "HOST", "SOURCE", "FILES", "BYTES", "UNSTORED", "EXIT_CODE", "HEAD"]
+    assert [row.split("  ")[6] for row in rows] == ["0", "1"]
