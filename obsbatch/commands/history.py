@@ -62,6 +62,9 @@ def main(command: str, argv: Sequence[str], started: float, description: str,
     except KeyboardInterrupt:
         log.warning(f"{command}.interrupted")
         raise FatalExit(ExitCode.INTERRUPTED, "interrupted") from None
+    except Exception as exc:  # a bug: one line; the traceback only at debug level (as restore and verify)
+        log.error(f"{command}.crashed", error=f"{type(exc).__name__}: {exc}", exc_info=config.output.traceback)
+        raise FatalExit(ExitCode.FATAL, f"crashed: {type(exc).__name__}: {exc}") from None
     code = ExitCode.PARTIAL if history.damaged or report.get("failed") else ExitCode.OK
     report = dict(report, damaged_entries=history.damaged, requests=history.requests, seconds=round(time.time() - started, 3),
                   exit_code=int(code))

@@ -24,9 +24,10 @@ from typing import List, Optional, Sequence
 
 import structlog
 
-from obsbatch import logs
+from obsbatch import logs, snapshot
 from obsbatch.commands import runner
 from obsbatch.errors import ExitCode, FatalExit, ObsbatchError, UsageError
+from obsbatch.models import display
 
 log = structlog.get_logger()
 
@@ -51,12 +52,16 @@ def main(argv: Sequence[str], started: float) -> int:
     logs.configure(config.output.level, config.output.log_format, host=config.output.host_id)
     try:
         listed, forgotten = (_fleet(config), []) if config.all else _records(config)
+        partial = _check(config, listed) if config.check else 0
     except ObsbatchError as exc:
         log.error("snapshots.fatal", error=str(exc), error_type=type(exc).__name__, exit_code=int(exc.exit_code))
         raise FatalExit(exc.exit_code, str(exc)) from None
     except KeyboardInterrupt:  # Ctrl-C: it only reads, so there is nothing to finish; the same line as restore's
         log.warning("snapshots.interrupted")
         raise FatalExit(ExitCode.INTERRUPTED, "interrupted") from None
+    except Exception as exc:  # a bug: one line; the traceback only at debug level (as restore and verify)
+        log.error("snapshots.crashed", error=f"{type(exc).__name__}: {exc}", exc_info=config.output.traceback)
+        raise FatalExit(ExitCode.FATAL, f"crashed: {type(exc).__name__}: {exc}") from None
     damaged = sum(1 for one in listed if one.get("damaged"))
     untrusted = sum(1 for one in listed if one.get("untrusted"))
     broken = 0 if config.all else _mark_chain(listed, forgotten)
@@ -64,17 +69,19 @@ def main(argv: Sequence[str], started: float) -> int:
                         where=f"s3://{config.store.bucket}/{config.store.prefix}")
     columns = FLEET_COLUMNS if config.all else COLUMNS
     if config.json:
-        print(json.dumps(listed, sort_keys=True), flush=True)
+        print(json.dumps([{key: value for key, value in one.items() if key != "record"} for one in listed],
+                         sort_keys=True), flush=True)
     elif listed:
         print("  ".join(column.upper() for column in columns))
         for one in listed:
             print("  ".join(str(one.get(column, "")) for column in columns)
-                  + "".join(f"  {mark}" for key, mark in _MARKS if one.get(key)))
+                  + "".join(f"  {mark}" for key, mark in _MARKS if one.get(key))
+                  + (f"  PARTIAL: {one['missing']} files' versions gone" if one.get("missing") else ""))
     if not listed and not config.all and config.stale is None:
         # Most often a mistyped --prefix: said, and exit 1, as a restore of an empty listing is.
         log.warning("snapshots.none", where=f"s3://{config.store.bucket}/{config.store.prefix}",
                     detail="no snapshot under this prefix (check --bucket and --prefix); exit 1")
-    code = (ExitCode.PARTIAL if damaged or stale or untrusted or broken or not (listed or config.all)
+    code = (ExitCode.PARTIAL if damaged or stale or untrusted or broken or partial or not (listed or config.all)
             else ExitCode.OK)
     report = {"snapshots": len(listed), "damaged": damaged, "seconds": round(time.time() - started, 3),
               "exit_code": int(code)}
@@ -84,6 +91,8 @@ def main(argv: Sequence[str], started: float) -> int:
         report["chain_broken"] = broken
     if config.stale is not None:
         report["stale"] = stale
+    if config.check:
+        report["partial"] = partial
     (log.info if code == ExitCode.OK else log.warning)("snapshots.summary", **report)
     if config.output.summary == "json":
         print(json.dumps(report, sort_keys=True), flush=True)
@@ -149,6 +158,49 @@ def _fleet(config) -> List[dict]:
         return snapshots.fleet(_client(config), store.bucket, READ_THREADS, store.prefix)
 
 
+def _check(config, listed: List[dict]) -> int:
+    """--check: mark each snapshot `"whole": true`, or `"whole": false, "missing": N` when N of its files'
+    recorded versions are gone from the store (expired by a lifecycle rule, deleted by hand), from one version
+    listing of the prefix and the snapshots' trees (no data read); log each partial one
+    (snapshots.partial, naming up to ten of its files). How many are partial."""
+    from obsbatch.s3 import history, listing, remote, snapshots
+
+    store = config.store
+    records = [one.pop("record") for one in listed if "record" in one]
+    if not records:
+        return 0
+    client = _client(config)
+    with remote.store_errors(store, f"list the versions under {store.location}"):
+        stored = listing.Inventory(client, store.bucket, store.prefix)
+        loaded = snapshots.trees_of(client, store.bucket, store.prefix, records, store.reading.read_params(""))
+    by_id = {one["id"]: one for one in listed}
+    partial, memo = 0, {}
+    try:
+        for record in records:
+            present = lambda key, entry: stored.proves(key, entry[snapshot.SIZE], snapshot.etag(entry),  # noqa: E731
+                                                      entry[snapshot.VERSION])
+            try:
+                gone = history.missing(loaded, record, store.prefix, present, memo,
+                                       snapshots.Budget(snapshots.entry_budget(record)))
+            except snapshots.SnapshotDamaged as exc:
+                log.error("snapshots.damaged", id=record["id"], error=str(exc))
+                by_id[record["id"]]["damaged"] = True
+                continue
+            shown = by_id[record["id"]]
+            shown["whole"] = not gone
+            if gone:
+                partial += 1
+                shown["missing"] = len(gone)
+                log.warning("snapshots.partial", id=record["id"], missing=len(gone),
+                            files=[display(rel) for rel in gone[:10]],
+                            detail="these files' recorded versions are gone from the store: the snapshot no longer "
+                                   "restores whole")
+    finally:
+        stored.close()
+        loaded.close()
+    return partial
+
+
 def _records(config) -> tuple:
     """(each snapshot's listed keys (COLUMNS), oldest first; the links of forgotten ones (s3.retention
     tombstones)); a record that does not verify is named, damaged.
@@ -162,7 +214,7 @@ def _records(config) -> tuple:
     client = _client(config)
     store = config.store
     public_key = signing.load_public_key(config.public_key) if config.public_key else None
-    read_one = functools.partial(_record, client, store, store.reading.read_params(""), public_key)
+    read_one = functools.partial(_record, client, store, store.reading.read_params(""), public_key, config.check)
     with remote.store_errors(store, f"list the snapshots under s3://{store.bucket}/{store.prefix}"):
         listed_ids = list(snapshots.ids(client, store.bucket, store.prefix))
         forgotten = list(retention.tombstones(client, store.bucket, store.prefix))
@@ -178,7 +230,7 @@ def _client(config):
     return s3.make_client(Endpoint.from_config(config), pool_connections=READ_THREADS)
 
 
-def _record(client, store, reading: dict, public_key, snapshot_id: str) -> dict:
+def _record(client, store, reading: dict, public_key, keep_record: bool, snapshot_id: str) -> dict:
     """One snapshot's COLUMNS and its `previous` head, or {"id", "damaged": True} (logged) for a record that does
     not verify; with `public_key`, `"untrusted": True` (logged) for one it did not sign."""
     from obsbatch.s3 import snapshots
@@ -189,6 +241,8 @@ def _record(client, store, reading: dict, public_key, snapshot_id: str) -> dict:
         log.error("snapshots.damaged", id=snapshot_id, error=str(exc))
         return {"id": snapshot_id, "damaged": True}
     listed = {column: found.get(column) for column in COLUMNS + ("previous",)}
+    if keep_record:  # --check walks its trees (_check takes it out again)
+        listed["record"] = found
     if public_key is not None:
         why = snapshots.signature_problem(client, store.bucket, store.prefix, found, public_key, reading)
         if why is not None:

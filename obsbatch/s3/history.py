@@ -223,3 +223,44 @@ def matching(loaded: snapshot.Trees, record: dict, pattern: Pattern, budget: sna
             if inner is not None:
                 stack.append((path, entry, list(reversed(inner))))
                 found_under.append(False)
+
+
+# --- what still restores ----------------------------------------------------------------------------------
+
+def missing(loaded: snapshot.Trees, record: dict, prefix: str, stored: Callable[[str, list], bool],
+            memo: dict, budget: snapshots.Budget) -> List[bytes]:
+    """The files of a snapshot whose recorded version the store no longer holds (`stored(key, entry)`: one
+    version listing answers it), as paths. `memo`, shared across the snapshots checked, holds what each
+    (directory, tree, key format) pair is missing, so a subtree a hundred snapshots share is checked once."""
+    from obsbatch import keys
+
+    encode = keys.encoder(record)
+    key_format = 1 if encode is keys.encode_v1 else 2
+    # Post-order without recursion (a forged tree may be deeper than Python's stack): a directory is summed
+    # once all of its subdirectories are; its entries are read once, kept on the stack until then.
+    stack: List[tuple] = [(b"", record["root"], None)]
+    while stack:
+        rel_dir, digest, found = stack.pop()
+        ident = (rel_dir, digest, key_format)
+        if ident in memo:
+            continue
+        if found is None:
+            found = snapshots.entries(loaded, digest, rel_dir)
+            budget.spend(len(found))
+            stack.append((rel_dir, digest, found))
+            stack.extend((_joined(rel_dir, entry), entry[snapshot.CONTENT], None) for entry in found
+                         if entry[snapshot.TYPE] == snapshot.DIRECTORY)
+            continue
+        gone: List[bytes] = []
+        for entry in found:
+            rel = _joined(rel_dir, entry)
+            if entry[snapshot.TYPE] == snapshot.FILE and not stored(prefix + encode(rel), entry):
+                gone.append(rel)
+            elif entry[snapshot.TYPE] == snapshot.DIRECTORY:
+                gone.extend(memo[(rel, entry[snapshot.CONTENT], key_format)])
+        memo[ident] = tuple(gone)
+    return list(memo[(b"", record["root"], key_format)])
+
+
+def _joined(rel_dir: bytes, entry: list) -> bytes:
+    return rel_dir + b"/" + entry[snapshot.NAME] if rel_dir else entry[snapshot.NAME]

@@ -202,3 +202,26 @@ def test_forget_and_prune_on_moto(moto, tmp_path):
     target = tmp_path / "t"
     assert store.run("restore", "--target", target).returncode == 0
     assert differences(state, tree_state(target)) == []
+
+
+def test_snapshots_check_reports_a_snapshot_made_partial_by_a_deleted_version(s3server, tmp_path):
+    store = Store(s3server, f"check-{uuid.uuid4().hex[:8]}", tmp_path)
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "same.txt").write_bytes(b"never changes")
+    for run in range(1, 3):
+        (source / "a.txt").write_bytes(b"a" * run)
+        store.backup(source)
+    whole = store.run("snapshots", "--check", "--json")
+    assert whole.returncode == 0, whole
+    assert [one["whole"] for one in json.loads(whole.stdout.splitlines()[0])] == [True, True]
+    # The first version of a.txt deleted by hand (as a lifecycle rule would expire it).
+    listed = store.client.list_object_versions(Bucket=store.bucket, Prefix=store.prefix + "a.txt")["Versions"]
+    oldest = min(listed, key=lambda one: one["LastModified"])
+    store.client.delete_object(Bucket=store.bucket, Key=store.prefix + "a.txt", VersionId=oldest["VersionId"])
+    partial = store.run("snapshots", "--check")
+    assert partial.returncode == 1, partial
+    first, second = partial.stdout.splitlines()[1:3]
+    assert first.endswith("PARTIAL: 1 files' versions gone") and "PARTIAL" not in second
+    [said] = partial.find("snapshots.partial")
+    assert said["files"] == ["a.txt"] and said["missing"] == 1
