@@ -137,7 +137,9 @@ class Candidate(NamedTuple):
     key: the destination object key (prefix + keys.encode(rel)), computed once, by the walk.
     stat: the `DirEntry.stat()` result (followed if `--follow-symlinks`).
     remote_etag: with --verify-remote, the ETag of a same-size object already under the key, which the
-        worker compares with the file before uploading ("" when there is none to compare).
+        worker compares with the file before uploading ("" when there is none to compare); on a run seeded
+        from the latest snapshot (a missing or foreign journal), the ETag of the version that snapshot records.
+    remote_version: that version ("": the current object), which an ALREADY_STORED file is recorded as.
     """
 
     path: bytes
@@ -145,6 +147,7 @@ class Candidate(NamedTuple):
     key: str
     stat: os.stat_result
     remote_etag: str = ""
+    remote_version: str = ""
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,7 @@ class WorkItem:
     dev: int
     ino: int
     remote_etag: str = ""
+    remote_version: str = ""
 
     @property
     def fingerprint(self) -> tuple:

@@ -160,12 +160,30 @@ def _stages(config: BackupConfig, source: bytes, journal_: journal.Journal, reco
     if config.verify_remote and not config.dry_run and not remote.unavailable:
         listed = journal_.load_remote(remote.listing())
         log.info("journal.remote_listed", objects=listed, prefix=config.store.prefix)
+    elif not (config.dry_run or config.no_state or remote.unavailable) and not journal_.knows(config.store.prefix):
+        _seed(config, journal_, remote)
     # Unchanged files are only counted when no one reads their records one by one.
     quiet = not (config.manifest or telemetry.enabled or LEVELS[config.output.level] <= logging.DEBUG)
     stages = journal_.filter(stages, functools.partial(_unchanged, summary, activity) if quiet else None)
     if not config.dry_run:  # a dry run reads the journal, never writes it
         summary.observers.append(StuckFiles(journal_, config.max_defer, summary, telemetry))
     return plan(gate.filter(stages))
+
+
+def _seed(config: BackupConfig, journal_: journal.Journal, remote: Remote) -> None:
+    """A journal that knows no upload under the prefix (missing, another user's or --state's, a rebuilt host's)
+    is seeded from this host's latest snapshot there: each of its files still stored is compared with the
+    local file (read and hashed by a worker, no upload) rather than uploaded again. Anything that keeps the
+    seed from being read is a warning, and the run uploads as a first run does."""
+    try:
+        seeded = journal_.seed(remote.seed_rows())
+    except ObsbatchError as exc:
+        log.warning("journal.seed_failed", error=str(exc), detail="uploading as a first run does")
+        return
+    if seeded:
+        log.info("journal.seeded", files=seeded, prefix=config.store.prefix,
+                 detail="no upload under this prefix is journaled here: each file this host's latest snapshot "
+                        "holds is compared with the stored version instead of uploaded")
 
 
 def _write_snapshot(config: BackupConfig, source: bytes, recorder: snapshots.Recorder, journal_: journal.Journal,

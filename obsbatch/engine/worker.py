@@ -564,13 +564,14 @@ class WorkerContext:
         self._check_unchanged(item, f, "while comparing")
         f.seek(0)
         if "-" in item.remote_etag or not self.settings.archive.etag_is_md5:
-            head = self._head(item.key)
+            head = self._head(item.key, item.remote_version)
             same = head.get("Metadata", {}).get("sha256") == sha.hexdigest() and head.get("ContentLength") == item.size
         else:
             same = item.remote_etag == md5.hexdigest()
         if not same:
             return None
         return dict(kind=Kind.SKIPPED, reason=Reason.ALREADY_STORED, etag=item.remote_etag, sha256=sha.hexdigest(),
+                    version_id=item.remote_version,
                     message="the object under this key already holds this content")
 
     # --- requests ------------------------------------------------------------------------------------------

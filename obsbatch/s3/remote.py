@@ -127,6 +127,48 @@ class Remote:
         with store_errors(store, f"list s3://{store.bucket}/{store.prefix} (--verify-remote)"):
             yield from listing.pages(self.client(), store.bucket, store.prefix)
 
+    def seed_rows(self) -> Iterator[tuple]:
+        """(key, size, etag, version) of every file of this host's latest snapshot of the prefix (its fleet
+        marker names it) whose recorded version the store still holds (one version listing confirms them all):
+        what a run with a missing or foreign journal compares its files with instead of uploading them again.
+        Nothing when this host has no snapshot there. Each file is still read and hashed by a worker and
+        compared with the listed ETag of that version (or its sha256 metadata), so a record cannot make a
+        file pass for stored that is not."""
+        import json
+
+        from obsbatch import keys, snapshot
+        from obsbatch.s3 import snapshots
+
+        store = self.config.store
+        client = self.client()
+        marker_key = snapshot.fleet_key(self.config.output.host_id, store.prefix)
+        with store_errors(store, f"read this host's latest snapshot of {store.location}"):
+            try:
+                marker = json.loads(snapshots.bounded(client.get_object(Bucket=store.bucket, Key=marker_key),
+                                                       snapshots.SMALL_LIMIT))
+            except client.exceptions.NoSuchKey:
+                return
+            snapshot_id = str(marker.get("id", "")) if isinstance(marker, dict) else ""
+            if not snapshot.valid_id(snapshot_id):
+                return
+            record = snapshots.record(client, store.bucket, store.prefix, snapshot_id, store.reading.read_params(""))
+            loaded = snapshots.trees(client, store.bucket, store.prefix, record, store.reading.read_params(""))
+            inventory = listing.Inventory(client, store.bucket, store.prefix)
+        encode = keys.encoder(record)
+        try:
+            for rel_dir, entries in snapshots.walk(loaded, record["root"], limit=snapshots.entry_budget(record)):
+                for entry in entries:
+                    if entry[snapshot.TYPE] != snapshot.FILE or entry[snapshot.STALE]:
+                        continue
+                    rel = rel_dir + b"/" + entry[snapshot.NAME] if rel_dir else entry[snapshot.NAME]
+                    key = store.prefix + encode(rel)
+                    etag = snapshot.etag(entry)
+                    if inventory.proves(key, entry[snapshot.SIZE], etag, entry[snapshot.VERSION]):
+                        yield key, entry[snapshot.SIZE], etag, entry[snapshot.VERSION]
+        finally:
+            inventory.close()
+            loaded.close()
+
     def put_beside(self, key: str, body, content_type: str, failed_event: str,
                    controls: Optional[ArchiveControls] = None, digests: Optional[tuple] = None) -> Optional[str]:
         """Store one of obsbatch's own records beside the data (the manifest, a snapshot record or pack, a fleet

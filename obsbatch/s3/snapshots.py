@@ -95,7 +95,7 @@ class TooLarge(ValueError):
     """An object of obsbatch's own that is larger than it can be (RECORD_LIMIT, SMALL_LIMIT)."""
 
 
-def _bounded(response: dict, limit: int) -> bytes:
+def bounded(response: dict, limit: int) -> bytes:
     """A GetObject body read to at most `limit` bytes; TooLarge (the rest never read) past that."""
     body = response["Body"]
     try:
@@ -110,7 +110,7 @@ def _bounded(response: dict, limit: int) -> bytes:
 def _marker(client, bucket: str, key: str) -> Optional[dict]:
     named = _named(key)
     try:
-        found = json.loads(_bounded(client.get_object(Bucket=bucket, Key=key), SMALL_LIMIT))
+        found = json.loads(bounded(client.get_object(Bucket=bucket, Key=key), SMALL_LIMIT))
     except client.exceptions.NoSuchKey:  # removed since the listing (a retired host cleaned up)
         return None
     except ValueError:
@@ -127,7 +127,7 @@ def record(client, bucket: str, prefix: str, snapshot_id: str, read_params: Opti
     SnapshotUntrusted."""
     key = snapshot.record_key(prefix, snapshot_id)
     try:
-        body = _bounded(client.get_object(Bucket=bucket, Key=key, **(read_params or {})), RECORD_LIMIT)
+        body = bounded(client.get_object(Bucket=bucket, Key=key, **(read_params or {})), RECORD_LIMIT)
     except client.exceptions.NoSuchKey:
         raise SnapshotError(f"there is no snapshot {snapshot_id} under s3://{bucket}/{prefix}") from None
     except TooLarge as exc:
@@ -155,7 +155,7 @@ def signature_problem(client, bucket: str, prefix: str, found: dict, public_key,
     key = snapshot.record_key(prefix, found["id"])
     head = found["head"]
     try:
-        body = _bounded(client.get_object(Bucket=bucket, Key=key + signing.SUFFIX, **(read_params or {})),
+        body = bounded(client.get_object(Bucket=bucket, Key=key + signing.SUFFIX, **(read_params or {})),
                         SMALL_LIMIT)
     except client.exceptions.NoSuchKey:
         return "it has no signature"

@@ -241,7 +241,40 @@ class Journal:
             return self._journaled(key, self.STORED)
 
     def _remote(self, key: str):
-        return self.db.execute("SELECT size, etag FROM remote WHERE key=?", (key,)).fetchone()
+        return self.db.execute("SELECT size, etag, version FROM remote WHERE key=?", (key,)).fetchone()
+
+    def knows(self, prefix: str) -> bool:
+        """Whether any verified upload under `prefix` is journaled: a journal that knows none is missing or
+        another's (another user, --state, a rebuilt host), and the run seeds it from the latest snapshot."""
+        return self.db.execute("SELECT 1 FROM uploads WHERE endpoint=? AND bucket=? AND key >= ? AND key < ? LIMIT 1",
+                               (self.endpoint, self.bucket, prefix, prefix + "\U0010ffff")).fetchone() is not None
+
+    def _remote_table(self) -> None:
+        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS remote (key TEXT PRIMARY KEY, size INTEGER, etag TEXT, "
+                        "version TEXT NOT NULL DEFAULT '')")
+        self.db.execute("DELETE FROM remote")
+
+    def seed(self, rows: Iterable[tuple]) -> int:
+        """(key, size, etag, version) of each file the latest snapshot holds whose version the store still has,
+        into the table --verify-remote fills: a file of that size under that key is then compared with the
+        stored version by a worker (read and hashed, no upload) instead of uploaded again."""
+        self._remote_table()
+        count = 0
+        batch = []
+        for row in rows:
+            batch.append(row)
+            if len(batch) >= 10000:
+                count += self._remote_rows(batch)
+                batch = []
+        count += self._remote_rows(batch)
+        self.remote = True
+        return count
+
+    def _remote_rows(self, rows: list) -> int:
+        with self._failing_as("write"), self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany("INSERT OR REPLACE INTO remote VALUES (?,?,?,?)", rows)
+        return len(rows)
 
     def empty(self) -> bool:
         """No verified upload to this bucket yet: a first run."""
@@ -250,15 +283,11 @@ class Journal:
 
     def load_remote(self, pages) -> int:
         """--verify-remote: stream a ListObjectsV2 listing (pages of Contents) into a table, not into memory."""
-        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS remote (key TEXT PRIMARY KEY, size INTEGER, etag TEXT)")
-        self.db.execute("DELETE FROM remote")
+        self._remote_table()
         count = 0
         for page in pages:
-            rows = [(o["Key"], o["Size"], o.get("ETag", "").strip('"')) for o in page.get("Contents", [])]
-            with self._failing_as("write"), self.db:
-                self.db.execute("BEGIN")
-                self.db.executemany("INSERT OR REPLACE INTO remote VALUES (?,?,?)", rows)
-            count += len(rows)
+            count += self._remote_rows([(o["Key"], o["Size"], o.get("ETag", "").strip('"'), "")
+                                        for o in page.get("Contents", [])])
         self.remote = True
         return count
 
@@ -293,13 +322,13 @@ class Journal:
                 self.known_seen += 1
                 self.known_changed += row[0] != st.st_size or row[1] != st.st_mtime_ns
             if self.remote:
-                if fingerprint_matches and remote != (st.st_size, row[5]):
+                if fingerprint_matches and (remote is None or remote[:2] != (st.st_size, row[5])):
                     log.warning("journal.remote_mismatch", key=key, detail="journaled, but the stored object is "
                                 "missing or differs; uploading again")
                     yield item
                     continue
                 if not fingerprint_matches and remote is not None and remote[0] == st.st_size:
-                    yield item._replace(remote_etag=remote[1])
+                    yield item._replace(remote_etag=remote[1], remote_version=remote[2])
                     continue
             if fingerprint_matches:
                 if unchanged is not None:

@@ -471,3 +471,28 @@ def test_a_fully_deferred_first_run_writes_no_empty_latest_snapshot(tmp_path, s3
     header, *rows = listed.stdout.splitlines()[:-1]
     assert header.split() == ["ID", "TIME", "HOST", "SOURCE", "FILES", "BYTES", "UNSTORED", "EXIT_CODE", "HEAD"]
     assert [row.split("  ")[6] for row in rows] == ["0", "1"]
+
+
+def test_a_run_with_a_fresh_journal_uploads_nothing_the_latest_snapshot_holds(tmp_path, s3server, versioned, prefix):
+    """Another --state (another user, a rebuilt host): the journal knows nothing under the prefix, so the run
+    seeds it from this host's latest snapshot; the unchanged files are compared (read, hashed), not uploaded,
+    and the next snapshot still names the versions they are stored as."""
+    source = tmp_path / "src"
+    (source / "d").mkdir(parents=True)
+    for n in range(5):
+        (source / "d" / f"f{n}").write_bytes(os.urandom(1000 + n))
+    (source / "big").write_bytes(os.urandom(6 << 20))  # multipart: compared by its sha256 metadata
+    first = backup(s3server, versioned, prefix, source, "--multipart-threshold", "5MiB",
+                   state=str(tmp_path / "one.db"))
+    assert first.returncode == 0 and first.summary["uploaded"] == 6, first
+    (source / "d" / "f0").write_bytes(b"changed since")
+    (source / "new").write_bytes(b"new file")
+    again = backup(s3server, versioned, prefix, source, "--multipart-threshold", "5MiB",
+                   state=str(tmp_path / "other.db"))
+    assert again.returncode == 0, again
+    assert again.find("journal.seeded")[0]["files"] == 6
+    assert again.summary["uploaded"] == 2 and again.summary["skipped"].get("already_stored") == 5, again.summary
+    target = tmp_path / "t"
+    restored = restore(s3server, versioned, prefix, target)
+    assert restored.returncode == 0, restored
+    assert differences(tree_state(source), tree_state(target)) == []
