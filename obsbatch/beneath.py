@@ -158,3 +158,22 @@ class Directories:
     def close(self) -> None:
         self._drop()
         os.close(self.root)
+
+
+def set_xattrs(where, pairs, name: Optional[bytes] = None) -> list:
+    """Set extended attributes ((name, value) pairs, in order) on the open fd `where`, or with `name` on that
+    entry of the directory fd `where` without following it (a symlink, a FIFO, a device: setxattr(2) has no
+    dir_fd form, so the entry is reached as /proc/self/fd/N/NAME, whose last component is not followed and
+    whose directory is the one held open). The ones the kernel refuses: [(name, strerror)] (EPERM: trusted.*
+    and security.* need root, user.* cannot be on a symlink; ENOTSUP: a filesystem without them)."""
+    target = where if name is None else os.fsencode(f"/proc/self/fd/{where}/") + name
+    refused = []
+    for attribute, value in pairs:
+        try:
+            if name is None:
+                os.setxattr(target, attribute, value)
+            else:
+                os.setxattr(target, attribute, value, follow_symlinks=False)
+        except OSError as exc:
+            refused.append((attribute, exc.strerror or str(exc)))
+    return refused

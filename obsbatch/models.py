@@ -232,7 +232,7 @@ class RestoreItem:
     metadata is the reference). version_id: the manifest's version to read, or "" (the current one).
     overwrite: --overwrite. chown: restore uid/gid too (the restore runs as root).
     listed_mtime_ns: the listing's LastModified, the mtime given to an object without obsbatch's mtime
-    metadata (another tool's), 0 if unknown.
+    metadata (another tool's), 0 if unknown. xattrs: the extended attributes the snapshot records.
     """
 
     key: str
@@ -245,6 +245,8 @@ class RestoreItem:
     overwrite: bool = False
     chown: bool = False
     listed_mtime_ns: int = 0
+    #: A snapshot's extended attributes of the file ((name, value bytes), ...), set before its mtime.
+    xattrs: tuple = ()
 
     @property
     def parent(self) -> bytes:

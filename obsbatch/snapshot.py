@@ -39,7 +39,7 @@ from typing import BinaryIO, Dict, Iterator, List, Optional, Tuple
 FORMAT = "obsbatch-snapshot/1"
 
 # An entry is a JSON array; its fields by position (compact: a million entries are a million arrays).
-NAME, TYPE, MODE, UID, GID, MTIME, SIZE, CONTENT, VERSION, LINK, STALE, ETAG = range(12)
+NAME, TYPE, MODE, UID, GID, MTIME, SIZE, CONTENT, VERSION, LINK, STALE, ETAG, XATTRS = range(13)
 #: TYPE: a regular file, a directory, a symlink, a FIFO, a socket, a character and a block device.
 FILE, DIRECTORY, SYMLINK, FIFO, SOCKET, CHAR_DEVICE, BLOCK_DEVICE = "f", "d", "l", "p", "s", "c", "b"
 #: A file type Linux has no other name for (a Solaris door, on a filesystem that reports one): recorded, never made.
@@ -53,6 +53,28 @@ SPECIAL_UNKNOWN = "?"
 
 _FRAME = struct.Struct(">32sI")
 _ID = re.compile(r"^\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{8}$")
+
+
+# XATTRS: the entry's extended attributes, {name: base64 of the value}, only where it has any (an entry
+# without them has 12 fields): user.*, trusted.*, security.* (file capabilities among them: security.capability)
+# and the POSIX ACLs, which Linux keeps as system.posix_acl_access and system.posix_acl_default. Not
+# security.selinux: a label is the restoring system's policy to give (tar needs --selinux for it too).
+#: The extended attributes a snapshot records, by name prefix (XATTRS).
+XATTR_NAMESPACES = ("user.", "trusted.", "security.", "system.posix_acl_access", "system.posix_acl_default")
+#: ... except these.
+XATTR_LEFT_OUT = ("security.selinux",)
+#: The most one value can be (Linux's XATTR_SIZE_MAX), and a name (XATTR_NAME_MAX).
+XATTR_VALUE_MAX, XATTR_NAME_MAX = 65536, 255
+
+
+def xattrs(entry: list) -> dict:
+    """An entry's extended attributes as {name: base64 value}; {} where it has none."""
+    return entry[XATTRS] if len(entry) > XATTRS else {}
+
+
+def recorded_xattr(name: str) -> bool:
+    """Whether a snapshot records an extended attribute of this name."""
+    return name.startswith(XATTR_NAMESPACES) and name not in XATTR_LEFT_OUT
 
 
 def etag(entry: list) -> str:

@@ -14,6 +14,7 @@ Only stdout carries data: the log goes to stderr, and --summary json too.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import itertools
 import os
@@ -180,6 +181,11 @@ class _Archive:
         member.mtime = mtime_ns / 1e9
         if mtime_ns >= 0:  # to the nanosecond: a float's str() keeps only about a tenth of a microsecond
             member.pax_headers = {"mtime": f"{mtime_ns // 1_000_000_000}.{mtime_ns % 1_000_000_000:09d}"}
+        # Extended attributes (ACLs and capabilities among them) as GNU tar and star write them, which
+        # `tar -x --xattrs --xattrs-include='*'` restores; the value's bytes kept through surrogateescape.
+        for attribute, value in sorted(snapshot.xattrs(entry).items()):
+            member.pax_headers[f"SCHILY.xattr.{attribute}"] = base64.b64decode(value).decode("utf-8",
+                                                                                          "surrogateescape")
         if kind == snapshot.FILE:
             group = entry[snapshot.LINK]
             if group and group in self.first_names:

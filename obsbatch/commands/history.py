@@ -212,7 +212,8 @@ def mtime_text(mtime_ns: int, exact: bool) -> str:
 
 def entry_fields(rel: bytes, entry: list, long: bool) -> dict:
     """An entry as JSON: its path (display spelling), type, size, mode (octal text), owners, mtime; a symlink's
-    target, a device's number; with `long` a file's sha256, version id and hardlink group."""
+    target, a device's number; with `long` a file's sha256, version id and hardlink group, and the names of
+    any entry's extended attributes."""
     kind = entry[snapshot.TYPE]
     found = {"path": display(rel), "type": TYPE_NAMES.get(kind, kind), "size": entry[snapshot.SIZE],
              "mode": f"{entry[snapshot.MODE]:04o}", "uid": entry[snapshot.UID], "gid": entry[snapshot.GID],
@@ -221,6 +222,8 @@ def entry_fields(rel: bytes, entry: list, long: bool) -> dict:
         found["target"] = entry[snapshot.CONTENT]
     elif kind in (snapshot.CHAR_DEVICE, snapshot.BLOCK_DEVICE):
         found["rdev"] = int(entry[snapshot.CONTENT])
+    if long and snapshot.xattrs(entry):
+        found["xattrs"] = sorted(snapshot.xattrs(entry))
     if long and kind == snapshot.FILE:
         found.update(sha256=entry[snapshot.CONTENT], version_id=entry[snapshot.VERSION],
                      hardlink_group=entry[snapshot.LINK])

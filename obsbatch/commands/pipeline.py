@@ -60,7 +60,8 @@ def run(config: BackupConfig, notifier: Optional[Notifier] = None, telemetry: Op
     source = check_source(config.source)
     with journal.lock_run(config.state, source):
         journal_ = journal.open_journal(config.state, config.store.endpoint or "aws", config.store.bucket)
-        recorder = None if config.dry_run else snapshots.Recorder(excluder(config.include, config.exclude))
+        recorder = None if config.dry_run else snapshots.Recorder(excluder(config.include, config.exclude),
+                                                                            source)
         try:
             return _run_locked(config, source, notifier, telemetry, journal_, recorder, started or time.time())
         finally:

@@ -60,7 +60,22 @@ class TreeRestore:
         #: file of other bytes there, or the object failed. Few, whatever the tree. A hardlink group whose first
         #: name is one of them gets no other name: linking to it would give them bytes nobody checked.
         self._not_restored: Set[str] = set()
+        #: Entries whose trusted.* or security.* attributes were left out (they need root), named once at the end.
+        self._privileged_left_out = 0
         summary.observers.append(self._observe)
+
+    def _xattrs(self, entry: list) -> tuple:
+        """The entry's extended attributes to set, ((name, value bytes), ...): all of them as root; otherwise
+        user.* and the ACLs only (trusted.* and security.* need CAP_SYS_ADMIN / CAP_SETFCAP), the rest counted
+        and named once at the end (restore.xattrs_left_out)."""
+        import base64
+
+        found = snapshot.xattrs(entry)
+        pairs = tuple((name, base64.b64decode(value)) for name, value in sorted(found.items())
+                      if self.chown or not name.startswith(("trusted.", "security.")))
+        if len(pairs) < len(found):
+            self._privileged_left_out += 1
+        return pairs
 
     def _observe(self, outcome: Outcome) -> None:
         if outcome.kind is not Kind.RESTORED and outcome.reason is not Reason.IDENTICAL:
@@ -150,7 +165,7 @@ class TreeRestore:
                                   target=self.target, rel=rel, size=entry[snapshot.SIZE],
                                   sha256=entry[snapshot.CONTENT], version_id=entry[snapshot.VERSION],
                                   overwrite=self.config.overwrite, chown=self.chown,
-                                  listed_mtime_ns=entry[snapshot.MTIME])
+                                  listed_mtime_ns=entry[snapshot.MTIME], xattrs=self._xattrs(entry))
 
     def finish(self) -> None:
         """Pass 2: links, special files, then every directory's attributes, deepest first. The umask is 0 while
@@ -162,6 +177,10 @@ class TreeRestore:
         finally:
             directories.close()
             os.umask(old_umask)
+        if self._privileged_left_out:
+            log.warning("restore.xattrs_left_out", entries=self._privileged_left_out,
+                        detail="their trusted.* and security.* extended attributes (file capabilities among them) "
+                               "are set only by a restore run as root; the rest of each entry is restored")
 
     def _finish(self, directories: beneath.Directories) -> None:
         made: List[Tuple[bytes, list]] = []
@@ -178,7 +197,7 @@ class TreeRestore:
                     continue  # in the way, or not made: named in pass 1
                 name = entry[snapshot.NAME]
                 if kind == snapshot.SYMLINK:
-                    self._made(rel, "symlinks", _symlink, dir_fd, name, entry)
+                    self._made(rel, "symlinks", _symlink, dir_fd, name, entry, self._xattrs(entry))
                 elif kind == snapshot.FILE:
                     first = self._first_names.get(entry[snapshot.LINK])
                     if first is None or first == rel:
@@ -188,7 +207,7 @@ class TreeRestore:
                     else:
                         self._made(rel, "hardlinks", _hardlink, dir_fd, name, directories.root, first)
                 else:
-                    self._made(rel, "special", _special, dir_fd, name, entry, self.chown)
+                    self._made(rel, "special", _special, dir_fd, name, entry, self.chown, self._xattrs(entry))
         # Pre-order reversed: every directory after all of its descendants. With --include/--exclude, only
         # those made for a kept entry.
         for rel, entry in reversed(made):
@@ -203,12 +222,18 @@ class TreeRestore:
                 if self.chown:
                     os.fchown(fd, entry[snapshot.UID], entry[snapshot.GID])
                 os.fchmod(fd, entry[snapshot.MODE])
+                self._xattrs_refused(rel, beneath.set_xattrs(fd, self._xattrs(entry)))
                 os.utime(fd, ns=(entry[snapshot.MTIME], entry[snapshot.MTIME]))
                 self.summary.entries["directories"] += 1
             except OSError as exc:
                 self._failed(os.path.join(self.target, rel), exc)
             finally:
                 os.close(fd)
+
+    def _xattrs_refused(self, rel: bytes, refused: list) -> None:
+        for attribute, why in refused:
+            log.warning("restore.xattr_left_out", path=display(os.path.join(self.target, rel)), xattr=attribute,
+                        error=why, detail="the entry and its other attributes are restored")
 
     def _made(self, rel: bytes, counter: str, make: Callable, *args) -> None:
         """Make one entry that is not a file's bytes: counted, or named in the summary when it cannot be."""
@@ -255,8 +280,9 @@ def _replaceable(dir_fd: int, name: bytes, overwrite: bool, same: Callable[[os.s
     return None
 
 
-def _symlink(overwrite: bool, dir_fd: int, name: bytes, entry: list) -> Optional[str]:
-    """A symlink of the snapshot: made as it was recorded (its target is never followed by the restore)."""
+def _symlink(overwrite: bool, dir_fd: int, name: bytes, entry: list, xattrs: tuple = ()) -> Optional[str]:
+    """A symlink of the snapshot: made as it was recorded (its target is never followed by the restore), with
+    its extended attributes (Linux allows only trusted.* and security.* on a symlink)."""
     target = undisplay(entry[snapshot.CONTENT])
     verdict = _replaceable(dir_fd, name, overwrite,
                            lambda st: statmod.S_ISLNK(st.st_mode) and os.readlink(name, dir_fd=dir_fd) == target)
@@ -264,8 +290,15 @@ def _symlink(overwrite: bool, dir_fd: int, name: bytes, entry: list) -> Optional
         os.symlink(target, name, dir_fd=dir_fd)
         if os.geteuid() == 0:
             os.chown(name, entry[snapshot.UID], entry[snapshot.GID], dir_fd=dir_fd, follow_symlinks=False)
+        _set_xattrs(dir_fd, name, xattrs)
         os.utime(name, ns=(entry[snapshot.MTIME], entry[snapshot.MTIME]), dir_fd=dir_fd, follow_symlinks=False)
     return verdict
+
+
+def _set_xattrs(dir_fd: int, name: bytes, xattrs: tuple) -> None:
+    for attribute, why in beneath.set_xattrs(dir_fd, xattrs, name):
+        log.warning("restore.xattr_left_out", name=display(name), xattr=attribute, error=why,
+                    detail="the entry and its other attributes are restored")
 
 
 def _hardlink(overwrite: bool, dir_fd: int, name: bytes, root_fd: int, first: bytes) -> Optional[str]:
@@ -293,7 +326,7 @@ _SPECIAL_TYPES = {snapshot.FIFO: statmod.S_IFIFO, snapshot.SOCKET: statmod.S_IFS
                   snapshot.CHAR_DEVICE: statmod.S_IFCHR, snapshot.BLOCK_DEVICE: statmod.S_IFBLK}
 
 
-def _special(overwrite: bool, dir_fd: int, name: bytes, entry: list, as_root: bool) -> Optional[str]:
+def _special(overwrite: bool, dir_fd: int, name: bytes, entry: list, as_root: bool, xattrs: tuple = ()) -> Optional[str]:
     """A FIFO, socket or device, made by mknodat(2) in its directory (the umask is 0: TreeRestore.finish)."""
     kind = _SPECIAL_TYPES.get(entry[snapshot.TYPE])
     if kind is None:
@@ -306,5 +339,6 @@ def _special(overwrite: bool, dir_fd: int, name: bytes, entry: list, as_root: bo
         os.mknod(name, kind | entry[snapshot.MODE], rdev, dir_fd=dir_fd)
         if as_root:
             os.chown(name, entry[snapshot.UID], entry[snapshot.GID], dir_fd=dir_fd, follow_symlinks=False)
+        _set_xattrs(dir_fd, name, xattrs)
         os.utime(name, ns=(entry[snapshot.MTIME], entry[snapshot.MTIME]), dir_fd=dir_fd, follow_symlinks=False)
     return verdict

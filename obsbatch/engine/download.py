@@ -255,7 +255,7 @@ def _restore_into(dir_fd: int, client, bucket: str, controls: archive.ArchiveCon
         for problem in bad:
             log.warning("restore.bad_metadata", key=item.key, path=item.display, problem=problem,
                         detail="that attribute is not applied; the bytes are restored")
-        _apply_attributes(fd, found, item.chown)
+        _apply_attributes(fd, found, item.chown, item)
         os.fsync(fd)
         os.close(fd)
         fd = -1
@@ -395,13 +395,18 @@ def attributes(metadata: Dict[str, str], listed_mtime_ns: int = 0) -> Tuple[Dict
     return found, bad
 
 
-def _apply_attributes(fd: int, found: Dict[str, int], chown: bool) -> None:
-    """owner (as root), mode and mtime (attributes()), on the open temporary file. The owner first: chown(2)
-    clears the set-user-ID and set-group-ID bits, which the mode then puts back. mtime last: nothing after it
-    writes to the file. atime is set to the mtime (what was stored has no atime)."""
+def _apply_attributes(fd: int, found: Dict[str, int], chown: bool, item: RestoreItem) -> None:
+    """owner (as root), mode, extended attributes and mtime (attributes(); the snapshot's xattrs), on the open
+    temporary file. The owner first: chown(2) clears the set-user-ID and set-group-ID bits and the file
+    capability (security.capability), which the mode and the attributes then put back; a POSIX ACL after the
+    mode, whose group bits it sets as they were. mtime last: nothing after it writes to the file. atime is set
+    to the mtime (what was stored has no atime)."""
     if chown and "uid" in found and "gid" in found:
         os.fchown(fd, found["uid"], found["gid"])
     if "mode" in found:
         os.fchmod(fd, found["mode"])
+    for attribute, why in beneath.set_xattrs(fd, item.xattrs):
+        log.warning("restore.xattr_left_out", path=item.display, xattr=attribute, error=why,
+                    detail="the bytes and the other attributes are restored")
     if "mtime_ns" in found:
         os.utime(fd, ns=(found["mtime_ns"], found["mtime_ns"]))

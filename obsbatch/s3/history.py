@@ -92,7 +92,7 @@ def differences(loaded: snapshot.Trees, old: list, new: list, rel: bytes, budget
     """The changes from the entry `old` to the entry `new` (both at `rel`), parents before children. Two
     directories with the same tree hash are equal and never read; an added or removed directory comes with
     everything beneath it. A file is MODIFIED when its bytes (sha256, size), a symlink's target or a device's
-    number differ; METADATA when only mode, owners or mtime do. A directory's own mtime is not a change (it
+    number differ; METADATA when only mode, owners, mtime or extended attributes (ACLs, capabilities) do. A directory's own mtime is not a change (it
     moves with every name added or removed in it, which is named already)."""
     if old[snapshot.TYPE] != new[snapshot.TYPE]:
         yield Change(TYPE_CHANGED, rel, old, new)
@@ -104,10 +104,11 @@ def differences(loaded: snapshot.Trees, old: list, new: list, rel: bytes, budget
     if old[snapshot.TYPE] != snapshot.DIRECTORY:
         if (old[snapshot.CONTENT], old[snapshot.SIZE]) != (new[snapshot.CONTENT], new[snapshot.SIZE]):
             yield Change(MODIFIED, rel, old, new)
-        elif any(old[field] != new[field] for field in _METADATA):
+        elif any(old[field] != new[field] for field in _METADATA) or snapshot.xattrs(old) != snapshot.xattrs(new):
             yield Change(METADATA, rel, old, new)
         return
-    if rel and any(old[field] != new[field] for field in _METADATA if field != snapshot.MTIME):
+    if rel and (any(old[field] != new[field] for field in _METADATA if field != snapshot.MTIME)
+                or snapshot.xattrs(old) != snapshot.xattrs(new)):
         yield Change(METADATA, rel, old, new)
     if old[snapshot.CONTENT] == new[snapshot.CONTENT]:
         return  # the same tree hash: the same subtree, unread

@@ -269,7 +269,7 @@ def entry_problem(entry) -> Optional[str]:
     The one check of what a snapshot entry holds (a forger who can write the bucket writes these): a name that
     is one path component (beneath.valid_name), a known type, a permission mode, 32-bit owners, whole
     numbers for time and size, a tree hash for a directory, a link target without NUL, a device number."""
-    if not isinstance(entry, list) or len(entry) not in (snapshot.ETAG, snapshot.ETAG + 1):
+    if not isinstance(entry, list) or len(entry) not in (snapshot.ETAG, snapshot.ETAG + 1, snapshot.XATTRS + 1):
         return "is not a snapshot entry"
     name = entry[snapshot.NAME]
     if not beneath.valid_name(name):
@@ -294,6 +294,33 @@ def entry_problem(entry) -> Optional[str]:
     if kind in (snapshot.CHAR_DEVICE, snapshot.BLOCK_DEVICE) and not (content.isascii() and content.isdigit()
                                                                       and int(content) < 2 ** 64):
         return f"is a device with the number {content!r}"
+    if len(entry) > snapshot.XATTRS:
+        return xattrs_problem(entry[snapshot.XATTRS])
+    return None
+
+
+#: The most extended attributes one entry may carry (Linux keeps all of a file's names in 64 KiB).
+_MOST_XATTRS = 4096
+
+
+def xattrs_problem(found) -> Optional[str]:
+    """Why an entry's extended attributes cannot be used, or None: a map of names a snapshot records
+    (snapshot.recorded_xattr, at most 255 bytes) to base64 values of at most 64 KiB."""
+    import base64
+    import binascii
+
+    if not isinstance(found, dict) or not found or len(found) > _MOST_XATTRS:
+        return "has extended attributes that are not a map of names to values"
+    for name, value in found.items():
+        if not (isinstance(name, str) and snapshot.recorded_xattr(name) and "\0" not in name
+                and len(name.encode("utf-8", "surrogatepass")) <= snapshot.XATTR_NAME_MAX):
+            return f"has the extended attribute name {name!r}, which a snapshot never records"
+        if not isinstance(value, str) or len(value) > 4 * (snapshot.XATTR_VALUE_MAX // 3 + 1):
+            return f"has a value of the extended attribute {name} that is not base64 of at most 64 KiB"
+        try:
+            base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            return f"has a value of the extended attribute {name} that is not base64"
     return None
 
 

@@ -17,8 +17,11 @@ rest go into this run's pack.
 
 from __future__ import annotations
 
+import base64
+import errno
 import hashlib
 import marshal
+import os
 import stat as statmod
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Optional, Set
@@ -37,7 +40,8 @@ _TYPE_OF_FORMAT = {statmod.S_IFREG: snapshot.FILE, statmod.S_IFDIR: snapshot.DIR
 #: Salts every directory's cache key: a tree cached by an obsbatch whose entries lacked a field (ETAG, issue
 #: #21), or whose files were stored under the keys before keys.KEY_FORMAT (a name `.obsbatch`), is rebuilt
 #: once, so the first run after an upgrade writes every tree anew (as a first snapshot does).
-_TREE_FORMAT = b"entries/12,keys/2\0"
+#: "xattrs": trees before it recorded no extended attributes.
+_TREE_FORMAT = b"entries/12,keys/2,xattrs\0"
 #: Directories per insert batch while walking.
 _BATCH = 256
 
@@ -46,8 +50,12 @@ class Recorder:
     """walk's `listed`: every directory's entries, kept for `build`. excluded(rel): --include/--exclude, which
     leave files (not directories) out of the snapshot as out of the backup."""
 
-    def __init__(self, excluded: Optional[Callable[[bytes], bool]] = None):
+    def __init__(self, excluded: Optional[Callable[[bytes], bool]] = None, root: Optional[bytes] = None):
         self.excluded = excluded
+        #: The source, where each entry's extended attributes are read (None: not read; tests of the walk).
+        self.root = root
+        #: Filesystems (st_dev) that answered ENOTSUP: no attributes to read there, no call per entry.
+        self._no_xattrs: set = set()
         self.db = scratch.database("snapshot")
         self.db.execute("CREATE TABLE dirs (rel BLOB PRIMARY KEY, depth INTEGER NOT NULL, entries BLOB NOT NULL, "
                         "subdirs BLOB NOT NULL)")
@@ -68,13 +76,38 @@ class Recorder:
             elif excluded is not None and excluded(rel + b"/" + name if rel else name):
                 continue
             kept.append((name, mode, st.st_uid, st.st_gid, st.st_mtime_ns, st.st_size, st.st_ctime_ns,
-                         st.st_dev, st.st_ino, st.st_nlink, st.st_rdev, target))
+                         st.st_dev, st.st_ino, st.st_nlink, st.st_rdev, target,
+                         self._xattrs(rel + b"/" + name if rel else name, st.st_dev)))
         # The subdirectories apart, in name order: `build` needs only them (and the blob's bytes) to tell an
         # unchanged directory, without decoding its entries.
         subdirs.sort()
         self._batch.append((rel, rel.count(b"/") + 1 if rel else 0, marshal.dumps(kept), marshal.dumps(subdirs)))
         if len(self._batch) >= _BATCH:
             self._flush()
+
+    def _xattrs(self, rel: bytes, dev: int) -> tuple:
+        """((name, value), ...) of the extended attributes a snapshot records (snapshot.recorded_xattr), sorted;
+        () where there are none, or none can be read. One listxattr(2) per entry (a getxattr(2) per attribute
+        found), never following a symlink. One the kernel refuses to read (trusted.* without CAP_SYS_ADMIN is
+        not even listed) is left out; a filesystem without them (ENOTSUP) is asked once."""
+        if self.root is None or dev in self._no_xattrs:
+            return ()
+        path = os.path.join(self.root, rel)
+        try:
+            names = os.listxattr(path, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                self._no_xattrs.add(dev)
+            return ()
+        found = []
+        for name in sorted(names):
+            if not snapshot.recorded_xattr(name):
+                continue
+            try:
+                found.append((name, os.getxattr(path, name, follow_symlinks=False)))
+            except OSError as exc:  # removed since the listing, or not readable by this user
+                log.debug("snapshot.xattr_unreadable", path=display(path), xattr=name, error=exc.strerror)
+        return tuple(found)
 
     def _flush(self) -> None:
         with self.db:
@@ -178,7 +211,7 @@ def _tree(entries: list, children, stored, key_dir: str):
     tree hashes, in order; stored: the journal's rows of its files (Journal.stored)."""
     tree = []
     files = size_sum = directories = symlinks = special = stale = unstored = 0
-    for name, mode, uid, gid, mtime_ns, size, ctime_ns, dev, ino, nlink, rdev, target in entries:
+    for name, mode, uid, gid, mtime_ns, size, ctime_ns, dev, ino, nlink, rdev, target, attributes in entries:
         kind = _type(mode)
         entry = [display(name), kind, statmod.S_IMODE(mode), uid, gid, mtime_ns, size, "", "", "", 0, ""]
         if kind == snapshot.FILE:
@@ -204,6 +237,8 @@ def _tree(entries: list, children, stored, key_dir: str):
             entry[snapshot.SIZE] = 0
             entry[snapshot.CONTENT] = str(rdev) if kind in (snapshot.CHAR_DEVICE, snapshot.BLOCK_DEVICE) else ""
             special += 1
+        if attributes:
+            entry.append({name: base64.b64encode(value).decode() for name, value in attributes})
         tree.append(entry)
     return tree, Counts(files, size_sum, directories, symlinks, special, stale, unstored)
 
