@@ -1017,10 +1017,29 @@ class ForgetConfig:
                 self.keep_yearly)
 
 
+@dataclass(frozen=True)
+class StatsConfig:
+    """`obsbatch stats`: one snapshot's size and what the store holds for the prefix."""
+
+    store: StoreConfig
+    transfer: TransferConfig
+    output: OutputConfig
+    snapshot: Optional[str] = _snapshot_field()
+    as_of: Optional[float] = _as_of_field()
+    public_key: Optional[str] = _public_key_field()
+    json: bool = _json_field()
+
+    GROUPS = (("stats", ("json",)), _CHOICE_GROUP, _STORE_GROUP, _SPEED_GROUP, _OUTPUT_GROUP)
+
+    def __post_init__(self) -> None:
+        _check_snapshot_choice(self)
+        _check_public_key(self)
+
+
 #: The commands whose flags come from a config class.
 COMMAND_CONFIGS = {"backup": BackupConfig, "restore": RestoreConfig, "verify": VerifyConfig,
                    "snapshots": SnapshotsConfig, "ls": LsConfig, "diff": DiffConfig, "find": FindConfig,
-                   "dump": DumpConfig, "forget": ForgetConfig}
+                   "dump": DumpConfig, "forget": ForgetConfig, "stats": StatsConfig}
 
 
 def flag_fields(config_class) -> list:

@@ -225,3 +225,20 @@ def test_snapshots_check_reports_a_snapshot_made_partial_by_a_deleted_version(s3
     assert first.endswith("PARTIAL: 1 files' versions gone") and "PARTIAL" not in second
     [said] = partial.find("snapshots.partial")
     assert said["files"] == ["a.txt"] and said["missing"] == 1
+
+
+def test_stats_counts_the_snapshot_and_the_versions_the_store_holds(s3server, tmp_path):
+    store = Store(s3server, f"stats-{uuid.uuid4().hex[:8]}", tmp_path)
+    source = tmp_path / "src"
+    source.mkdir()
+    for run in range(1, 3):
+        (source / "a.txt").write_bytes(b"a" * run * 10)
+        store.backup(source)
+    (source / "a.txt").unlink()
+    result = store.run("stats", "--json")
+    assert result.returncode == 0, result
+    [found] = [json.loads(line) for line in result.stdout.splitlines()[:-1]]
+    assert (found["files"], found["bytes"]) == (1, 20)
+    assert (found["data_current"], found["data_current_bytes"]) == (1, 20)
+    assert (found["data_noncurrent"], found["data_noncurrent_bytes"]) == (1, 10)
+    assert found["snapshot_area_current"] >= 4  # two records and two packs
