@@ -14,6 +14,7 @@ CONTRIB = Path(__file__).resolve().parents[2] / "contrib"
 
 
 UNITS = ("obsbatch.service", "obsbatch.timer", "obsbatch@.service", "obsbatch@.timer", "obsbatch-verify@.service",
+         "obsbatch-forget@.service", "obsbatch-forget@.timer",
          "obsbatch-verify@.timer")
 
 
