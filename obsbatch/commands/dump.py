@@ -52,12 +52,7 @@ def main(argv: Sequence[str], started: float) -> int:
 def _dump(config, reader: history.History) -> dict:
     from obsbatch.s3 import history as reading
 
-    record = reader.chosen(config.snapshot or "", config.as_of)
-    loaded = reader.trees([record])
-    top = reading.entry_at(loaded, record, config.path, reader.on_damaged)
-    if top is None:
-        raise history.NothingMatched(f"the snapshot {record['id']} holds no {config.path!r}")
-    rel = b"/".join(reading.split(config.path))
+    record, loaded, top, rel = reader.at_path(config)
     out = sys.stdout.buffer
     source = _Source(reader, record)
     if top[snapshot.TYPE] == snapshot.FILE:

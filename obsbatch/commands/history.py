@@ -17,7 +17,7 @@ import os
 import stat as statmod
 import sys
 import time
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, NamedTuple, Optional, Sequence
 
 import structlog
 
@@ -72,6 +72,15 @@ def main(command: str, argv: Sequence[str], started: float, description: str,
     if config.output.summary == "json":
         print(json.dumps(report, sort_keys=True), file=sys.stderr if command == "dump" else sys.stdout, flush=True)
     return code
+
+
+class AtPath(NamedTuple):
+    """A path in a snapshot: the record, its trees, the path's entry and the path as bytes."""
+
+    record: dict
+    loaded: snapshot.Trees
+    entry: list
+    rel: bytes
 
 
 class History:
@@ -169,6 +178,18 @@ class History:
                                         self.store.reading.read_params(""))
         self._loaded.append(loaded)
         return loaded
+
+    def at_path(self, config) -> "AtPath":
+        """The snapshot --snapshot/--as-of choose (else the latest), its trees, and the entry config.path names
+        in it (ls, dump); NothingMatched (exit 1) when it holds no such path."""
+        from obsbatch.s3 import history as reading
+
+        record = self.chosen(config.snapshot or "", config.as_of)
+        loaded = self.trees([record])
+        entry = reading.entry_at(loaded, record, config.path, self.on_damaged)
+        if entry is None:
+            raise NothingMatched(f"the snapshot {record['id']} holds no {config.path!r}")
+        return AtPath(record, loaded, entry, b"/".join(reading.split(config.path)))
 
     def budget(self, records: List[dict]):
         """A walk's bound: the entries the records count (snapshots.entry_budget), summed."""

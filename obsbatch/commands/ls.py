@@ -24,12 +24,7 @@ def main(argv: Sequence[str], started: float) -> int:
 def _list(config, reader: history.History) -> dict:
     from obsbatch.s3 import history as reading
 
-    record = reader.chosen(config.snapshot or "", config.as_of)
-    loaded = reader.trees([record])
-    top = reading.entry_at(loaded, record, config.path, reader.on_damaged)
-    if top is None:
-        raise history.NothingMatched(f"the snapshot {record['id']} holds no {config.path!r}")
-    rel = b"/".join(reading.split(config.path))
+    record, loaded, top, rel = reader.at_path(config)
     if top[snapshot.TYPE] == snapshot.DIRECTORY:
         listed = reading.beneath(loaded, top, rel, config.recursive, reader.budget([record]), reader.on_damaged)
     else:
