@@ -225,7 +225,11 @@ class Summary:
         def by_reason(counts) -> str:
             return ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
-        details = (("skipped: ", self.skipped and by_reason(self.skipped)),
+        # What the snapshot records rather than uploads (symlinks, FIFOs) is no file left out: a line of its own.
+        left_out = {reason: n for reason, n in self.skipped.items() if reason != Reason.RECORDED.value}
+        recorded = self.skipped.get(Reason.RECORDED.value, 0)
+        details = (("skipped: ", left_out and by_reason(left_out)),
+                   ("recorded:", recorded and f"{recorded} symlinks and special files, in the snapshot"),
                    ("deferred:", self.deferred and f"{by_reason(self.deferred)} (the next run takes them)"),
                    ("FAILED:  ", self.failed and f"{self.failed} ({by_reason(self.failed_by_type)})"
                     + ("; each is in the log above" if set(self.failed_by_type) - {UNAVAILABLE} else

@@ -315,7 +315,7 @@ def test_the_empty_prefix_keeps_a_sources_own_obsbatch_files_apart_from_obsbatch
     checked = run_command("verify", *store, env=server.env())
     assert checked.returncode == 0 and checked.summary["ok"] == len(files), checked
     listed = run_command("snapshots", *store, env=server.env())
-    assert listed.returncode == 0 and len(listed.stdout.strip().splitlines()) == 3, listed  # 2 runs + summary
+    assert listed.returncode == 0 and len(listed.stdout.strip().splitlines()) == 4, listed  # header, 2 runs, summary
     assert run_command("snapshots", *store, "--all", env=server.env()).returncode == 0
 
 

@@ -88,7 +88,8 @@ def test_a_terminal_run_ends_with_a_human_summary(tmp_path, s3server, prefix):
     assert code == 0, screen
     tail = screen[screen.index("obsbatch: "):]
     assert re.search(r"obsbatch: 5 files uploaded \(4\.9 KiB\) in [\d.]+ s, .*/s, \d+ in flight \(auto\); 7 scanned", tail), tail
-    assert "skipped:  1 symlink" in tail and "deferred: 1 too_new" in tail
+    assert "recorded: 1 symlinks and special files, in the snapshot" in tail and "deferred: 1 too_new" in tail
+    assert "skipped:" not in tail
     assert f"manifest: {manifest}" in tail and "exit 0" in tail
 
 

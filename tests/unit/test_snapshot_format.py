@@ -86,6 +86,6 @@ def test_a_fleet_marker_is_one_key_per_host_and_prefix_whatever_the_prefix_holds
     keys = {snapshot.fleet_key("web-01", prefix) for prefix in ("", "daily/", "daily/x/", "daily%2Fx/", "a b/")}
     assert len(keys) == 5 and all(key.startswith(".obsbatch/fleet/web-01/") and key.count("/") == 3 for key in keys)
     assert snapshot.fleet_key("web-01", "daily/x/") == ".obsbatch/fleet/web-01/daily%2Fx%2F.json"
-    record = {"host": "web-01", "prefix": "daily/", "id": "x", "time": "t", "files": 1, "bytes": 2, "exit_code": 0,
-              "head": "h", "root": "not copied", "packs": ["nor this"]}
+    record = {"host": "web-01", "prefix": "daily/", "id": "x", "time": "t", "files": 1, "bytes": 2, "unstored": 0,
+              "exit_code": 0, "head": "h", "root": "not copied", "packs": ["nor this"]}
     assert json.loads(snapshot.fleet_marker(record)) == {k: v for k, v in record.items() if k not in ("root", "packs")}
