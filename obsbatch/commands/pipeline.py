@@ -20,7 +20,7 @@ from typing import Iterable, Optional
 
 import structlog
 
-from obsbatch import __version__
+from obsbatch import __version__, snapshot
 from obsbatch.stages import journal
 from obsbatch.engine import pool
 from obsbatch.stages.after_upload import AfterUpload
@@ -78,13 +78,19 @@ def _run_locked(config: BackupConfig, source: bytes, notifier: Notifier, telemet
     shutdown = Shutdown(ctx, config.transfer.stop_timeout)
     gauges = pool.Gauges(ctx, config.transfer.processes)
     activity = Activity(gauges.requests)
-    uploads = pool.UploadPool(ctx, config.transfer, WorkerSettings.for_backup(config), shutdown.workers_flag, gauges)
+    # A journal that knows no upload under the prefix (missing, another's, a rebuilt host's) is seeded from
+    # this host's latest snapshot there: the pre-flight reads its fleet marker (_seed).
+    seeding = not (config.dry_run or config.no_state or config.verify_remote) and not journal_.knows(
+        config.store.prefix)
+    marker = snapshot.fleet_key(config.output.host_id, config.store.prefix) if seeding else ""
+    uploads = pool.UploadPool(ctx, config.transfer, WorkerSettings.for_backup(config, marker), shutdown.workers_flag,
+                              gauges)
     # Every way out closes the pool: an error before the dispatch (a pre-flight that refuses, a --verify-remote
     # listing that fails) would otherwise leave its workers to the interpreter's exit, where Python 3.11's
     # concurrent.futures can race its own manager thread and print a traceback ("Bad file descriptor"; seen
     # in CI after a rejected secret). Dispatch has closed or terminated it already on the normal way.
     try:
-        first_run = not config.dry_run and journal_.empty()
+        first_run = not config.dry_run and (journal_.empty() or seeding)
         if first_run:
             # A first run (or --no-state) will upload: the fork server starts now, on another core, while this
             # thread scans /proc and runs the pre-flight.
@@ -161,7 +167,7 @@ def _stages(config: BackupConfig, source: bytes, journal_: journal.Journal, reco
     if config.verify_remote and not config.dry_run and not remote.unavailable:
         listed = journal_.load_remote(remote.listing())
         log.info("journal.remote_listed", objects=listed, prefix=config.store.prefix)
-    elif not (config.dry_run or config.no_state or remote.unavailable) and not journal_.knows(config.store.prefix):
+    elif remote.seed_snapshot and not remote.unavailable:
         _seed(config, journal_, remote)
     # Unchanged files are only counted when no one reads their records one by one.
     quiet = not (config.manifest or telemetry.enabled or LEVELS[config.output.level] <= logging.DEBUG)

@@ -204,17 +204,18 @@ class UploadPool:
         """Feed the controller the workers' counters; publish the level it answers."""
         self.shared.level.value = self.controller.sample(now, *self.gauges.totals())
 
-    def check_destination(self) -> Optional[tuple]:
+    def check_destination(self) -> Tuple[Optional[tuple], str]:
         """The pre-flight, run by a worker (its client is ready there; the parent then builds none): starts the
         pool if need be; raises PreflightError or EndpointUnavailable (remote.preflight), or WorkerDied; returns
-        the (base URL, region) the worker's botocore resolved for the bucket (remote.base_url), or None."""
+        the (base URL, region) the worker's botocore resolved for the bucket (remote.base_url), or None, and the
+        snapshot id the seed marker names ("" without one: WorkerSettings.seed_marker)."""
         from obsbatch.engine import tasks
         from obsbatch.errors import EndpointUnavailable, PreflightError
 
         if not self.started:
             self.start()
         try:
-            verdict, sentence, round_trip, base = self._executor.submit(tasks.check_destination).result()
+            verdict, sentence, round_trip, base, seed = self._executor.submit(tasks.check_destination).result()
         except BrokenProcessPool:
             raise WorkerDied() from None
         if verdict == "unavailable":
@@ -222,7 +223,7 @@ class UploadPool:
         if verdict != "ok":
             raise PreflightError(sentence)
         self.seed(round_trip)
-        return base
+        return base, seed
 
     def seed_from_store(self, client, bucket: str) -> None:
         """A restore's or a verify's pre-flight (Dispatch's `preflight`, run before the first item goes out, so

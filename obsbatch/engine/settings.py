@@ -42,6 +42,9 @@ class WorkerSettings:
     multipart_chunksize: int = 16 * MiB
     verify_after_upload: bool = False
     follow_symlinks: bool = False
+    #: The fleet marker the pre-flight reads for a journal that knows nothing of the prefix (the seed: the
+    #: latest snapshot of this host there); "" when the journal knows the prefix.
+    seed_marker: str = ""
 
     @classmethod
     def _common(cls, config, archive: ArchiveControls, **own) -> "WorkerSettings":
@@ -51,10 +54,11 @@ class WorkerSettings:
                    host_id=config.output.host_id, archive=archive, **own)
 
     @classmethod
-    def for_backup(cls, config: BackupConfig) -> "WorkerSettings":
+    def for_backup(cls, config: BackupConfig, seed_marker: str = "") -> "WorkerSettings":
         return cls._common(config, config.archive, multipart_threshold=config.multipart_threshold,
                            multipart_chunksize=config.multipart_chunksize,
-                           verify_after_upload=config.verify_after_upload, follow_symlinks=config.follow_symlinks)
+                           verify_after_upload=config.verify_after_upload, follow_symlinks=config.follow_symlinks,
+                           seed_marker=seed_marker)
 
     @classmethod
     def for_reading(cls, config: Union[RestoreConfig, VerifyConfig]) -> "WorkerSettings":

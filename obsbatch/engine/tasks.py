@@ -42,7 +42,7 @@ def verify_batch(items: list) -> List:
 BATCH_TASKS = {"upload": upload_batch, "restore": restore_batch, "verify": verify_batch}
 
 
-def check_destination() -> Tuple[str, str, float, Optional[tuple]]:
+def check_destination() -> Tuple[str, str, float, Optional[tuple], str]:
     """The pre-flight (worker.WorkerContext.check_destination)."""
     from obsbatch.engine import worker
 

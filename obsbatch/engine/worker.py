@@ -337,25 +337,28 @@ class WorkerContext:
 
     # --- the destination, a batch, a file -------------------------------------------------------------------
 
-    def check_destination(self) -> Tuple[str, str, float, Optional[tuple]]:
+    def check_destination(self) -> Tuple[str, str, float, Optional[tuple], str]:
         """The pre-flight (remote.preflight) with this worker's client: ("ok", "", round trip seconds, (base URL,
-        region) botocore resolved for the bucket), ("fatal", sentence, 0, None) or ("unavailable", sentence, 0,
-        None), plain data for the parent to raise as PreflightError / EndpointUnavailable, to start its
-        concurrency from, and to send its own records to (remote.Remote.learned_base)."""
+        region) botocore resolved for the bucket, the snapshot id the seed marker names or ""), ("fatal",
+        sentence, 0, None, "") or ("unavailable", sentence, 0, None, ""), plain data for the parent to raise as
+        PreflightError / EndpointUnavailable, to start its concurrency from, to send its own records to
+        (remote.Remote.learned_base) and to seed its journal from (remote.Remote.seed_rows): read here, the
+        parent builds no client of its own when there is nothing to seed from (a first run's usual case)."""
         from obsbatch.s3 import remote
         from obsbatch.errors import EndpointUnavailable, PreflightError
 
         if self.init_error:
-            return "fatal", f"cannot create an S3 client: {self.init_error}", 0.0, None
+            return "fatal", f"cannot create an S3 client: {self.init_error}", 0.0, None, ""
         endpoint = self.settings.endpoint
         try:
             round_trip = remote.preflight(self.client, self.settings.bucket, self.settings.prefix,
                                           endpoint.url or "AWS", endpoint.retries, lock=self.settings.archive.locking)
         except EndpointUnavailable as exc:
-            return "unavailable", str(exc), 0.0, None
+            return "unavailable", str(exc), 0.0, None, ""
         except PreflightError as exc:
-            return "fatal", str(exc), 0.0, None
-        return "ok", "", round_trip, remote.base_url(self.client, self.settings.bucket)
+            return "fatal", str(exc), 0.0, None, ""
+        seed = remote.marked_snapshot(self.client, self.settings.bucket, self.settings.seed_marker)
+        return "ok", "", round_trip, remote.base_url(self.client, self.settings.bucket), seed
 
     def upload_batch(self, items: list) -> list:
         """Several files per round trip through the pool (pool.UploadPool): one Outcome each, in order.
@@ -798,6 +801,6 @@ def verify_batch(items: list) -> list:
     return _context.verify_batch(items)
 
 
-def check_destination() -> Tuple[str, str, float, Optional[tuple]]:
+def check_destination() -> Tuple[str, str, float, Optional[tuple], str]:
     """The pool's pre-flight task (WorkerContext.check_destination)."""
     return _context.check_destination()

@@ -77,6 +77,9 @@ class Remote:
         self._checked = False
         #: (base URL, region) the pre-flight's worker resolved, once it has run (learned_base).
         self._preflight_base: Optional[tuple] = None
+        #: The snapshot the pre-flight found this host's fleet marker naming, to seed a journal that knows
+        #: nothing of the prefix (WorkerSettings.seed_marker); "" when there is none, or none was asked for.
+        self.seed_snapshot = ""
         #: Why the endpoint did not answer the pre-flight, once it has not (it is not asked again this run).
         self.unavailable = ""
         #: The botocore-free PUT for obsbatch's own records (s3.lean), where the run could build one.
@@ -111,7 +114,7 @@ class Remote:
             raise EndpointUnavailable(self.unavailable)
         if not self._checked:
             try:
-                self._preflight_base = self._check()
+                self._preflight_base, self.seed_snapshot = self._check()
             except EndpointUnavailable as exc:
                 self.unavailable = str(exc)
                 log.error("run.endpoint_unavailable", error=self.unavailable,
@@ -128,30 +131,23 @@ class Remote:
             yield from listing.pages(self.client(), store.bucket, store.prefix)
 
     def seed_rows(self) -> Iterator[tuple]:
-        """(key, size, etag, version) of every file of this host's latest snapshot of the prefix (its fleet
-        marker names it) whose recorded version the store still holds (one version listing confirms them all):
-        what a run with a missing or foreign journal compares its files with instead of uploading them again.
-        Nothing when this host has no snapshot there. Each file is still read and hashed by a worker and
-        compared with the listed ETag of that version (or its sha256 metadata), so a record cannot make a
-        file pass for stored that is not."""
-        import json
-
+        """(key, size, etag, version) of every file of this host's latest snapshot of the prefix (the pre-flight
+        read its fleet marker: seed_snapshot) whose recorded version the store still holds (one version listing
+        confirms them all): what a run with a missing or foreign journal compares its files with instead of
+        uploading them again. Nothing when this host has no snapshot there. Each file is still read and hashed
+        by a worker and compared with the listed ETag of that version (or its sha256 metadata), so a record
+        cannot make a file pass for stored that is not."""
         from obsbatch import keys, snapshot
         from obsbatch.s3 import snapshots
 
+        self.checked()
+        if not self.seed_snapshot:
+            return
         store = self.config.store
         client = self.client()
-        marker_key = snapshot.fleet_key(self.config.output.host_id, store.prefix)
         with store_errors(store, f"read this host's latest snapshot of {store.location}"):
-            try:
-                marker = json.loads(snapshots.bounded(client.get_object(Bucket=store.bucket, Key=marker_key),
-                                                       snapshots.SMALL_LIMIT))
-            except client.exceptions.NoSuchKey:
-                return
-            snapshot_id = str(marker.get("id", "")) if isinstance(marker, dict) else ""
-            if not snapshot.valid_id(snapshot_id):
-                return
-            record = snapshots.record(client, store.bucket, store.prefix, snapshot_id, store.reading.read_params(""))
+            record = snapshots.record(client, store.bucket, store.prefix, self.seed_snapshot,
+                                      store.reading.read_params(""))
             loaded = snapshots.trees(client, store.bucket, store.prefix, record, store.reading.read_params(""))
             inventory = listing.Inventory(client, store.bucket, store.prefix)
         encode = keys.encoder(record)
@@ -221,6 +217,27 @@ class Remote:
             log.error(failed_event, key=key, error_type=s3.error_code(exc), error=s3.error_message(exc))
             return s3.error_code(exc)
         return None
+
+
+def marked_snapshot(client, bucket: str, marker_key: str) -> str:
+    """The snapshot id a fleet marker names (snapshot.fleet_key), or "" when there is no such marker, it
+    cannot be read, or it names no valid id: a seed is an optimisation, never a reason to fail a run."""
+    import json
+
+    import botocore.exceptions
+
+    from obsbatch import snapshot
+    from obsbatch.s3 import snapshots
+
+    if not marker_key:
+        return ""
+    try:
+        found = json.loads(snapshots.bounded(client.get_object(Bucket=bucket, Key=marker_key), snapshots.SMALL_LIMIT))
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, ValueError) as exc:
+        log.debug("preflight.no_seed", key=marker_key, error=str(exc))
+        return ""
+    snapshot_id = str(found.get("id", "")) if isinstance(found, dict) else ""
+    return snapshot_id if snapshot.valid_id(snapshot_id) else ""
 
 
 def preflight(client, bucket: str, prefix: str, where: str, retries: int, lock: bool = False) -> float:
