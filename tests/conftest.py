@@ -118,6 +118,12 @@ def write_tree(root, files: dict) -> None:
             f.write(data)
 
 
+#: --min-age of the tests of the age rule: their old files are made this long before the run (settled), their
+#: new one just before it, and the run must judge it within this time of its writing. Five seconds, not three:
+#: with the suite's workers in parallel on two cores, a run's start took more than three now and then.
+AGE_RULE = 5
+
+
 def settled(min_age: float = 1.0) -> None:
     """Wait until every file made so far is older than `min_age` by its ctime too, which no call can set back:
     a test of the age rule makes its old files, calls this, makes its new ones, and runs with --min-age."""

@@ -10,7 +10,7 @@ import urllib.parse
 import pytest
 
 from obsbatch.testing.holders import Holder
-from tests.conftest import finish, make_tree, objects, run_obsbatch, server_args, settled, start_obsbatch
+from tests.conftest import AGE_RULE, finish, make_tree, objects, run_obsbatch, server_args, settled, start_obsbatch
 from obsbatch.testing.faultproxy import Fault
 
 
@@ -204,12 +204,12 @@ def test_a_file_deferred_longer_than_max_defer_is_reported_stuck_until_it_is_bac
 def test_move_mode_removes_exactly_the_verified_files(tmp_path, s3, s3server, prefix, proxy, holder):
     src = tmp_path / "src"
     files = make_tree(src, {"a.txt": b"a", "sub/b.txt": b"b", "held.log": b"log", "denied.txt": b"no"})
-    settled(3)
+    settled(AGE_RULE)
     (src / "young.txt").write_bytes(b"new")
     proxy.add(Fault(method="PUT", path=r"denied\.txt", action="status", status=403, code="AccessDenied", times=None))
     holder((src / "held.log", os.O_WRONLY))
     result = run_obsbatch("--source", src, *server_args(s3server, prefix, proxy.endpoint), "--delete-source",
-                          "--min-age", 3, env=s3server.env())
+                          "--min-age", AGE_RULE, env=s3server.env())
     assert result.returncode == 1, result  # denied.txt failed
     remaining = sorted(str(p.relative_to(src)) for p in src.rglob("*"))
     # Uploaded and verified: gone. Held open, too new, failed: kept. Directories: kept.

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, make_tree, run_obsbatch, server_args, settled
+from tests.conftest import AGE_RULE, REPO, make_tree, run_obsbatch, server_args, settled
 from obsbatch.testing.ed25519keys import keypair
 
 
@@ -19,10 +19,10 @@ def verify(*args):
 def manifest_run(tmp_path, s3, s3server, prefix):
     src, manifest = tmp_path / "src", tmp_path / "run.jsonl"
     make_tree(src, {"a.txt": b"alpha", "sub/b.bin": b"\x00" * 100})
-    settled(3)
+    settled(AGE_RULE)
     (src / "young.txt").write_bytes(b"still being written")
     result = run_obsbatch("--source", src, *server_args(s3server, prefix), "--manifest", manifest,
-                          "--upload-manifest", "--min-age", 3, env=s3server.env())
+                          "--upload-manifest", "--min-age", AGE_RULE, env=s3server.env())
     assert result.returncode == 0, result
     return result, manifest
 

@@ -8,7 +8,7 @@ import termios
 import re
 import subprocess
 
-from tests.conftest import REPO, make_tree, obsbatch_cmd, run_obsbatch, server_args, settled
+from tests.conftest import AGE_RULE, REPO, make_tree, obsbatch_cmd, run_obsbatch, server_args, settled
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -36,9 +36,9 @@ def run_on_terminal(args, env) -> tuple[int, str]:
 def test_progress_bar_on_a_terminal_keeps_log_lines_whole(tmp_path, s3server, prefix):
     src = tmp_path / "src"
     make_tree(src, {f"d{i}/f{j}.txt": b"x" * 1000 for i in range(3) for j in range(10)})
-    settled(3)
+    settled(AGE_RULE)
     (src / "fresh.txt").write_bytes(b"just written")  # deferred: one log line while the bar is up
-    code, screen = run_on_terminal(["--source", src, *server_args(s3server, prefix), "--min-age", "3"],
+    code, screen = run_on_terminal(["--source", src, *server_args(s3server, prefix), "--min-age", str(AGE_RULE)],
                                    s3server.env())
     assert code == 0, screen
     # The total became known when the walk ended, in bytes (issue #18: the ETA from bytes, not file counts):
@@ -79,12 +79,12 @@ def test_no_progress_and_quiet_on_a_terminal(tmp_path, s3server, versioned, pref
 def test_a_terminal_run_ends_with_a_human_summary(tmp_path, s3server, prefix):
     src = tmp_path / "src"
     make_tree(src, {f"f{j}.txt": b"x" * 1000 for j in range(5)})
-    settled(3)
+    settled(AGE_RULE)
     (src / "fresh.txt").write_bytes(b"just written")
     os.symlink("f0.txt", src / "link")
     manifest = tmp_path / "run.jsonl"
     code, screen = run_on_terminal(["--source", src, *server_args(s3server, prefix), "--manifest", manifest,
-                                    "--min-age", "3"], s3server.env())
+                                    "--min-age", str(AGE_RULE)], s3server.env())
     assert code == 0, screen
     tail = screen[screen.index("obsbatch: "):]
     assert re.search(r"obsbatch: 5 files uploaded \(4\.9 KiB\) in [\d.]+ s, .*/s, \d+ in flight \(auto\); 7 scanned", tail), tail

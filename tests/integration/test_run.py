@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from tests.conftest import (UNPRIVILEGED, age, settled, finish, make_tree, objects, run_obsbatch, server_args,
-                            start_obsbatch)
+from tests.conftest import (AGE_RULE, UNPRIVILEGED, age, finish, make_tree, objects, run_obsbatch, server_args,
+                            settled, start_obsbatch)
 from obsbatch.testing.faultproxy import Fault
 
 
@@ -66,9 +66,9 @@ def test_files_open_for_writing_are_deferred_with_holder_and_readers_do_not_bloc
 
 def test_recently_modified_file_is_deferred(tmp_path, s3, s3server, prefix):
     make_tree(tmp_path, {"old.txt": b"old"})
-    settled(3)
+    settled(AGE_RULE)
     (tmp_path / "fresh.txt").write_bytes(b"fresh")
-    result = run_obsbatch("--source", tmp_path, *server_args(s3server, prefix), "--min-age", 3, env=s3server.env())
+    result = run_obsbatch("--source", tmp_path, *server_args(s3server, prefix), "--min-age", AGE_RULE, env=s3server.env())
     assert result.returncode == 0, result
     assert objects(s3, s3server.bucket, prefix) == {"old.txt": b"old"}
     [event] = result.find("file.deferred", reason="too_new")
