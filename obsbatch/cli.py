@@ -20,7 +20,7 @@ from obsbatch.errors import FatalExit, UsageError
 from obsbatch.options import ENV_PREFIX, check_environment, environment_names
 
 #: The commands besides the bare backup, routed by their word.
-COMMAND_WORDS = ("backup", "restore", "verify", "verify-manifest", "snapshots", "ls", "diff", "find", "dump", "forget", "stats")
+COMMAND_WORDS = ("backup", "restore", "verify", "verify-manifest", "snapshots", "ls", "diff", "find", "dump", "forget", "stats", "tag")
 #: Output flags every command has, which may come before the command word (`obsbatch --debug info restore`):
 #: those that take a value, and those that do not.
 OUTPUT_FLAGS = ("--debug", "--log-format", "--summary")

@@ -961,6 +961,23 @@ class DumpConfig:
         _check_public_key(self)
 
 
+def tag_name(text: str) -> str:
+    """A snapshot tag (obsbatch tag, forget --keep-tag): it becomes part of a key, so 1-128 characters of
+    letters, digits and . _ - : @ + = (an audit date, a ticket, "legal-hold")."""
+    if not re.fullmatch(r"[A-Za-z0-9._:@+=-]{1,128}", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a tag (1 to 128 letters, digits and . _ - : @ + =)")
+    return text
+
+
+def _check_tags(tags: tuple) -> None:
+    # Repeatable flags reach the config as text (options.Parser's append), so the check is here.
+    for tag in tags:
+        try:
+            tag_name(tag)
+        except argparse.ArgumentTypeError as exc:
+            raise UsageError(str(exc)) from None
+
+
 def _keep_field(period: str):
     return field(default=0, metadata=_opt(f"keep the newest snapshot of each of the last N {period} that have one",
                                           metavar="N", type=whole_number(0, 10 ** 6)))
@@ -984,6 +1001,8 @@ class ForgetConfig:
     keep_within: Optional[float] = field(default=None, metadata=_opt(
         "keep every snapshot taken within DURATION of the host's newest (2d, 4w, 1y)", metavar="DURATION",
         type=duration))
+    keep_tag: tuple = field(default=(), metadata=_opt(
+        "keep every snapshot with this tag (obsbatch tag; repeatable)", metavar="TAG", append=True))
     forget_dry_run: bool = field(default=False, metadata=_opt(
         "say what would be forgotten and (with --prune) deleted, with counts and bytes; change nothing",
         args=["--dry-run"]))
@@ -998,12 +1017,14 @@ class ForgetConfig:
     json: bool = _json_field()
 
     GROUPS = (("forget", ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly",
-                          "keep_within", "forget_dry_run", "prune", "prune_grace", "public_key", "json")),
+                          "keep_within", "keep_tag", "forget_dry_run", "prune", "prune_grace", "public_key", "json")),
               _STORE_GROUP, _SPEED_GROUP, _OUTPUT_GROUP)
 
     def __post_init__(self) -> None:
+        _tuples(self, ("keep_tag",))
+        _check_tags(self.keep_tag)
         _check_public_key(self)
-        if not (any(self.keep_counts) or self.keep_within is not None or self.prune):
+        if not (any(self.keep_counts) or self.keep_within is not None or self.keep_tag or self.prune):
             raise UsageError("give a policy (--keep-last, --keep-daily, ... --keep-within) or --prune; with neither, "
                              "nothing would be forgotten")
         if self.prune and not self.store.prefix:
@@ -1015,6 +1036,34 @@ class ForgetConfig:
         """(last, hourly, daily, weekly, monthly, yearly): s3.retention.Policy's counts."""
         return (self.keep_last, self.keep_hourly, self.keep_daily, self.keep_weekly, self.keep_monthly,
                 self.keep_yearly)
+
+
+@dataclass(frozen=True)
+class TagConfig:
+    """`obsbatch tag`: add or remove a snapshot's tags, which forget --keep-tag keeps."""
+
+    store: StoreConfig
+    transfer: TransferConfig
+    output: OutputConfig
+    snapshot: Optional[str] = _snapshot_field()
+    add_tag: tuple = field(default=(), metadata=_opt("add this tag to the snapshot (repeatable)", args=["--add"],
+                                                     metavar="TAG", append=True))
+    remove_tag: tuple = field(default=(), metadata=_opt("remove this tag from the snapshot (repeatable)",
+                                                        args=["--remove"], metavar="TAG", append=True))
+    public_key: Optional[str] = _public_key_field()
+    json: bool = _json_field()
+
+    GROUPS = (("tag", ("snapshot", "add_tag", "remove_tag", "public_key", "json")), _STORE_GROUP, _SPEED_GROUP,
+              _OUTPUT_GROUP)
+
+    def __post_init__(self) -> None:
+        _tuples(self, ("add_tag", "remove_tag"))
+        _check_public_key(self)
+        if not self.snapshot:
+            raise UsageError("--snapshot ID is required: the snapshot to tag (obsbatch snapshots lists them)")
+        _check_tags(self.add_tag + self.remove_tag)
+        if set(self.add_tag) & set(self.remove_tag):
+            raise UsageError("a tag is both added and removed; give it once")
 
 
 @dataclass(frozen=True)
@@ -1039,7 +1088,8 @@ class StatsConfig:
 #: The commands whose flags come from a config class.
 COMMAND_CONFIGS = {"backup": BackupConfig, "restore": RestoreConfig, "verify": VerifyConfig,
                    "snapshots": SnapshotsConfig, "ls": LsConfig, "diff": DiffConfig, "find": FindConfig,
-                   "dump": DumpConfig, "forget": ForgetConfig, "stats": StatsConfig}
+                   "dump": DumpConfig, "forget": ForgetConfig, "stats": StatsConfig,
+                   "tag": TagConfig}
 
 
 def flag_fields(config_class) -> list:

@@ -50,8 +50,15 @@ def _forget(config, reader: history.History) -> dict:
     host = config.output.host_id
     mine = [one for one in sealed if one.get("host") == host and _trusted(reader, one)]
     policy = retention.Policy(*config.keep_counts, config.keep_within)
-    decided = retention.decide(mine, policy) if not policy.empty else [
-        retention.Decision(one, True, ("no policy",)) for one in sorted(mine, key=lambda one: one["id"], reverse=True)]
+    tagged = {}
+    if config.keep_tag:
+        with reader.errors(f"list the snapshots' tags under {reader.store.location}"):
+            tagged = retention.tags(reader.client, reader.store.bucket, reader.store.prefix)
+    if policy.empty and not config.keep_tag:  # --prune alone: every snapshot stays
+        decided = [retention.Decision(one, True, ("no policy",))
+                   for one in sorted(mine, key=lambda one: one["id"], reverse=True)]
+    else:
+        decided = retention.decide(mine, policy, tagged, config.keep_tag)
     dry = config.forget_dry_run
     report = {"host": host, "snapshots": len(mine), "kept": 0, "forgotten": 0, "records_locked": 0, "failed": 0,
               "dry_run": dry}

@@ -62,8 +62,10 @@ class Decision(NamedTuple):
     reasons: Tuple[str, ...]
 
 
-def decide(records: List[dict], policy: Policy) -> List[Decision]:
-    """Each of one host's records (any order) kept or not, with why; newest first."""
+def decide(records: List[dict], policy: Policy, tagged: Optional[Dict[str, List[str]]] = None,
+           keep_tags: Tuple[str, ...] = ()) -> List[Decision]:
+    """Each of one host's records (any order) kept or not, with why; newest first. `tagged` ({id: [tags]}):
+    a snapshot with one of `keep_tags` is kept."""
     timed = sorted(((snapshot.parse_time(str(one["time"])), one) for one in records), key=lambda pair: pair[1]["id"],
                    reverse=True)
     if not timed:
@@ -87,8 +89,51 @@ def decide(records: List[dict], policy: Policy) -> List[Decision]:
                 reasons.append(f"{word} {period}")
         if policy.within is not None and newest - moment <= policy.within:
             reasons.append("within")
+        reasons += [f"tag {tag}" for tag in (tagged or {}).get(record["id"], ()) if tag in keep_tags]
         decided.append(Decision(record, bool(reasons), tuple(reasons)))
     return decided
+
+
+# --- tags ------------------------------------------------------------------------------------------------
+
+def tag_area(prefix: str) -> str:
+    return f"{snapshot.area(prefix)}tags/"
+
+
+def tag_key(prefix: str, snapshot_id: str, tag: str) -> str:
+    """A tag is an empty object `<area>tags/<id>/<tag>`: beside the record, not in it, since the record is
+    sealed (and signed) when it is written. Whoever can write the bucket can add or remove one: a tag keeps a
+    snapshot from `forget`, it is no lock (an S3 Object Lock legal hold is)."""
+    return f"{tag_area(prefix)}{snapshot_id}/{tag}"
+
+
+def tags(client, bucket: str, prefix: str) -> Dict[str, List[str]]:
+    """{snapshot id: [tags]} of every tagged snapshot of the prefix: one listing request per 1,000 tags."""
+    found: Dict[str, List[str]] = {}
+    area = tag_area(prefix)
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=area):
+        for obj in page.get("Contents", ()):
+            snapshot_id, _, tag = obj["Key"][len(area):].partition("/")
+            if snapshot.valid_id(snapshot_id) and tag and "/" not in tag:
+                found.setdefault(snapshot_id, []).append(tag)
+    return found
+
+
+def set_tags(client, bucket: str, prefix: str, snapshot_id: str, add: tuple, remove: tuple) -> None:
+    """Add and remove a snapshot's tags (every version of a removed one: on a versioned bucket a plain DELETE
+    only hides it behind a delete marker, which the listing skips, but the version would stay billed)."""
+    empty_md5 = base64.b64encode(hashlib.md5(b"").digest()).decode()
+    for tag in add:
+        client.put_object(Bucket=bucket, Key=tag_key(prefix, snapshot_id, tag), Body=b"", ContentMD5=empty_md5)
+    doomed = [one for tag in remove for one in _versions(client, bucket, tag_key(prefix, snapshot_id, tag))
+              if one["Key"] == tag_key(prefix, snapshot_id, tag)]
+    refused = delete(client, bucket, doomed)
+    if refused:
+        raise TagRefused(", ".join(f"{one.get('Key')}: {one.get('Code')}" for one in refused))
+
+
+class TagRefused(Exception):
+    """The store refused to delete a tag (Object Lock on the bucket's defaults)."""
 
 
 # --- tombstones -------------------------------------------------------------------------------------------

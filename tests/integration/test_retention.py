@@ -242,3 +242,25 @@ def test_stats_counts_the_snapshot_and_the_versions_the_store_holds(s3server, tm
     assert (found["data_current"], found["data_current_bytes"]) == (1, 20)
     assert (found["data_noncurrent"], found["data_noncurrent_bytes"]) == (1, 10)
     assert found["snapshot_area_current"] >= 4  # two records and two packs
+
+
+def test_a_tagged_snapshot_is_kept_by_keep_tag(s3server, tmp_path):
+    store = Store(s3server, f"tag-{uuid.uuid4().hex[:8]}", tmp_path)
+    source = tmp_path / "src"
+    source.mkdir()
+    for run in range(1, 4):
+        (source / "a.txt").write_bytes(b"a" * run)
+        store.backup(source)
+    ids = store.ids()
+    tagged = store.run("tag", "--snapshot", ids[0], "--add", "audit-2026", "--add", "legal:hold", "--json")
+    assert tagged.returncode == 0, tagged
+    assert json.loads(tagged.stdout.splitlines()[0])["tags"] == ["audit-2026", "legal:hold"]
+    assert store.run("tag", "--snapshot", ids[0], "--add", "no/slash").returncode == 2
+    result = store.run("forget", "--keep-last", "1", "--keep-tag", "audit-2026")
+    assert result.returncode == 0, result
+    assert store.ids() == [ids[0], ids[2]]
+    assert "tag audit-2026" in result.stdout
+    untagged = store.run("tag", "--snapshot", ids[0], "--remove", "audit-2026", "--remove", "legal:hold")
+    assert untagged.returncode == 0 and untagged.summary["tags"] == [], untagged
+    assert store.run("forget", "--keep-last", "1", "--keep-tag", "audit-2026").returncode == 0
+    assert store.ids() == [ids[2]]
