@@ -166,14 +166,15 @@ def tombstones(client, bucket: str, prefix: str) -> Iterator[dict]:
 
 
 def forget(client, bucket: str, prefix: str, record: dict) -> List[dict]:
-    """Leave the record's tombstone, then delete every version of its record and signature keys. The
-    versions the store would not delete (an Object Lock): [{"Key", "VersionId", "Code", "Message"}]."""
+    """Leave the record's tombstone, then delete every version of its record and signature keys, and its tags.
+    The versions the store would not delete (an Object Lock): [{"Key", "VersionId", "Code", "Message"}]."""
     from obsbatch import signing
 
     empty_md5 = base64.b64encode(hashlib.md5(b"").digest()).decode()
     client.put_object(Bucket=bucket, Key=tombstone_key(prefix, record), Body=b"", ContentMD5=empty_md5)
     key = snapshot.record_key(prefix, record["id"])
     doomed = [one for one in _versions(client, bucket, key) if one["Key"] in (key, key + signing.SUFFIX)]
+    doomed += list(_versions(client, bucket, f"{tag_area(prefix)}{record['id']}/"))
     return delete(client, bucket, doomed)
 
 
