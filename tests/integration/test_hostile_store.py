@@ -12,12 +12,13 @@ import json
 import os
 import signal
 import stat
+import subprocess
 import time
 
 import pytest
 
 from obsbatch.testing.forge import Forger
-from tests.conftest import run_command, run_obsbatch, server_args
+from tests.conftest import REPO, obsbatch_cmd, run_command, run_obsbatch, server_args
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a restore as root is what is under test")
 
@@ -525,3 +526,38 @@ def test_obsbatchs_own_small_objects_are_read_only_to_their_bound(tmp_path, s3se
             {"host": "big-host", "prefix": prefix, "damaged": True}], fleet
     finally:
         client.delete_object(Bucket=versioned, Key=marker)  # the fleet view is the bucket's: leave it as found
+
+
+def test_the_operators_commands_read_a_forged_snapshot_as_input(s3server, versioned, prefix, tmp_path):
+    """ls, find, diff, dump, forget --prune and snapshots --check of a forged snapshot: an entry that fails its
+    check (a name with '/', a control character) is named and left out, exit 1; a name that only looks odd
+    is printed with its control characters escaped; nothing beneath the forged entry is read; the tar stream
+    holds no member outside itself; a prune refuses nothing it cannot read and deletes nothing a snapshot
+    names."""
+    forger = Forger(s3server.client(), versioned, prefix)
+    snapshot_id, _ = forger.store({
+        "good.txt": b"genuine", "esc\x1b[2Jape": b"a name with an escape sequence",
+        "bad": ["../../outside", "f", 0o644, 0, 0, 0, 1, "0" * 64, "", "", 0, ""],
+        "dir": {"inner.txt": b"inside"}})
+    store = server_args(s3server, prefix, bucket=versioned)
+    listed = run_command("ls", *store, "--recursive", env=s3server.env())
+    assert listed.returncode == 1, listed
+    names = [line.rsplit("  ", 1)[-1] for line in listed.stdout.splitlines()[:-1]]
+    assert names == ["dir", "dir/inner.txt", "esc\\x1b[2Jape", "good.txt"]
+    assert listed.find("ls.damaged_entry") and "\x1b" not in listed.stdout
+    found = run_command("find", *store, "*", env=s3server.env())
+    assert found.returncode == 1 and found.find("find.damaged_entry"), found  # matches, but an entry was bad
+    dumped = subprocess.run(obsbatch_cmd("dump", *store, "/"), capture_output=True,
+                            env=dict(os.environ, **s3server.env(), PYTHONPATH=str(REPO)))
+    assert dumped.returncode == 1
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(dumped.stdout), mode="r|") as stream:
+        members = sorted(member.name for member in stream)
+    assert members == ["dir", "dir/inner.txt", "esc\x1b[2Jape", "good.txt"]
+    pruned = run_command("forget", *store, "--prune", "--prune-grace", "0s", "--host-id", "forger",
+                         env=s3server.env())
+    # The prune must know every version a snapshot names: a bad entry stops it before anything is deleted.
+    assert pruned.returncode == 1 and "entry" in pruned.summary["error"], pruned
+    assert not pruned.find("prune.deleted")
