@@ -817,15 +817,14 @@ class SnapshotsConfig:
     public_key: Optional[str] = _public_key_field()
     check: bool = field(default=False, metadata=_opt(
         "also find which snapshots can no longer be restored whole (a version expired or deleted): PARTIAL and "
-        "how many files, exit 1; from one version listing of the prefix and the snapshots' trees, no data read"))
+        "how many files, exit 1; from one version listing of the prefix and the snapshots' trees, no data read "
+        "(with --all: each host's latest snapshot, one listing per prefix)"))
 
     GROUPS = (("snapshots", ("json", "all", "stale", "public_key", "check")), _STORE_GROUP, _SPEED_GROUP,
               _OUTPUT_GROUP)
 
     def __post_init__(self) -> None:
         _check_public_key(self)
-        if self.check and self.all:
-            raise UsageError("--check reads one prefix's versions; --all lists the fleet's markers; give one")
 
 
 def positional(f: dataclasses.Field) -> bool:

@@ -161,26 +161,50 @@ def _fleet(config) -> List[dict]:
 def _check(config, listed: List[dict]) -> int:
     """--check: mark each snapshot `"whole": true`, or `"whole": false, "missing": N` when N of its files'
     recorded versions are gone from the store (expired by a lifecycle rule, deleted by hand), from one version
-    listing of the prefix and the snapshots' trees (no data read); log each partial one
-    (snapshots.partial, naming up to ten of its files). How many are partial."""
-    from obsbatch.s3 import history, listing, remote, snapshots
+    listing of the prefix and the snapshots' trees (no data read); log each partial one (snapshots.partial,
+    naming up to ten of its files). With --all, the latest snapshot of each host and prefix, one listing per
+    prefix. How many are partial."""
+    from obsbatch.s3 import remote, snapshots
 
     store = config.store
-    records = [one.pop("record") for one in listed if "record" in one]
-    if not records:
-        return 0
     client = _client(config)
-    with remote.store_errors(store, f"list the versions under {store.location}"):
-        stored = listing.Inventory(client, store.bucket, store.prefix)
-        loaded = snapshots.trees_of(client, store.bucket, store.prefix, records, store.reading.read_params(""))
+    if not config.all:
+        records = [one.pop("record") for one in listed if "record" in one]
+        return _check_prefix(client, store, store.prefix, records, listed) if records else 0
+    partial = 0
+    for prefix in sorted({str(one.get("prefix")) for one in listed if not one.get("damaged")}):
+        shown = [one for one in listed if one.get("prefix") == prefix and not one.get("damaged")]
+        records = []
+        for one in shown:
+            try:
+                with remote.store_errors(store, f"read the latest snapshot of s3://{store.bucket}/{prefix}"):
+                    records.append(snapshots.record(client, store.bucket, prefix, str(one.get("id")),
+                                                    store.reading.read_params("")))
+            except snapshots.SnapshotError as exc:  # a marker naming a record that is gone or altered
+                log.error("snapshots.damaged", snapshot_host=one.get("host"), prefix=prefix, error=str(exc))
+                one["damaged"] = True
+        if records:
+            partial += _check_prefix(client, store, prefix, records, shown)
+    return partial
+
+
+def _check_prefix(client, store, prefix: str, records: List[dict], listed: List[dict]) -> int:
+    """_check of `records`, all of `prefix`, marking their lines in `listed` (by id)."""
+    from obsbatch.s3 import history, listing, remote, snapshots
+
+    with remote.store_errors(store, f"list the versions under s3://{store.bucket}/{prefix}"):
+        stored = listing.Inventory(client, store.bucket, prefix)
+        loaded = snapshots.trees_of(client, store.bucket, prefix, records, store.reading.read_params(""))
     by_id = {one["id"]: one for one in listed}
     partial, memo = 0, {}
+
+    def present(key: str, entry: list) -> bool:
+        return stored.proves(key, entry[snapshot.SIZE], snapshot.etag(entry), entry[snapshot.VERSION])
+
     try:
         for record in records:
-            present = lambda key, entry: stored.proves(key, entry[snapshot.SIZE], snapshot.etag(entry),  # noqa: E731
-                                                      entry[snapshot.VERSION])
             try:
-                gone = history.missing(loaded, record, store.prefix, present, memo,
+                gone = history.missing(loaded, record, prefix, present, memo,
                                        snapshots.Budget(snapshots.entry_budget(record)))
             except snapshots.SnapshotDamaged as exc:
                 log.error("snapshots.damaged", id=record["id"], error=str(exc))
@@ -191,7 +215,7 @@ def _check(config, listed: List[dict]) -> int:
             if gone:
                 partial += 1
                 shown["missing"] = len(gone)
-                log.warning("snapshots.partial", id=record["id"], missing=len(gone),
+                log.warning("snapshots.partial", id=record["id"], prefix=prefix, missing=len(gone),
                             files=[display(rel) for rel in gone[:10]],
                             detail="these files' recorded versions are gone from the store: the snapshot no longer "
                                    "restores whole")

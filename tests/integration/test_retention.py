@@ -264,3 +264,23 @@ def test_a_tagged_snapshot_is_kept_by_keep_tag(s3server, tmp_path):
     assert untagged.returncode == 0 and untagged.summary["tags"] == [], untagged
     assert store.run("forget", "--keep-last", "1", "--keep-tag", "audit-2026").returncode == 0
     assert store.ids() == [ids[2]]
+
+
+def test_the_fleet_view_checks_each_hosts_latest_snapshot(s3server, tmp_path):
+    store = Store(s3server, f"fleetcheck-{uuid.uuid4().hex[:8]}", tmp_path)
+    for host in ("h1", "h2"):
+        source = tmp_path / host
+        source.mkdir()
+        (source / "f.txt").write_bytes(host.encode())
+        store.backup(source, host)
+    # h2's only file's version deleted by hand: its latest snapshot no longer restores whole.
+    [version] = [one for one in store.client.list_object_versions(Bucket=store.bucket, Prefix=store.prefix)["Versions"]
+                 if one["Key"] == store.prefix + "f.txt" and one["IsLatest"]]
+    store.client.delete_object(Bucket=store.bucket, Key=store.prefix + "f.txt", VersionId=version["VersionId"])
+    fleet = run_command("snapshots", "--all", "--check", "--json", "--bucket", store.bucket, "--endpoint",
+                        s3server.endpoint, "--region", "us-east-1", "--addressing-style", "path",
+                        env=s3server.env())
+    assert fleet.returncode == 1, fleet
+    got = {one["host"]: (one["whole"], one.get("missing")) for one in json.loads(fleet.stdout.splitlines()[0])}
+    # Both stored f.txt under the one key: h1's snapshot names the older version, still there.
+    assert got == {"h1": (True, None), "h2": (False, 1)}
