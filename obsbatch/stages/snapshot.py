@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import functools
 import hashlib
 import marshal
 import os
@@ -76,8 +77,7 @@ class Recorder:
             elif excluded is not None and excluded(rel + b"/" + name if rel else name):
                 continue
             kept.append((name, mode, st.st_uid, st.st_gid, st.st_mtime_ns, st.st_size, st.st_ctime_ns,
-                         st.st_dev, st.st_ino, st.st_nlink, st.st_rdev, target,
-                         self._xattrs(rel + b"/" + name if rel else name, st.st_dev)))
+                         st.st_dev, st.st_ino, st.st_nlink, st.st_rdev, target))
         # The subdirectories apart, in name order: `build` needs only them (and the blob's bytes) to tell an
         # unchanged directory, without decoding its entries.
         subdirs.sort()
@@ -85,11 +85,14 @@ class Recorder:
         if len(self._batch) >= _BATCH:
             self._flush()
 
-    def _xattrs(self, rel: bytes, dev: int) -> tuple:
+    def xattrs(self, rel: bytes, dev: int) -> tuple:
         """((name, value), ...) of the extended attributes a snapshot records (snapshot.recorded_xattr), sorted;
         () where there are none, or none can be read. One listxattr(2) per entry (a getxattr(2) per attribute
-        found), never following a symlink. One the kernel refuses to read (trusted.* without CAP_SYS_ADMIN is
-        not even listed) is left out; a filesystem without them (ENOTSUP) is asked once."""
+        found), never following a symlink, and only for the directories `build` rebuilds: setxattr(2) moves
+        the entry's ctime, which is in the recorded blob, so a changed attribute rebuilds its directory's tree,
+        and an unchanged directory (a no-op run's every one) costs no call at all. One the kernel refuses to
+        read (trusted.* without CAP_SYS_ADMIN is not even listed) is left out; a filesystem without them
+        (ENOTSUP) is asked once."""
         if self.root is None or dev in self._no_xattrs:
             return ()
         path = os.path.join(self.root, rel)
@@ -173,7 +176,8 @@ def build(recorder: Recorder, journal: Journal, prefix: str, pack: snapshot.Pack
         if cached is not None and cached[0] == cache_key:
             digest, pack_of, counts = cached[1], cached[2], Counts(*cached[3:])
         else:
-            tree, counts = _tree(sorted(marshal.loads(blob)), iter(children), journal.stored(key_dir), key_dir)
+            tree, counts = _tree(sorted(marshal.loads(blob)), iter(children), journal.stored(key_dir), key_dir,
+                                 functools.partial(_joined_xattrs, recorder, rel))
             data = snapshot.tree_bytes(tree)
             digest = hashlib.sha256(data).hexdigest()
             pack_of = journal.tree_pack(prefix, digest)
@@ -206,12 +210,21 @@ class Counts(NamedTuple):
     unstored: int = 0
 
 
-def _tree(entries: list, children, stored, key_dir: str):
+def _joined_xattrs(recorder: Recorder, rel_dir: bytes, name: bytes, dev: int) -> tuple:
+    return recorder.xattrs(rel_dir + b"/" + name if rel_dir else name, dev)
+
+
+def _no_xattrs(name: bytes, dev: int) -> tuple:
+    return ()
+
+
+def _tree(entries: list, children, stored, key_dir: str, xattrs_of=_no_xattrs):
     """One directory's tree (its entries, sorted by name bytes) and its Counts. children: the subdirectories'
-    tree hashes, in order; stored: the journal's rows of its files (Journal.stored)."""
+    tree hashes, in order; stored: the journal's rows of its files (Journal.stored); xattrs_of(name, dev): an
+    entry's extended attributes (Recorder.xattrs)."""
     tree = []
     files = size_sum = directories = symlinks = special = stale = unstored = 0
-    for name, mode, uid, gid, mtime_ns, size, ctime_ns, dev, ino, nlink, rdev, target, attributes in entries:
+    for name, mode, uid, gid, mtime_ns, size, ctime_ns, dev, ino, nlink, rdev, target in entries:
         kind = _type(mode)
         entry = [display(name), kind, statmod.S_IMODE(mode), uid, gid, mtime_ns, size, "", "", "", 0, ""]
         if kind == snapshot.FILE:
@@ -237,6 +250,7 @@ def _tree(entries: list, children, stored, key_dir: str):
             entry[snapshot.SIZE] = 0
             entry[snapshot.CONTENT] = str(rdev) if kind in (snapshot.CHAR_DEVICE, snapshot.BLOCK_DEVICE) else ""
             special += 1
+        attributes = xattrs_of(name, dev)
         if attributes:
             entry.append({name: base64.b64encode(value).decode() for name, value in attributes})
         tree.append(entry)
