@@ -1009,6 +1009,10 @@ class ForgetConfig:
         "also delete every object version under the prefix that no remaining snapshot (of any host) names, and "
         "the packs only forgotten snapshots needed; never one younger than --prune-grace or newer than a host's "
         "latest snapshot, never one under Object Lock"))
+    signing_key: Optional[str] = field(default=None, metadata=_opt(
+        "sign each forgotten snapshot's tombstone with this Ed25519 private key (PEM, backup's --signing-key), so "
+        "that snapshots --public-key trusts the gap it leaves in the chain", metavar="PATH", type=readable_file,
+        env_alias="MANIFEST_SIGNING_KEY"))
     prune_grace: float = field(default=86400.0, metadata=_opt(
         "with --prune, never delete a version younger than this (default 24h; 0s for a prefix nothing else "
         "writes to)", metavar="DURATION", type=duration))
@@ -1016,13 +1020,18 @@ class ForgetConfig:
     json: bool = _json_field()
 
     GROUPS = (("forget", ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly",
-                          "keep_within", "keep_tag", "forget_dry_run", "prune", "prune_grace", "public_key", "json")),
+                          "keep_within", "keep_tag", "forget_dry_run", "prune", "prune_grace", "signing_key",
+                          "public_key", "json")),
               _STORE_GROUP, _SPEED_GROUP, _OUTPUT_GROUP)
 
     def __post_init__(self) -> None:
         _tuples(self, ("keep_tag",))
         _check_tags(self.keep_tag)
         _check_public_key(self)
+        if self.signing_key:
+            from obsbatch.signing import load_private_key
+
+            load_private_key(self.signing_key)  # a bad key is a usage error now, not after the first forget
         if not (any(self.keep_counts) or self.keep_within is not None or self.keep_tag or self.prune):
             raise UsageError("give a policy (--keep-last, --keep-daily, ... --keep-within) or --prune; with neither, "
                              "nothing would be forgotten")

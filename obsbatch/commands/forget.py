@@ -76,7 +76,8 @@ def _forget(config, reader: history.History) -> dict:
         if dry:
             continue
         with reader.errors(f"forget the snapshot {record['id']}"):
-            refused = retention.forget(reader.client, reader.store.bucket, reader.store.prefix, record)
+            refused = retention.forget(reader.client, reader.store.bucket, reader.store.prefix, record,
+                                       config.signing_key)
         for error in refused:
             staying.add(record["id"])  # its record is still there: a prune must still keep what it names
             report["records_locked" if retention.locked(error) else "failed"] += 1

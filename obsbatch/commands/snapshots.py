@@ -242,6 +242,15 @@ def _records(config) -> tuple:
     with remote.store_errors(store, f"list the snapshots under s3://{store.bucket}/{store.prefix}"):
         listed_ids = list(snapshots.ids(client, store.bucket, store.prefix))
         forgotten = list(retention.tombstones(client, store.bucket, store.prefix))
+        if public_key is not None:  # an unsigned gap is no link: the record after it is CHAIN BROKEN
+            problems = snapshots.read_all(
+                lambda one: retention.tombstone_problem(client, store.bucket, one, public_key), forgotten,
+                READ_THREADS)
+            for one, why in zip(forgotten, problems):
+                if why is not None:
+                    log.error("snapshots.untrusted_tombstone", id=one["id"], snapshot_host=one["host"], error=why,
+                              detail="not signed by --public-key: the gap it claims is not trusted")
+            forgotten = [one for one, why in zip(forgotten, problems) if why is None]
         # In the listing's order: oldest first.
         return snapshots.read_all(read_one, listed_ids, READ_THREADS), forgotten
 

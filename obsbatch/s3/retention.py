@@ -162,16 +162,39 @@ def tombstones(client, bucket: str, prefix: str) -> Iterator[dict]:
             head, previous = parts[2], parts[3]
             if snapshot.valid_id(snapshot_id) and len(head) == 64:
                 yield {"id": snapshot_id, "host": host, "head": head,
-                       "previous": None if previous == "none" else previous, "forgotten": True}
+                       "previous": None if previous == "none" else previous, "forgotten": True, "key": obj["Key"]}
 
 
-def forget(client, bucket: str, prefix: str, record: dict) -> List[dict]:
+def tombstone_problem(client, bucket: str, found: dict, public_key) -> Optional[str]:
+    """Why a tombstone (from `tombstones`) holds no valid signature of its links by `public_key`, or None."""
+    from obsbatch import signing
+
+    try:
+        body = snapshots.bounded(client.get_object(Bucket=bucket, Key=found["key"]), snapshots.SMALL_LIMIT)
+    except snapshots.TooLarge as exc:
+        return f"its signature is {exc}"
+    if not body:
+        return "it is not signed"
+    return signing.checked(body, tombstone_text(found), public_key)
+
+
+def tombstone_text(found: dict) -> str:
+    """What a tombstone's signature signs (signing.signature): the links its name carries."""
+    return f"forgotten:{found['host']}:{found['id']}:{found['head']}:{found.get('previous') or 'none'}"
+
+
+def forget(client, bucket: str, prefix: str, record: dict, signing_key: Optional[str] = None) -> List[dict]:
     """Leave the record's tombstone, then delete every version of its record and signature keys, and its tags.
     The versions the store would not delete (an Object Lock): [{"Key", "VersionId", "Code", "Message"}]."""
     from obsbatch import signing
 
-    empty_md5 = base64.b64encode(hashlib.md5(b"").digest()).decode()
-    client.put_object(Bucket=bucket, Key=tombstone_key(prefix, record), Body=b"", ContentMD5=empty_md5)
+    import json
+
+    # With a signing key the tombstone holds the signature of its links (snapshots --public-key checks it).
+    body = b"" if not signing_key else json.dumps(signing.signature(tombstone_text(record), signing_key),
+                                                  sort_keys=True).encode()
+    client.put_object(Bucket=bucket, Key=tombstone_key(prefix, record), Body=body,
+                      ContentMD5=base64.b64encode(hashlib.md5(body).digest()).decode())
     key = snapshot.record_key(prefix, record["id"])
     doomed = [one for one in _versions(client, bucket, key) if one["Key"] in (key, key + signing.SUFFIX)]
     doomed += list(_versions(client, bucket, f"{tag_area(prefix)}{record['id']}/"))

@@ -284,3 +284,27 @@ def test_the_fleet_view_checks_each_hosts_latest_snapshot(s3server, tmp_path):
     got = {one["host"]: (one["whole"], one.get("missing")) for one in json.loads(fleet.stdout.splitlines()[0])}
     # Both stored f.txt under the one key: h1's snapshot names the older version, still there.
     assert got == {"h1": (True, None), "h2": (False, 1)}
+
+
+def test_a_signed_tombstone_keeps_the_chain_trusted_and_an_unsigned_one_does_not(s3server, tmp_path):
+    from obsbatch.testing.ed25519keys import keypair
+
+    private, public = keypair(tmp_path, "host")
+    store = Store(s3server, f"signed-{uuid.uuid4().hex[:8]}", tmp_path)
+    source = tmp_path / "src"
+    source.mkdir()
+    for run in range(1, 4):
+        (source / "a.txt").write_bytes(b"a" * run)
+        store.backup(source, "h1", "--signing-key", private)
+    assert store.run("forget", "--keep-last", "1", "--keep-within", "0s", "--signing-key", private).returncode == 0
+    trusted = store.run("snapshots", "--public-key", public)
+    assert trusted.returncode == 0 and "CHAIN BROKEN" not in trusted.stdout, trusted
+    # A forger who removes a record and leaves an unsigned tombstone in its place breaks the chain.
+    (source / "a.txt").write_bytes(b"four")
+    store.backup(source, "h1", "--signing-key", private)
+    (source / "a.txt").write_bytes(b"five")
+    store.backup(source, "h1", "--signing-key", private)
+    assert store.run("forget", "--keep-last", "1").returncode == 0  # no --signing-key: an unsigned tombstone
+    broken = store.run("snapshots", "--public-key", public)
+    assert broken.returncode == 1 and "CHAIN BROKEN" in broken.stdout, broken
+    assert broken.find("snapshots.untrusted_tombstone")
