@@ -61,6 +61,7 @@ def test_max_rps_keeps_restore_and_verify_under_a_throttling_servers_limit(tmp_p
     assert proxy.throttle.refused == refused, "throttled although paced"
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_a_verify_stopped_by_sigterm_drains_and_counts_what_it_took(tmp_path, s3server, prefix, proxy):
     src = tmp_path / "src"

@@ -326,6 +326,7 @@ def _descendants(pid: int) -> list:
     return psutil.Process(pid).children(recursive=True)
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 @pytest.mark.parametrize("command", ["backup", "restore"])
 def test_a_stop_ends_every_process_obsbatch_started_even_one_blocked_in_a_read(tmp_path, s3server, versioned,

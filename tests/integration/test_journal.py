@@ -65,6 +65,7 @@ def _journal_rows(state):
         db.close()
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_kill_9_mid_run_then_rerun_loses_nothing(tmp_path, s3, s3server, prefix, proxy):
     src, state = tmp_path / "src", tmp_path / "state.db"
@@ -92,6 +93,7 @@ def test_kill_9_mid_run_then_rerun_loses_nothing(tmp_path, s3, s3server, prefix,
     assert again.summary["skipped"].get("unchanged", 0) == len(rows)
 
 
+@pytest.mark.serial
 def test_overlapping_run_exits_75_and_sigterm_flushes_the_journal(tmp_path, s3, s3server, prefix, proxy):
     src, state = tmp_path / "src", tmp_path / "state.db"
     make_tree(src, {f"f{i}.txt": b"x" for i in range(40)})

@@ -32,6 +32,7 @@ def _files_in(target) -> dict:
             for d, _, names in os.walk(target) for n in names}
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 @pytest.mark.parametrize("stop_timeout", ["60", "0"], ids=["drain", "abort"])
 def test_a_restore_stopped_mid_way_leaves_only_whole_files(tmp_path, s3server, prefix, stop_timeout):
@@ -93,6 +94,7 @@ def _large_sparse_file(path, size: int) -> bytes:
     return hashlib.sha256(data).digest()
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_a_large_object_comes_back_in_ranges_whole_sparse_and_never_half(tmp_path, s3server, prefix, proxy):
     """Issue #21: an object of at least 64 MiB is read in 16 MiB ranges on the worker's threads. It comes back

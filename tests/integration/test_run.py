@@ -315,6 +315,7 @@ def test_fd_check_best_effort_warns_once_and_uploads(tmp_path, s3, s3server, pre
 
 @pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)],
                          ids=["SIGTERM", "SIGINT", "SIGHUP"])
+@pytest.mark.serial
 def test_signal_finishes_uploads_in_flight_and_exits_128_plus_signal(tmp_path, s3, s3server, prefix, proxy,
                                                                     signum, code):
     make_tree(tmp_path, {f"d{i}/f{j}.txt": b"x" * 100 for i in range(5) for j in range(20)})
@@ -350,6 +351,7 @@ def test_write_only_credentials_are_enough(tmp_path, s3, s3server, prefix):
     assert objects(s3, s3server.bucket, prefix) == files
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("how", ["second-signal", "stop-timeout"])
 def test_second_signal_or_stop_timeout_aborts_in_flight_multipart_and_leaves_nothing(tmp_path, s3, s3server, prefix,
                                                                                     proxy, how):
@@ -418,6 +420,7 @@ def test_source_path_that_is_not_utf8(tmp_path, s3, s3server, prefix):
     assert fatal["error"].endswith("export\\xff-missing does not exist")
 
 
+@pytest.mark.serial
 def test_a_worker_killed_while_a_stop_drains_leaves_a_stopped_run(tmp_path, s3, s3server, prefix, proxy):
     """Issue #11, defect 6: the run was asked to stop, so the files its dead worker held are interrupted (not
     failed) and the exit code is the signal's, not 1."""

@@ -423,6 +423,7 @@ def test_a_run_with_nothing_to_upload_sends_its_record_without_botocore(tmp_path
     assert len(json.loads(listed.stdout.strip().splitlines()[0])) == 6
 
 
+@pytest.mark.serial
 def test_ctrl_c_while_reading_many_records_stops_at_once(s3, s3server, prefix, proxy):
     """`obsbatch snapshots` reads a prefix's records 32 at once (issue #22). A Ctrl-C among them ends it in
     moments, with one line and exit 130 (it printed a traceback), and the reads not yet started are not sent."""

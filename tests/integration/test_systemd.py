@@ -99,6 +99,7 @@ def test_stalled_run_stops_pinging(tmp_path, s3server, prefix, proxy, notify):
     assert [t for t in notify.times("WATCHDOG=1") if held_from <= t <= held_from + 1.05], timeline
 
 
+@pytest.mark.serial
 def test_a_stop_pushes_timeout_stop_sec_back_while_the_drain_moves(tmp_path, s3server, prefix, proxy, notify):
     """After SIGTERM the heartbeat, the one sender, extends the stop timeout while uploads in flight finish."""
     import signal
