@@ -31,12 +31,16 @@ class Parser(argparse_dataclass.ArgumentParser):
         self.option_fields = {f.name: f for f in fields(options_class)}
         self._groups = groups
         self._flag_groups: Optional[dict] = None
+        #: Every option string the parser knows (--help's, the flags', -v), for the nearest-flag hint: kept
+        #: here as they are added, not read from argparse's private tables.
+        self.flag_names: set = set()
         # No abbreviations (issue #18): argparse's prefix matching took `--delete` for --delete-source and
         # `--dry` for --dry-run, so a new flag could silently change what an old command line means.
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(options_class, **kwargs)
 
     def add_argument(self, *args, **kwargs):
+        self.flag_names.update(arg for arg in args if isinstance(arg, str) and arg.startswith("-"))
         # argparse-dataclass has no 'append' action; fields marked append=True get one here.
         # A field with its own flag name (metadata `args`) comes with dest= its field name.
         name = kwargs.get("dest") or (args[0].lstrip("-").replace("-", "_") if args else "")
@@ -63,7 +67,7 @@ class Parser(argparse_dataclass.ArgumentParser):
         # which is how we know the environment may fill it.
         namespace, extra = argparse.ArgumentParser.parse_known_args(self, argv)
         if extra:
-            raise UsageError(unrecognized(extra, self._option_string_actions))
+            raise UsageError(unrecognized(extra, self.flag_names))
         values = {}
         for name, f in self.option_fields.items():
             value = getattr(namespace, name, MISSING)
