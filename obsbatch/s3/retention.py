@@ -286,9 +286,13 @@ class Referenced:
 
     def holds(self, key: str, version: Optional[str]) -> bool:
         """Whether a remaining snapshot names this version of `key`. An entry recorded without a version (a
-        bucket without versioning then) names whatever the key holds: every version of it is kept."""
+        bucket without versioning then) names whatever the key holds: every version of it is kept. A version
+        not known (None: a store without ListObjectVersions lists only current objects, whose version it does
+        not say) is held when any snapshot names the key: it may be the very version one records."""
+        if version is None:
+            return self.db.execute("SELECT 1 FROM refs WHERE key=? LIMIT 1", (key,)).fetchone() is not None
         return self.db.execute("SELECT 1 FROM refs WHERE key=? AND version IN (?, '')",
-                               (key, version or "")).fetchone() is not None
+                               (key, version)).fetchone() is not None
 
     def close(self) -> None:
         self.db.close()

@@ -53,3 +53,18 @@ def test_restics_worked_example_weekly_and_monthly_add_up():
 
 def test_keep_within_counts_from_the_newest_snapshot_not_now():
     assert kept(records(*DAYS), Policy(within=86400.0)) == DAYS[::-1][:3]
+
+
+def test_a_listing_without_versions_keeps_every_key_a_snapshot_names():
+    """A store without ListObjectVersions lists current objects with no version: one a snapshot names at some
+    version may be that very version, so it is kept; a named version is kept, another version is not."""
+    from obsbatch.s3.retention import Referenced
+
+    referenced = Referenced()
+    try:
+        referenced.db.executemany("INSERT INTO refs VALUES (?,?)", [("p/a", "v1"), ("p/b", "")])
+        assert referenced.holds("p/a", None) and referenced.holds("p/a", "v1")
+        assert not referenced.holds("p/a", "v0") and not referenced.holds("p/c", None)
+        assert referenced.holds("p/b", "null") and referenced.holds("p/b", "anything")
+    finally:
+        referenced.close()
