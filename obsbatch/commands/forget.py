@@ -139,9 +139,14 @@ def _prune(config, reader: history.History, remaining: List[dict], damaged: List
     if damaged:
         raise PruneRefused(f"the prune is refused: the snapshot record(s) {', '.join(damaged[:5])} cannot be read, "
                            "so the versions they need are unknown; nothing was deleted")
+    if not remaining:
+        # Nothing would name any object: every version under the prefix would go (data another tool wrote, or
+        # obsbatch before it kept snapshots). Never on a guess.
+        raise PruneRefused(f"the prune is refused: no snapshot under {reader.store.location} names any object, so "
+                           "it would delete everything there; nothing was deleted")
     store, client = reader.store, reader.client
     started = time.time()
-    loaded = reader.trees(remaining) if remaining else None
+    loaded = reader.trees(remaining)
     referenced = retention.Referenced()
     try:
         for record in remaining:

@@ -308,3 +308,13 @@ def test_a_signed_tombstone_keeps_the_chain_trusted_and_an_unsigned_one_does_not
     broken = store.run("snapshots", "--public-key", public)
     assert broken.returncode == 1 and "CHAIN BROKEN" in broken.stdout, broken
     assert broken.find("snapshots.untrusted_tombstone")
+
+
+def test_prune_refuses_a_prefix_without_any_snapshot(s3server, tmp_path):
+    """Objects another tool (or an obsbatch before snapshots) wrote under the prefix: no snapshot names them,
+    and a prune must not take that for 'nothing is needed'."""
+    store = Store(s3server, f"nosnap-{uuid.uuid4().hex[:8]}", tmp_path)
+    store.client.put_object(Bucket=store.bucket, Key=store.prefix + "precious.bin", Body=b"not obsbatch's")
+    result = store.run("forget", "--prune", "--prune-grace", "0s")
+    assert result.returncode == 1 and "refused" in result.summary["error"], result
+    assert store.client.get_object(Bucket=store.bucket, Key=store.prefix + "precious.bin")["Body"].read()
