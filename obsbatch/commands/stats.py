@@ -41,24 +41,17 @@ def _stats(config, reader: history.History) -> dict:
 
 
 def _held(client, bucket: str, prefix: str, label: str) -> dict:
-    """Current and noncurrent versions under `prefix` and their bytes, and delete markers; on a store without
-    ListObjectVersions, every object as current."""
-    import botocore.exceptions
+    """Current and noncurrent versions under `prefix` and their bytes, and delete markers (retention.versions:
+    on a store without ListObjectVersions, every object as current)."""
+    from obsbatch.s3 import retention
 
     counts = {f"{label}_{name}": 0 for name in ("current", "current_bytes", "noncurrent", "noncurrent_bytes",
                                                "delete_markers")}
-    try:
-        for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
-            for one in page.get("Versions", []):
-                which = "current" if one.get("IsLatest") else "noncurrent"
-                counts[f"{label}_{which}"] += 1
-                counts[f"{label}_{which}_bytes"] += one.get("Size", 0)
-            counts[f"{label}_delete_markers"] += len(page.get("DeleteMarkers", []))
-    except botocore.exceptions.ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") != "NotImplemented":
-            raise
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for one in page.get("Contents", ()):
-                counts[f"{label}_current"] += 1
-                counts[f"{label}_current_bytes"] += one.get("Size", 0)
+    for one in retention.versions(client, bucket, prefix):
+        if one.get("DeleteMarker"):
+            counts[f"{label}_delete_markers"] += 1
+            continue
+        which = "current" if one.get("IsLatest") else "noncurrent"
+        counts[f"{label}_{which}"] += 1
+        counts[f"{label}_{which}_bytes"] += one.get("Size", 0)
     return counts

@@ -201,21 +201,30 @@ def forget(client, bucket: str, prefix: str, record: dict, signing_key: Optional
     return delete(client, bucket, doomed)
 
 
-def _versions(client, bucket: str, prefix: str) -> Iterator[dict]:
-    """{"Key", "VersionId"} of every version and delete marker under `prefix`; on a store without
-    ListObjectVersions, every object (its VersionId None)."""
+def versions(client, bucket: str, prefix: str) -> Iterator[dict]:
+    """Every version under `prefix` as ListObjectVersions gives it (Key, VersionId, Size, LastModified,
+    IsLatest), and every delete marker with "DeleteMarker": True; on a store without ListObjectVersions
+    (NotImplemented), every object as the current one with VersionId None. The one listing of versions that
+    forget, prune, tag and stats read."""
     import botocore.exceptions
 
     try:
         for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
-            for one in page.get("Versions", []) + page.get("DeleteMarkers", []):
-                yield {"Key": one["Key"], "VersionId": one.get("VersionId")}
+            yield from page.get("Versions", [])
+            for marker in page.get("DeleteMarkers", []):
+                yield dict(marker, DeleteMarker=True)
     except botocore.exceptions.ClientError as exc:
         if exc.response.get("Error", {}).get("Code") != "NotImplemented":
             raise
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for one in page.get("Contents", ()):
-                yield {"Key": one["Key"], "VersionId": None}
+                yield dict(one, VersionId=None, IsLatest=True)
+
+
+def _versions(client, bucket: str, prefix: str) -> Iterator[dict]:
+    """{"Key", "VersionId"} of every version and delete marker under `prefix` (what DeleteObjects takes)."""
+    for one in versions(client, bucket, prefix):
+        yield {"Key": one["Key"], "VersionId": one.get("VersionId")}
 
 
 #: DeleteObjects takes at most 1,000 keys a request (S3's limit).
@@ -350,7 +359,9 @@ def prune(client, bucket: str, prefix: str, referenced: Referenced, kept_packs: 
     packs_area = snapshot.area(prefix) + "packs/"
     for area, needed in ((prefix, referenced.holds),
                          (packs_area, lambda key, version: key[len(packs_area):] in kept_packs)):
-        for version in _sized_versions(client, bucket, area):
+        for version in versions(client, bucket, area):
+            if version.get("DeleteMarker"):
+                continue
             key, version_id, size = version["Key"], version.get("VersionId"), version.get("Size", 0)
             modified = version["LastModified"].timestamp()
             owner = _nested_owner(key, area) if area == prefix else None
@@ -378,19 +389,3 @@ def _nested_owner(key: str, prefix: str) -> Optional[str]:
         if part.endswith(".obsbatch"):
             return prefix + "/".join(parts[:index] + [part[:-len(".obsbatch")]]) + "/"
     return None
-
-
-def _sized_versions(client, bucket: str, prefix: str) -> Iterator[dict]:
-    """Every version (not delete markers) under `prefix` with its Key, VersionId, Size and LastModified; a
-    store without ListObjectVersions (or a bucket that never had versioning) lists its objects instead."""
-    import botocore.exceptions
-
-    try:
-        for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
-            yield from page.get("Versions", [])
-    except botocore.exceptions.ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") not in ("NotImplemented",):
-            raise
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for one in page.get("Contents", ()):
-                yield dict(one, VersionId=None)

@@ -10,8 +10,6 @@ import json
 import os
 import uuid
 
-import pytest
-
 from obsbatch.testing.faultproxy import Fault
 from tests.conftest import finish, run_command, run_obsbatch, server_args, start_obsbatch
 from tests.integration.test_snapshots import differences, tree_state
