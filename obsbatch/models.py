@@ -128,6 +128,20 @@ class Reason(str, enum.Enum):
     UNSAFE_KEY = "unsafe_key"
 
 
+class CopySource(NamedTuple):
+    """A verified upload (the journal's) whose bytes a file may hold under another key or with other metadata:
+    a renamed or moved file, a copy made with its mtime (cp -a, rsync -a), or a chmod/chown of an unchanged
+    file. The worker hashes the file; if its sha256 is this one, the object is made by a server-side
+    CopyObject of exactly this version (x-amz-copy-source-if-match: this ETag) with the file's own metadata,
+    and no byte of it is sent.
+    """
+
+    key: str
+    version_id: str
+    etag: str
+    sha256: str
+
+
 class Candidate(NamedTuple):
     """A regular file found by the walk (parent only, so not a dataclass: a NamedTuple is made in a third
     of the time, and a no-op run over 200,000 files makes 200,000 of them; issue #12).
@@ -140,6 +154,7 @@ class Candidate(NamedTuple):
         worker compares with the file before uploading ("" when there is none to compare); on a run seeded
         from the latest snapshot (a missing or foreign journal), the ETag of the version that snapshot records.
     remote_version: that version ("": the current object), which an ALREADY_STORED file is recorded as.
+    copy_source: a stored object that may hold this file's bytes (CopySource), or None.
     """
 
     path: bytes
@@ -148,6 +163,7 @@ class Candidate(NamedTuple):
     stat: os.stat_result
     remote_etag: str = ""
     remote_version: str = ""
+    copy_source: "CopySource | None" = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +177,7 @@ class WorkItem:
         if the file it reads no longer matches (Outcome DEFERRED/changed).
     remote_etag: see Candidate.remote_etag; when the stored object proves identical, nothing is uploaded
         (Outcome SKIPPED/already_stored).
+    copy_source: see Candidate.copy_source.
     """
 
     path: bytes
@@ -173,6 +190,7 @@ class WorkItem:
     ino: int
     remote_etag: str = ""
     remote_version: str = ""
+    copy_source: "CopySource | None" = None
 
     @property
     def fingerprint(self) -> tuple:
@@ -197,6 +215,7 @@ class Outcome:
     mtime_ns: the file's mtime as judged, where the file was statted (0 otherwise).
     deleted: move mode removed the local file after this verified upload.
     multipart: whether the multipart API was used.
+    copied_from: UPLOADED by a server-side copy of this key (no byte sent; Candidate.copy_source), else "".
     started, ended: wall-clock epoch seconds of the worker's work (0.0 when no worker ran).
     """
 
@@ -217,6 +236,7 @@ class Outcome:
     mtime_ns: int = 0
     deleted: bool = False
     multipart: bool = False
+    copied_from: str = ""
     started: float = 0.0
     ended: float = 0.0
 

@@ -46,6 +46,15 @@ READ_BLOCK = 1 * MiB
 PART_BYTES_IN_FLIGHT = 128 * MiB
 #: Seconds of one wait for an upload thread's task: how late a SIGTERM may be acted on at worst (UploadThreads.map).
 _WAIT_SLICE = 0.2
+#: S3's largest CopyObject (https://docs.aws.amazon.com/AmazonS3/latest/API/API_CopyObject.html): a renamed file
+#: above it is uploaded again (a multipart copy by UploadPartCopy is not built).
+COPY_OBJECT_BYTES = 5 * 1024 * MiB
+#: What a store answers a CopyObject it will not make: the source version is gone (pruned, deleted), replaced
+#: since it was journaled (the If-Match precondition), unreadable to this key (a write-only policy, another
+#: SSE-C key), or copies are not implemented. The file is then uploaded; any other error is the file's.
+_COPY_REFUSED = frozenset({"NoSuchKey", "NoSuchVersion", "404", "PreconditionFailed", "412", "AccessDenied",
+                           "403", "InvalidRequest", "InvalidArgument", "400", "NotImplemented", "501",
+                           "MethodNotAllowed", "InvalidObjectState"})
 #: `obsbatch restore`: objects up to this size are read whole through the lean GET (WorkerContext._lean_get).
 LEAN_GET_BYTES = 1 * MiB
 
@@ -628,6 +637,9 @@ class WorkerContext:
         self._check_unchanged(item, f, "while reading")
         md5_b64, md5_hex = _md5_b64(data)
         sha256 = hashlib.sha256(data).hexdigest()
+        copied = self._copied(item, st, sha256, md5_hex)
+        if copied is not None:
+            return copied
         archive = self.settings.archive
         metadata = archive.object_metadata(sha256, item.mtime_ns, st)
         retain_until = archive.retain_until(time.time())
@@ -645,22 +657,66 @@ class WorkerContext:
 
     # --- multipart -----------------------------------------------------------------------------------------
 
-    def _hash_file(self, item: WorkItem, f) -> str:
-        """SHA-256 of the whole file, needed up front: metadata is fixed at CreateMultipartUpload."""
+    def _hash_file(self, item: WorkItem, f) -> Tuple[str, str]:
+        """SHA-256 of the whole file, needed up front: metadata is fixed at CreateMultipartUpload; and its MD5
+        where a copy may store it instead (the ETag a copy answers with on AWS), else ""."""
         sha = hashlib.sha256()
+        md5 = hashlib.md5() if item.copy_source is not None and item.size <= COPY_OBJECT_BYTES else None
         total = 0
         for block in iter(lambda: f.read(READ_BLOCK), b""):
             sha.update(block)
+            if md5 is not None:
+                md5.update(block)
             total += len(block)
         if total != item.size:
             raise FileChanged(f"read {total} bytes, expected {item.size}; deferred to the next run")
-        return sha.hexdigest()
+        return sha.hexdigest(), (md5.hexdigest() if md5 is not None else "")
+
+    def _copied(self, item: WorkItem, st: os.stat_result, sha256: str, md5_hex: str) -> Optional[dict]:
+        """Store the file by a server-side CopyObject if an object already holds its bytes (item.copy_source:
+        a rename, a moved directory, a copy, or only its mode, owner or mtime changed): the file's own metadata
+        replaces the source's, and none of its bytes cross the network. None: upload it as usual.
+
+        The bytes are proven the file's before and after: its sha256, read here, is the one the source's
+        verified upload recorded; the server copies that version only while it still has the journaled ETag
+        (x-amz-copy-source-if-match), and the copy's ETag must be the source's or the file's MD5 (a store that
+        ignores the precondition, such as moto's, is caught there and the file uploaded over the copy).
+        """
+        source = item.copy_source
+        if source is None or source.sha256 != sha256 or item.size > COPY_OBJECT_BYTES:
+            return None
+        archive = self.settings.archive
+        retain_until = archive.retain_until(time.time())
+        params = archive.copy_params(self.settings.bucket, source.key, source.version_id, source.etag,
+                                     archive.object_metadata(sha256, item.mtime_ns, st), retain_until)
+        # A small file's task holds its place in flight already (upload_batch); a multipart-sized one does not.
+        place = self.in_flight if item.size >= self.settings.multipart_threshold else contextlib.nullcontext()
+        try:
+            with place:
+                resp = self.client.copy_object(Bucket=self.settings.bucket, Key=item.key, **params)
+        except botocore.exceptions.ClientError as exc:
+            if s3.error_code(exc) not in _COPY_REFUSED:
+                raise
+            log.info("upload.copy_refused", path=item.display, source=source.key, error_type=s3.error_code(exc),
+                     error=s3.error_message(exc))
+            return None
+        etag = resp.get("CopyObjectResult", {}).get("ETag", "").strip('"')
+        if archive.etag_is_md5 and etag not in (source.etag, md5_hex):
+            log.warning("upload.copy_mismatch", path=item.display, source=source.key, etag=etag,
+                        detail="the copy is not the file's bytes; uploading them over it")
+            return None
+        fields = self._stored(item, etag, sha256, resp.get("VersionId", ""), retain_until, multipart="-" in etag)
+        fields["copied_from"] = source.key
+        return fields
 
     def _put_multipart(self, item: WorkItem, f, st: os.stat_result) -> dict:
         bucket = self.settings.bucket
         archive = self.settings.archive
-        sha256 = self._hash_file(item, f)
+        sha256, md5_hex = self._hash_file(item, f)
         self._check_unchanged(item, f, "while hashing")
+        copied = self._copied(item, st, sha256, md5_hex)
+        if copied is not None:
+            return copied
         chunk = part_size(item.size, self.settings.multipart_chunksize)
         numbers = range(1, max(1, math.ceil(item.size / chunk)) + 1)
         # The retention counts from the start of the upload: the date goes with CreateMultipartUpload.

@@ -51,8 +51,12 @@ class Summary:
     """Counts for one run. `scanned` is every path the walk reported (directories aside)."""
 
     scanned: int = 0
+    #: Files stored this run, and the bytes sent for them; `copied` of them were stored by a server-side
+    #: copy (a rename, a move, a changed mode or owner: Outcome.copied_from), their bytes not sent.
     uploaded: int = 0
     bytes_uploaded: int = 0
+    copied: int = 0
+    bytes_copied: int = 0
     planned: int = 0
     bytes_planned: int = 0
     failed: int = 0
@@ -101,9 +105,14 @@ class Summary:
         if kind is Kind.UPLOADED:
             self.uploaded += 1
             self.deleted += outcome.deleted
-            self.bytes_uploaded += outcome.size
+            if outcome.copied_from:
+                self.copied += 1
+                self.bytes_copied += outcome.size
+            else:
+                self.bytes_uploaded += outcome.size
             log.debug("upload.ok", path=outcome.path, key=outcome.key, bytes=outcome.size, attempts=outcome.attempts,
-                      multipart=outcome.multipart, seconds=round(outcome.ended - outcome.started, 3))
+                      multipart=outcome.multipart, seconds=round(outcome.ended - outcome.started, 3),
+                      **({"copied_from": outcome.copied_from} if outcome.copied_from else {}))
         elif kind is Kind.PLANNED:
             self.planned += 1
             self.bytes_planned += outcome.size
@@ -169,6 +178,8 @@ class Summary:
             "scanned": self.scanned,
             "uploaded": self.uploaded,
             "bytes_uploaded": self.bytes_uploaded,
+            "copied": self.copied,
+            "bytes_copied": self.bytes_copied,
             "planned": self.planned,
             "bytes_planned": self.bytes_planned,
             "skipped": dict(self.skipped),
@@ -228,7 +239,9 @@ class Summary:
         # What the snapshot records rather than uploads (symlinks, FIFOs) is no file left out: a line of its own.
         left_out = {reason: n for reason, n in self.skipped.items() if reason != Reason.RECORDED.value}
         recorded = self.skipped.get(Reason.RECORDED.value, 0)
-        details = (("skipped: ", left_out and by_reason(left_out)),
+        details = (("copied:  ", self.copied and f"{self.copied} of them ({human_size(self.bytes_copied)}) by a "
+                                                 "server-side copy (renamed, moved or new attributes): no byte sent"),
+                   ("skipped: ", left_out and by_reason(left_out)),
                    ("recorded:", recorded and f"{recorded} symlinks and special files, in the snapshot"),
                    ("deferred:", self.deferred and f"{by_reason(self.deferred)} (the next run takes them)"),
                    ("FAILED:  ", self.failed and f"{self.failed} ({by_reason(self.failed_by_type)})"

@@ -40,7 +40,9 @@ def guarded(items: Iterable, journal: Journal, previous_files: int, max_changed:
     """The items, passed on only after the walk, if no more than `max_changed` percent of the
     `previous_files` changed content or vanished, as the journal knows them (Journal.known_seen and
     known_changed: a file whose size or mtime moved; not one whose ctime alone did, so a `chown -R` or
-    `chmod -R` is not taken for an attack); MassChange otherwise.
+    `chmod -R` is not taken for an attack; and a file found under a new name with the size and mtime of a
+    journaled one, known_moved, is no vanished file, so a renamed directory is not either); MassChange
+    otherwise.
 
     stopping(): a stop signal came; the spool ends there and nothing is passed on.
     """
@@ -52,9 +54,9 @@ def guarded(items: Iterable, journal: Journal, previous_files: int, max_changed:
             if stopping():
                 return
         changed, seen = journal.known_changed, journal.known_seen
-        vanished = max(0, previous_files - seen)
+        vanished = max(0, previous_files - seen - journal.known_moved)
         share = 100.0 * (changed + vanished) / previous_files
-        figures = dict(previous_files=previous_files, changed=changed, vanished=vanished,
+        figures = dict(previous_files=previous_files, changed=changed, vanished=vanished, moved=journal.known_moved,
                        share_percent=round(share, 1), max_changed_percent=max_changed)
         if share > max_changed:
             log.error("run.mass_change", **figures,

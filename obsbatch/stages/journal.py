@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Iterator, Optional, Tuple, Union
 import structlog
 
 from obsbatch.errors import JournalError
-from obsbatch.models import Candidate, Kind, Outcome, Reason, WorkItem, display, fingerprint
+from obsbatch.models import Candidate, CopySource, Kind, Outcome, Reason, WorkItem, display, fingerprint
 
 log = structlog.get_logger()
 
@@ -52,6 +52,9 @@ _UPLOAD_COLUMNS = "endpoint, bucket, key, size, mtime_ns, ctime_ns, dev, ino, sh
 _DIRECTORY_OF_KEY = "rtrim(key, replace(key, '/', ''))"
 # An index on that expression (SQLite >= 3.9): created on first open, also for journals of older versions.
 _BY_DIRECTORY = f"CREATE INDEX IF NOT EXISTS uploads_by_directory ON uploads (endpoint, bucket, {_DIRECTORY_OF_KEY})"
+#: Verified uploads by size and mtime: where a file that is new under its key, or whose ctime alone moved, may
+#: already be stored (a rename keeps both, as do `mv` of a directory, `cp -a`, `rsync -a`, chmod and chown).
+_BY_CONTENT = "CREATE INDEX IF NOT EXISTS uploads_by_content ON uploads (endpoint, bucket, size, mtime_ns)"
 #: Past this many journaled files in one directory, its lookups go one file at a time (memory bound).
 DIRECTORY_ROWS = 20000
 
@@ -164,6 +167,7 @@ class Journal:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute(_SCHEMA)
         self.db.execute(_BY_DIRECTORY)
+        self.db.execute(_BY_CONTENT)
         self.db.execute(_DEFERRED_SCHEMA)
         self.db.execute(_HEADS_SCHEMA)
         for schema in _SNAPSHOT_SCHEMA:
@@ -182,6 +186,9 @@ class Journal:
         #: Files `filter` found journaled, and those of them whose size or mtime moved (stages.guard).
         self.known_seen = 0
         self.known_changed = 0
+        #: Files new under their key whose size and mtime a journaled upload of another key has: renamed or
+        #: moved (a copy source), so their old keys' absence is no vanishing.
+        self.known_moved = 0
         #: The key prefixes (directories) of the files this run recorded an upload of: their trees are rebuilt.
         self.touched: set = set()
         self._pending: list = []  # uploads rows to insert
@@ -337,7 +344,26 @@ class Journal:
                 yield Outcome(Kind.SKIPPED, display(item.path), key=key, reason=Reason.UNCHANGED,
                               size=st.st_size, mtime_ns=st.st_mtime_ns)
                 continue
-            yield item
+            source = self._copy_source(key, st) if st.st_size else None
+            self.known_moved += source is not None and row is None
+            yield item._replace(copy_source=source) if source is not None else item
+
+    def _copy_source(self, key: str, st: os.stat_result) -> Optional[CopySource]:
+        """A verified upload of the same size and mtime (this key's own first, then the same inode's), whose
+        bytes the file may be: the worker compares its sha256 and copies the object server-side if equal.
+
+        Asked only for a file about to be uploaded (new under its key, or changed), so a no-op run never
+        asks. An empty file is uploaded as it is: its PUT costs what a copy would.
+        """
+        try:
+            row = self.db.execute(
+                "SELECT key, version_id, etag, sha256 FROM uploads INDEXED BY uploads_by_content "
+                "WHERE endpoint=? AND bucket=? AND size=? AND mtime_ns=? "
+                "ORDER BY key = ? DESC, (dev = ? AND ino = ?) DESC LIMIT 1",
+                (self.endpoint, self.bucket, st.st_size, st.st_mtime_ns, key, st.st_dev, st.st_ino)).fetchone()
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot read the state journal {self.path}: {exc}") from None
+        return CopySource(*row) if row is not None else None
 
     def record(self, item: WorkItem, outcome: Outcome) -> None:
         """Note a verified upload (or an object proven identical), which also ends the file's deferral;

@@ -11,7 +11,8 @@ def work_item(cand: Candidate) -> WorkItem:
     st = cand.stat
     return WorkItem(path=cand.path, display=display(cand.path), key=cand.key, size=st.st_size,
                     mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns, dev=st.st_dev, ino=st.st_ino,
-                    remote_etag=cand.remote_etag, remote_version=cand.remote_version)
+                    remote_etag=cand.remote_etag, remote_version=cand.remote_version,
+                    copy_source=cand.copy_source)
 
 
 def plan(items: Iterable[Union[Candidate, Outcome]]) -> Iterator[Union[WorkItem, Outcome]]:

@@ -99,6 +99,10 @@ class FaultProxy:
         self.seen: list[tuple[str, str, str, float]] = []  # (method, path, what happened, time.monotonic())
         #: (method, path, the client's port) of every request: requests with one port came on one connection.
         self.clients: list[tuple[str, str, int]] = []
+        #: The path of every server-side copy (a PUT with x-amz-copy-source), and (path, body length) of every
+        #: other PUT: what a test of renames and attribute changes counts.
+        self.copies: list[str] = []
+        self.puts: list[tuple[str, int]] = []
         self._lock = threading.Lock()
         proxy = self
 
@@ -138,6 +142,13 @@ class FaultProxy:
     def record(self, method: str, path: str, what: str) -> None:
         with self._lock:
             self.seen.append((method, path, what, time.monotonic()))
+
+    def note_put(self, path: str, copy: bool, length: int) -> None:
+        with self._lock:
+            if copy:
+                self.copies.append(path)
+            else:
+                self.puts.append((path, length))
 
     def relabel(self, method: str, path: str, what: str) -> None:
         """Change what happened to this request, recorded when it arrived (its latest record)."""
@@ -196,6 +207,8 @@ class _Handler(BaseHTTPRequestHandler):
         method, path = self.command, self.path
         self.owner.clients.append((method, path, self.client_address[1]))
         length = int(self.headers.get("Content-Length") or 0)
+        if method == "PUT":
+            self.owner.note_put(path, bool(self.headers.get("x-amz-copy-source")), length)
         fault = self.owner.take(method, path)
         if fault is not None and fault.action == "reset_mid_body":
             self.rfile.read(length // 2)
