@@ -129,3 +129,29 @@ def test_on_moto_a_replaced_source_is_caught_by_the_etag_and_uploaded_over(tmp_p
     restored = tmp_path / "restored"
     _restore(moto, bucket, prefix, restored)
     assert differences(tree_state(source), tree_state(restored)) == []
+
+
+def test_an_sse_c_object_is_copied_with_its_key_and_read_back(tmp_path, s3server, prefix, proxy):
+    """Under SSE-C the source is read with the same key (x-amz-copy-source-server-side-encryption-customer-*)
+    and the copy is stored under it; the ETag is no MD5 there, so the read-back (--verify-after-upload) and the
+    restore check the bytes."""
+    key_file = tmp_path / "sse-c.key"
+    key_file.write_bytes(os.urandom(32))
+    bucket = s3server.bucket
+    source = tmp_path / "src"
+    _tree(source, files=3)
+    args = ("--sse-c-key-file", key_file, "--verify-after-upload")
+
+    def run():
+        return run_obsbatch("--source", source, *server_args(s3server, prefix, endpoint=proxy.endpoint, bucket=bucket),
+                            *args, env=s3server.env())
+
+    assert run().returncode == 0
+    os.rename(source / "photos", source / "pictures")
+    proxy.puts.clear()
+    result = run()
+    assert result.returncode == 0, result
+    assert (result.summary["copied"], _bodies(proxy, "/pictures/")) == (4, [])
+    restored = tmp_path / "restored"
+    _restore(s3server, bucket, prefix, restored, "--sse-c-key-file", key_file)
+    assert differences(tree_state(source), tree_state(restored)) == []
