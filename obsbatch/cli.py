@@ -4,11 +4,12 @@
 verify, verify_manifest), each a `main(argv, started)` that returns its exit code or raises FatalExit. Every
 flag may also come from `OBSBATCH_<FLAG>` (dashes as underscores, upper case), so a systemd EnvironmentFile
 can hold a whole job; a flag on the command line beats its variable. Only this module ends the process
-(`sys.exit`, and `_leave` after a backup).
+(`sys.exit`, whose last exit handler skips the interpreter's teardown after a backup: SkippedTeardown).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -49,6 +50,10 @@ def wants_json(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
 
 def main(argv: Optional[Sequence[str]] = None) -> NoReturn:
     started = time.time()
+    teardown = SkippedTeardown()
+    # Registered before any module registers its own exit handler: they run last-registered first
+    # (https://docs.python.org/3/library/atexit.html), so this one runs after all of them.
+    atexit.register(teardown)
     command, argv = split_command(sys.argv[1:] if argv is None else argv)
     try:
         code = _run(command, argv, started)
@@ -59,7 +64,7 @@ def main(argv: Optional[Sequence[str]] = None) -> NoReturn:
                 print(json.dumps({"command": command, "exit_code": stop.code, "error": stop.error}), flush=True)
         sys.exit(stop.code)
     if command == "backup":
-        _leave(code)
+        teardown.code = code
     sys.exit(code)
 
 
@@ -77,21 +82,28 @@ def _run(command: str, argv: Sequence[str], started: float) -> int:
     return module.main(argv, started)
 
 
-def _leave(code: int) -> NoReturn:
-    """End a run that has written everything it writes: the exit handlers run, the output is flushed, and
-    the interpreter's own teardown is skipped.
+class SkippedTeardown:
+    """The last exit handler: after a backup, which has written everything it writes, the interpreter's own
+    teardown is skipped.
 
     That teardown (freeing every module object botocore, structlog and the rest made) took ~0.13 s after
-    the last exit handler, a third of a no-op run over 20,000 files (issue #12). The journal is closed, the
-    manifest fsynced and telemetry flushed before this; the exit handlers are multiprocessing's (the pool
-    is already shut down) and concurrent.futures'.
+    the last exit handler, a third of a no-op run over 20,000 files. By the time this runs, the journal is
+    closed, the manifest fsynced, telemetry flushed, and the other exit handlers (multiprocessing's,
+    concurrent.futures', logging's) have run; the output is flushed here, and os._exit ends the process
+    with the run's code. Any other command (code None) ends the ordinary way.
     """
-    import atexit
 
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a reader that left (`| head`), or a stream already closed
-            pass
-    os._exit(code)
+    def __init__(self) -> None:
+        self.code: Optional[int] = None
+
+    def __call__(self) -> None:
+        if self.code is None:
+            return
+        if "logging" in sys.modules:  # its handler may have been registered before this one
+            sys.modules["logging"].shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a reader that left (`| head`), or a stream already closed
+                pass
+        os._exit(self.code)

@@ -248,3 +248,4 @@ def test_the_signing_keys_old_flag_and_variable_still_sign(tmp_path):
     assert parse(base, {"OBSBATCH_SIGNING_KEY": private}).signing_key == private
     with pytest.raises(UsageError, match="is not an Ed25519 key|is not an unencrypted PEM key"):
         parse(base + ["--signing-key", public], {})
+
