@@ -26,7 +26,6 @@ from typing import Callable, Optional, Tuple
 
 import botocore.exceptions
 import botocore.session
-from botocore.retries import standard
 import structlog
 
 from obsbatch import logs
@@ -262,10 +261,6 @@ def part_size(size: int, chunksize: int) -> int:
     return math.ceil(size / MAX_PARTS / MiB) * MiB
 
 
-# botocore's own standard-mode backoff (full jitter, 20 s cap), so a BadDigest re-send waits as any retry does.
-_BACKOFF = standard.ExponentialBackoff()
-
-
 class WorkerContext:
     """What one worker process holds: its settings, S3 client, lean PUT, upload threads and request counts.
 
@@ -299,7 +294,7 @@ class WorkerContext:
         if settings.endpoint.checksum_mode == "when_required":
             # CRC checksums (--checksum-mode when_supported) stay with botocore, which knows how to send them.
             self.direct, why = put.make(self.client, session, settings.bucket, settings.endpoint.max_attempts,
-                                        self._before_send, self._answered)
+                                        settings.endpoint.verify, self._before_send, self._answered)
             if self.direct is None:
                 log.debug("upload.direct_put_unavailable", reason=why)
 
@@ -604,7 +599,7 @@ class WorkerContext:
                     raise
                 log.warning("upload.retry", key=params.get("Key"), error_type=code, attempt=attempt)
                 counts.recalls += 1
-                time.sleep(_BACKOFF.delay_amount(standard.RetryContext(attempt_number=attempt)))
+                time.sleep(s3.backoff(attempt, throttled=False))
 
     def _head(self, key: str, version_id: str = "") -> dict:
         """HeadObject of `key` (of one version, if given), with the SSE-C key where objects need it."""

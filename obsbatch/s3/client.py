@@ -14,6 +14,7 @@ retries + 1 times, whatever the faults.
 from __future__ import annotations
 
 import datetime
+import random
 
 import botocore.config
 import botocore.exceptions
@@ -25,6 +26,17 @@ from obsbatch.s3.endpoint import Endpoint
 
 #: Error codes retried by obsbatch itself, on top of botocore (see module docstring).
 BODY_CORRUPTED_CODES = frozenset({"BadDigest", "XAmzContentSHA256Mismatch"})
+
+
+def backoff(attempt: int, throttled: bool) -> float:
+    """Seconds to wait before re-sending a request that failed `attempt` times (1-based): botocore's standard
+    mode, t = rand(0,1) * min(base * 2**(attempt-1), 20 s), base 1 s when throttled, else 50 ms.
+
+    Written here rather than taken from botocore.retries.standard.ExponentialBackoff, whose constructor and
+    formula changed within the botocore versions obsbatch allows (1.36 had no throttling scale): the policy is
+    obsbatch's own decision, and must not change silently with the library under it.
+    """
+    return random.random() * min((1.0 if throttled else 0.05) * 2 ** (attempt - 1), 20.0)
 
 
 def make_client(endpoint: Endpoint, pool_connections: int = 2, session=None):

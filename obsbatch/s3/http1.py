@@ -15,7 +15,7 @@ not change:
   retries and `s3.error_code` names;
 - a kept-alive connection found closed by the server is replaced before a request is sent on it (urllib3's
   is_connection_dropped), never by sending the request twice.
-It speaks only what the one PUT needs: no proxies (put.make falls back to the client's session when one is
+It speaks only what the one PUT needs: no proxies (put.make leaves the request to botocore when one is
 configured), no client certificates, no 100-continue.
 """
 

@@ -20,34 +20,35 @@ What is kept, so the request and its failure modes are botocore's own:
   region endpoints and custom endpoints are botocore's decision;
 - transport: a kept-alive connection per upload thread (obsbatch.s3.http1) with the client's TLS trust and
   timeouts and botocore's exception classes for faults; where the client would go through a proxy or
-  present a client certificate, the client's own HTTP session (`URLLib3Session`) instead;
+  present a client certificate, no DirectPut at all (put_object), so those stay botocore's;
 - errors: the response is parsed by botocore's rest-xml parser and raised as the client's modelled
   `ClientError`, so `s3.error_code` names it exactly as for any other call;
-- retries: botocore's *standard* retry policy objects (the same conditions, the same backoff with the
-  same throttling scale, the same client-wide retry quota) applied to each attempt; a body the server
-  received corrupted (BadDigest), which botocore does not retry, is re-sent under the same budget, backoff
-  and quota. This is the one place that retries a single PUT.
+- retries: botocore's *standard* retry conditions and client-wide retry quota applied to each attempt,
+  with the standard mode's backoff (s3.client.backoff: the same formula and throttling scale); a body the
+  server received corrupted (BadDigest), which botocore does not retry, is re-sent under the same budget,
+  backoff and quota. This is the one place that retries a single PUT.
 
 The payload is always SHA-256 signed (`X-Amz-Content-SHA256` is the digest obsbatch computes anyway for
 the object's metadata), so the server verifies the SHA-256 of every body as well as its Content-MD5.
 botocore skips that over https when Content-MD5 is present; here it costs nothing.
 
 Only used for single-part uploads with `--checksum-mode when_required` (the default); anything else goes
-through botocore's `put_object`. `make` returns None when this botocore lacks a part relied on here, and the
-worker then uses `put_object` for everything.
+through botocore's `put_object`. `make` returns None when this botocore lacks a part relied on here (with a
+warning), and the worker then uses `put_object` for everything. Only public names of botocore are used.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import os
 import time
 import urllib.parse
 from typing import Optional
 
 import botocore.auth
-import botocore.awsrequest
 import botocore.exceptions
+import botocore.utils
 import botocore.parsers
 import structlog
 from botocore.retries import quota, standard
@@ -55,7 +56,7 @@ from botocore.retries import quota, standard
 from obsbatch import __version__
 from obsbatch.s3 import http1
 from obsbatch.s3.sigv4 import SigV4, host_header  # noqa: F401 (host_header: the tests' too)
-from obsbatch.s3.client import BODY_CORRUPTED_CODES
+from obsbatch.s3.client import BODY_CORRUPTED_CODES, backoff
 
 log = structlog.get_logger()
 
@@ -64,15 +65,14 @@ _PROBE_KEY = "obsbatch-url-probe"
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 class DirectPut:
-    """PutObject for one bucket through a given client's credentials, transport settings, parser and
-    retry policy. `transport` (http1.Transport) carries the requests; None: the client's own session."""
+    """PutObject for one bucket through a given client's credentials, parser and retry policy. `transport`
+    (http1.Transport, with the client's TLS trust and timeout: `make`) carries the requests."""
 
     def __init__(self, client, credentials, bucket: str, max_attempts: int, on_send=None, on_answer=None,
                  transport: Optional[http1.Transport] = None):
         self._credentials = credentials
         self._signer = SigV4(client.meta.region_name)
-        self._http = client._endpoint.http_session  # the client's transport, where `transport` is None
-        self._transport = transport
+        self.transport = transport
         self._exceptions = client.exceptions
         self._operation = client.meta.service_model.operation_model("PutObject")
         self._get_operation = client.meta.service_model.operation_model("GetObject")
@@ -85,11 +85,14 @@ class DirectPut:
         self._path_base = parts.path[:-len(_PROBE_KEY)]
         self._host = host_header(probe)
         self._user_agent = f"obsbatch/{__version__} Botocore/{botocore.__version__}"
-        throttling = standard.ThrottlingErrorDetector(standard.RetryEventAdapter())
+        # botocore's retry conditions and retry quota, whose constructors are the same in every botocore
+        # obsbatch allows (the backoff is obsbatch's own: s3.client.backoff); tests/functional/test_worker.py
+        # checks that a DirectPut is built with the installed botocore, so a change would fail there, not
+        # silently send every small file through put_object.
         self._max_attempts = max_attempts
         self._conditions = standard.StandardRetryConditions(max_attempts=max_attempts)
-        self._backoff = standard.ExponentialBackoff(service_name="s3", throttling_detector=throttling)
-        self._quota = standard.RetryQuotaChecker(quota.RetryQuota(), throttling)
+        self._throttled = standard.ThrottledRetryableChecker()
+        self._quota = standard.RetryQuotaChecker(quota.RetryQuota())
         self._on_send = on_send or (lambda **kwargs: None)
         self._on_answer = on_answer or (lambda: None)
 
@@ -154,7 +157,7 @@ class DirectPut:
             if self._retryable(context, code) and self._quota.acquire_retry_quota(context):
                 if code in BODY_CORRUPTED_CODES:
                     log.warning("upload.retry", key=key, error_type=code, attempt=attempt)
-                time.sleep(self._backoff.delay_amount(context))
+                time.sleep(backoff(attempt, self._throttled.is_retryable(context)))
                 continue
             if error is not None:
                 raise error
@@ -172,12 +175,7 @@ class DirectPut:
         signed = self._signer.sign(method, path, headers, sha256_hex, self._credentials.get_frozen_credentials())
         self._on_send(attempt=attempt, size=len(body))
         try:
-            if self._transport is not None:
-                return self._transport.send(method, path, signed, body)
-            # urllib3 sets Host from the URL itself, as the value signed above.
-            request = botocore.awsrequest.AWSRequest(method, self._origin + path, data=body,
-                                                     headers={n: v for n, v in signed if n != "host"})
-            return self._http.send(request.prepare())
+            return self.transport.send(method, path, signed, body)
         finally:
             self._on_answer()
 
@@ -190,24 +188,35 @@ class DirectPut:
                                   operation.output_shape)
 
 
-def make(client, session, bucket: str, max_attempts: int, on_send=None, on_answer=None):
-    """A DirectPut for `client`, or None (with the reason) when it cannot be built here."""
+def make(client, session, bucket: str, max_attempts: int, verify, on_send=None, on_answer=None):
+    """A DirectPut for `client`, or None and the reason where botocore must carry the requests itself: a
+    proxy for this endpoint, a client certificate, no credentials, or (a warning) a botocore this module does
+    not fit. verify: the endpoint's --ca-bundle / --no-verify-ssl (s3.endpoint.Endpoint.verify), or None."""
     try:
         credentials = session.get_credentials()
         if credentials is None:
             return None, "no credentials"
         direct = DirectPut(client, credentials, bucket, max_attempts, on_send, on_answer)
-        direct._transport = _transport_for(client, direct.origin)
-        return direct, ""
-    except Exception as exc:  # an internal botocore layout we do not know: fall back to put_object
+    except Exception as exc:  # an internal botocore layout we do not know: put_object, and say so
+        log.warning("upload.direct_put_unavailable", error=f"{type(exc).__name__}: {exc}",
+                    detail="every PUT goes through botocore's put_object (slower per small file)")
         return None, f"{type(exc).__name__}: {exc}"
-
-
-def _transport_for(client, origin: str) -> Optional[http1.Transport]:
-    """The kept-alive transport, with the client's resolved TLS trust and timeouts; None where the client's
-    own session must carry the requests (a proxy for this endpoint, or a client certificate)."""
-    session = client._endpoint.http_session
-    if session._proxy_config.proxy_url_for(origin + "/") or session._cert_file:
-        return None
     config = client.meta.config
-    return http1.Transport(origin, timeout=config.read_timeout, verify=session._verify)
+    if config.proxies or botocore.utils.get_environ_proxies(direct.origin + "/"):
+        return None, "a proxy"  # botocore's own choice of proxy (HTTPS_PROXY, NO_PROXY), from the environment
+    if config.client_cert:
+        return None, "a client certificate"
+    direct.transport = http1.Transport(direct.origin, timeout=config.read_timeout,
+                                       verify=resolved_verify(verify, session))
+    return direct, ""
+
+
+def resolved_verify(verify, session):
+    """The TLS trust botocore resolves for a client made with `verify` (botocore.session.create_client, then
+    botocore.endpoint.EndpointCreator): the given value, else the session's ca_bundle (AWS_CA_BUNDLE, the
+    profile), else REQUESTS_CA_BUNDLE, else True (its bundled certificates)."""
+    if verify is None:
+        verify = session.get_config_variable("ca_bundle")
+    if verify is None:
+        verify = os.environ.get("REQUESTS_CA_BUNDLE", True)
+    return verify

@@ -344,3 +344,19 @@ def test_the_lean_get_returns_what_get_object_returns(tmp_path, s3, s3server, pr
     with pytest.raises(botocore.exceptions.ClientError) as missing:
         worker.direct.get(prefix + "nothing-here", {})
     assert missing.value.response["Error"]["Code"] == "NoSuchKey"
+
+
+def test_a_proxy_in_the_environment_leaves_every_put_to_botocore(tmp_path, s3, s3server, prefix, setup_worker,
+                                                                   proxy, monkeypatch):
+    """The lean PUT speaks no proxy: with HTTP_PROXY set for the endpoint (botocore's own reading of the
+    environment, NO_PROXY included), the worker has no DirectPut and botocore's put_object goes through the
+    proxy; with NO_PROXY naming the endpoint, the lean PUT is back."""
+    monkeypatch.setenv("HTTP_PROXY", proxy.endpoint)
+    worker = setup_worker(prefix)
+    assert worker.direct is None
+    path = tmp_path / "f.bin"
+    path.write_bytes(os.urandom(2000))
+    assert worker.upload_one(item_for(path, prefix)).kind is Kind.UPLOADED
+    assert proxy.count("PUT", r"f\.bin") == 1  # the proxy forwarded it (an absolute URI, as a proxy gets)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    assert setup_worker(prefix).direct is not None
