@@ -261,6 +261,14 @@ def part_size(size: int, chunksize: int) -> int:
     return math.ceil(size / MAX_PARTS / MiB) * MiB
 
 
+def _attempt_of(header) -> int:
+    """N of an `amz-sdk-request: attempt=N; max=M` header (bytes or str), 1 without one."""
+    if isinstance(header, bytes):
+        header = header.decode("ascii", "replace")
+    match = re.search(r"attempt=(\d+)", header or "")
+    return int(match.group(1)) if match else 1
+
+
 class WorkerContext:
     """What one worker process holds: its settings, S3 client, lean PUT, upload threads and request counts.
 
@@ -307,8 +315,9 @@ class WorkerContext:
                      **kwargs) -> None:
         """Just before each HTTP request: pace it (--max-rps, --bwlimit), count it, note a re-send.
 
-        botocore's before-send passes the request, whose context says which attempt it is (Endpoint.
-        _send_request) and whose Content-Length its body's size; DirectPut passes both itself.
+        botocore's before-send passes the request, whose Content-Length is its body's size and whose
+        `amz-sdk-request: attempt=N; max=M` header (the SDKs' retry header, sent in standard mode by every
+        botocore obsbatch allows) says which attempt it is; DirectPut passes both itself.
         """
         if self.shared is not None and self.shared.rate is not None:
             self.shared.rate.wait()
@@ -318,7 +327,7 @@ class WorkerContext:
             self.shared.bandwidth.wait(size or 0)
         self.counts.sent += 1  # returns None: botocore goes on to send the request itself
         if attempt is None and request is not None:
-            attempt = request.context.get("retries", {}).get("attempt", 1)
+            attempt = _attempt_of(request.headers.get("amz-sdk-request"))
         if attempt and attempt > 1:
             self.in_flight.resent()
         self.in_flight.request()
