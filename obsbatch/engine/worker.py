@@ -4,19 +4,16 @@ A worker process is set up once by `init_worker`, the pool's initializer (reache
 configures logging, and builds its `WorkerContext` from `WorkerSettings` (the few settings a worker needs,
 not the whole config) and the `Shared` memory the parent made. The context owns everything the process
 holds: its own S3 client (clients neither pickle nor survive a fork), the lean PUT, upload threads and
-request counters. `WorkerContext.upload_one` never raises: every path through it returns an Outcome of plain
+request counters. Each task works over them in a module of its own: a file's upload (engine.upload), an
+object's restore (engine.download), its verification (engine.check); here each becomes an Outcome.
+`WorkerContext.upload_one` never raises: every path through it returns an Outcome of plain
 data, and `run_batch` turns anything that escapes it anyway into a FAILED Outcome.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import errno
 import functools
-import hashlib
-import math
-import os
 import queue
 import re
 import signal
@@ -32,42 +29,18 @@ from obsbatch import logs
 from obsbatch.s3 import lock, put
 from obsbatch.s3 import client as s3
 from obsbatch.engine.concurrency import per_worker
-from obsbatch.config import MAX_PARTS, MiB
+from obsbatch.config import MiB
 from obsbatch.models import Kind, Outcome, Reason, RestoreItem, VerifyItem, WorkItem, crashed, not_started
 from obsbatch.engine.shared import Shared
+from obsbatch.engine.upload import Cancelled, FileChanged, NotVerified, Uploader
 from obsbatch.engine.settings import WorkerSettings
 
 log = structlog.get_logger()
 
-READ_BLOCK = 1 * MiB
-#: Bytes of multipart parts a worker holds in memory at once: parts in flight are at most this over the part
-#: size (at least one), whatever the level of uploads in flight (README "Memory").
-PART_BYTES_IN_FLIGHT = 128 * MiB
 #: Seconds of one wait for an upload thread's task: how late a SIGTERM may be acted on at worst (UploadThreads.map).
 _WAIT_SLICE = 0.2
-#: S3's largest CopyObject (https://docs.aws.amazon.com/AmazonS3/latest/API/API_CopyObject.html): a renamed file
-#: above it is uploaded again (a multipart copy by UploadPartCopy is not built).
-COPY_OBJECT_BYTES = 5 * 1024 * MiB
-#: What a store answers a CopyObject it will not make: the source version is gone (pruned, deleted), replaced
-#: since it was journaled (the If-Match precondition), unreadable to this key (a write-only policy, another
-#: SSE-C key), or copies are not implemented. The file is then uploaded; any other error is the file's.
-_COPY_REFUSED = frozenset({"NoSuchKey", "NoSuchVersion", "404", "PreconditionFailed", "412", "AccessDenied",
-                           "403", "InvalidRequest", "InvalidArgument", "400", "NotImplemented", "501",
-                           "MethodNotAllowed", "InvalidObjectState"})
 #: `obsbatch restore`: objects up to this size are read whole through the lean GET (WorkerContext._lean_get).
 LEAN_GET_BYTES = 1 * MiB
-
-
-class FileChanged(Exception):
-    """The file no longer matches the stat the parent judged (internal to this module)."""
-
-
-class NotVerified(Exception):
-    """What the server reports storing is not what was sent (internal to this module)."""
-
-
-class _Cancelled(Exception):
-    """A part not begun because another part of the same upload failed (internal to this module)."""
 
 
 class RequestCounts(threading.local):
@@ -77,7 +50,7 @@ class RequestCounts(threading.local):
 
     sent = 0
     calls = 0
-    recalls = 0  # calls that WorkerContext.call itself repeated (BadDigest): retries, not new operations
+    recalls = 0  # calls that upload.Uploader.call itself repeated (BadDigest): retries, not new operations
 
     def snapshot(self) -> tuple[int, int, int]:
         return self.sent, self.calls, self.recalls
@@ -224,43 +197,6 @@ def run_batch(items: list, upload: Callable[[WorkItem], Outcome], threads: Optio
     return [value if ok else crashed(item, value) for item, (ok, value) in zip(items, results)]
 
 
-def _md5_b64(data) -> tuple[str, str]:
-    digest = hashlib.md5(data)
-    return base64.b64encode(digest.digest()).decode("ascii"), digest.hexdigest()
-
-
-_STAT_FIELDS = (("size", "st_size", "size"), ("mtime", "st_mtime_ns", "mtime_ns"),
-                ("ctime", "st_ctime_ns", "ctime_ns"), ("inode", "st_ino", "ino"), ("device", "st_dev", "dev"))
-
-
-def _check_same(item: WorkItem, st: os.stat_result, what: str) -> None:
-    for label, st_attr, item_attr in _STAT_FIELDS:
-        then, now = getattr(item, item_attr), getattr(st, st_attr)
-        if now != then:
-            raise FileChanged(f"{label} changed {what} ({then} -> {now}); deferred to the next run")
-
-
-_MD5_ETAG = re.compile(r"^[0-9a-f]{32}(-\d+)?$")
-
-
-def _check_etag(item: WorkItem, etag: str, expected: str) -> None:
-    """The stored object's ETag must be the one S3 computes for the bytes we sent.
-
-    Single part: the body's MD5. Multipart: the MD5 of the parts' binary MD5s, then '-' and the part count.
-    An ETag that is not of that form at all (SSE-KMS, SSE-C, some gateways) proves nothing either way; the
-    server has already checked Content-MD5 on every request, so it is accepted.
-    """
-    if _MD5_ETAG.match(etag) and etag != expected:
-        raise NotVerified(f"the server reports ETag {etag} for {item.key}, but the bytes sent have {expected}")
-
-
-def part_size(size: int, chunksize: int) -> int:
-    """The configured part size, raised (in whole MiB) until the file fits in S3's 10,000 parts."""
-    if size <= chunksize * MAX_PARTS:
-        return chunksize
-    return math.ceil(size / MAX_PARTS / MiB) * MiB
-
-
 def _attempt_of(header) -> int:
     """N of an `amz-sdk-request: attempt=N; max=M` header (bytes or str), 1 without one."""
     if isinstance(header, bytes):
@@ -405,9 +341,9 @@ class WorkerContext:
         if self.threads is None:
             return None
         return download.Ranges(self.settings.multipart_threshold, self.settings.multipart_chunksize,
-                               self._run_on_threads)
+                               self.run_on_threads)
 
-    def _run_on_threads(self, function: Callable, args: list) -> list:
+    def run_on_threads(self, function: Callable, args: list) -> list:
         """function(arg) for each arg on this worker's threads, each inside `in_flight`, their requests
         counted for this thread's object (Outcome.attempts); the first failure raised once all have ended."""
         spent: list = []
@@ -417,8 +353,8 @@ class WorkerContext:
             for counted in spent:
                 self.counts.add(counted)
         failures = [value for ok, value in results if not ok]
-        if failures:  # the failure itself, not a task that only stood down after it (_Cancelled)
-            raise next((exc for exc in failures if not isinstance(exc, _Cancelled)), failures[0])
+        if failures:  # the failure itself, not a task that only stood down after it (Cancelled)
+            raise next((exc for exc in failures if not isinstance(exc, Cancelled)), failures[0])
         return [value for _, value in results]
 
     def restore_one(self, item: RestoreItem) -> Outcome:
@@ -491,6 +427,11 @@ class WorkerContext:
             return not_started(item)
         return task(item)
 
+    @functools.cached_property
+    def uploads(self) -> Uploader:
+        """This worker's upload task (engine.upload), over its client, counts and threads."""
+        return Uploader(self)
+
     def upload_one(self, item: WorkItem) -> Outcome:
         """Upload one file, verified; DEFERRED/changed if it moved under us; FAILED with a reason otherwise."""
         started = time.time()
@@ -498,7 +439,7 @@ class WorkerContext:
         try:
             if self.init_error:
                 raise RuntimeError(f"the worker could not create its S3 client: {self.init_error}")
-            fields = self._upload(item)
+            fields = self.uploads.upload(item)
         except FileChanged as exc:
             fields = dict(kind=Kind.DEFERRED, reason=Reason.CHANGED, message=str(exc))
         except NotVerified as exc:
@@ -518,302 +459,6 @@ class WorkerContext:
             fields = _store_failure(exc)
         fields.setdefault("mtime_ns", item.mtime_ns)
         return self._outcome(item, started, before, fields)
-
-    def _upload(self, item: WorkItem) -> dict:
-        with self._open(item) as f:
-            st = self._check_unchanged(item, f, "before reading")
-            if item.remote_etag:
-                found = self._already_stored(item, f)
-                if found is not None:
-                    return found
-            if item.size >= self.settings.multipart_threshold:
-                return self._put_multipart(item, f, st)
-            return self._put_single(item, f, st)
-
-    # --- the judged file, read safely ----------------------------------------------------------------------
-
-    def _open(self, item: WorkItem):
-        """Open the judged file for reading, safely even if its name now points at something else.
-
-        O_NONBLOCK: if the name was replaced by a FIFO since the walk, open() returns instead of waiting for
-        a writer forever (the inode check then reports the change); it does nothing to reads of regular
-        files. O_NOFOLLOW (unless --follow-symlinks): a name replaced by a symlink is not followed.
-        O_NOATIME: a backup should not touch access times (tar --atime-preserve, borg); the kernel allows it
-        only to the file's owner or CAP_FOWNER (EPERM otherwise), so it is dropped when refused.
-        """
-        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if self.settings.follow_symlinks else os.O_NOFOLLOW)
-        try:
-            try:
-                fd = os.open(item.path, flags | os.O_NOATIME)
-            except PermissionError:
-                fd = os.open(item.path, flags)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise FileChanged("replaced by a symbolic link since the walk; deferred to the next run") from None
-            raise
-        return os.fdopen(fd, "rb")
-
-    def _check_unchanged(self, item: WorkItem, f, what: str) -> os.stat_result:
-        """The open file and the name both still match the judged stat (borg's stat-before-and-after);
-        returns the open file's stat, whose mode and owner go into the object's metadata.
-
-        fstat catches writes to the file we hold; stat of the path catches the name now pointing at another
-        file (replaced by rename), whose new content we would otherwise label with the old name's stat. A
-        chmod or chown changes ctime, so the mode and owner read here are the ones the gate judged.
-        """
-        st = os.fstat(f.fileno())
-        _check_same(item, st, what)
-        _check_same(item, os.stat(item.path, follow_symlinks=self.settings.follow_symlinks), what)
-        return st
-
-    def _already_stored(self, item: WorkItem, f) -> Optional[dict]:
-        """--verify-remote: is the same-size object under the key this file's content? Then nothing to upload.
-
-        A single-part object's ETag is its MD5. A multipart ETag cannot be recomputed without the original
-        part size, and under SSE-KMS or SSE-C an ETag is no MD5, so the object's sha256 metadata (one HEAD)
-        is compared instead; without it, the file is uploaded.
-        """
-        md5, sha = hashlib.md5(), hashlib.sha256()
-        for block in iter(lambda: f.read(READ_BLOCK), b""):
-            md5.update(block)
-            sha.update(block)
-        self._check_unchanged(item, f, "while comparing")
-        f.seek(0)
-        if "-" in item.remote_etag or not self.settings.archive.etag_is_md5:
-            head = self._head(item.key, item.remote_version)
-            same = head.get("Metadata", {}).get("sha256") == sha.hexdigest() and head.get("ContentLength") == item.size
-        else:
-            same = item.remote_etag == md5.hexdigest()
-        if not same:
-            return None
-        return dict(kind=Kind.SKIPPED, reason=Reason.ALREADY_STORED, etag=item.remote_etag, sha256=sha.hexdigest(),
-                    version_id=item.remote_version,
-                    message="the object under this key already holds this content")
-
-    # --- requests ------------------------------------------------------------------------------------------
-
-    def call(self, operation, **params):
-        """One botocore call, made again when the server says the body arrived corrupted (botocore does not
-        retry that), within the same budget as any fault: at most --retries + 1 requests in all."""
-        counts = self.counts
-        first = counts.sent
-        attempt = 0
-        while True:
-            try:
-                return operation(**params)
-            except botocore.exceptions.ClientError as exc:
-                attempt += 1
-                code = s3.error_code(exc)
-                if code not in s3.BODY_CORRUPTED_CODES or counts.sent - first >= self.settings.endpoint.max_attempts:
-                    raise
-                log.warning("upload.retry", key=params.get("Key"), error_type=code, attempt=attempt)
-                counts.recalls += 1
-                time.sleep(s3.backoff(attempt, throttled=False))
-
-    def _head(self, key: str, version_id: str = "") -> dict:
-        """HeadObject of `key` (of one version, if given), with the SSE-C key where objects need it."""
-        return self.client.head_object(Bucket=self.settings.bucket, Key=key,
-                                       **self.settings.archive.read_params(version_id))
-
-    def _stored(self, item: WorkItem, etag: str, sha256: str, version_id: str, retain_until,
-                multipart: bool = False) -> dict:
-        """The Outcome fields of an upload the server accepted, once the read-back (if any) agrees: one HEAD
-        of the stored version for --verify-after-upload and for an Object Lock, whichever asks."""
-        controls = self.settings.archive
-        if self.settings.verify_after_upload or controls.locking:
-            head = self._head(item.key, version_id)
-            if self.settings.verify_after_upload:
-                stored = (head.get("ContentLength"), head.get("ETag", "").strip('"'),
-                          head.get("Metadata", {}).get("sha256"))
-                if stored != (item.size, etag, sha256):
-                    raise NotVerified(f"read back {item.key}: length, ETag, sha256 = {stored}, expected "
-                                      f"{(item.size, etag, sha256)}")
-            if controls.locking:
-                lock.hold(controls, self.client, self.settings.bucket, item.key, version_id, retain_until, head)
-        return dict(kind=Kind.UPLOADED, etag=etag, sha256=sha256, version_id=version_id, multipart=multipart,
-                    retain_until=f"{retain_until:%Y-%m-%dT%H:%M:%SZ}" if retain_until else "")
-
-
-    def _put_single(self, item: WorkItem, f, st: os.stat_result) -> dict:
-        data = f.read(item.size + 1)  # one byte more than judged: a file that grew is caught here
-        if len(data) != item.size:
-            raise FileChanged(f"read {len(data)} bytes, expected {item.size}; deferred to the next run")
-        self._check_unchanged(item, f, "while reading")
-        md5_b64, md5_hex = _md5_b64(data)
-        sha256 = hashlib.sha256(data).hexdigest()
-        copied = self._copied(item, st, sha256, md5_hex)
-        if copied is not None:
-            return copied
-        archive = self.settings.archive
-        metadata = archive.object_metadata(sha256, item.mtime_ns, st)
-        retain_until = archive.retain_until(time.time())
-        # Content-MD5 makes the server verify the body and reject it (BadDigest) rather than store a torn copy.
-        if self.direct is not None:
-            self.counts.calls += 1  # one PutObject; DirectPut counts its requests through _before_send
-            resp = self.direct.put(item.key, data, md5_b64, sha256, archive.headers(metadata, retain_until))
-        else:
-            resp = self.call(self.client.put_object, Bucket=self.settings.bucket, Key=item.key, Body=data,
-                             ContentMD5=md5_b64, **archive.params(metadata, retain_until))
-        etag = resp.get("ETag", "").strip('"')
-        if archive.etag_is_md5:
-            _check_etag(item, etag, md5_hex)
-        return self._stored(item, etag, sha256, resp.get("VersionId", ""), retain_until)
-
-    # --- multipart -----------------------------------------------------------------------------------------
-
-    def _hash_file(self, item: WorkItem, f) -> Tuple[str, str]:
-        """SHA-256 of the whole file, needed up front: metadata is fixed at CreateMultipartUpload; and its MD5
-        where a copy may store it instead (the ETag a copy answers with on AWS), else ""."""
-        sha = hashlib.sha256()
-        md5 = hashlib.md5() if item.copy_source is not None and item.size <= COPY_OBJECT_BYTES else None
-        total = 0
-        for block in iter(lambda: f.read(READ_BLOCK), b""):
-            sha.update(block)
-            if md5 is not None:
-                md5.update(block)
-            total += len(block)
-        if total != item.size:
-            raise FileChanged(f"read {total} bytes, expected {item.size}; deferred to the next run")
-        return sha.hexdigest(), (md5.hexdigest() if md5 is not None else "")
-
-    def _copied(self, item: WorkItem, st: os.stat_result, sha256: str, md5_hex: str) -> Optional[dict]:
-        """Store the file by a server-side CopyObject if an object already holds its bytes (item.copy_source:
-        a rename, a moved directory, a copy, or only its mode, owner or mtime changed): the file's own metadata
-        replaces the source's, and none of its bytes cross the network. None: upload it as usual.
-
-        The bytes are proven the file's before and after: its sha256, read here, is the one the source's
-        verified upload recorded; the server copies that version only while it still has the journaled ETag
-        (x-amz-copy-source-if-match), and the copy's ETag must be the source's or the file's MD5 (a store that
-        ignores the precondition, such as moto's, is caught there and the file uploaded over the copy).
-        """
-        source = item.copy_source
-        if source is None or source.sha256 != sha256 or item.size > COPY_OBJECT_BYTES:
-            return None
-        archive = self.settings.archive
-        retain_until = archive.retain_until(time.time())
-        params = archive.copy_params(self.settings.bucket, source.key, source.version_id, source.etag,
-                                     archive.object_metadata(sha256, item.mtime_ns, st), retain_until)
-        # A small file's task holds its place in flight already (upload_batch); a multipart-sized one does not.
-        place = self.in_flight if item.size >= self.settings.multipart_threshold else contextlib.nullcontext()
-        try:
-            with place:
-                resp = self.client.copy_object(Bucket=self.settings.bucket, Key=item.key, **params)
-        except botocore.exceptions.ClientError as exc:
-            if s3.error_code(exc) not in _COPY_REFUSED:
-                raise
-            log.info("upload.copy_refused", path=item.display, source=source.key, error_type=s3.error_code(exc),
-                     error=s3.error_message(exc))
-            return None
-        etag = resp.get("CopyObjectResult", {}).get("ETag", "").strip('"')
-        if archive.etag_is_md5 and etag not in (source.etag, md5_hex):
-            log.warning("upload.copy_mismatch", path=item.display, source=source.key, etag=etag,
-                        detail="the copy is not the file's bytes; uploading them over it")
-            return None
-        fields = self._stored(item, etag, sha256, resp.get("VersionId", ""), retain_until, multipart="-" in etag)
-        fields["copied_from"] = source.key
-        return fields
-
-    def _put_multipart(self, item: WorkItem, f, st: os.stat_result) -> dict:
-        bucket = self.settings.bucket
-        archive = self.settings.archive
-        sha256, md5_hex = self._hash_file(item, f)
-        self._check_unchanged(item, f, "while hashing")
-        copied = self._copied(item, st, sha256, md5_hex)
-        if copied is not None:
-            return copied
-        chunk = part_size(item.size, self.settings.multipart_chunksize)
-        numbers = range(1, max(1, math.ceil(item.size / chunk)) + 1)
-        # The retention counts from the start of the upload: the date goes with CreateMultipartUpload.
-        retain_until = archive.retain_until(time.time())
-        upload_id = self.client.create_multipart_upload(
-            Bucket=bucket, Key=item.key,
-            **archive.params(archive.object_metadata(sha256, item.mtime_ns, st), retain_until))["UploadId"]
-        # Parts go up `threads` at a time, as s5cmd and aws-cli send them: a lone big file would otherwise
-        # use one connection of the worker's many (issue #5). Each part is read with pread at its own
-        # offset. A failed part stops the parts not yet begun; the map returns once the others have ended,
-        # so no part lands after the abort below. SIGTERM interrupts the wait itself, and the abort goes
-        # out at once.
-        failed = threading.Event()
-        # Memory stays bounded whatever the level: at most PART_BYTES_IN_FLIGHT of parts read at once.
-        memory = threading.BoundedSemaphore(max(1, PART_BYTES_IN_FLIGHT // chunk))
-        send = functools.partial(self._upload_part, item, f.fileno(), chunk, upload_id, failed, memory)
-        try:
-            if self.threads is None:
-                results = []
-                for number in numbers:
-                    with self.in_flight:
-                        results.append(send(number))
-            else:
-                results = self._run_on_threads(send, list(numbers))
-            # The last chance to refuse: nothing is visible under the key until Complete succeeds.
-            self._check_unchanged(item, f, "while uploading")
-            resp = self.client.complete_multipart_upload(Bucket=bucket, Key=item.key, UploadId=upload_id,
-                                                         MultipartUpload={"Parts": [part for part, _ in results]},
-                                                         **archive.customer_key_params())
-        except BaseException:
-            self._abort(item, upload_id)
-            raise
-        etag = resp.get("ETag", "").strip('"')
-        # After Complete the object exists; a mismatch is reported FAILED (never journaled) and the next run
-        # uploads the file again over it.
-        digests = b"".join(digest for _, digest in results)
-        if archive.etag_is_md5:
-            _check_etag(item, etag, f"{hashlib.md5(digests).hexdigest()}-{len(results)}")
-        self._abort_leftovers(item, upload_id)
-        return self._stored(item, etag, sha256, resp.get("VersionId", ""), retain_until, multipart=True)
-
-    def _upload_part(self, item: WorkItem, fd: int, chunk: int, upload_id: str, failed: threading.Event,
-                     memory: threading.BoundedSemaphore, number: int):
-        """Read and send part `number`; returns ({"ETag", "PartNumber"}, binary MD5). Once a part has failed
-        (`failed`), the parts not yet begun stand down (_Cancelled)."""
-        if failed.is_set():
-            raise _Cancelled()
-        try:
-            with memory:
-                offset = (number - 1) * chunk
-                length = min(chunk, item.size - offset)
-                data = os.pread(fd, length, offset)
-                if len(data) != length:
-                    raise FileChanged(f"read {offset + len(data)} bytes, expected {item.size}; deferred to the next run")
-                md5_b64, md5_hex = _md5_b64(data)
-                resp = self.call(self.client.upload_part, Bucket=self.settings.bucket, Key=item.key,
-                                 UploadId=upload_id, PartNumber=number, Body=data, ContentMD5=md5_b64,
-                                 **self.settings.archive.customer_key_params())
-            return {"ETag": resp["ETag"], "PartNumber": number}, bytes.fromhex(md5_hex)
-        except BaseException:
-            failed.set()
-            raise
-
-    def _abort_leftovers(self, item: WorkItem, completed: str) -> None:
-        """Abort the other unfinished multipart uploads of this very key, once this one has completed: left by
-        an earlier run whose abort could not reach a restarting server, or whose CreateMultipartUpload answer
-        never came (so it never knew the id), their parts are billed until a lifecycle rule removes them. One
-        ListMultipartUploads per completed multipart file. One run uploads a key at a time (the journal's lock),
-        so another upload of it is a leftover, or a second writer of the same prefix, whose Complete then fails
-        and whose next run uploads again. Best effort: a failure here is logged, never the file's."""
-        bucket = self.settings.bucket
-        try:
-            listed = self.client.list_multipart_uploads(Bucket=bucket, Prefix=item.key).get("Uploads", [])
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            log.debug("upload.leftovers_unlisted", key=item.key, error_type=s3.error_code(exc),
-                      error=s3.error_message(exc))
-            return
-        for upload in listed:
-            if upload.get("Key") == item.key and upload.get("UploadId") not in (None, completed):
-                log.info("upload.leftover_aborted", key=item.key, upload_id=upload["UploadId"],
-                         initiated=str(upload.get("Initiated", "")))
-                self._abort(item, upload["UploadId"])
-
-    def _abort(self, item: WorkItem, upload_id: str) -> None:
-        """AbortMultipartUpload, so no incomplete upload (and its billed parts) is left behind."""
-        try:
-            self.client.abort_multipart_upload(Bucket=self.settings.bucket, Key=item.key, UploadId=upload_id)
-        except Exception as exc:
-            # Still reported: the file's Outcome is FAILED/DEFERRED anyway; a bucket lifecycle rule
-            # (AbortIncompleteMultipartUpload) is the backstop the README recommends.
-            log.warning("upload.abort_failed", key=item.key, upload_id=upload_id, error_type=s3.error_code(exc),
-                        error=s3.error_message(exc))
-
 
 # --- the worker process ----------------------------------------------------------------------------------
 

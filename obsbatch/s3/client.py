@@ -6,7 +6,7 @@ errors and resets, read/connect timeouts. It retries each request up to `--retri
 truncated exponential backoff and full jitter (t = rand(0,1) * min(base * 2**i, 20 s); base 50 ms, or 1 s
 when throttled), under its client-wide retry quota. A body that reached the server corrupted (BadDigest:
 Content-MD5 mismatch), which botocore does not retry, is re-sent within the same budget: by the lean PUT's
-own policy (obsbatch.s3.put), and around botocore's calls by `worker.WorkerContext.call`. Permanent errors
+own policy (obsbatch.s3.put), and around botocore's calls by `upload.Uploader.call`. Permanent errors
 (403, NoSuchBucket, NoSuchKey, SignatureDoesNotMatch) are not retried. So a request is sent at most
 retries + 1 times, whatever the faults.
 """

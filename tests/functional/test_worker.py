@@ -252,7 +252,7 @@ def test_multipart_etag_is_md5_of_part_md5s(tmp_path, s3, s3server, prefix, setu
 def test_lean_put_and_boto3_put_object_behave_alike(tmp_path, s3, s3server, prefix, setup_worker, proxy, path,
                                                      fault, expected):
     """obsbatch.s3.put must keep put_object's retries, error names and attempt counts (issue #5); a corrupted
-    body is retried by DirectPut itself, and around put_object by WorkerContext.call (issue #11)."""
+    body is retried by DirectPut itself, and around put_object by upload.Uploader.call (issue #11)."""
     worker = setup_worker(prefix, proxy.endpoint)
     assert worker.direct is not None  # the default for single-part uploads
     if path == "put_object":

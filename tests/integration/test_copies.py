@@ -1,5 +1,5 @@
 """Renames, moves and attribute changes cost no upload: a file whose bytes a verified upload already stored is
-made by a server-side CopyObject of that version with the file's own metadata (worker.WorkerContext._copied),
+made by a server-side CopyObject of that version with the file's own metadata (engine.upload.Uploader._copied),
 counted at the fault proxy (every PUT with or without x-amz-copy-source), and the snapshots restore exactly."""
 
 from __future__ import annotations
