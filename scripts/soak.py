@@ -337,7 +337,7 @@ def main() -> int:
                 exits[code] += 1
                 totals["sigterm_sent"] += termed
                 tracebacks += "Traceback" in err
-                for k in ("uploaded", "failed", "retries", "attempts", "errors"):
+                for k in ("uploaded", "copied", "failed", "retries", "attempts", "errors"):
                     totals[k] += summary.get(k, 0)
                 for reason, n in summary.get("deferred", {}).items():
                     totals[f"deferred:{reason}"] += n

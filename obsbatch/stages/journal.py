@@ -52,9 +52,10 @@ _UPLOAD_COLUMNS = "endpoint, bucket, key, size, mtime_ns, ctime_ns, dev, ino, sh
 _DIRECTORY_OF_KEY = "rtrim(key, replace(key, '/', ''))"
 # An index on that expression (SQLite >= 3.9): created on first open, also for journals of older versions.
 _BY_DIRECTORY = f"CREATE INDEX IF NOT EXISTS uploads_by_directory ON uploads (endpoint, bucket, {_DIRECTORY_OF_KEY})"
-#: Verified uploads by size and mtime: where a file that is new under its key, or whose ctime alone moved, may
-#: already be stored (a rename keeps both, as do `mv` of a directory, `cp -a`, `rsync -a`, chmod and chown).
-_BY_CONTENT = "CREATE INDEX IF NOT EXISTS uploads_by_content ON uploads (endpoint, bucket, size, mtime_ns)"
+#: Verified uploads by size, mtime and inode: where a file new under its key may already be stored (a rename
+#: and `mv` of a directory keep all four; `cp -a` and `rsync -a` the size and mtime). Every lookup is a point
+#: query on it: a tree of many files of one size and mtime (an unpacked archive) must not make one a scan.
+_BY_STAT = "CREATE INDEX IF NOT EXISTS uploads_by_stat ON uploads (endpoint, bucket, size, mtime_ns, dev, ino)"
 #: Past this many journaled files in one directory, its lookups go one file at a time (memory bound).
 DIRECTORY_ROWS = 20000
 
@@ -167,7 +168,7 @@ class Journal:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute(_SCHEMA)
         self.db.execute(_BY_DIRECTORY)
-        self.db.execute(_BY_CONTENT)
+        self.db.execute(_BY_STAT)
         self.db.execute(_DEFERRED_SCHEMA)
         self.db.execute(_HEADS_SCHEMA)
         for schema in _SNAPSHOT_SCHEMA:
@@ -344,26 +345,36 @@ class Journal:
                 yield Outcome(Kind.SKIPPED, display(item.path), key=key, reason=Reason.UNCHANGED,
                               size=st.st_size, mtime_ns=st.st_mtime_ns)
                 continue
-            source = self._copy_source(key, st) if st.st_size else None
+            source = self._copy_source(key, st, row) if st.st_size else None
             self.known_moved += source is not None and row is None
             yield item._replace(copy_source=source) if source is not None else item
 
-    def _copy_source(self, key: str, st: os.stat_result) -> Optional[CopySource]:
-        """A verified upload of the same size and mtime (this key's own first, then the same inode's), whose
-        bytes the file may be: the worker compares its sha256 and copies the object server-side if equal.
+    def _copy_source(self, key: str, st: os.stat_result, row: Optional[tuple]) -> Optional[CopySource]:
+        """A verified upload whose bytes the file may be: its own key's, if only its ctime moved (chmod, chown);
+        else one of the same size, mtime and inode (renamed, moved); else any one of the same size and mtime
+        (a copy made with its mtime). The worker compares the file's sha256 with it before copying, so a wrong
+        guess costs nothing but this lookup.
 
         Asked only for a file about to be uploaded (new under its key, or changed), so a no-op run never
-        asks. An empty file is uploaded as it is: its PUT costs what a copy would.
+        asks; each query is a point lookup (primary key, uploads_by_stat). An empty file is uploaded as it
+        is: its PUT costs what a copy would.
         """
+        size, mtime = st.st_size, st.st_mtime_ns
+        columns = "SELECT key, version_id, etag, sha256 FROM uploads"
         try:
-            row = self.db.execute(
-                "SELECT key, version_id, etag, sha256 FROM uploads INDEXED BY uploads_by_content "
-                "WHERE endpoint=? AND bucket=? AND size=? AND mtime_ns=? "
-                "ORDER BY key = ? DESC, (dev = ? AND ino = ?) DESC LIMIT 1",
-                (self.endpoint, self.bucket, st.st_size, st.st_mtime_ns, key, st.st_dev, st.st_ino)).fetchone()
+            if row is not None and row[0] == size and row[1] == mtime:
+                found = self.db.execute(f"{columns} WHERE endpoint=? AND bucket=? AND key=?",
+                                        (self.endpoint, self.bucket, key)).fetchone()
+            else:
+                found = self.db.execute(
+                    f"{columns} INDEXED BY uploads_by_stat WHERE endpoint=? AND bucket=? AND size=? AND mtime_ns=? "
+                    "AND dev=? AND ino=? LIMIT 1", (self.endpoint, self.bucket, size, mtime, st.st_dev, st.st_ino)
+                ).fetchone() or self.db.execute(
+                    f"{columns} INDEXED BY uploads_by_stat WHERE endpoint=? AND bucket=? AND size=? AND mtime_ns=? "
+                    "LIMIT 1", (self.endpoint, self.bucket, size, mtime)).fetchone()
         except sqlite3.Error as exc:
             raise JournalError(f"cannot read the state journal {self.path}: {exc}") from None
-        return CopySource(*row) if row is not None else None
+        return CopySource(*found) if found is not None else None
 
     def record(self, item: WorkItem, outcome: Outcome) -> None:
         """Note a verified upload (or an object proven identical), which also ends the file's deferral;

@@ -126,3 +126,32 @@ def test_lock_is_per_state_file_and_source(tmp_path):
     finally:
         held.close()
     lock_run(state, b"/src/a").close()  # released with its file
+
+
+def test_a_file_new_under_its_key_or_only_chmodded_gets_the_upload_that_may_hold_its_bytes(tmp_path):
+    """Journal._copy_source: its own key's upload when only the ctime moved; else the same size, mtime and
+    inode (a rename); else any of the same size and mtime (a copy that kept its mtime); nothing for an
+    empty file, a file of another size or mtime, or one the journal records unchanged. The guard counts a
+    file new under its key with a source as moved."""
+    journal = Journal(str(tmp_path / "state.db"), "e", "b")
+    rows = {"p/a": (10, 5, 50, 1, 7), "p/b": (10, 5, 50, 1, 8), "p/c": (20, 5, 50, 1, 9), "p/e": (0, 5, 50, 1, 10)}
+    for key, (size, mtime, ctime, dev, ino) in rows.items():
+        item = WorkItem(path=b"/x", display="x", key=key, size=size, mtime_ns=mtime, ctime_ns=ctime, dev=dev, ino=ino)
+        journal.record(item, Outcome(Kind.UPLOADED, "x", key=key, sha256="sha-" + key, etag="etag-" + key,
+                                     version_id="v-" + key, ended=1.0))
+    journal.commit()
+
+    def source(key, size, mtime, ctime, ino):
+        st = os.stat_result((0o100644, ino, 1, 1, 0, 0, size, 0, 0, 0, 0, 0, 0, 0, mtime, ctime))
+        [out] = journal.filter([Candidate(b"/x", b"x", key, st)])
+        return out if isinstance(out, Outcome) else out.copy_source
+
+    assert source("p/a", 10, 5, 51, 7) == ("p/a", "v-p/a", "etag-p/a", "sha-p/a")  # chmod: ctime alone
+    assert source("q/moved", 10, 5, 51, 8).key == "p/b"  # renamed: its inode
+    assert source("q/copy", 10, 5, 60, 99).key in ("p/a", "p/b")  # cp -a: size and mtime only
+    assert source("q/other", 10, 6, 60, 8) is None and source("q/other", 11, 5, 60, 8) is None
+    assert source("q/empty", 0, 5, 51, 10) is None
+    assert source("p/c", 20, 5, 50, 9).reason is Reason.UNCHANGED
+    assert source("p/a", 10, 6, 51, 7) is None  # rewritten: another mtime, and no other upload has it
+    assert journal.known_moved == 2
+    journal.close()
