@@ -103,6 +103,8 @@ class FaultProxy:
         #: other PUT: what a test of renames and attribute changes counts.
         self.copies: list[str] = []
         self.puts: list[tuple[str, int]] = []
+        #: The access key id each request was signed with (its Authorization header's Credential=), in order.
+        self.signed_by: list[str] = []
         self._lock = threading.Lock()
         proxy = self
 
@@ -142,6 +144,10 @@ class FaultProxy:
     def record(self, method: str, path: str, what: str) -> None:
         with self._lock:
             self.seen.append((method, path, what, time.monotonic()))
+
+    def note_signer(self, access_key: str) -> None:
+        with self._lock:
+            self.signed_by.append(access_key)
 
     def note_put(self, path: str, copy: bool, length: int) -> None:
         with self._lock:
@@ -207,6 +213,9 @@ class _Handler(BaseHTTPRequestHandler):
         method, path = self.command, self.path
         self.owner.clients.append((method, path, self.client_address[1]))
         length = int(self.headers.get("Content-Length") or 0)
+        signer = re.search(r"Credential=([^/]+)/", self.headers.get("Authorization", ""))
+        if signer:
+            self.owner.note_signer(signer.group(1))
         if method == "PUT":
             self.owner.note_put(path, bool(self.headers.get("x-amz-copy-source")), length)
         fault = self.owner.take(method, path)

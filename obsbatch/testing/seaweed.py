@@ -22,6 +22,9 @@ SECRET_KEY = "obsbatch-test-secret-9f8e7d6c5b4a"
 # A second identity that may only write: the least privilege a backup key should have.
 WRITE_ONLY_KEY = "OBSBATCHWRITEONLY01"
 WRITE_ONLY_SECRET = "obsbatch-write-only-secret-1a2b3c"
+#: A second key of the same identity: what an expiring credential is replaced by (tests of credential refresh).
+ROTATED_KEY = "OBSBATCHTESTKEY0002"
+ROTATED_SECRET = "obsbatch-test-secret-rotated-1a2b3c"
 
 
 def installed_binary(name: str, package: str) -> str:
@@ -127,7 +130,8 @@ def start(bucket: str = "backups", workdir: str | None = None, timeout: float = 
     data.mkdir(parents=True, exist_ok=True)
     identities = workdir_path / "identities.json"
     identities.write_text(json.dumps({"identities": [
-        {"name": "obsbatch", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+        {"name": "obsbatch", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY},
+                                             {"accessKey": ROTATED_KEY, "secretKey": ROTATED_SECRET}],
          "actions": ["Admin", "Read", "Write", "List", "Tagging"]},
         {"name": "writer", "credentials": [{"accessKey": WRITE_ONLY_KEY, "secretKey": WRITE_ONLY_SECRET}],
          "actions": ["Write"]}]}))
