@@ -218,19 +218,27 @@ class ArchiveControls:
         """Parameters for botocore's put_object / create_multipart_upload."""
         return {"Metadata": metadata, **self._constant, **self._date(retain_until), **self.customer_key_params()}
 
-    def copy_params(self, bucket: str, source_key: str, source_version: str, source_etag: str,
-                    metadata: Dict[str, str], retain_until: Optional[datetime.datetime]) -> Dict[str, object]:
-        """Parameters for botocore's copy_object: the object stored as an upload would be (params), its bytes
-        those of exactly one stored version, which must still have `source_etag` (a precondition the server
-        checks: a source overwritten since is refused with 412, never copied). REPLACE: the metadata and tags
-        are this file's, not the source's; an SSE-C source is read with the same key."""
+    def copy_source_params(self, bucket: str, source_key: str, source_version: str,
+                           source_etag: str) -> Dict[str, object]:
+        """What a CopyObject or UploadPartCopy names its source with: exactly one stored version, which must
+        still have `source_etag` (a precondition the server checks: a source overwritten since is refused
+        with 412, never copied); an SSE-C source is read with the same key."""
         copy = {"CopySource": {"Bucket": bucket, "Key": source_key, **version_param(source_version)},
-                "CopySourceIfMatch": f'"{source_etag}"', "MetadataDirective": "REPLACE"}
-        if self.tags:
-            copy["TaggingDirective"] = "REPLACE"
+                "CopySourceIfMatch": f'"{source_etag}"'}
         if self.customer_key is not None:
             copy["CopySourceSSECustomerAlgorithm"] = "AES256"
             copy["CopySourceSSECustomerKey"] = self.customer_key.key
+        return copy
+
+    def copy_params(self, bucket: str, source_key: str, source_version: str, source_etag: str,
+                    metadata: Dict[str, str], retain_until: Optional[datetime.datetime]) -> Dict[str, object]:
+        """Parameters for botocore's copy_object: the object stored as an upload would be (params), its bytes
+        those of the source (copy_source_params). REPLACE: the metadata and tags are this file's, not the
+        source's."""
+        copy = {**self.copy_source_params(bucket, source_key, source_version, source_etag),
+                "MetadataDirective": "REPLACE"}
+        if self.tags:
+            copy["TaggingDirective"] = "REPLACE"
         return {**copy, **self.params(metadata, retain_until)}
 
     def headers(self, metadata: Dict[str, str], retain_until: Optional[datetime.datetime]) -> Dict[str, str]:

@@ -20,7 +20,7 @@ import os
 import re
 import threading
 import time
-from typing import TYPE_CHECKING, Optional, Tuple
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
 import botocore.exceptions
 import structlog
@@ -40,8 +40,8 @@ READ_BLOCK = 1 * MiB
 #: Bytes of multipart parts a worker holds in memory at once: parts in flight are at most this over the part
 #: size (at least one), whatever the level of uploads in flight (README "Memory").
 PART_BYTES_IN_FLIGHT = 128 * MiB
-#: S3's largest CopyObject (https://docs.aws.amazon.com/AmazonS3/latest/API/API_CopyObject.html): a renamed file
-#: above it is uploaded again (a multipart copy by UploadPartCopy is not built).
+#: S3's largest CopyObject (https://docs.aws.amazon.com/AmazonS3/latest/API/API_CopyObject.html): a file above it
+#: is copied in parts (UploadPartCopy).
 COPY_OBJECT_BYTES = 5 * 1024 * MiB
 #: What a store answers a CopyObject it will not make: the source version is gone (pruned, deleted), replaced
 #: since it was journaled (the If-Match precondition), unreadable to this key (a write-only policy, another
@@ -100,6 +100,46 @@ def part_size(size: int, chunksize: int) -> int:
     return math.ceil(size / MAX_PARTS / MiB) * MiB
 
 
+class FileDigests(NamedTuple):
+    """A file's SHA-256 (hex), and the MD5s a server-side copy of it is checked against: the whole file's
+    (hex, or ""), or each part's (binary, or ())."""
+
+    sha256: str
+    md5: str
+    parts: tuple
+
+
+class PartDigests:
+    """The binary MD5 of each `chunk`-sized part of a stream fed in blocks of any size."""
+
+    def __init__(self, chunk: int):
+        self.chunk = chunk
+        self.digests: list = []
+        self._current = hashlib.md5()
+        self._left = chunk
+
+    def update(self, block: bytes) -> None:
+        view = memoryview(block)
+        while view:
+            taken = view[:self._left]
+            self._current.update(taken)
+            self._left -= len(taken)
+            view = view[len(taken):]
+            if self._left == 0:
+                self.digests.append(self._current.digest())
+                self._current, self._left = hashlib.md5(), self.chunk
+
+    def done(self) -> tuple:
+        if self._left != self.chunk:
+            self.digests.append(self._current.digest())
+        return tuple(self.digests)
+
+
+def _copy_refused(item: WorkItem, exc: BaseException) -> None:
+    log.info("upload.copy_refused", path=item.display, source=item.copy_source.key, error_type=s3.error_code(exc),
+             error=s3.error_message(exc))
+
+
 class Uploader:
     """The upload task of one worker process: its settings, client and request counts are the worker's
     (WorkerContext), and so are its threads, which carry a multipart upload's parts."""
@@ -110,6 +150,8 @@ class Uploader:
         self.client = worker.client
         self.counts = worker.counts
         self.in_flight = worker.in_flight
+        #: Files above this are copied in parts (UploadPartCopy): S3's CopyObject limit; a test lowers it.
+        self.copy_object_bytes = COPY_OBJECT_BYTES
 
     def upload(self, item: WorkItem) -> dict:
         """Store one file (FileChanged, NotVerified, lock.NotLocked, botocore and OS errors raised): its Outcome
@@ -255,34 +297,44 @@ class Uploader:
 
     # --- multipart -----------------------------------------------------------------------------------------
 
-    def _hash_file(self, item: WorkItem, f) -> Tuple[str, str]:
-        """SHA-256 of the whole file, needed up front: metadata is fixed at CreateMultipartUpload; and its MD5
-        where a copy may store it instead (the ETag a copy answers with on AWS), else ""."""
+    def _hash_file(self, item: WorkItem, f, chunk: int) -> "FileDigests":
+        """The SHA-256 of the whole file, needed up front: metadata is fixed at CreateMultipartUpload; and,
+        where a copy may store the file instead (item.copy_source), the MD5s its ETag is checked against: the
+        whole file's for a CopyObject, each `chunk`-sized part's for a multipart copy."""
         sha = hashlib.sha256()
-        md5 = hashlib.md5() if item.copy_source is not None and item.size <= COPY_OBJECT_BYTES else None
+        copying = item.copy_source is not None
+        whole = hashlib.md5() if copying and item.size <= self.copy_object_bytes else None
+        parts = PartDigests(chunk) if copying and item.size > self.copy_object_bytes else None
         total = 0
         for block in iter(lambda: f.read(READ_BLOCK), b""):
             sha.update(block)
-            if md5 is not None:
-                md5.update(block)
+            if whole is not None:
+                whole.update(block)
+            if parts is not None:
+                parts.update(block)
             total += len(block)
         if total != item.size:
             raise FileChanged(f"read {total} bytes, expected {item.size}; deferred to the next run")
-        return sha.hexdigest(), (md5.hexdigest() if md5 is not None else "")
+        return FileDigests(sha.hexdigest(), whole.hexdigest() if whole is not None else "",
+                           parts.done() if parts is not None else ())
 
-    def _copied(self, item: WorkItem, st: os.stat_result, sha256: str, md5_hex: str) -> Optional[dict]:
-        """Store the file by a server-side CopyObject if an object already holds its bytes (item.copy_source:
-        a rename, a moved directory, a copy, or only its mode, owner or mtime changed): the file's own metadata
+    def _copied(self, item: WorkItem, st: os.stat_result, sha256: str, md5_hex: str,
+                part_md5s: tuple = (), chunk: int = 0) -> Optional[dict]:
+        """Store the file by a server-side copy if an object already holds its bytes (item.copy_source: a
+        rename, a moved directory, a copy, or only its mode, owner or mtime changed): the file's own metadata
         replaces the source's, and none of its bytes cross the network. None: upload it as usual.
 
         The bytes are proven the file's before and after: its sha256, read here, is the one the source's
         verified upload recorded; the server copies that version only while it still has the journaled ETag
         (x-amz-copy-source-if-match), and the copy's ETag must be the source's or the file's MD5 (a store that
         ignores the precondition, such as moto's, is caught there and the file uploaded over the copy).
+        Above S3's CopyObject limit (5 GiB) the copy is multipart (UploadPartCopy: _copied_in_parts).
         """
         source = item.copy_source
-        if source is None or source.sha256 != sha256 or item.size > COPY_OBJECT_BYTES:
+        if source is None or source.sha256 != sha256:
             return None
+        if item.size > self.copy_object_bytes:
+            return self._copied_in_parts(item, st, sha256, part_md5s, chunk) if part_md5s else None
         archive = self.settings.archive
         retain_until = archive.retain_until(time.time())
         params = archive.copy_params(self.settings.bucket, source.key, source.version_id, source.etag,
@@ -295,8 +347,7 @@ class Uploader:
         except botocore.exceptions.ClientError as exc:
             if s3.error_code(exc) not in _COPY_REFUSED:
                 raise
-            log.info("upload.copy_refused", path=item.display, source=source.key, error_type=s3.error_code(exc),
-                     error=s3.error_message(exc))
+            _copy_refused(item, exc)
             return None
         etag = resp.get("CopyObjectResult", {}).get("ETag", "").strip('"')
         if archive.etag_is_md5 and etag not in (source.etag, md5_hex):
@@ -307,15 +358,74 @@ class Uploader:
         fields["copied_from"] = source.key
         return fields
 
+    def _copied_in_parts(self, item: WorkItem, st: os.stat_result, sha256: str, part_md5s: tuple,
+                         chunk: int) -> Optional[dict]:
+        """The copy of a file above 5 GiB: CreateMultipartUpload with the file's metadata, then one
+        UploadPartCopy per part (a byte range of the source version, If-Match its ETag) on the worker's
+        threads, then Complete. A part ETag that is an MD5 (AWS, moto) must be the file's part's: a store that
+        ignores the precondition is caught there, the copy aborted and the file uploaded; SeaweedFS answers
+        other part ETags, and honours the precondition. Nothing is visible under the key before Complete."""
+        source = item.copy_source
+        bucket, archive = self.settings.bucket, self.settings.archive
+        retain_until = archive.retain_until(time.time())
+        upload_id = self.client.create_multipart_upload(
+            Bucket=bucket, Key=item.key,
+            **archive.params(archive.object_metadata(sha256, item.mtime_ns, st), retain_until))["UploadId"]
+        source_params = archive.copy_source_params(bucket, source.key, source.version_id, source.etag)
+
+        def copy_part(number: int) -> dict:
+            first = (number - 1) * chunk
+            last = min(first + chunk, item.size) - 1
+            resp = self.client.upload_part_copy(Bucket=bucket, Key=item.key, UploadId=upload_id, PartNumber=number,
+                                                CopySourceRange=f"bytes={first}-{last}", **source_params,
+                                                **archive.customer_key_params())
+            return {"ETag": resp["CopyPartResult"]["ETag"], "PartNumber": number}
+
+        numbers = list(range(1, len(part_md5s) + 1))
+        try:
+            if self.worker.threads is None:
+                parts = []
+                for number in numbers:
+                    with self.in_flight:
+                        parts.append(copy_part(number))
+            else:
+                parts = self.worker.run_on_threads(copy_part, numbers)
+            tags = [part["ETag"].strip('"') for part in parts]
+            if archive.etag_is_md5 and any(re.fullmatch(r"[0-9a-f]{32}", tag) and tag != digest.hex()
+                                           for tag, digest in zip(tags, part_md5s)):
+                log.warning("upload.copy_mismatch", path=item.display, source=source.key,
+                            detail="a copied part is not the file's bytes; uploading them instead")
+                self._abort(item, upload_id)
+                return None
+            resp = self.client.complete_multipart_upload(Bucket=bucket, Key=item.key, UploadId=upload_id,
+                                                         MultipartUpload={"Parts": parts},
+                                                         **archive.customer_key_params())
+        except botocore.exceptions.ClientError as exc:
+            self._abort(item, upload_id)
+            if s3.error_code(exc) not in _COPY_REFUSED:
+                raise
+            _copy_refused(item, exc)
+            return None
+        except BaseException:
+            self._abort(item, upload_id)
+            raise
+        etag = resp.get("ETag", "").strip('"')
+        if archive.etag_is_md5 and all(tag == digest.hex() for tag, digest in zip(tags, part_md5s)):
+            _check_etag(item, etag, f"{hashlib.md5(b''.join(part_md5s)).hexdigest()}-{len(part_md5s)}")
+        fields = self._stored(item, etag, sha256, resp.get("VersionId", ""), retain_until, multipart=True)
+        fields["copied_from"] = source.key
+        return fields
+
     def _put_multipart(self, item: WorkItem, f, st: os.stat_result) -> dict:
         bucket = self.settings.bucket
         archive = self.settings.archive
-        sha256, md5_hex = self._hash_file(item, f)
+        chunk = part_size(item.size, self.settings.multipart_chunksize)
+        digests = self._hash_file(item, f, chunk)
+        sha256 = digests.sha256
         self._check_unchanged(item, f, "while hashing")
-        copied = self._copied(item, st, sha256, md5_hex)
+        copied = self._copied(item, st, sha256, digests.md5, digests.parts, chunk)
         if copied is not None:
             return copied
-        chunk = part_size(item.size, self.settings.multipart_chunksize)
         numbers = range(1, max(1, math.ceil(item.size / chunk)) + 1)
         # The retention counts from the start of the upload: the date goes with CreateMultipartUpload.
         retain_until = archive.retain_until(time.time())

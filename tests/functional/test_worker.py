@@ -2,6 +2,7 @@
 multipart, retries, and what a batch returns."""
 
 import base64
+import dataclasses
 import hashlib
 import os
 
@@ -9,7 +10,7 @@ import botocore.exceptions
 import pytest
 
 from obsbatch.commands.backup import parse
-from obsbatch.models import Candidate, Kind, Reason
+from obsbatch.models import Candidate, CopySource, Kind, Reason
 from obsbatch.stages.plan import work_item
 from obsbatch.engine.settings import WorkerSettings
 from obsbatch.engine.worker import WorkerContext
@@ -360,3 +361,34 @@ def test_a_proxy_in_the_environment_leaves_every_put_to_botocore(tmp_path, s3, s
     assert proxy.count("PUT", r"f\.bin") == 1  # the proxy forwarded it (an absolute URI, as a proxy gets)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     assert setup_worker(prefix).direct is not None
+
+
+@pytest.mark.parametrize("source_etag", ["journaled", "replaced since"])
+def test_a_file_above_the_copy_limit_is_copied_in_parts_or_uploaded_when_refused(tmp_path, s3, s3server, prefix,
+                                                                                  setup_worker, proxy, source_etag):
+    """Above CopyObject's 5 GiB (lowered here to 6 MiB) a stored file is copied by UploadPartCopy, part by part
+    (5 MiB), with its own metadata, and no byte of it is sent; a source whose ETag is no longer the journaled
+    one is refused (412) and the file is uploaded instead, the copy aborted (nothing left in progress)."""
+    worker = setup_worker(prefix, proxy.endpoint)
+    worker.uploads.copy_object_bytes = 6 * 1024 * 1024
+    data = os.urandom(12 * 1024 * 1024)
+    first, second = tmp_path / "first.bin", tmp_path / "second.bin"
+    first.write_bytes(data)
+    stored = worker.upload_one(item_for(first, prefix))
+    assert stored.kind is Kind.UPLOADED and stored.multipart, stored
+    os.rename(first, second)
+    etag = stored.etag if source_etag == "journaled" else "0" * 32
+    item = dataclasses.replace(item_for(second, prefix),
+                               copy_source=CopySource(prefix + "first.bin", stored.version_id, etag, stored.sha256))
+    proxy.puts.clear()
+    outcome = worker.upload_one(item)
+    assert outcome.kind is Kind.UPLOADED, outcome
+    bodies = [length for path, length in proxy.puts if "second.bin" in path and length]
+    if source_etag == "journaled":
+        assert outcome.copied_from == prefix + "first.bin" and bodies == []
+        assert len([path for path in proxy.copies if "second.bin" in path]) == 3
+    else:
+        assert outcome.copied_from == "" and sum(bodies) == len(data)
+    got = s3.get_object(Bucket=s3server.bucket, Key=prefix + "second.bin")
+    assert got["Body"].read() == data and got["Metadata"]["sha256"] == stored.sha256
+    assert not s3.list_multipart_uploads(Bucket=s3server.bucket, Prefix=prefix).get("Uploads")
