@@ -383,13 +383,7 @@ class Uploader:
 
         numbers = list(range(1, len(part_md5s) + 1))
         try:
-            if self.worker.threads is None:
-                parts = []
-                for number in numbers:
-                    with self.in_flight:
-                        parts.append(copy_part(number))
-            else:
-                parts = self.worker.run_on_threads(copy_part, numbers)
+            parts = self._each_part(copy_part, numbers)
             tags = [part["ETag"].strip('"') for part in parts]
             if archive.etag_is_md5 and any(re.fullmatch(r"[0-9a-f]{32}", tag) and tag != digest.hex()
                                            for tag, digest in zip(tags, part_md5s)):
@@ -442,13 +436,7 @@ class Uploader:
         memory = threading.BoundedSemaphore(max(1, PART_BYTES_IN_FLIGHT // chunk))
         send = functools.partial(self._upload_part, item, f.fileno(), chunk, upload_id, failed, memory)
         try:
-            if self.worker.threads is None:
-                results = []
-                for number in numbers:
-                    with self.in_flight:
-                        results.append(send(number))
-            else:
-                results = self.worker.run_on_threads(send, list(numbers))
+            results = self._each_part(send, list(numbers))
             # The last chance to refuse: nothing is visible under the key until Complete succeeds.
             self._check_unchanged(item, f, "while uploading")
             resp = self.client.complete_multipart_upload(Bucket=bucket, Key=item.key, UploadId=upload_id,
@@ -465,6 +453,17 @@ class Uploader:
             _check_etag(item, etag, f"{hashlib.md5(digests).hexdigest()}-{len(results)}")
         self._abort_leftovers(item, upload_id)
         return self._stored(item, etag, sha256, resp.get("VersionId", ""), retain_until, multipart=True)
+
+    def _each_part(self, function, numbers: list) -> list:
+        """function(number) for each part: on the worker's threads, or one after another where it has none;
+        either way each inside `in_flight`."""
+        if self.worker.threads is not None:
+            return self.worker.run_on_threads(function, numbers)
+        results = []
+        for number in numbers:
+            with self.in_flight:
+                results.append(function(number))
+        return results
 
     def _upload_part(self, item: WorkItem, fd: int, chunk: int, upload_id: str, failed: threading.Event,
                      memory: threading.BoundedSemaphore, number: int):

@@ -40,8 +40,8 @@ def guarded(items: Iterable, journal: Journal, previous_files: int, max_changed:
     """The items, passed on only after the walk, if no more than `max_changed` percent of the
     `previous_files` changed content or vanished, as the journal knows them (Journal.known_seen and
     known_changed: a file whose size or mtime moved; not one whose ctime alone did, so a `chown -R` or
-    `chmod -R` is not taken for an attack; and a file found under a new name with the size and mtime of a
-    journaled one, known_moved, is no vanished file, so a renamed directory is not either); MassChange
+    `chmod -R` is not taken for an attack; and a file found under a new name with the size, mtime and inode
+    of a journaled one, known_moved, is no vanished file, so a renamed directory is not either); MassChange
     otherwise.
 
     stopping(): a stop signal came; the spool ends there and nothing is passed on.

@@ -187,8 +187,9 @@ class Journal:
         #: Files `filter` found journaled, and those of them whose size or mtime moved (stages.guard).
         self.known_seen = 0
         self.known_changed = 0
-        #: Files new under their key whose size and mtime a journaled upload of another key has: renamed or
-        #: moved (a copy source), so their old keys' absence is no vanishing.
+        #: Files new under their key with the size, mtime and inode of a journaled upload of another key:
+        #: renamed or moved on their filesystem, so their old keys' absence is no vanishing. Not a match of size
+        #: and mtime alone (a copy), which a tree rewritten into new files could fake.
         self.known_moved = 0
         #: The key prefixes (directories) of the files this run recorded an upload of: their trees are rebuilt.
         self.touched: set = set()
@@ -346,7 +347,6 @@ class Journal:
                               size=st.st_size, mtime_ns=st.st_mtime_ns)
                 continue
             source = self._copy_source(key, st, row) if st.st_size else None
-            self.known_moved += source is not None and row is None
             yield item._replace(copy_source=source) if source is not None else item
 
     def _copy_source(self, key: str, st: os.stat_result, row: Optional[tuple]) -> Optional[CopySource]:
@@ -369,7 +369,9 @@ class Journal:
                 found = self.db.execute(
                     f"{columns} INDEXED BY uploads_by_stat WHERE endpoint=? AND bucket=? AND size=? AND mtime_ns=? "
                     "AND dev=? AND ino=? LIMIT 1", (self.endpoint, self.bucket, size, mtime, st.st_dev, st.st_ino)
-                ).fetchone() or self.db.execute(
+                ).fetchone()
+                self.known_moved += found is not None and row is None
+                found = found or self.db.execute(
                     f"{columns} INDEXED BY uploads_by_stat WHERE endpoint=? AND bucket=? AND size=? AND mtime_ns=? "
                     "LIMIT 1", (self.endpoint, self.bucket, size, mtime)).fetchone()
         except sqlite3.Error as exc:
