@@ -181,6 +181,8 @@ class Telemetry:
         attributes = {"obsbatch.outcome": kind.value}
         if outcome.reason is not None:
             attributes["obsbatch.reason"] = outcome.reason.value
+        if outcome.copied_from:  # stored by a server-side copy: its bytes were not sent
+            attributes["obsbatch.copied"] = True
         if self._metered:
             self._files.add(1, attributes)
             self._bytes.add(outcome.size, attributes)
@@ -196,6 +198,8 @@ class Telemetry:
                     "obsbatch.attempts": outcome.attempts, "obsbatch.retries": outcome.retries,
                     "obsbatch.multipart": outcome.multipart,
                     "obsbatch.duration_s": round(outcome.ended - outcome.started, 6)})
+            if outcome.copied_from:
+                span.set_attribute("obsbatch.copied_from", outcome.copied_from)
             if kind is Kind.FAILED:
                 span.set_attribute("error.type", outcome.error_type)
                 span.set_status(trace.Status(trace.StatusCode.ERROR, outcome.message))
@@ -232,6 +236,8 @@ class Telemetry:
             "obsbatch.files.deferred": sum(summary.deferred.values()),
             "obsbatch.files.failed": summary.failed,
             "obsbatch.bytes.uploaded": summary.bytes_uploaded,
+            "obsbatch.files.copied": summary.copied,
+            "obsbatch.bytes.copied": summary.bytes_copied,
             "obsbatch.exit_code": int(summary.exit_code)})
         if summary.manifest_head:  # the manifest's anchor, kept by the trace backend (issue #14)
             self._root.set_attribute("obsbatch.manifest.head", summary.manifest_head)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 
+from obsbatch.testing import otlp
 from tests.conftest import run_command, run_obsbatch, server_args
 from tests.integration.test_snapshots import differences, tree_state
 
@@ -155,3 +156,29 @@ def test_an_sse_c_object_is_copied_with_its_key_and_read_back(tmp_path, s3server
     restored = tmp_path / "restored"
     _restore(s3server, bucket, prefix, restored, "--sse-c-key-file", key_file)
     assert differences(tree_state(source), tree_state(restored)) == []
+
+
+def test_copies_are_told_apart_in_the_trace_and_the_metrics(tmp_path, s3server, prefix, receiver):
+    """A copy is an uploaded file whose bytes were not sent: the root span counts them (obsbatch.files.copied,
+    obsbatch.bytes.copied), its span names the source, and the metrics carry obsbatch.copied."""
+    source = tmp_path / "src"
+    _tree(source, files=3)
+    env = dict(s3server.env(), OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint)
+    args = ("--source", source, *server_args(s3server, prefix), "--multipart-threshold", "8MiB")
+    assert run_obsbatch(*args, env=env).returncode == 0
+    os.rename(source / "photos", source / "pictures")
+    receiver.traces.clear()
+    receiver.metrics.clear()
+    result = run_obsbatch(*args, env=env)
+    assert result.returncode == 0 and result.summary["copied"] == 4, result
+    spans = receiver.spans()
+    [root] = [span for span, _ in spans if span.name == "obsbatch.run"]
+    attributes = otlp.attributes(root.attributes)
+    assert (attributes["obsbatch.files.copied"], attributes["obsbatch.bytes.uploaded"]) == (4, 0)
+    assert attributes["obsbatch.bytes.copied"] == sum(p.stat().st_size for p in (source / "pictures").iterdir())
+    copied_from = sorted(otlp.attributes(span.attributes).get("obsbatch.copied_from", "")
+                         for span, _ in spans if span.name == "obsbatch.upload")
+    assert copied_from == sorted(f"{prefix}photos/{p.name}" for p in (source / "pictures").iterdir())
+    files = {(a["obsbatch.outcome"], a.get("obsbatch.copied", False)): v
+             for a, v in receiver.metric_points()["obsbatch.files"] if a.get("obsbatch.reason") is None}
+    assert files == {("uploaded", True): 4}
