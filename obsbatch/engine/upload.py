@@ -43,12 +43,8 @@ PART_BYTES_IN_FLIGHT = 128 * MiB
 #: S3's largest CopyObject (https://docs.aws.amazon.com/AmazonS3/latest/API/API_CopyObject.html): a file above it
 #: is copied in parts (UploadPartCopy).
 COPY_OBJECT_BYTES = 5 * 1024 * MiB
-#: What a store answers a CopyObject it will not make: the source version is gone (pruned, deleted), replaced
-#: since it was journaled (the If-Match precondition), unreadable to this key (a write-only policy, another
-#: SSE-C key), or copies are not implemented. The file is then uploaded; any other error is the file's.
-_COPY_REFUSED = frozenset({"NoSuchKey", "NoSuchVersion", "404", "PreconditionFailed", "412", "AccessDenied",
-                           "403", "InvalidRequest", "InvalidArgument", "400", "NotImplemented", "501",
-                           "MethodNotAllowed", "InvalidObjectState"})
+#: A copy the store will not make, besides any 4xx answer (copy_refused): CopyObject not implemented.
+_COPY_NOT_IMPLEMENTED = frozenset({"NotImplemented", "501"})
 
 
 class FileChanged(Exception):
@@ -135,9 +131,18 @@ class PartDigests:
         return tuple(self.digests)
 
 
-def _copy_refused(item: WorkItem, exc: BaseException) -> None:
+def copy_refused(item: WorkItem, exc: botocore.exceptions.ClientError) -> bool:
+    """Whether the store refused a server-side copy for a reason an upload does not share, so the file is
+    uploaded instead (logged): any 4xx answer (the source version pruned or deleted, replaced since it was
+    journaled: 412 on If-Match, unreadable to this key, another SSE-C key, an archive class, a store's own
+    demand such as moto's for Content-MD5 on a copy into a locked bucket) or a CopyObject not implemented.
+    A 5xx that outlasted the retries is the store's trouble, and the file's failure, as for an upload."""
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    if not (400 <= status < 500 or s3.error_code(exc) in _COPY_NOT_IMPLEMENTED):
+        return False
     log.info("upload.copy_refused", path=item.display, source=item.copy_source.key, error_type=s3.error_code(exc),
              error=s3.error_message(exc))
+    return True
 
 
 class Uploader:
@@ -345,9 +350,8 @@ class Uploader:
             with place:
                 resp = self.client.copy_object(Bucket=self.settings.bucket, Key=item.key, **params)
         except botocore.exceptions.ClientError as exc:
-            if s3.error_code(exc) not in _COPY_REFUSED:
+            if not copy_refused(item, exc):
                 raise
-            _copy_refused(item, exc)
             return None
         etag = resp.get("CopyObjectResult", {}).get("ETag", "").strip('"')
         if archive.etag_is_md5 and etag not in (source.etag, md5_hex):
@@ -396,9 +400,8 @@ class Uploader:
                                                          **archive.customer_key_params())
         except botocore.exceptions.ClientError as exc:
             self._abort(item, upload_id)
-            if s3.error_code(exc) not in _COPY_REFUSED:
+            if not copy_refused(item, exc):
                 raise
-            _copy_refused(item, exc)
             return None
         except BaseException:
             self._abort(item, upload_id)

@@ -211,3 +211,33 @@ def test_bwlimit_holds_a_run_to_its_rate(tmp_path, s3server, prefix):
     took = time.monotonic() - started
     assert result.returncode == 0 and result.summary["uploaded"] == 12, result
     assert took >= 3.0 * 0.95, took
+
+
+
+@pytest.mark.parametrize("store", ["seaweedfs", "moto"])
+def test_a_renamed_file_is_copied_with_its_lock_tags_and_storage_class(tmp_path, s3server, moto, prefix, store):
+    """A server-side copy stores the object as an upload would: the run's Object Lock, tags (TaggingDirective
+    REPLACE) and storage class, with the file's metadata. moto refuses a copy into a locked bucket (it wants a
+    Content-MD5 there, which a CopyObject has no body for): each copy is refused (upload.copy_refused) and the
+    file uploaded, locked all the same."""
+    server = s3server if store == "seaweedfs" else moto
+    client = server.client()
+    bucket = _locked_bucket(client)
+    src = _tree(tmp_path)
+    flags = ("--source", src, *_args(server, bucket, prefix), *SMALL_MULTIPART, "--object-lock-mode", "GOVERNANCE",
+             "--object-lock-retain", "1h", "--tag", "project=alpha", "--storage-class", "STANDARD_IA")
+    assert run_obsbatch(*flags, env=server.env()).returncode == 0
+    os.rename(src / "small.txt", src / "renamed.txt")
+    os.rename(src / "big.bin", src / "renamed.bin")
+    result = run_obsbatch(*flags, env=server.env())
+    assert result.returncode == 0 and result.summary["uploaded"] == 2, result
+    copied = 2 if store == "seaweedfs" else 0
+    assert (result.summary["copied"], len(result.find("upload.copy_refused"))) == (copied, 2 - copied), result
+    at_least = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=59)
+    for name in ("renamed.txt", "renamed.bin"):
+        _assert_locked(client, bucket, prefix + name, "GOVERNANCE", at_least, legal_hold=False)
+        head = client.head_object(Bucket=bucket, Key=prefix + name)
+        assert head.get("StorageClass") == "STANDARD_IA" and head["Metadata"]["sha256"], head
+        tags = client.get_object_tagging(Bucket=bucket, Key=prefix + name)["TagSet"]
+        assert tags == [{"Key": "project", "Value": "alpha"}]
+    assert client.head_object(Bucket=bucket, Key=prefix + "renamed.txt")["Metadata"]["mode"] == "640"
