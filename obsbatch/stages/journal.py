@@ -308,6 +308,9 @@ class Journal:
         journaled size and ETag, or the file is uploaded again; and a file the journal does not know whose
         key holds a same-size object is sent to a worker with that ETag, to be compared rather than uploaded.
 
+        A Candidate passed on to be uploaded carries a copy_source where a verified upload may hold its bytes
+        (_copy_source): the worker then stores it by a server-side copy if its sha256 agrees.
+
         unchanged: if given, called for each unchanged file *instead of* yielding an Outcome for it.
         For a run whose records nobody reads one by one (no manifest, no telemetry, no debug log), the
         Outcome, its trip down the pipeline and its Summary.add were 40% of a no-op run (issue #5).
