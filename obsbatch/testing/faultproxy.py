@@ -105,6 +105,10 @@ class FaultProxy:
         self.puts: list[tuple[str, int]] = []
         #: The access key id each request was signed with (its Authorization header's Credential=), in order.
         self.signed_by: list[str] = []
+        #: Answer 400 to any request whose body is aws-chunked or announces a trailing checksum
+        #: (x-amz-trailer), as some S3-compatible stores do (Huawei OBS, older Ceph RGW); counted here.
+        self.refuse_trailers = False
+        self.trailers_refused = 0
         self._lock = threading.Lock()
         proxy = self
 
@@ -213,6 +217,13 @@ class _Handler(BaseHTTPRequestHandler):
         method, path = self.command, self.path
         self.owner.clients.append((method, path, self.client_address[1]))
         length = int(self.headers.get("Content-Length") or 0)
+        if self.owner.refuse_trailers and (self.headers.get("x-amz-trailer")
+                                           or "aws-chunked" in self.headers.get("Content-Encoding", "")):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.owner.trailers_refused += 1
+            self.owner.record(method, path, "trailer refused")
+            self._error(400, "InvalidArgument")
+            return
         signer = re.search(r"Credential=([^/]+)/", self.headers.get("Authorization", ""))
         if signer:
             self.owner.note_signer(signer.group(1))

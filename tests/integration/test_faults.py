@@ -171,3 +171,4 @@ def test_a_multipart_upload_left_by_an_earlier_run_is_aborted_once_the_key_is_st
         assert objects(s3, s3server.bucket, prefix) == files
     finally:
         s3.abort_multipart_upload(Bucket=s3server.bucket, Key=other, UploadId=kept)
+

@@ -1,5 +1,6 @@
 """TLS verification against a real handshake: a TLS front with a self-signed certificate before SeaweedFS."""
 
+import os
 import shutil
 
 import pytest
@@ -57,3 +58,26 @@ def test_no_verify_ssl_works_and_warns_loudly_once(tmp_path, s3, s3server, prefi
 def test_ca_bundle_and_no_verify_ssl_together_are_a_usage_error(tmp_path, front):
     result = run_obsbatch("--source", tmp_path, "--bucket", "b", "--ca-bundle", front.cert, "--no-verify-ssl")
     assert result.returncode == 2 and "contradict" in result.stderr, result
+
+
+def test_a_store_that_refuses_trailing_checksums_gets_none_by_default(tmp_path, s3, s3server, prefix, proxy):
+    """Over https botocore >= 1.36 sends PutObject and UploadPart bodies aws-chunked with a trailing CRC, which
+    some stores (Huawei OBS, older Ceph RGW) refuse with 400. obsbatch's default --checksum-mode when_required
+    sends none (every PUT and part carries its Content-MD5 instead), through the lean PUT and the multipart
+    parts alike. Behind TLS here sits the fault proxy refusing any aws-chunked or x-amz-trailer request; it
+    proves it can: --checksum-mode when_supported meets the refusal."""
+    cert, key = make_certificate(tmp_path)
+    tls = TLSFront(proxy.endpoint, cert, key)
+    try:
+        files = make_tree(tmp_path / "src", {"small.txt": b"small", "big.bin": os.urandom(6 * 1024 * 1024)})
+        proxy.refuse_trailers = True
+        env = dict(s3server.env(), AWS_CA_BUNDLE=str(cert))
+        args = ("--no-state", "--multipart-threshold", "5MiB", "--multipart-chunksize", "5MiB")
+        plain = run_obsbatch(*_args(tmp_path / "src", s3server, prefix + "default/", tls.endpoint), *args, env=env)
+        assert plain.returncode == 0 and plain.summary["uploaded"] == 2, plain
+        assert proxy.trailers_refused == 0 and objects(s3, s3server.bucket, prefix + "default/") == files
+        trailing = run_obsbatch(*_args(tmp_path / "src", s3server, prefix + "crc/", tls.endpoint), *args,
+                                "--checksum-mode", "when_supported", env=env)
+        assert proxy.trailers_refused > 0 and trailing.returncode == 1, trailing
+    finally:
+        tls.close()
